@@ -1,0 +1,140 @@
+//! The [`Cache`] trait every layer implements, and [`CacheExt`] conveniences on top of it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::entry::Entry;
+use crate::error::Result;
+
+/// An async key–value store of [`Entry`] values: one layer of a cache stack.
+///
+/// The trait is object safe, so stacks can be composed at run time from `Arc<dyn Cache<V>>`.
+/// Implementations must never return an entry past its [`stale_until`](Entry::stale_until)
+/// deadline; they may return entries that are stale but still usable (the caller decides
+/// whether a stale value is acceptable — see [`Entry::is_fresh`]).
+///
+/// `get_many` and `set_many` have default implementations that loop over `get` and `set`; layers
+/// with a native batch operation (Redis `MGET`, pipelines) override them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use layercache::{Cache, CacheExt, Entry, MemoryCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> layercache::Result<()> {
+/// let cache: Arc<dyn Cache<String>> = Arc::new(MemoryCache::builder().build()?);
+/// cache.set("greeting", Entry::new("hello".to_string(), Duration::from_secs(60))).await?;
+/// assert_eq!(cache.get_value("greeting").await?.as_deref(), Some("hello"));
+/// cache.delete("greeting").await?;
+/// assert!(cache.get("greeting").await?.is_none());
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait Cache<V>: Send + Sync
+where
+    V: Send + Sync + 'static,
+{
+    /// A short name for this layer, used in metric labels and error messages.
+    fn name(&self) -> &str;
+
+    /// The entry stored under `key`, if there is one that has not passed its stale deadline.
+    async fn get(&self, key: &str) -> Result<Option<Entry<V>>>;
+
+    /// Like [`get`](Cache::get), but not counted in the layer's hit/miss metrics and without side
+    /// effects such as refreshing an idle timer. `get_or_load` uses it to re-check a key just
+    /// before paying for a load. Defaults to `get`.
+    async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
+        self.get(key).await
+    }
+
+    /// Store `entry` under `key`, replacing what was there. The entry's own deadlines decide how
+    /// long it lives; an entry already past its stale deadline removes the key instead.
+    async fn set(&self, key: &str, entry: Entry<V>) -> Result<()>;
+
+    /// Remove `key`. Removing a key that is not there is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// The entries for `keys`, in the same order (`None` for each miss).
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Store every `(key, entry)` pair.
+    async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+        for (key, entry) in entries {
+            self.set(key, entry).await?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! forward_cache_impl {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<V, C> Cache<V> for $ptr<C>
+        where
+            V: Send + Sync + 'static,
+            C: Cache<V> + ?Sized,
+        {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
+                (**self).get(key).await
+            }
+            async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
+                (**self).peek(key).await
+            }
+            async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+                (**self).set(key, entry).await
+            }
+            async fn delete(&self, key: &str) -> Result<()> {
+                (**self).delete(key).await
+            }
+            async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
+                (**self).get_many(keys).await
+            }
+            async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+                (**self).set_many(entries).await
+            }
+        }
+    )*};
+}
+
+forward_cache_impl!(Arc, Box);
+
+/// Conveniences for every [`Cache`]: work with bare values instead of entries.
+#[async_trait]
+pub trait CacheExt<V>: Cache<V>
+where
+    V: Send + Sync + 'static,
+{
+    /// The value under `key` if it is there and **fresh**; a stale entry counts as absent.
+    async fn get_value(&self, key: &str) -> Result<Option<V>> {
+        Ok(self
+            .get(key)
+            .await?
+            .filter(Entry::is_fresh)
+            .map(Entry::into_value))
+    }
+
+    /// Store `value` under `key`, fresh for `ttl`.
+    async fn set_value(&self, key: &str, value: V, ttl: Duration) -> Result<()> {
+        self.set(key, Entry::new(value, ttl)).await
+    }
+}
+
+impl<V, C> CacheExt<V> for C
+where
+    V: Send + Sync + 'static,
+    C: Cache<V> + ?Sized,
+{
+}

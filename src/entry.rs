@@ -1,0 +1,184 @@
+//! A cached value together with its lifetimes.
+//!
+//! Every layer stores [`Entry`] values, not bare values, so that the deadlines travel with the value:
+//! an entry read from Redis and copied into memory keeps the lifetime it has *left*, and a stale
+//! entry can still be served when the loader fails (fail-safe).
+//!
+//! Deadlines are wall-clock times with millisecond precision, because entries are shared between
+//! processes (through Redis) that do not share a monotonic clock.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0.
+#[inline]
+pub(crate) fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+#[inline]
+pub(crate) fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[inline]
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 100))
+}
+
+#[inline]
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A value and its lifetimes: fresh until one deadline, still usable as a stale fallback until a
+/// second, later one.
+///
+/// * **Fresh** (now < `fresh_until`): served as a normal hit.
+/// * **Stale** (`fresh_until` ≤ now < `stale_until`): kept only so that fail-safe can return it when
+///   the loader fails; a plain [`get_value`](crate::CacheExt::get_value) treats it as a miss.
+/// * **Expired** (now ≥ `stale_until`): gone; layers never return it.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercache::Entry;
+///
+/// let entry = Entry::new("reply".to_string(), Duration::from_secs(60))
+///     .with_max_stale(Duration::from_secs(3600));
+/// assert!(entry.is_fresh());
+/// assert!(entry.time_to_stale() > Duration::from_secs(3600));
+/// assert_eq!(entry.value(), "reply");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<V> {
+    value: V,
+    created_ms: u64,
+    fresh_until_ms: u64,
+    stale_until_ms: u64,
+    load_duration: Option<Duration>,
+}
+
+impl<V> Entry<V> {
+    /// An entry that is fresh for `ttl` from now, with no stale period.
+    pub fn new(value: V, ttl: Duration) -> Self {
+        let now = now_ms();
+        let fresh = now.saturating_add(duration_ms(ttl));
+        Entry {
+            value,
+            created_ms: now,
+            fresh_until_ms: fresh,
+            stale_until_ms: fresh,
+            load_duration: None,
+        }
+    }
+
+    /// An entry with explicit deadlines, as read back from a store.
+    ///
+    /// A `stale_until` earlier than `fresh_until` is raised to `fresh_until`.
+    pub fn with_deadlines(value: V, fresh_until: SystemTime, stale_until: SystemTime) -> Self {
+        Self::from_ms(value, to_ms(fresh_until), to_ms(stale_until))
+    }
+
+    pub(crate) fn from_ms(value: V, fresh_until_ms: u64, stale_until_ms: u64) -> Self {
+        Entry {
+            value,
+            created_ms: now_ms(),
+            fresh_until_ms,
+            stale_until_ms: stale_until_ms.max(fresh_until_ms),
+            load_duration: None,
+        }
+    }
+
+    /// Keep the entry usable as a stale fallback for `max_stale` after it stops being fresh.
+    #[must_use]
+    pub fn with_max_stale(mut self, max_stale: Duration) -> Self {
+        self.stale_until_ms = self.fresh_until_ms.saturating_add(duration_ms(max_stale));
+        self
+    }
+
+    /// Record how long the value took to load (used to schedule early refreshes).
+    #[must_use]
+    pub fn with_load_duration(mut self, took: Duration) -> Self {
+        self.load_duration = Some(took);
+        self
+    }
+
+    /// The cached value.
+    pub fn value(&self) -> &V {
+        &self.value
+    }
+
+    /// The cached value, by value.
+    pub fn into_value(self) -> V {
+        self.value
+    }
+
+    /// The same lifetimes around another value.
+    pub fn map<U>(self, f: impl FnOnce(V) -> U) -> Entry<U> {
+        Entry {
+            value: f(self.value),
+            created_ms: self.created_ms,
+            fresh_until_ms: self.fresh_until_ms,
+            stale_until_ms: self.stale_until_ms,
+            load_duration: self.load_duration,
+        }
+    }
+
+    /// When this entry was created in this process.
+    pub fn created_at(&self) -> SystemTime {
+        from_ms(self.created_ms)
+    }
+
+    /// When the entry stops being fresh.
+    pub fn fresh_until(&self) -> SystemTime {
+        from_ms(self.fresh_until_ms)
+    }
+
+    /// When the entry stops being usable at all, even as a stale fallback.
+    pub fn stale_until(&self) -> SystemTime {
+        from_ms(self.stale_until_ms)
+    }
+
+    /// How long the value took to load, if known.
+    pub fn load_duration(&self) -> Option<Duration> {
+        self.load_duration
+    }
+
+    /// Whether the entry is fresh now.
+    pub fn is_fresh(&self) -> bool {
+        self.is_fresh_at(now_ms())
+    }
+
+    /// Whether the entry can still be used, fresh or stale.
+    pub fn is_usable(&self) -> bool {
+        self.is_usable_at(now_ms())
+    }
+
+    /// Time left until the entry stops being fresh (zero if it already has).
+    pub fn time_to_fresh_end(&self) -> Duration {
+        Duration::from_millis(self.fresh_until_ms.saturating_sub(now_ms()))
+    }
+
+    /// Time left until the entry expires completely (zero if it already has).
+    pub fn time_to_stale(&self) -> Duration {
+        Duration::from_millis(self.stale_until_ms.saturating_sub(now_ms()))
+    }
+
+    #[inline]
+    pub(crate) fn is_fresh_at(&self, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+
+    #[inline]
+    pub(crate) fn is_usable_at(&self, now_ms: u64) -> bool {
+        now_ms < self.stale_until_ms
+    }
+
+    #[inline]
+    pub(crate) fn stale_until_ms(&self) -> u64 {
+        self.stale_until_ms
+    }
+}

@@ -1,0 +1,231 @@
+//! Building cache keys that are stable across processes and unambiguous.
+//!
+//! A key is `namespace:v<version>:<part>:<part>…`. Parts are escaped so that no choice of part
+//! contents can produce another key's text (`("ab", "c")` and `("a", "bc")` differ, and a part
+//! containing `:` cannot fake a separator). A part longer than the hashing threshold (a prompt, a
+//! document) is replaced by `#` followed by the hex BLAKE3-256 digest of its bytes, so keys stay
+//! short while remaining collision resistant — one tenant cannot craft input that lands on another
+//! tenant's key, which a non-cryptographic hash such as xxh3 would allow.
+//!
+//! The result is the same in every process, on every machine, in every run: no per-process random
+//! hash state is involved.
+//!
+//! ```
+//! use layercache::KeyBuilder;
+//!
+//! let prompt = "Summarise the following support ticket in two sentences: ...";
+//! let key = KeyBuilder::new("chat").version(3).part("gpt-4o").part(prompt).build();
+//! assert!(key.as_str().starts_with("chat:v3:gpt-4o:"));
+//! // The same inputs give the same key anywhere.
+//! assert_eq!(key, KeyBuilder::new("chat").version(3).part("gpt-4o").part(prompt).build());
+//! ```
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Parts longer than this many bytes are hashed, unless the builder says otherwise.
+pub const DEFAULT_HASH_THRESHOLD: usize = 64;
+
+/// A finished cache key: an immutable, cheaply clonable string.
+///
+/// It dereferences to `str`, so it can be passed anywhere a key is expected (`&key`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(Arc<str>);
+
+impl CacheKey {
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for CacheKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for CacheKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<CacheKey> for Arc<str> {
+    fn from(key: CacheKey) -> Self {
+        key.0
+    }
+}
+
+/// Builds a [`CacheKey`] from a namespace, a version and any number of parts.
+///
+/// Bump the version when the cached value's type or meaning changes: old entries are then simply
+/// never read again.
+///
+/// ```
+/// use layercache::KeyBuilder;
+///
+/// let a = KeyBuilder::new("kv").part("ab").part("c").build();
+/// let b = KeyBuilder::new("kv").part("a").part("bc").build();
+/// assert_ne!(a, b);
+/// assert_eq!(a.as_str(), "kv:v0:ab:c");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct KeyBuilder {
+    out: String,
+    hash_threshold: usize,
+}
+
+impl KeyBuilder {
+    /// Start a key in `namespace` (escaped like a part), version 0.
+    pub fn new(namespace: &str) -> Self {
+        let mut out = String::with_capacity(namespace.len() + 48);
+        push_escaped(&mut out, namespace);
+        KeyBuilder {
+            out,
+            hash_threshold: DEFAULT_HASH_THRESHOLD,
+        }
+        .with_version(0)
+    }
+
+    fn with_version(mut self, version: u32) -> Self {
+        self.out.push_str(":v");
+        self.out.push_str(&version.to_string());
+        self
+    }
+
+    /// Set the key version (default 0). Call it before adding parts.
+    pub fn version(mut self, version: u32) -> Self {
+        // Replace the version written by `new` (or an earlier call). Parts added so far are kept.
+        let ns_end = self.namespace_end();
+        let rest_start = self.out[ns_end + 2..]
+            .find(':')
+            .map_or(self.out.len(), |i| ns_end + 2 + i);
+        let rest = self.out[rest_start..].to_owned();
+        self.out.truncate(ns_end);
+        self = self.with_version(version);
+        self.out.push_str(&rest);
+        self
+    }
+
+    /// Position of the `:v` that ends the namespace (the first unescaped `:`).
+    fn namespace_end(&self) -> usize {
+        let bytes = self.out.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b':' => return i,
+                _ => i += 1,
+            }
+        }
+        bytes.len()
+    }
+
+    /// Parts longer than `bytes` are hashed (default [`DEFAULT_HASH_THRESHOLD`]). Changing it changes
+    /// the keys produced, so keep it fixed for a namespace.
+    pub fn hash_threshold(mut self, bytes: usize) -> Self {
+        self.hash_threshold = bytes;
+        self
+    }
+
+    /// Append a text part.
+    pub fn part(mut self, part: impl AsRef<str>) -> Self {
+        let part = part.as_ref();
+        self.out.push(':');
+        if part.len() > self.hash_threshold {
+            push_digest(&mut self.out, part.as_bytes());
+        } else {
+            push_escaped(&mut self.out, part);
+        }
+        self
+    }
+
+    /// Append a number.
+    pub fn part_u64(mut self, part: u64) -> Self {
+        self.out.push(':');
+        self.out.push_str(&part.to_string());
+        self
+    }
+
+    /// Append binary data (always hashed: raw bytes are not key text).
+    pub fn part_bytes(mut self, part: &[u8]) -> Self {
+        self.out.push(':');
+        push_digest(&mut self.out, part);
+        self
+    }
+
+    /// The finished key.
+    pub fn build(self) -> CacheKey {
+        CacheKey(Arc::from(self.out))
+    }
+}
+
+/// Writes `part` with `\`, `:` and a leading `#` escaped by a backslash, so that separators and
+/// digest markers can only come from the builder itself.
+fn push_escaped(out: &mut String, part: &str) {
+    for (i, c) in part.char_indices() {
+        if c == '\\' || c == ':' || (c == '#' && i == 0) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+fn push_digest(out: &mut String, bytes: &[u8]) {
+    out.push('#');
+    out.push_str(blake3::hash(bytes).to_hex().as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_parts_apart() {
+        let a = KeyBuilder::new("n").part("a:b").build();
+        let b = KeyBuilder::new("n").part("a").part("b").build();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str(), r"n:v0:a\:b");
+        let c = KeyBuilder::new("n").part(r"a\").part("b").build();
+        let d = KeyBuilder::new("n").part(r"a\:b").build();
+        assert_ne!(c, d);
+    }
+
+    #[test]
+    fn a_part_cannot_pose_as_a_digest() {
+        let long = "x".repeat(100);
+        let hashed = KeyBuilder::new("n").part(&long).build();
+        let digest = hashed.as_str().rsplit(':').next().unwrap_or_default();
+        let forged = KeyBuilder::new("n").hash_threshold(1000).part(digest).build();
+        assert_ne!(hashed, forged);
+    }
+
+    #[test]
+    fn version_can_be_set_after_namespace_with_colons() {
+        let k = KeyBuilder::new("a:b").version(7).part("x").version(9).build();
+        assert_eq!(k.as_str(), r"a\:b:v9:x");
+    }
+}

@@ -1,0 +1,64 @@
+//! # layercache
+//!
+//! Multi-layer caching for expensive async calls — LLM requests above all, slow queries too —
+//! with a stampede-proof [`get_or_load`](MemoryCache::get_or_load) and metrics built in.
+//!
+//! ```
+//! use std::time::Duration;
+//! use layercache::{KeyBuilder, LoadOptions, MemoryCache};
+//!
+//! #[derive(Clone, Debug)]
+//! struct ChatReply { text: String }
+//!
+//! async fn call_llm(prompt: String) -> Result<ChatReply, std::io::Error> {
+//!     Ok(ChatReply { text: format!("reply to {prompt}") }) // the slow, costly call
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> layercache::Result<()> {
+//! let cache = MemoryCache::builder()
+//!     .name("chat")
+//!     .max_entries(10_000)
+//!     .build()?;
+//!
+//! let prompt = "What is a cache?".to_string();
+//! let key = KeyBuilder::new("chat").version(1).part(&prompt).build();
+//! let reply = cache
+//!     .get_or_load(&key, move || call_llm(prompt), LoadOptions::ttl(Duration::from_secs(3600)))
+//!     .await?;
+//! assert_eq!(reply.text, "reply to What is a cache?");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Map of the crate
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`cache`] | the object-safe [`Cache`] trait every layer implements, [`CacheExt`] |
+//! | [`entry`] | [`Entry`]: a value plus its fresh and stale deadlines |
+//! | [`memory`] | [`MemoryCache`], the in-process layer over moka |
+//! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
+//! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
+//! | [`metrics`] | metric names, and the [`Stats`] snapshot |
+//! | [`error`] | the one [`Error`] enum and [`Result`] |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cache;
+pub mod entry;
+pub mod error;
+pub mod key;
+pub mod load;
+pub mod memory;
+pub mod metrics;
+
+pub use crate::cache::{Cache, CacheExt};
+pub use crate::entry::Entry;
+pub use crate::error::{BoxError, Error, Result, SharedError};
+pub use crate::key::{CacheKey, KeyBuilder};
+pub use crate::load::{LoadOptions, LoadingCache};
+pub use crate::memory::{MemoryCache, MemoryCacheBuilder};
+pub use crate::metrics::Stats;

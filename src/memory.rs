@@ -1,0 +1,400 @@
+//! [`MemoryCache`]: the in-process layer, over `moka::future::Cache`.
+//!
+//! Values are kept as they are (typed, not encoded), so a hit costs a hash lookup and a clone of
+//! the value. Store values that are cheap to clone — wrap large ones in [`Arc`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moka::Expiry;
+
+use crate::cache::Cache;
+use crate::entry::{now_ms, Entry};
+use crate::error::{BoxError, Error, Result};
+use crate::load::{self, Flights, LoadOptions, DEFAULT_TTL};
+use crate::metrics::{LayerMetrics, Stats};
+
+/// Entry capacity used when the builder sets neither `max_entries` nor `max_bytes`.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+
+/// Per-entry bookkeeping charged to a byte-bounded cache on top of the key and the weigher's
+/// figure: moka's own node plus our entry header, measured roughly.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+type Weigher<V> = Arc<dyn Fn(&V) -> usize + Send + Sync>;
+
+/// moka expiry policy that honours each entry's own stale deadline exactly.
+struct EntryExpiry;
+
+impl EntryExpiry {
+    fn remaining<V>(entry: &Entry<V>) -> Option<Duration> {
+        Some(Duration::from_millis(
+            entry.stale_until_ms().saturating_sub(now_ms()),
+        ))
+    }
+}
+
+impl<V> Expiry<Arc<str>, Entry<V>> for EntryExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry<V>, _: Instant) -> Option<Duration> {
+        Self::remaining(entry)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        entry: &Entry<V>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::remaining(entry)
+    }
+}
+
+/// An in-memory cache layer with per-entry lifetimes, capacity by entries or by bytes, and a
+/// built-in single-flight [`get_or_load`](MemoryCache::get_or_load).
+///
+/// Cloning is cheap and gives another handle to the same cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercache::{LoadOptions, MemoryCache};
+///
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Reply { text: String }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> layercache::Result<()> {
+/// let cache = MemoryCache::<Reply>::builder()
+///     .name("chat")
+///     .max_bytes(64 << 20)
+///     .weigher(|reply| reply.text.len())
+///     .time_to_live(Duration::from_secs(300))
+///     .build()?;
+///
+/// let reply = cache
+///     .get_or_load("prompt-1", || async {
+///         // the expensive call
+///         Ok::<_, std::io::Error>(Reply { text: "hi".into() })
+///     }, LoadOptions::default())
+///     .await?;
+/// assert_eq!(reply.text, "hi");
+/// assert_eq!(cache.stats().loads, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct MemoryCache<V> {
+    inner: Arc<Inner<V>>,
+}
+
+struct Inner<V> {
+    moka: moka::future::Cache<Arc<str>, Entry<V>>,
+    name: Arc<str>,
+    default_ttl: Duration,
+    metrics: LayerMetrics,
+    flights: Arc<Flights<V>>,
+}
+
+impl<V> Clone for MemoryCache<V> {
+    fn clone(&self) -> Self {
+        MemoryCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V> fmt::Debug for MemoryCache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("name", &self.inner.name)
+            .field("entries", &self.inner.moka.entry_count())
+            .field("weighted_size", &self.inner.moka.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> MemoryCache<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder with the defaults: name `"memory"`, [`DEFAULT_MAX_ENTRIES`] entries, no cache-wide
+    /// time-to-live or time-to-idle (entries live until their own deadline).
+    pub fn builder() -> MemoryCacheBuilder<V> {
+        MemoryCacheBuilder::default()
+    }
+
+    #[inline]
+    async fn lookup(&self, key: &str) -> Option<Entry<V>> {
+        let inner = &*self.inner;
+        // moka already hides entries past their expiry; the check below makes the boundary exact
+        // to the millisecond and classifies fresh versus stale.
+        match inner.moka.get(key).await {
+            Some(entry) => {
+                let now = now_ms();
+                if entry.is_fresh_at(now) {
+                    inner.metrics.hit();
+                    Some(entry)
+                } else if entry.is_usable_at(now) {
+                    inner.metrics.stale();
+                    Some(entry)
+                } else {
+                    inner.metrics.miss();
+                    None
+                }
+            }
+            None => {
+                inner.metrics.miss();
+                None
+            }
+        }
+    }
+
+    /// The value under `key` if it is fresh; otherwise run `loader` once — however many callers
+    /// ask at the same time — store its value and return it to all of them.
+    ///
+    /// * The loader runs detached: if the caller that started it is dropped, the others still get
+    ///   the value, and it is cached.
+    /// * A loader error reaches every waiting caller as [`Error::Loader`]; a panic as
+    ///   [`Error::LoaderPanicked`]. Nothing is cached and the next call loads again.
+    /// * The value lives for `options`' ttl, else the builder's `time_to_live`, else
+    ///   [`DEFAULT_TTL`].
+    ///
+    /// See the [`load`](crate::load) module docs for passing borrowed request data to the loader.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F, options: LoadOptions) -> Result<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let generation = self.inner.flights.generation();
+        let hit = self.lookup(key).await;
+        let ttl = options.resolve_ttl(self.inner.default_ttl);
+        load::get_or_load(&self.inner.flights, self.clone(), generation, hit, key, loader, ttl).await
+    }
+
+    /// Counters since the cache was built.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        self.inner.metrics.fill(&mut stats);
+        self.inner.flights.fill(&mut stats);
+        stats
+    }
+
+    /// Loads running right now (0 when idle).
+    pub fn pending_loads(&self) -> usize {
+        self.inner.flights.len()
+    }
+
+    /// Number of entries (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.moka.entry_count()
+    }
+
+    /// Total weight held: bytes for a byte-bounded cache, entries otherwise (approximate until
+    /// [`run_pending_tasks`](Self::run_pending_tasks)).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.moka.weighted_size()
+    }
+
+    /// Apply pending evictions and expirations now (moka does this lazily otherwise).
+    pub async fn run_pending_tasks(&self) {
+        self.inner.moka.run_pending_tasks().await;
+    }
+
+    /// Remove every entry.
+    pub fn invalidate_all(&self) {
+        self.inner.moka.invalidate_all();
+    }
+}
+
+#[async_trait]
+impl<V> Cache<V> for MemoryCache<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
+        Ok(self.lookup(key).await)
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
+        let now = now_ms();
+        Ok(self
+            .inner
+            .moka
+            .get(key)
+            .await
+            .filter(|entry| entry.is_usable_at(now)))
+    }
+
+    async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        if entry.is_usable_at(now_ms()) {
+            self.inner.moka.insert(Arc::from(key), entry).await;
+        } else {
+            self.inner.moka.invalidate(key).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.moka.invalidate(key).await;
+        Ok(())
+    }
+}
+
+/// Builds a [`MemoryCache`]. Every setting is optional; see each method for its default.
+#[must_use]
+pub struct MemoryCacheBuilder<V> {
+    name: Option<String>,
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    weigher: Option<Weigher<V>>,
+    time_to_live: Option<Duration>,
+    time_to_idle: Option<Duration>,
+}
+
+impl<V> Default for MemoryCacheBuilder<V> {
+    fn default() -> Self {
+        MemoryCacheBuilder {
+            name: None,
+            max_entries: None,
+            max_bytes: None,
+            weigher: None,
+            time_to_live: None,
+            time_to_idle: None,
+        }
+    }
+}
+
+impl<V> fmt::Debug for MemoryCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCacheBuilder")
+            .field("name", &self.name)
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .field("weigher", &self.weigher.as_ref().map(|_| "fn"))
+            .field("time_to_live", &self.time_to_live)
+            .field("time_to_idle", &self.time_to_idle)
+            .finish()
+    }
+}
+
+impl<V> MemoryCacheBuilder<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// The cache's name in metric labels (`cache="…"`). Default `"memory"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Bound the cache by number of entries. Default [`DEFAULT_MAX_ENTRIES`] when neither this nor
+    /// [`max_bytes`](Self::max_bytes) is set.
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = Some(entries);
+        self
+    }
+
+    /// Bound the cache by bytes. Needs a [`weigher`](Self::weigher) that reports the bytes a value
+    /// owns; each entry is charged that plus its key length and a fixed overhead.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// How many bytes a value owns (heap data included: a `String`'s length, a `Vec`'s contents).
+    /// Used with [`max_bytes`](Self::max_bytes). Weights above `u32::MAX` are clamped.
+    pub fn weigher(mut self, weigher: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// Cache-wide upper bound on an entry's life, and the lifetime of values loaded by
+    /// `get_or_load` without one of their own. Default: none — entries live until their own
+    /// deadlines, and loaded values get [`DEFAULT_TTL`].
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
+    /// Evict entries not read for this long. Default: none.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Build the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when both `max_entries` and `max_bytes` are set, when a capacity or
+    /// duration is zero, when `max_bytes` has no weigher, or when a weigher is given without
+    /// `max_bytes`.
+    pub fn build(self) -> Result<MemoryCache<V>> {
+        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or("memory"));
+        if name.is_empty() {
+            return Err(Error::config("the cache name must not be empty"));
+        }
+        let mut builder = moka::future::Cache::builder()
+            .name(&name)
+            .expire_after(EntryExpiry);
+        match (self.max_entries, self.max_bytes, self.weigher) {
+            (Some(_), Some(_), _) => {
+                return Err(Error::config(
+                    "set either max_entries or max_bytes, not both",
+                ))
+            }
+            (_, Some(0), _) | (Some(0), None, _) => {
+                return Err(Error::config("the cache capacity must be greater than zero"))
+            }
+            (_, Some(_), None) => {
+                return Err(Error::config(
+                    "max_bytes needs a weigher: call .weigher(|value| bytes_owned_by(value))",
+                ))
+            }
+            (_, None, Some(_)) => {
+                return Err(Error::config(
+                    "a weigher only applies to a byte-bounded cache: also call .max_bytes(..)",
+                ))
+            }
+            (_, Some(bytes), Some(weigher)) => {
+                builder = builder.max_capacity(bytes).weigher(move |key: &Arc<str>, entry: &Entry<V>| {
+                    let weight = weigher(entry.value())
+                        .saturating_add(key.len())
+                        .saturating_add(ENTRY_OVERHEAD_BYTES);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                });
+            }
+            (entries, None, None) => {
+                builder = builder.max_capacity(entries.unwrap_or(DEFAULT_MAX_ENTRIES));
+            }
+        }
+        if let Some(ttl) = self.time_to_live {
+            if ttl.is_zero() {
+                return Err(Error::config("time_to_live must be greater than zero"));
+            }
+            builder = builder.time_to_live(ttl);
+        }
+        if let Some(tti) = self.time_to_idle {
+            if tti.is_zero() {
+                return Err(Error::config("time_to_idle must be greater than zero"));
+            }
+            builder = builder.time_to_idle(tti);
+        }
+        Ok(MemoryCache {
+            inner: Arc::new(Inner {
+                moka: builder.build(),
+                metrics: LayerMetrics::new(&name, "memory"),
+                flights: Arc::new(Flights::new(&name)),
+                default_ttl: self.time_to_live.unwrap_or(DEFAULT_TTL),
+                name,
+            }),
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! `get_or_load`: single-flight, detached loads, shared errors, contained panics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layercache::{Cache, CacheExt, Error, LoadOptions, LoadingCache, MemoryCache};
+use tokio::sync::Barrier;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Reply {
+    text: String,
+}
+
+#[derive(Debug)]
+struct ProviderDown(u32);
+
+impl std::fmt::Display for ProviderDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "provider down (status {})", self.0)
+    }
+}
+impl std::error::Error for ProviderDown {}
+
+fn cache() -> MemoryCache<Reply> {
+    MemoryCache::builder().name("load-test").build().expect("valid config")
+}
+
+fn opts() -> LoadOptions {
+    LoadOptions::ttl(Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_concurrent_callers_cause_one_load() {
+    const CALLERS: usize = 1000;
+    let cache = cache();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(CALLERS));
+    let mut tasks = Vec::with_capacity(CALLERS);
+    for _ in 0..CALLERS {
+        let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            cache
+                .get_or_load(
+                    "cold",
+                    move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, ProviderDown>(Reply { text: "v".into() })
+                    },
+                    opts(),
+                )
+                .await
+        }));
+    }
+    for task in tasks {
+        let got = task.await.expect("task did not panic").expect("load succeeded");
+        assert_eq!(got.text, "v");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the loader ran exactly once");
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 1);
+    assert_eq!(stats.coalesced, (CALLERS - 1) as u64);
+    assert_eq!(stats.misses, CALLERS as u64);
+    assert_eq!(cache.pending_loads(), 0);
+    assert_eq!(cache.get_value("cold").await.expect("get").map(|r| r.text), Some("v".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_the_leader_does_not_cancel_the_load() {
+    let cache = cache();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let loader = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, ProviderDown>(Reply { text: "paid once".into() })
+        }
+    };
+    let start = Instant::now();
+    let leader = {
+        let (cache, l) = (cache.clone(), loader(calls.clone()));
+        tokio::spawn(async move { cache.get_or_load("k", l, opts()).await })
+    };
+    // Let the leader register its flight, then queue 99 waiters behind it.
+    while cache.pending_loads() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let waiters: Vec<_> = (0..99)
+        .map(|_| {
+            let (cache, l) = (cache.clone(), loader(calls.clone()));
+            tokio::spawn(async move { cache.get_or_load("k", l, opts()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100).saturating_sub(start.elapsed())).await;
+    leader.abort();
+    assert!(leader.await.expect_err("leader was aborted").is_cancelled());
+
+    for waiter in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(1).saturating_sub(start.elapsed()), waiter)
+            .await
+            .expect("every waiter answered within 1 s of the start")
+            .expect("task did not panic")
+            .expect("load succeeded");
+        assert_eq!(got.text, "paid once");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().coalesced, 99);
+
+    let hits_before = cache.stats().hits;
+    let again = cache
+        .get_or_load("k", loader(calls.clone()), opts())
+        .await
+        .expect("hit");
+    assert_eq!(again.text, "paid once");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the next call is a hit");
+    assert_eq!(cache.stats().hits, hits_before + 1);
+    assert_eq!(cache.pending_loads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loader_error_reaches_every_waiter_and_nothing_is_cached() {
+    let cache = cache();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                cache
+                    .get_or_load(
+                        "bad",
+                        move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Err::<Reply, _>(ProviderDown(503))
+                        },
+                        opts(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.expect("no panic").expect_err("loader failed");
+        match &err {
+            Error::Loader(shared) => {
+                assert_eq!(shared.downcast_ref::<ProviderDown>().map(|e| e.0), Some(503));
+                assert_eq!(shared.to_string(), "provider down (status 503)");
+            }
+            other => panic!("expected Error::Loader, got {other:?}"),
+        }
+        let source = std::error::Error::source(&err).expect("error keeps its source");
+        assert_eq!(source.to_string(), "provider down (status 503)");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(cache.get("bad").await.expect("get").is_none(), "nothing cached");
+    assert_eq!(cache.pending_loads(), 0);
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_errors), (1, 1));
+
+    let ok = cache
+        .get_or_load("bad", || async { Ok::<_, ProviderDown>(Reply { text: "recovered".into() }) }, opts())
+        .await
+        .expect("the next call loads again");
+    assert_eq!(ok.text, "recovered");
+    assert_eq!(cache.stats().loads, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loader_panic_is_contained() {
+    let cache = cache();
+    let barrier = Arc::new(Barrier::new(10));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                cache
+                    .get_or_load(
+                        "boom",
+                        move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if calls.load(Ordering::SeqCst) > 0 {
+                                panic!("model returned garbage");
+                            }
+                            Ok::<_, ProviderDown>(Reply { text: "never".into() })
+                        },
+                        opts(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.expect("the caller's task itself did not panic") {
+            Err(Error::LoaderPanicked { message }) => assert_eq!(message, "model returned garbage"),
+            other => panic!("expected LoaderPanicked, got {other:?}"),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.pending_loads(), 0);
+    assert!(cache.get("boom").await.expect("get").is_none());
+
+    // A closure that panics before it even returns a future is contained too.
+    let err = cache
+        .get_or_load(
+            "boom",
+            || -> std::future::Ready<Result<Reply, ProviderDown>> { panic!("sync panic") },
+            opts(),
+        )
+        .await
+        .expect_err("panicked");
+    assert!(matches!(err, Error::LoaderPanicked { ref message } if message == "sync panic"));
+    assert_eq!(cache.pending_loads(), 0);
+
+    let ok = cache
+        .get_or_load("boom", || async { Ok::<_, ProviderDown>(Reply { text: "fine".into() }) }, opts())
+        .await
+        .expect("loads again after a panic");
+    assert_eq!(ok.text, "fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_values_get_the_requested_lifetime() {
+    let cache = cache();
+    cache
+        .get_or_load("short", || async { Ok::<_, ProviderDown>(Reply { text: "a".into() }) },
+            LoadOptions::ttl(Duration::from_millis(80)))
+        .await
+        .expect("load");
+    let entry = cache.get("short").await.expect("get").expect("present");
+    assert!(entry.time_to_fresh_end() <= Duration::from_millis(80));
+    assert!(entry.load_duration().is_some());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let v = cache
+        .get_or_load("short", move || async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ProviderDown>(Reply { text: "b".into() })
+        }, opts())
+        .await
+        .expect("reload");
+    assert_eq!(v.text, "b");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "an expired value is loaded again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loading_cache_gives_any_cache_single_flight() {
+    let layer: Arc<dyn Cache<Reply>> = Arc::new(cache());
+    let cache = Arc::new(LoadingCache::new(layer));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, calls, barrier) = (cache.clone(), calls.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                cache
+                    .get_or_load(
+                        "dyn",
+                        move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Ok::<_, ProviderDown>(Reply { text: "x".into() })
+                        },
+                        opts(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("no panic").expect("ok").text, "x");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.coalesced, stats.misses), (1, 49, 50));
+    assert_eq!(cache.pending_loads(), 0);
+    assert!(cache.inner().get("dyn").await.expect("get").is_some(), "stored in the wrapped layer");
+}
