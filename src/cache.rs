@@ -76,9 +76,13 @@ where
     }
 }
 
+/// The boxed future an `#[async_trait]` method returns.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+// Smart pointers forward to the inner cache's future as it is, instead of boxing a second future
+// around it (which `#[async_trait]` on these impls would do): one allocation per call, not two.
 macro_rules! forward_cache_impl {
     ($($ptr:ident),*) => {$(
-        #[async_trait]
         impl<V, C> Cache<V> for $ptr<C>
         where
             V: Send + Sync + 'static,
@@ -87,23 +91,57 @@ macro_rules! forward_cache_impl {
             fn name(&self) -> &str {
                 (**self).name()
             }
-            async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-                (**self).get(key).await
+            fn get<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).get(key)
             }
-            async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
-                (**self).peek(key).await
+            fn peek<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).peek(key)
             }
-            async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
-                (**self).set(key, entry).await
+            fn set<'s, 'k, 'f>(&'s self, key: &'k str, entry: Entry<V>) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).set(key, entry)
             }
-            async fn delete(&self, key: &str) -> Result<()> {
-                (**self).delete(key).await
+            fn delete<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).delete(key)
             }
-            async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
-                (**self).get_many(keys).await
+            fn get_many<'s, 'k, 'l, 'f>(
+                &'s self,
+                keys: &'k [&'l str],
+            ) -> BoxFuture<'f, Result<Vec<Option<Entry<V>>>>>
+            where
+                's: 'f,
+                'k: 'f,
+                'l: 'f,
+                Self: 'f,
+            {
+                (**self).get_many(keys)
             }
-            async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
-                (**self).set_many(entries).await
+            fn set_many<'s, 'k, 'f>(&'s self, entries: Vec<(&'k str, Entry<V>)>) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).set_many(entries)
             }
         }
     )*};

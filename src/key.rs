@@ -219,13 +219,20 @@ mod tests {
         let long = "x".repeat(100);
         let hashed = KeyBuilder::new("n").part(&long).build();
         let digest = hashed.as_str().rsplit(':').next().unwrap_or_default();
-        let forged = KeyBuilder::new("n").hash_threshold(1000).part(digest).build();
+        let forged = KeyBuilder::new("n")
+            .hash_threshold(1000)
+            .part(digest)
+            .build();
         assert_ne!(hashed, forged);
     }
 
     #[test]
     fn version_can_be_set_after_namespace_with_colons() {
-        let k = KeyBuilder::new("a:b").version(7).part("x").version(9).build();
+        let k = KeyBuilder::new("a:b")
+            .version(7)
+            .part("x")
+            .version(9)
+            .build();
         assert_eq!(k.as_str(), r"a\:b:v9:x");
     }
 }

@@ -55,6 +55,11 @@ pub mod load;
 pub mod memory;
 pub mod metrics;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use crate::cache::{Cache, CacheExt};
 pub use crate::entry::Entry;
 pub use crate::error::{BoxError, Error, Result, SharedError};

@@ -161,8 +161,13 @@ where
     /// * The value lives for `options`' ttl, else the builder's `time_to_live`, else
     ///   [`DEFAULT_TTL`].
     ///
-    /// See the [`load`](crate::load) module docs for passing borrowed request data to the loader.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F, options: LoadOptions) -> Result<V>
+    /// See the [`load`](crate::load#loads-are-detached) module docs for passing borrowed request data to the loader.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
@@ -171,7 +176,16 @@ where
         let generation = self.inner.flights.generation();
         let hit = self.lookup(key).await;
         let ttl = options.resolve_ttl(self.inner.default_ttl);
-        load::get_or_load(&self.inner.flights, self.clone(), generation, hit, key, loader, ttl).await
+        load::get_or_load(
+            &self.inner.flights,
+            self.clone(),
+            generation,
+            hit,
+            key,
+            loader,
+            ttl,
+        )
+        .await
     }
 
     /// Counters since the cache was built.
@@ -351,7 +365,9 @@ where
                 ))
             }
             (_, Some(0), _) | (Some(0), None, _) => {
-                return Err(Error::config("the cache capacity must be greater than zero"))
+                return Err(Error::config(
+                    "the cache capacity must be greater than zero",
+                ))
             }
             (_, Some(_), None) => {
                 return Err(Error::config(
@@ -364,12 +380,15 @@ where
                 ))
             }
             (_, Some(bytes), Some(weigher)) => {
-                builder = builder.max_capacity(bytes).weigher(move |key: &Arc<str>, entry: &Entry<V>| {
-                    let weight = weigher(entry.value())
-                        .saturating_add(key.len())
-                        .saturating_add(ENTRY_OVERHEAD_BYTES);
-                    u32::try_from(weight).unwrap_or(u32::MAX)
-                });
+                builder =
+                    builder
+                        .max_capacity(bytes)
+                        .weigher(move |key: &Arc<str>, entry: &Entry<V>| {
+                            let weight = weigher(entry.value())
+                                .saturating_add(key.len())
+                                .saturating_add(ENTRY_OVERHEAD_BYTES);
+                            u32::try_from(weight).unwrap_or(u32::MAX)
+                        });
             }
             (entries, None, None) => {
                 builder = builder.max_capacity(entries.unwrap_or(DEFAULT_MAX_ENTRIES));

@@ -99,7 +99,11 @@ impl Counted {
 }
 
 fn describe() {
-    ::metrics::describe_counter!(REQUESTS_TOTAL, Unit::Count, "Cache lookups by layer and result");
+    ::metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Cache lookups by layer and result"
+    );
     ::metrics::describe_counter!(LOADS_TOTAL, Unit::Count, "Loader runs by outcome");
     ::metrics::describe_histogram!(LOAD_DURATION_SECONDS, Unit::Seconds, "Loader run time");
     ::metrics::describe_counter!(
@@ -217,7 +221,9 @@ impl LoadMetrics {
             error: outcome("error"),
             timeout: outcome("timeout"),
             fail_safe: outcome("fail_safe"),
-            coalesced: Counted::new(::metrics::counter!(COALESCED_TOTAL, "cache" => cache.to_owned())),
+            coalesced: Counted::new(
+                ::metrics::counter!(COALESCED_TOTAL, "cache" => cache.to_owned()),
+            ),
             duration: ::metrics::histogram!(LOAD_DURATION_SECONDS, "cache" => cache.to_owned()),
         }
     }

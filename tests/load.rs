@@ -23,7 +23,10 @@ impl std::fmt::Display for ProviderDown {
 impl std::error::Error for ProviderDown {}
 
 fn cache() -> MemoryCache<Reply> {
-    MemoryCache::builder().name("load-test").build().expect("valid config")
+    MemoryCache::builder()
+        .name("load-test")
+        .build()
+        .expect("valid config")
 }
 
 fn opts() -> LoadOptions {
@@ -55,16 +58,26 @@ async fn thousand_concurrent_callers_cause_one_load() {
         }));
     }
     for task in tasks {
-        let got = task.await.expect("task did not panic").expect("load succeeded");
+        let got = task
+            .await
+            .expect("task did not panic")
+            .expect("load succeeded");
         assert_eq!(got.text, "v");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the loader ran exactly once");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the loader ran exactly once"
+    );
     let stats = cache.stats();
     assert_eq!(stats.loads, 1);
     assert_eq!(stats.coalesced, (CALLERS - 1) as u64);
     assert_eq!(stats.misses, CALLERS as u64);
     assert_eq!(cache.pending_loads(), 0);
-    assert_eq!(cache.get_value("cold").await.expect("get").map(|r| r.text), Some("v".into()));
+    assert_eq!(
+        cache.get_value("cold").await.expect("get").map(|r| r.text),
+        Some("v".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,7 +88,9 @@ async fn dropping_the_leader_does_not_cancel_the_load() {
         move || async move {
             calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok::<_, ProviderDown>(Reply { text: "paid once".into() })
+            Ok::<_, ProviderDown>(Reply {
+                text: "paid once".into(),
+            })
         }
     };
     let start = Instant::now();
@@ -98,11 +113,14 @@ async fn dropping_the_leader_does_not_cancel_the_load() {
     assert!(leader.await.expect_err("leader was aborted").is_cancelled());
 
     for waiter in waiters {
-        let got = tokio::time::timeout(Duration::from_secs(1).saturating_sub(start.elapsed()), waiter)
-            .await
-            .expect("every waiter answered within 1 s of the start")
-            .expect("task did not panic")
-            .expect("load succeeded");
+        let got = tokio::time::timeout(
+            Duration::from_secs(1).saturating_sub(start.elapsed()),
+            waiter,
+        )
+        .await
+        .expect("every waiter answered within 1 s of the start")
+        .expect("task did not panic")
+        .expect("load succeeded");
         assert_eq!(got.text, "paid once");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -147,7 +165,10 @@ async fn a_loader_error_reaches_every_waiter_and_nothing_is_cached() {
         let err = task.await.expect("no panic").expect_err("loader failed");
         match &err {
             Error::Loader(shared) => {
-                assert_eq!(shared.downcast_ref::<ProviderDown>().map(|e| e.0), Some(503));
+                assert_eq!(
+                    shared.downcast_ref::<ProviderDown>().map(|e| e.0),
+                    Some(503)
+                );
                 assert_eq!(shared.to_string(), "provider down (status 503)");
             }
             other => panic!("expected Error::Loader, got {other:?}"),
@@ -156,13 +177,24 @@ async fn a_loader_error_reaches_every_waiter_and_nothing_is_cached() {
         assert_eq!(source.to_string(), "provider down (status 503)");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert!(cache.get("bad").await.expect("get").is_none(), "nothing cached");
+    assert!(
+        cache.get("bad").await.expect("get").is_none(),
+        "nothing cached"
+    );
     assert_eq!(cache.pending_loads(), 0);
     let stats = cache.stats();
     assert_eq!((stats.loads, stats.load_errors), (1, 1));
 
     let ok = cache
-        .get_or_load("bad", || async { Ok::<_, ProviderDown>(Reply { text: "recovered".into() }) }, opts())
+        .get_or_load(
+            "bad",
+            || async {
+                Ok::<_, ProviderDown>(Reply {
+                    text: "recovered".into(),
+                })
+            },
+            opts(),
+        )
         .await
         .expect("the next call loads again");
     assert_eq!(ok.text, "recovered");
@@ -188,7 +220,9 @@ async fn a_loader_panic_is_contained() {
                             if calls.load(Ordering::SeqCst) > 0 {
                                 panic!("model returned garbage");
                             }
-                            Ok::<_, ProviderDown>(Reply { text: "never".into() })
+                            Ok::<_, ProviderDown>(Reply {
+                                text: "never".into(),
+                            })
                         },
                         opts(),
                     )
@@ -219,7 +253,15 @@ async fn a_loader_panic_is_contained() {
     assert_eq!(cache.pending_loads(), 0);
 
     let ok = cache
-        .get_or_load("boom", || async { Ok::<_, ProviderDown>(Reply { text: "fine".into() }) }, opts())
+        .get_or_load(
+            "boom",
+            || async {
+                Ok::<_, ProviderDown>(Reply {
+                    text: "fine".into(),
+                })
+            },
+            opts(),
+        )
         .await
         .expect("loads again after a panic");
     assert_eq!(ok.text, "fine");
@@ -229,8 +271,11 @@ async fn a_loader_panic_is_contained() {
 async fn loaded_values_get_the_requested_lifetime() {
     let cache = cache();
     cache
-        .get_or_load("short", || async { Ok::<_, ProviderDown>(Reply { text: "a".into() }) },
-            LoadOptions::ttl(Duration::from_millis(80)))
+        .get_or_load(
+            "short",
+            || async { Ok::<_, ProviderDown>(Reply { text: "a".into() }) },
+            LoadOptions::ttl(Duration::from_millis(80)),
+        )
         .await
         .expect("load");
     let entry = cache.get("short").await.expect("get").expect("present");
@@ -240,14 +285,22 @@ async fn loaded_values_get_the_requested_lifetime() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let v = cache
-        .get_or_load("short", move || async move {
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ProviderDown>(Reply { text: "b".into() })
-        }, opts())
+        .get_or_load(
+            "short",
+            move || async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ProviderDown>(Reply { text: "b".into() })
+            },
+            opts(),
+        )
         .await
         .expect("reload");
     assert_eq!(v.text, "b");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "an expired value is loaded again");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "an expired value is loaded again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -282,5 +335,8 @@ async fn loading_cache_gives_any_cache_single_flight() {
     let stats = cache.stats();
     assert_eq!((stats.loads, stats.coalesced, stats.misses), (1, 49, 50));
     assert_eq!(cache.pending_loads(), 0);
-    assert!(cache.inner().get("dyn").await.expect("get").is_some(), "stored in the wrapped layer");
+    assert!(
+        cache.inner().get("dyn").await.expect("get").is_some(),
+        "stored in the wrapped layer"
+    );
 }

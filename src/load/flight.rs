@@ -88,7 +88,6 @@ impl<V> Flights<V> {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
-
 }
 
 impl<V> Flights<V>
@@ -135,13 +134,7 @@ where
                 let (tx, rx) = watch::channel(None);
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let key: Arc<str> = Arc::from(key);
-                table.insert(
-                    Arc::clone(&key),
-                    Flight {
-                        id,
-                        rx: rx.clone(),
-                    },
-                );
+                table.insert(Arc::clone(&key), Flight { id, rx: rx.clone() });
                 let guard = FlightGuard {
                     flights: Arc::clone(self),
                     key,

@@ -215,7 +215,12 @@ where
     /// ask at the same time — store its value and return it to all of them.
     ///
     /// See the [module docs](crate::load) for how the loader may capture data.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F, options: LoadOptions) -> Result<V>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
@@ -230,7 +235,16 @@ where
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
         let ttl = options.resolve_ttl(self.default_ttl);
-        get_or_load(&self.flights, Arc::clone(&self.inner), generation, hit, key, loader, ttl).await
+        get_or_load(
+            &self.flights,
+            Arc::clone(&self.inner),
+            generation,
+            hit,
+            key,
+            loader,
+            ttl,
+        )
+        .await
     }
 
     /// Loads running right now.

@@ -1,0 +1,239 @@
+//! The main job: put a cache in front of a slow, costly AI call and see what it saves.
+//!
+//! A simulated chat-completion API (≈300 ms and a fraction of a cent per call) is called by eight
+//! concurrent workers with a realistic mix of prompts: a few popular ones asked again and again,
+//! and a long tail of new ones. The same workload runs twice — straight to the API, then through
+//! `layercache` — and a short report compares calls, cost and latency.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Needs nothing installed. (`REDIS_URL` will add a shared Redis layer once that layer ships.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layercache::{KeyBuilder, LoadOptions, MemoryCache};
+
+const WORKERS: usize = 8;
+const REQUESTS_PER_WORKER: usize = 40;
+const DISTINCT_PROMPTS: usize = 60;
+const COST_PER_1K_TOKENS_USD: f64 = 0.002;
+
+/// What the simulated model returns.
+#[derive(Debug, Clone)]
+struct ChatReply {
+    text: Arc<str>,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+impl ChatReply {
+    fn cost_usd(&self) -> f64 {
+        f64::from(self.prompt_tokens + self.completion_tokens) / 1000.0 * COST_PER_1K_TOKENS_USD
+    }
+}
+
+#[derive(Debug)]
+struct ApiError(String);
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ApiError {}
+
+/// A stand-in for an LLM client: slow, metered, and shared behind an `Arc`.
+#[derive(Debug, Default)]
+struct SimulatedLlm {
+    calls: AtomicU64,
+    spent_micro_usd: AtomicU64,
+}
+
+impl SimulatedLlm {
+    async fn chat(&self, prompt: &str) -> Result<ChatReply, ApiError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        // 250–350 ms, varying with the prompt.
+        let jitter = prompt
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)))
+            % 100;
+        tokio::time::sleep(Duration::from_millis(250 + jitter)).await;
+        let reply = ChatReply {
+            text: Arc::from(format!("Here is a thoughtful answer to: {prompt}")),
+            prompt_tokens: 40 + prompt.len() as u32 / 4,
+            completion_tokens: 180 + jitter as u32,
+        };
+        self.spent_micro_usd
+            .fetch_add((reply.cost_usd() * 1e6) as u64, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    fn spent_usd(&self) -> f64 {
+        self.spent_micro_usd.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// The prompts each worker sends: skewed towards a few popular ones (as real traffic is), from a
+/// small deterministic generator so every run sees the same mix.
+fn workload(worker: usize) -> Vec<String> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (worker as u64 + 1);
+    (0..REQUESTS_PER_WORKER)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let index = (u * u * u * DISTINCT_PROMPTS as f64) as usize;
+            format!(
+                "Question #{index}: how do I reset my password on device model {}?",
+                index * 7
+            )
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn run<F, Fut>(call: F) -> Vec<Duration>
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(REQUESTS_PER_WORKER);
+                for prompt in workload(w) {
+                    let start = Instant::now();
+                    call(prompt).await;
+                    latencies.push(start.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        match worker.await {
+            Ok(latencies) => all.extend(latencies),
+            Err(e) => eprintln!("worker failed: {e}"),
+        }
+    }
+    all.sort();
+    all
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("REDIS_URL").is_some() {
+        println!(
+            "note: REDIS_URL is set, but this version has no Redis layer yet; using memory only.\n"
+        );
+    }
+
+    // 1. Without a cache: every request pays for a model call.
+    let direct = Arc::new(SimulatedLlm::default());
+    let started = Instant::now();
+    let api = Arc::clone(&direct);
+    let uncached = run(move |prompt: String| {
+        let api = Arc::clone(&api);
+        async move {
+            if let Err(e) = api.chat(&prompt).await {
+                eprintln!("call failed: {e}");
+            }
+        }
+    })
+    .await;
+    let uncached_wall = started.elapsed();
+
+    // 2. The same traffic through layercache.
+    let cached_api = Arc::new(SimulatedLlm::default());
+    let cache = MemoryCache::<ChatReply>::builder()
+        .name("chat")
+        .max_bytes(64 << 20)
+        .weigher(|reply| reply.text.len())
+        .build()?;
+    let started = Instant::now();
+    let (api, c) = (Arc::clone(&cached_api), cache.clone());
+    let failures = Arc::new(AtomicU64::new(0));
+    let failed = Arc::clone(&failures);
+    let cached = run(move |prompt: String| {
+        let (api, cache, failed) = (Arc::clone(&api), c.clone(), Arc::clone(&failed));
+        async move {
+            let key = KeyBuilder::new("chat")
+                .version(1)
+                .part("sim-model")
+                .part(&prompt)
+                .build();
+            let loaded = cache
+                .get_or_load(
+                    &key,
+                    move || async move { api.chat(&prompt).await },
+                    LoadOptions::ttl(Duration::from_secs(3600)),
+                )
+                .await;
+            if let Err(e) = loaded {
+                failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("call failed: {e}");
+            }
+        }
+    })
+    .await;
+    let cached_wall = started.elapsed();
+
+    let stats = cache.stats();
+    let requests = WORKERS * REQUESTS_PER_WORKER;
+    let calls = cached_api.calls.load(Ordering::Relaxed);
+    println!("layercache quickstart: {requests} chat requests from {WORKERS} concurrent workers, {DISTINCT_PROMPTS} distinct prompts\n");
+    println!("                         without cache     with cache");
+    println!(
+        "  model calls made       {:>13}  {:>13}",
+        direct.calls.load(Ordering::Relaxed),
+        calls
+    );
+    println!(
+        "  served from cache      {:>13}  {:>13}",
+        0,
+        requests as u64 - calls
+    );
+    println!(
+        "  money spent            {:>12.4}$  {:>12.4}$",
+        direct.spent_usd(),
+        cached_api.spent_usd()
+    );
+    println!(
+        "  p50 latency            {:>13.1?}  {:>13.1?}",
+        percentile(&uncached, 0.50),
+        percentile(&cached, 0.50)
+    );
+    println!(
+        "  p95 latency            {:>13.1?}  {:>13.1?}",
+        percentile(&uncached, 0.95),
+        percentile(&cached, 0.95)
+    );
+    println!(
+        "  wall time              {:>13.1?}  {:>13.1?}",
+        uncached_wall, cached_wall
+    );
+    println!();
+    println!(
+        "  cache: {} hits, {} misses (hit ratio {:.1}%), {} loads, {} callers coalesced onto another's load, {} failures",
+        stats.hits,
+        stats.misses,
+        stats.hit_ratio() * 100.0,
+        stats.loads,
+        stats.coalesced,
+        failures.load(Ordering::Relaxed),
+    );
+    Ok(())
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Works on a fresh machine: installs what the tests need
+# when it is missing and it can (redis-server and redis-cli from Debian's packages, as root).
+#
+#   scripts/test.sh            fmt check, clippy -D warnings, docs, tests (all features, and none)
+#
+# Environment:
+#   SKIP_LINT=1                skip fmt/clippy/doc (quick local runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+ensure_redis() {
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+        return
+    fi
+    log "redis-server not found: installing it from Debian's packages"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
+        # Tests start their own servers on free ports; the distribution's service is not needed.
+        $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+    else
+        echo "error: redis-server is missing and apt-get is unavailable; install Redis 6.2+ (redis-server, redis-cli) and rerun" >&2
+        exit 1
+    fi
+}
+
+ensure_redis
+redis-server --version
+
+if [ "${SKIP_LINT:-0}" != "1" ]; then
+    log "rustfmt"
+    cargo fmt --all -- --check
+    log "clippy (all targets, all features, -D warnings)"
+    cargo clippy --all-targets --all-features -- -D warnings
+    log "clippy (no default features)"
+    cargo clippy --all-targets --no-default-features -- -D warnings
+    log "rustdoc (warnings are errors)"
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+fi
+
+log "tests, all features"
+cargo test --all-features
+log "tests, no default features"
+cargo test --no-default-features
+log "all tests passed"

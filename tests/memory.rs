@@ -1,0 +1,247 @@
+//! `MemoryCache`: lifetimes, capacity, builder validation, use through the `Cache` trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercache::{Cache, CacheExt, Entry, Error, MemoryCache};
+
+#[tokio::test]
+async fn per_entry_lifetime_beats_the_cache_default() {
+    let cache = MemoryCache::<String>::builder()
+        .time_to_live(Duration::from_secs(3600))
+        .build()
+        .expect("valid");
+    cache
+        .set("short", Entry::new("s".into(), Duration::from_millis(50)))
+        .await
+        .expect("set");
+    cache
+        .set("long", Entry::new("l".into(), Duration::from_secs(60)))
+        .await
+        .expect("set");
+    assert_eq!(
+        cache.get_value("short").await.expect("get").as_deref(),
+        Some("s")
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(
+        cache.get("short").await.expect("get").is_none(),
+        "gone at 60 ms"
+    );
+    assert_eq!(
+        cache.get_value("long").await.expect("get").as_deref(),
+        Some("l")
+    );
+    // Lookups are exact; reclaiming the memory follows moka's timer wheel (about 1 s buckets).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        cache.run_pending_tasks().await;
+        if cache.entry_count() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired entry was never reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cache_wide_ttl_caps_long_entries() {
+    let cache = MemoryCache::<u32>::builder()
+        .time_to_live(Duration::from_millis(50))
+        .build()
+        .expect("valid");
+    cache
+        .set_value("k", 1, Duration::from_secs(3600))
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    assert!(cache.get("k").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn time_to_idle_evicts_unread_entries() {
+    let cache = MemoryCache::<u32>::builder()
+        .time_to_idle(Duration::from_millis(80))
+        .build()
+        .expect("valid");
+    cache
+        .set_value("read", 1, Duration::from_secs(60))
+        .await
+        .expect("set");
+    cache
+        .set_value("idle", 2, Duration::from_secs(60))
+        .await
+        .expect("set");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            cache.get("read").await.expect("get").is_some(),
+            "reads keep it alive"
+        );
+    }
+    assert!(
+        cache.get("idle").await.expect("get").is_none(),
+        "unread for 160 ms"
+    );
+}
+
+#[tokio::test]
+async fn a_byte_bounded_cache_never_holds_more_than_its_budget() {
+    const BUDGET: u64 = 64 * 1024;
+    let cache = MemoryCache::<Arc<String>>::builder()
+        .max_bytes(BUDGET)
+        .weigher(|v| v.len())
+        .build()
+        .expect("valid");
+    for i in 0..2_000u32 {
+        let value = Arc::new("x".repeat(100 + (i as usize % 900)));
+        cache
+            .set_value(&format!("key-{i}"), value, Duration::from_secs(60))
+            .await
+            .expect("set");
+        if i % 250 == 0 {
+            cache.run_pending_tasks().await;
+            assert!(
+                cache.weighted_size() <= BUDGET,
+                "{} > {BUDGET}",
+                cache.weighted_size()
+            );
+        }
+    }
+    cache.run_pending_tasks().await;
+    let held = cache.weighted_size();
+    assert!(held <= BUDGET, "{held} > {BUDGET}");
+    assert!(held > BUDGET / 4, "the cache is actually used: {held}");
+    assert!(cache.entry_count() < 2_000);
+
+    // A single value larger than the whole budget is not kept.
+    cache
+        .set_value(
+            "huge",
+            Arc::new("y".repeat(100_000)),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("set");
+    cache.run_pending_tasks().await;
+    assert!(cache.get("huge").await.expect("get").is_none());
+    assert!(cache.weighted_size() <= BUDGET);
+}
+
+#[tokio::test]
+async fn an_entry_bounded_cache_keeps_its_count() {
+    let cache = MemoryCache::<u64>::builder()
+        .max_entries(100)
+        .build()
+        .expect("valid");
+    for i in 0..1_000u64 {
+        cache
+            .set_value(&i.to_string(), i, Duration::from_secs(60))
+            .await
+            .expect("set");
+    }
+    cache.run_pending_tasks().await;
+    assert!(cache.entry_count() <= 100, "{}", cache.entry_count());
+}
+
+#[tokio::test]
+async fn stale_entries_are_returned_as_stale_and_counted() {
+    let cache = MemoryCache::<u32>::builder().build().expect("valid");
+    let entry = Entry::new(7, Duration::from_millis(20)).with_max_stale(Duration::from_secs(60));
+    cache.set("k", entry).await.expect("set");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let got = cache.get("k").await.expect("get").expect("still usable");
+    assert!(!got.is_fresh() && got.is_usable());
+    assert_eq!(*got.value(), 7);
+    assert_eq!(
+        cache.get_value("k").await.expect("get"),
+        None,
+        "get_value wants fresh values"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.stale_hits, stats.misses), (0, 2, 0));
+}
+
+#[tokio::test]
+async fn setting_an_expired_entry_removes_the_key() {
+    let cache = MemoryCache::<u32>::builder().build().expect("valid");
+    cache
+        .set_value("k", 1, Duration::from_secs(60))
+        .await
+        .expect("set");
+    cache.set_value("k", 2, Duration::ZERO).await.expect("set");
+    assert!(cache.get("k").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn works_as_a_trait_object_with_batches() {
+    let cache: Arc<dyn Cache<String>> =
+        Arc::new(MemoryCache::builder().name("dyn").build().expect("valid"));
+    assert_eq!(cache.name(), "dyn");
+    cache
+        .set_many(vec![
+            ("a", Entry::new("1".into(), Duration::from_secs(60))),
+            ("b", Entry::new("2".into(), Duration::from_secs(60))),
+        ])
+        .await
+        .expect("set_many");
+    let got = cache
+        .get_many(&["a", "missing", "b"])
+        .await
+        .expect("get_many");
+    let values: Vec<_> = got.into_iter().map(|e| e.map(Entry::into_value)).collect();
+    assert_eq!(
+        values,
+        vec![Some("1".to_string()), None, Some("2".to_string())]
+    );
+    cache.delete("a").await.expect("delete");
+    cache
+        .delete("never-there")
+        .await
+        .expect("deleting a missing key is fine");
+    assert!(cache.get("a").await.expect("get").is_none());
+    // Boxed trait objects compose the same way.
+    let boxed: Box<dyn Cache<String>> = Box::new(MemoryCache::builder().build().expect("valid"));
+    boxed
+        .set_value("x", "y".into(), Duration::from_secs(1))
+        .await
+        .expect("set");
+    assert_eq!(
+        boxed.get_value("x").await.expect("get").as_deref(),
+        Some("y")
+    );
+}
+
+#[test]
+fn the_builder_rejects_settings_that_do_not_fit() {
+    let reason = |r: layercache::Result<MemoryCache<String>>| match r {
+        Err(Error::Config { reason }) => reason,
+        Err(other) => panic!("expected Config, got {other:?}"),
+        Ok(_) => panic!("expected an error"),
+    };
+    assert!(reason(
+        MemoryCache::builder()
+            .max_entries(10)
+            .max_bytes(10)
+            .weigher(|s: &String| s.len())
+            .build()
+    )
+    .contains("not both"));
+    assert!(reason(MemoryCache::builder().max_bytes(1 << 20).build()).contains("weigher"));
+    assert!(
+        reason(MemoryCache::builder().weigher(|s: &String| s.len()).build()).contains("max_bytes")
+    );
+    assert!(reason(MemoryCache::builder().max_entries(0).build()).contains("greater than zero"));
+    assert!(
+        reason(MemoryCache::builder().time_to_live(Duration::ZERO).build())
+            .contains("time_to_live")
+    );
+    assert!(
+        reason(MemoryCache::builder().time_to_idle(Duration::ZERO).build())
+            .contains("time_to_idle")
+    );
+    assert!(reason(MemoryCache::builder().name("").build()).contains("name"));
+}

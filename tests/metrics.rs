@@ -1,0 +1,197 @@
+//! Metrics through the facade equal the test's own counts (checked with `DebuggingRecorder`),
+//! and `Stats` agrees with them without any recorder.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercache::metrics::{COALESCED_TOTAL, LOADS_TOTAL, LOAD_DURATION_SECONDS, REQUESTS_TOTAL};
+use layercache::{LoadOptions, MemoryCache};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::MetricKind;
+
+/// Counter values by (name, sorted labels) and histogram sample counts by name.
+type Counters = HashMap<(String, Vec<(String, String)>), u64>;
+type HistogramCounts = HashMap<String, usize>;
+
+fn snapshot(recorder: &DebuggingRecorder) -> (Counters, HistogramCounts) {
+    let mut counters = HashMap::new();
+    let mut histograms = HashMap::new();
+    for (key, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
+        let (kind, key) = key.into_parts();
+        let mut labels: Vec<_> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        match (kind, value) {
+            (MetricKind::Counter, DebugValue::Counter(n)) => {
+                counters.insert((key.name().to_owned(), labels), n);
+            }
+            (MetricKind::Histogram, DebugValue::Histogram(samples)) => {
+                *histograms.entry(key.name().to_owned()).or_default() += samples.len();
+            }
+            _ => {}
+        }
+    }
+    (counters, histograms)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn counters_match_what_the_test_did() {
+    let recorder = DebuggingRecorder::new();
+    // Handles are registered at build time, with the recorder current then.
+    let cache: MemoryCache<u64> = metrics::with_local_recorder(&recorder, || {
+        MemoryCache::builder().name("m").build().expect("valid")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let loader_calls = Arc::new(AtomicU64::new(0));
+    let (mut expected_hits, mut expected_misses) = (0u64, 0u64);
+
+    runtime.block_on(async {
+        // 20 distinct keys, each asked 5 times in a row: 1 miss + 4 hits each.
+        for round in 0..5 {
+            for k in 0..20u64 {
+                let calls = loader_calls.clone();
+                let v = cache
+                    .get_or_load(
+                        &format!("k{k}"),
+                        move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, std::io::Error>(k * 10)
+                        },
+                        LoadOptions::ttl(Duration::from_secs(60)),
+                    )
+                    .await
+                    .expect("ok");
+                assert_eq!(v, k * 10);
+                if round == 0 {
+                    expected_misses += 1
+                } else {
+                    expected_hits += 1
+                }
+            }
+        }
+        // Two failing loads.
+        for _ in 0..2 {
+            let calls = loader_calls.clone();
+            let r = cache
+                .get_or_load(
+                    "bad",
+                    move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        Err::<u64, _>(std::io::Error::other("nope"))
+                    },
+                    LoadOptions::default(),
+                )
+                .await;
+            assert!(r.is_err());
+            expected_misses += 1;
+        }
+        // Ten concurrent callers on one cold key: 1 load, 9 coalesced, 10 misses.
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), loader_calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(
+                            "shared",
+                            move || async move {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                Ok::<_, std::io::Error>(1)
+                            },
+                            LoadOptions::default(),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("no panic").expect("ok");
+            expected_misses += 1;
+        }
+    });
+
+    let (counters, histograms) = snapshot(&recorder);
+    let count = |name: &str, l: &[(&str, &str)]| {
+        counters
+            .get(&(name.to_owned(), labels(l)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let hits = count(
+        REQUESTS_TOTAL,
+        &[("cache", "m"), ("layer", "memory"), ("result", "hit")],
+    );
+    let misses = count(
+        REQUESTS_TOTAL,
+        &[("cache", "m"), ("layer", "memory"), ("result", "miss")],
+    );
+    assert_eq!(hits, expected_hits);
+    assert_eq!(misses, expected_misses);
+    assert_eq!(hits + misses, 5 * 20 + 2 + 10, "hits + misses = requests");
+
+    let ok = count(LOADS_TOTAL, &[("cache", "m"), ("outcome", "ok")]);
+    let err = count(LOADS_TOTAL, &[("cache", "m"), ("outcome", "error")]);
+    assert_eq!(
+        ok + err,
+        loader_calls.load(Ordering::SeqCst),
+        "loads = loader invocations"
+    );
+    assert_eq!((ok, err), (21, 2));
+    assert_eq!(count(COALESCED_TOTAL, &[("cache", "m")]), 9);
+    assert_eq!(histograms.get(LOAD_DURATION_SECONDS).copied(), Some(23));
+
+    // Stats agrees with the recorder.
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.hits,
+            stats.misses,
+            stats.loads,
+            stats.load_errors,
+            stats.coalesced
+        ),
+        (hits, misses, 23, 2, 9)
+    );
+    assert!((stats.hit_ratio() - hits as f64 / (hits + misses) as f64).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn stats_work_without_any_recorder() {
+    let cache = MemoryCache::<u8>::builder().build().expect("valid");
+    cache
+        .get_or_load(
+            "a",
+            || async { Ok::<_, std::io::Error>(1) },
+            LoadOptions::default(),
+        )
+        .await
+        .expect("ok");
+    cache
+        .get_or_load(
+            "a",
+            || async { Ok::<_, std::io::Error>(2) },
+            LoadOptions::default(),
+        )
+        .await
+        .expect("ok");
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.loads, s.requests()), (1, 1, 1, 2));
+    assert_eq!(s.hit_ratio(), 0.5);
+}
