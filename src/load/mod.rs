@@ -112,17 +112,19 @@ impl LoadOptions {
     }
 }
 
-/// The shared `get_or_load` path: a fresh hit, else the single-flight load. `generation` is
-/// [`Flights::generation`] read before the lookup that produced `hit`.
-pub(crate) async fn get_or_load<V, S, F, Fut, E>(
-    flights: &Arc<Flights<V>>,
+/// The shared miss path of `get_or_load`: join or start the single-flight load.
+///
+/// Boxed on purpose: the load's state machine is large, and keeping it out of the caller's future
+/// keeps the hit path (which never reaches here) small and cheap to move. `generation` is
+/// [`Flights::generation`] read before the lookup that missed.
+pub(crate) fn load_missing<'a, V, S, F, Fut, E>(
+    flights: &'a Arc<Flights<V>>,
     store: S,
     generation: u64,
-    hit: Option<Entry<V>>,
-    key: &str,
+    key: &'a str,
     loader: F,
     ttl: Duration,
-) -> Result<V>
+) -> std::pin::Pin<Box<dyn Future<Output = Result<V>> + Send + 'a>>
 where
     V: Clone + Send + Sync + 'static,
     S: Cache<V> + 'static,
@@ -130,16 +132,11 @@ where
     Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    if let Some(entry) = hit {
-        if entry.is_fresh() {
-            return Ok(entry.into_value());
-        }
-    }
-    flights
-        .load(store, key, generation, loader, move |value, took| {
+    Box::pin(
+        flights.load(store, key, generation, loader, move |value, took| {
             Entry::new(value, ttl).with_load_duration(took)
-        })
-        .await
+        }),
+    )
 }
 
 /// Adds `get_or_load` (single-flight, detached loads, metrics) to any [`Cache`].
@@ -228,23 +225,16 @@ where
     {
         let generation = self.flights.generation();
         // A failing layer is treated as a miss: the loader can still answer.
-        let hit = self.inner.get(key).await.ok().flatten();
-        if hit.as_ref().is_some_and(Entry::is_fresh) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+        if let Ok(Some(entry)) = self.inner.get(key).await {
+            if entry.is_fresh() {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(entry.into_value());
+            }
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let ttl = options.resolve_ttl(self.default_ttl);
-        get_or_load(
-            &self.flights,
-            Arc::clone(&self.inner),
-            generation,
-            hit,
-            key,
-            loader,
-            ttl,
-        )
-        .await
+        let store = Arc::clone(&self.inner);
+        load_missing(&self.flights, store, generation, key, loader, ttl).await
     }
 
     /// Loads running right now.
