@@ -178,6 +178,11 @@ impl<V> Entry<V> {
     }
 
     #[inline]
+    pub(crate) fn fresh_until_ms(&self) -> u64 {
+        self.fresh_until_ms
+    }
+
+    #[inline]
     pub(crate) fn stale_until_ms(&self) -> u64 {
         self.stale_until_ms
     }

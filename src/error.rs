@@ -70,9 +70,105 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A value could not be serialized.
+    #[error("could not encode the value")]
+    Encode {
+        /// The serializer's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A value is larger than the configured limit.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's serialized size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// Stored bytes are not a valid frame for this codec. Layers treat this as a miss and delete
+    /// the key; it is returned only by direct [`ValueCodec::decode`](crate::codec::ValueCodec)
+    /// calls.
+    #[error("could not decode a stored value: {kind}")]
+    Decode {
+        /// What was wrong with the bytes.
+        kind: DecodeErrorKind,
+        /// The underlying decompressor or deserializer error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A Redis command failed (connection refused or lost, server error, command timeout).
+    #[cfg(feature = "redis")]
+    #[error("redis {op} failed")]
+    Redis {
+        /// The operation: `get`, `set`, `delete`, `get_many`, `set_many`, `scan`, `connect`.
+        op: &'static str,
+        /// fred's error.
+        #[source]
+        source: fred::error::Error,
+    },
+
     /// `get_or_load` was called outside a tokio runtime; detached loads need one.
     #[error("no tokio runtime is running; get_or_load must be called from within a tokio runtime")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
+}
+
+/// What was wrong with bytes that failed to decode (see [`Error::Decode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// Shorter than a frame header.
+    #[error("truncated frame")]
+    Truncated,
+    /// Not a layercache frame.
+    #[error("bad magic bytes")]
+    BadMagic,
+    /// A frame version this build does not know.
+    #[error("unsupported frame version {0}")]
+    UnsupportedVersion(u8),
+    /// Flag bits this build does not know, or an impossible combination.
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// Written with another serde format.
+    #[error("written with format id {found}, this codec reads format id {expected}")]
+    FormatMismatch {
+        /// This codec's format id.
+        expected: u8,
+        /// The frame's format id.
+        found: u8,
+    },
+    /// The frame claims a value larger than the limit.
+    #[error("frame claims {len} bytes, over the limit of {max}")]
+    TooLarge {
+        /// The claimed raw length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload length does not match the frame's raw length.
+    #[error("payload length does not match the header")]
+    LengthMismatch,
+    /// The frame is compressed but this codec cannot decompress (no `zstd` feature or compression
+    /// turned off).
+    #[error("frame is compressed but compression is unavailable")]
+    CompressionUnavailable,
+    /// Compressed with another dictionary (or with/without one when this codec differs).
+    #[error("compressed with dictionary id {found}, not this codec's")]
+    DictionaryMismatch {
+        /// The frame's dictionary id (0 = none).
+        found: u32,
+    },
+    /// zstd rejected the payload.
+    #[error("decompression failed")]
+    Decompress,
+    /// The checksum does not match: the bytes were corrupted.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The serde format rejected the payload (for example a changed struct).
+    #[error("deserialization failed")]
+    Deserialize,
 }
 
 impl Error {

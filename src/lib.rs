@@ -39,6 +39,7 @@
 //! | [`entry`] | [`Entry`]: a value plus its fresh and stale deadlines |
 //! | [`memory`] | [`MemoryCache`], the in-process layer over moka |
 //! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
+//! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`metrics`] | metric names, and the [`Stats`] snapshot |
 //! | [`error`] | the one [`Error`] enum and [`Result`] |
@@ -48,6 +49,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+pub mod codec;
 pub mod entry;
 pub mod error;
 pub mod key;
@@ -61,8 +63,9 @@ pub mod metrics;
 pub struct ReadmeDoctests;
 
 pub use crate::cache::{Cache, CacheExt};
+pub use crate::codec::{Codec, ValueCodec};
 pub use crate::entry::Entry;
-pub use crate::error::{BoxError, Error, Result, SharedError};
+pub use crate::error::{BoxError, DecodeErrorKind, Error, Result, SharedError};
 pub use crate::key::{CacheKey, KeyBuilder};
 pub use crate::load::{LoadOptions, LoadingCache};
 pub use crate::memory::{MemoryCache, MemoryCacheBuilder};

@@ -1,0 +1,89 @@
+//! The frame around every value a byte layer stores.
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic "LC"
+//!      2    1 frame version (1)
+//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary; other bits must be 0
+//!      4    1 format id (see `Format::id`)
+//!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
+//!     13    8 stale_until, ms since the Unix epoch
+//!     21    4 load duration of the value, ms (0 = unknown)
+//!     25    4 dictionary id (0 = none)
+//!     29    4 raw length: bytes of the serialized value before compression
+//!     33    8 checksum: xxh3-64 of bytes 0..33 followed by the raw serialized value
+//!     41    … payload: the serialized value, zstd-compressed when bit 0 is set
+//! ```
+//!
+//! The checksum covers the header as well as the value, so a flipped bit in a deadline is caught
+//! as surely as one in the payload. (zstd without a content checksum decodes many corrupted frames
+//! into wrong bytes without complaint.)
+
+use xxhash_rust::xxh3::Xxh3;
+
+pub(crate) const MAGIC: [u8; 2] = *b"LC";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 41;
+pub(crate) const CHECKED_LEN: usize = 33;
+
+pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
+pub(crate) const FLAG_DICTIONARY: u8 = 0b10;
+pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY;
+
+/// The parsed fixed part of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) flags: u8,
+    pub(crate) format: u8,
+    pub(crate) fresh_until_ms: u64,
+    pub(crate) stale_until_ms: u64,
+    pub(crate) load_ms: u32,
+    pub(crate) dictionary: u32,
+    pub(crate) raw_len: u32,
+    pub(crate) checksum: u64,
+}
+
+impl Header {
+    /// Writes the header (with `checksum` as given) into the first `HEADER_LEN` bytes of `out`.
+    pub(crate) fn write(&self, out: &mut [u8; HEADER_LEN]) {
+        out[0..2].copy_from_slice(&MAGIC);
+        out[2] = VERSION;
+        out[3] = self.flags;
+        out[4] = self.format;
+        out[5..13].copy_from_slice(&self.fresh_until_ms.to_le_bytes());
+        out[13..21].copy_from_slice(&self.stale_until_ms.to_le_bytes());
+        out[21..25].copy_from_slice(&self.load_ms.to_le_bytes());
+        out[25..29].copy_from_slice(&self.dictionary.to_le_bytes());
+        out[29..33].copy_from_slice(&self.raw_len.to_le_bytes());
+        out[33..41].copy_from_slice(&self.checksum.to_le_bytes());
+    }
+
+    /// Reads the fixed fields; magic and version are checked by the caller first.
+    pub(crate) fn read(bytes: &[u8; HEADER_LEN]) -> Header {
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Header {
+            flags: bytes[3],
+            format: bytes[4],
+            fresh_until_ms: u64_at(5),
+            stale_until_ms: u64_at(13),
+            load_ms: u32_at(21),
+            dictionary: u32_at(25),
+            raw_len: u32_at(29),
+            checksum: u64_at(33),
+        }
+    }
+}
+
+/// xxh3-64 over the checked header bytes and the raw serialized value.
+pub(crate) fn checksum(header: &[u8; HEADER_LEN], raw: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&header[..CHECKED_LEN]);
+    h.update(raw);
+    h.digest()
+}

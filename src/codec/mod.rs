@@ -1,0 +1,484 @@
+//! Turning values into the bytes a shared layer (Redis) stores, and back — safely.
+//!
+//! A [`Codec`] serializes a value with a serde [`Format`] (postcard by default), compresses it
+//! with zstd when it is large enough (feature `zstd`), and wraps it in a checked frame that
+//! records the format, the entry's deadlines, the raw length and a checksum (layout in
+//! [`frame`](self#frame)).
+//!
+//! Decoding trusts nothing: the magic, version, flags, format id and length are checked before any
+//! allocation; a buffer is never sized from anything but our own length field, and only after it
+//! has been checked against [`max_value_bytes`](CodecBuilder::max_value_bytes); decompression
+//! writes into exactly that buffer; the checksum is verified before the value is deserialized.
+//! Any failure is an [`Error::Decode`] — never a panic, never wrong bytes.
+//!
+//! ```
+//! # #[cfg(all(feature = "postcard", feature = "zstd"))] {
+//! use std::time::Duration;
+//! use layercache::codec::{Codec, ValueCodec};
+//! use layercache::Entry;
+//!
+//! let codec = Codec::builder().compress_above(1024).zstd_level(3).build().unwrap();
+//! let entry = Entry::new("a long chat reply ".repeat(200), Duration::from_secs(60));
+//! let bytes = codec.encode(&entry).unwrap();
+//! assert!(bytes.len() < 1000, "compressed");
+//! let back: Entry<String> = codec.decode(&bytes).unwrap();
+//! assert_eq!(back.value(), entry.value());
+//! # }
+//! ```
+//!
+//! # Frame
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic "LC"
+//!      2    1 frame version (1)
+//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary; other bits must be 0
+//!      4    1 format id (see Format::id)
+//!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
+//!     13    8 stale_until, ms since the Unix epoch
+//!     21    4 load duration of the value, ms (0 = unknown)
+//!     25    4 dictionary id (0 = none)
+//!     29    4 raw length: bytes of the serialized value before compression
+//!     33    8 checksum: xxh3-64 of bytes 0..33 followed by the raw serialized value
+//!     41    … payload: the serialized value, zstd-compressed when bit 0 is set
+//! ```
+
+#[cfg(feature = "zstd")]
+mod compress;
+mod format;
+mod frame;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[cfg(feature = "bincode")]
+pub use self::format::Bincode;
+pub use self::format::Format;
+#[cfg(feature = "json")]
+pub use self::format::Json;
+#[cfg(feature = "msgpack")]
+pub use self::format::MessagePack;
+#[cfg(feature = "postcard")]
+pub use self::format::Postcard;
+use self::frame::{Header, FLAG_COMPRESSED, FLAG_DICTIONARY, HEADER_LEN, KNOWN_FLAGS};
+use crate::entry::Entry;
+use crate::error::{DecodeErrorKind, Error, Result};
+
+/// Largest value a codec encodes or decodes unless told otherwise: 64 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 20;
+/// Values whose serialized form is at least this many bytes are compressed: 1 KiB.
+pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
+/// zstd level used unless told otherwise.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Encodes entries of `V` into framed bytes and back. Object safe, so a layer can hold
+/// `Arc<dyn ValueCodec<V>>`; [`Codec`] implements it for every serde type. Implement it yourself
+/// to take over the byte format entirely.
+pub trait ValueCodec<V>: fmt::Debug + Send + Sync {
+    /// The bytes to store for `entry`.
+    fn encode(&self, entry: &Entry<V>) -> Result<Vec<u8>>;
+    /// The entry stored as `bytes`, or [`Error::Decode`].
+    fn decode(&self, bytes: &[u8]) -> Result<Entry<V>>;
+}
+
+impl<V, C: ValueCodec<V> + ?Sized> ValueCodec<V> for Arc<C> {
+    fn encode(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+        (**self).encode(entry)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
+        (**self).decode(bytes)
+    }
+}
+
+/// The default format: [`Postcard`] when the `postcard` feature is on.
+#[cfg(feature = "postcard")]
+pub type DefaultFormat = Postcard;
+
+/// Serde format + optional zstd + checked frame. Cheap to share (`Arc` it); safe to use from many
+/// threads at once.
+pub struct Codec<F> {
+    format: F,
+    max_value_bytes: usize,
+    compress_above: Option<usize>,
+    #[cfg(feature = "zstd")]
+    zstd: Option<compress::Zstd>,
+    #[cfg(feature = "zstd")]
+    dictionary_id: u32,
+}
+
+impl<F: Format> fmt::Debug for Codec<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Codec");
+        d.field("format", &self.format.name())
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("compress_above", &self.compress_above);
+        #[cfg(feature = "zstd")]
+        d.field("zstd", &self.zstd);
+        d.finish()
+    }
+}
+
+#[cfg(feature = "postcard")]
+impl Codec<Postcard> {
+    /// A builder for a postcard codec (see [`CodecBuilder`] for the defaults).
+    pub fn builder() -> CodecBuilder<Postcard> {
+        CodecBuilder::new(Postcard)
+    }
+}
+
+#[cfg(feature = "postcard")]
+impl Default for Codec<Postcard> {
+    /// Postcard, zstd level 3 above 1 KiB (with the `zstd` feature), 64 MiB limit.
+    fn default() -> Self {
+        Codec {
+            format: Postcard,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            #[cfg(feature = "zstd")]
+            compress_above: Some(DEFAULT_COMPRESS_ABOVE),
+            #[cfg(not(feature = "zstd"))]
+            compress_above: None,
+            #[cfg(feature = "zstd")]
+            zstd: compress::Zstd::new(DEFAULT_ZSTD_LEVEL, None).ok(),
+            #[cfg(feature = "zstd")]
+            dictionary_id: 0,
+        }
+    }
+}
+
+impl<F: Format> Codec<F> {
+    /// A builder for a codec writing `format`.
+    pub fn with_format(format: F) -> CodecBuilder<F> {
+        CodecBuilder::new(format)
+    }
+
+    /// The format this codec writes.
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// The largest value this codec encodes or decodes.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    /// Frame `value` with the given deadlines (ms since the epoch) and load duration.
+    fn encode_parts<V: Serialize + ?Sized>(
+        &self,
+        value: &V,
+        fresh_until_ms: u64,
+        stale_until_ms: u64,
+        load: Option<Duration>,
+    ) -> Result<Vec<u8>> {
+        let mut raw = Vec::new();
+        self.format
+            .serialize(value, &mut raw)
+            .map_err(|source| Error::Encode { source })?;
+        if raw.len() > self.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                len: raw.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::ValueTooLarge {
+            len: raw.len(),
+            max: u32::MAX as usize,
+        })?;
+        let load_ms = load.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        let mut header = Header {
+            flags: 0,
+            format: self.format.id(),
+            fresh_until_ms,
+            stale_until_ms,
+            load_ms,
+            dictionary: 0,
+            raw_len,
+            checksum: 0,
+        };
+        let compressed = self.maybe_compress(&raw, &mut header)?;
+        let mut head = [0u8; HEADER_LEN];
+        header.write(&mut head);
+        header.checksum = frame::checksum(&head, &raw);
+        header.write(&mut head);
+        let payload = compressed.as_deref().unwrap_or(&raw);
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(payload);
+        Ok(out)
+    }
+
+    #[cfg(feature = "zstd")]
+    fn maybe_compress(&self, raw: &[u8], header: &mut Header) -> Result<Option<Vec<u8>>> {
+        let (Some(threshold), Some(zstd)) = (self.compress_above, &self.zstd) else {
+            return Ok(None);
+        };
+        if raw.len() < threshold {
+            return Ok(None);
+        }
+        let compressed = zstd.compress(raw).map_err(|e| Error::Encode {
+            source: Box::new(e),
+        })?;
+        // Keep the smaller form: incompressible data is stored as it is.
+        if compressed.len() >= raw.len() {
+            return Ok(None);
+        }
+        header.flags |= FLAG_COMPRESSED;
+        if zstd.has_dictionary() {
+            header.flags |= FLAG_DICTIONARY;
+            header.dictionary = self.dictionary_id;
+        }
+        Ok(Some(compressed))
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    fn maybe_compress(&self, _raw: &[u8], _header: &mut Header) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Check a frame and return its header and raw (decompressed, verified) payload.
+    fn open(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+        let head: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| decode_error(DecodeErrorKind::Truncated))?;
+        if head[0..2] != frame::MAGIC {
+            return Err(decode_error(DecodeErrorKind::BadMagic));
+        }
+        if head[2] != frame::VERSION {
+            return Err(decode_error(DecodeErrorKind::UnsupportedVersion(head[2])));
+        }
+        let header = Header::read(head);
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(decode_error(DecodeErrorKind::UnknownFlags(header.flags)));
+        }
+        if header.format != self.format.id() {
+            return Err(decode_error(DecodeErrorKind::FormatMismatch {
+                expected: self.format.id(),
+                found: header.format,
+            }));
+        }
+        let raw_len = header.raw_len as usize;
+        if raw_len > self.max_value_bytes {
+            return Err(decode_error(DecodeErrorKind::TooLarge {
+                len: raw_len,
+                max: self.max_value_bytes,
+            }));
+        }
+        let payload = &bytes[HEADER_LEN..];
+        let raw = if header.flags & FLAG_COMPRESSED != 0 {
+            self.decompress(&header, payload, raw_len)?
+        } else {
+            if header.flags & FLAG_DICTIONARY != 0 {
+                return Err(decode_error(DecodeErrorKind::UnknownFlags(header.flags)));
+            }
+            if payload.len() != raw_len {
+                return Err(decode_error(DecodeErrorKind::LengthMismatch));
+            }
+            payload.to_vec()
+        };
+        if frame::checksum(head, &raw) != header.checksum {
+            return Err(decode_error(DecodeErrorKind::Checksum));
+        }
+        Ok((header, raw))
+    }
+
+    #[cfg(feature = "zstd")]
+    fn decompress(&self, header: &Header, payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+        let zstd = self
+            .zstd
+            .as_ref()
+            .ok_or_else(|| decode_error(DecodeErrorKind::CompressionUnavailable))?;
+        let wants_dictionary = header.flags & FLAG_DICTIONARY != 0;
+        if wants_dictionary != zstd.has_dictionary()
+            || (wants_dictionary && header.dictionary != self.dictionary_id)
+        {
+            return Err(decode_error(DecodeErrorKind::DictionaryMismatch {
+                found: header.dictionary,
+            }));
+        }
+        zstd.decompress(payload, raw_len)
+            .map_err(|e| Error::Decode {
+                kind: DecodeErrorKind::Decompress,
+                source: Some(Box::new(e)),
+            })
+    }
+
+    #[cfg(not(feature = "zstd"))]
+    fn decompress(&self, _header: &Header, _payload: &[u8], _raw_len: usize) -> Result<Vec<u8>> {
+        Err(decode_error(DecodeErrorKind::CompressionUnavailable))
+    }
+}
+
+fn decode_error(kind: DecodeErrorKind) -> Error {
+    Error::Decode { kind, source: None }
+}
+
+impl<V, F> ValueCodec<V> for Codec<F>
+where
+    V: Serialize + DeserializeOwned,
+    F: Format,
+{
+    fn encode(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+        self.encode_parts(
+            entry.value(),
+            entry.fresh_until_ms(),
+            entry.stale_until_ms(),
+            entry.load_duration(),
+        )
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
+        let (header, raw) = self.open(bytes)?;
+        let value: V = self
+            .format
+            .deserialize(&raw)
+            .map_err(|source| Error::Decode {
+                kind: DecodeErrorKind::Deserialize,
+                source: Some(source),
+            })?;
+        let entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);
+        Ok(if header.load_ms > 0 {
+            entry.with_load_duration(Duration::from_millis(u64::from(header.load_ms)))
+        } else {
+            entry
+        })
+    }
+}
+
+/// Builds a [`Codec`]. Defaults: zstd level 3 for values of 1 KiB and more (with the `zstd`
+/// feature; none without it), no dictionary, 64 MiB value limit.
+#[must_use]
+#[derive(Debug)]
+pub struct CodecBuilder<F> {
+    format: F,
+    max_value_bytes: usize,
+    compress_above: Option<usize>,
+    zstd_level: i32,
+    dictionary: Option<Vec<u8>>,
+}
+
+impl<F: Format> CodecBuilder<F> {
+    fn new(format: F) -> Self {
+        CodecBuilder {
+            format,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            compress_above: cfg!(feature = "zstd").then_some(DEFAULT_COMPRESS_ABOVE),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            dictionary: None,
+        }
+    }
+
+    /// Largest serialized value accepted, when encoding and when decoding (default 64 MiB, at most
+    /// 4 GiB − 1). Decoding never allocates more than this for a value.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Compress serialized values of at least `bytes` (default 1 KiB). Needs the `zstd` feature.
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
+    /// Never compress.
+    pub fn no_compression(mut self) -> Self {
+        self.compress_above = None;
+        self
+    }
+
+    /// zstd compression level (default 3; zstd accepts negative "fast" levels up to 22).
+    pub fn zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+
+    /// Compress with a trained zstd dictionary (see [`train_dictionary`]). Its id is recorded in
+    /// each frame, and frames written with another dictionary are rejected, not misread. Every
+    /// reader of the data must use the same dictionary.
+    pub fn with_dictionary(mut self, dictionary: impl Into<Vec<u8>>) -> Self {
+        self.dictionary = Some(dictionary.into());
+        self
+    }
+
+    /// Build the codec.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero or over-4-GiB `max_value_bytes`, a format id of 0, a
+    /// compression setting without the `zstd` feature, or a level or dictionary zstd rejects.
+    pub fn build(self) -> Result<Codec<F>> {
+        if self.max_value_bytes == 0 || self.max_value_bytes > u32::MAX as usize {
+            return Err(Error::config(
+                "max_value_bytes must be between 1 and 4 GiB - 1",
+            ));
+        }
+        if self.format.id() == 0 {
+            return Err(Error::config("format id 0 is reserved"));
+        }
+        #[cfg(not(feature = "zstd"))]
+        {
+            if self.compress_above.is_some() || self.dictionary.is_some() {
+                return Err(Error::config(
+                    "compression needs the `zstd` feature of layercache",
+                ));
+            }
+            Ok(Codec {
+                format: self.format,
+                max_value_bytes: self.max_value_bytes,
+                compress_above: None,
+            })
+        }
+        #[cfg(feature = "zstd")]
+        {
+            let range = zstd::compression_level_range();
+            if !range.contains(&self.zstd_level) {
+                return Err(Error::config(format!(
+                    "zstd level {} is outside {}..={}",
+                    self.zstd_level,
+                    range.start(),
+                    range.end()
+                )));
+            }
+            let dictionary_id = self.dictionary.as_deref().map_or(0, dictionary_id);
+            let zstd = if self.compress_above.is_some() || self.dictionary.is_some() {
+                Some(
+                    compress::Zstd::new(self.zstd_level, self.dictionary)
+                        .map_err(|e| Error::config(format!("zstd rejected the settings: {e}")))?,
+                )
+            } else {
+                None
+            };
+            Ok(Codec {
+                format: self.format,
+                max_value_bytes: self.max_value_bytes,
+                compress_above: self.compress_above.filter(|_| zstd.is_some()),
+                zstd,
+                dictionary_id,
+            })
+        }
+    }
+}
+
+/// A dictionary's id as recorded in frames: never 0 (which means "no dictionary").
+#[cfg(feature = "zstd")]
+fn dictionary_id(dictionary: &[u8]) -> u32 {
+    let id = xxhash_rust::xxh3::xxh3_64(dictionary) as u32;
+    id.max(1)
+}
+
+/// Train a zstd dictionary of at most `max_bytes` from sample serialized values (at least a few
+/// dozen, ideally hundreds). Small values (around 1 KiB) of a similar shape compress much better
+/// with one.
+///
+/// # Errors
+///
+/// [`Error::Config`] when zstd cannot train from the samples (too few or too small).
+#[cfg(feature = "zstd")]
+pub fn train_dictionary<S: AsRef<[u8]>>(samples: &[S], max_bytes: usize) -> Result<Vec<u8>> {
+    zstd::dict::from_samples(samples, max_bytes)
+        .map_err(|e| Error::config(format!("could not train a zstd dictionary: {e}")))
+}

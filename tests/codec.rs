@@ -1,0 +1,371 @@
+//! The codec: every format round-trips; corrupted, truncated, foreign and malicious bytes are
+//! rejected (never a panic, never wrong data); golden frames of version 1 still decode.
+
+mod support;
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use layercache::codec::{Codec, Format, ValueCodec};
+use layercache::{DecodeErrorKind, Entry, Error};
+use support::chat::{reply, ChatReply};
+
+fn entry(seed: u64, bytes: usize) -> Entry<ChatReply> {
+    Entry::new(reply(seed, bytes), Duration::from_secs(60))
+        .with_max_stale(Duration::from_secs(600))
+        .with_load_duration(Duration::from_millis(1234))
+}
+
+fn assert_same(a: &Entry<ChatReply>, b: &Entry<ChatReply>) {
+    assert_eq!(a.value(), b.value());
+    assert_eq!(a.fresh_until(), b.fresh_until());
+    assert_eq!(a.stale_until(), b.stale_until());
+    assert_eq!(a.load_duration(), b.load_duration());
+}
+
+/// Decode as chat replies.
+fn dec<F: Format>(codec: &Codec<F>, bytes: &[u8]) -> layercache::Result<Entry<ChatReply>> {
+    codec.decode(bytes)
+}
+
+fn kind(err: Error) -> DecodeErrorKind {
+    match err {
+        Error::Decode { kind, .. } => kind,
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+fn round_trip<F: Format + Clone>(format: F) {
+    let plain = Codec::with_format(format.clone())
+        .no_compression()
+        .build()
+        .expect("valid");
+    for (seed, size) in [(1, 200), (2, 4096), (3, 64 * 1024)] {
+        let e = entry(seed, size);
+        let bytes = plain.encode(&e).expect("encode");
+        assert_eq!(bytes[3] & 1, 0, "{}: not compressed", format.name());
+        assert_same(&dec(&plain, &bytes).expect("decode"), &e);
+    }
+    #[cfg(feature = "zstd")]
+    {
+        let zstd = Codec::with_format(format.clone())
+            .compress_above(1024)
+            .build()
+            .expect("valid");
+        let small = entry(4, 200);
+        let bytes = zstd.encode(&small).expect("encode");
+        assert_eq!(bytes[3] & 1, 0, "below the threshold stays uncompressed");
+        assert_same(&dec(&zstd, &bytes).expect("decode"), &small);
+        let big = entry(5, 4096);
+        let bytes = zstd.encode(&big).expect("encode");
+        assert_eq!(bytes[3] & 1, 1, "{}: compressed", format.name());
+        assert!(bytes.len() < plain.encode(&big).expect("encode").len());
+        assert_same(&dec(&zstd, &bytes).expect("decode"), &big);
+    }
+}
+
+#[test]
+fn every_format_round_trips_with_and_without_compression() {
+    #[cfg(feature = "postcard")]
+    round_trip(layercache::codec::Postcard);
+    #[cfg(feature = "json")]
+    round_trip(layercache::codec::Json);
+    #[cfg(feature = "msgpack")]
+    round_trip(layercache::codec::MessagePack);
+    #[cfg(feature = "bincode")]
+    round_trip(layercache::codec::Bincode);
+}
+
+#[cfg(feature = "postcard")]
+fn postcard() -> Codec<layercache::codec::Postcard> {
+    Codec::builder().build().expect("valid")
+}
+
+#[cfg(feature = "postcard")]
+#[test]
+fn every_truncation_is_rejected() {
+    let codec = postcard();
+    let bytes = codec.encode(&entry(7, 3000)).expect("encode");
+    for len in 0..bytes.len() {
+        let err = dec(&codec, &bytes[..len]).expect_err("a truncated frame never decodes");
+        let _ = kind(err);
+    }
+    // Extra bytes after a frame are corruption too.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let _ = kind(dec(&codec, &longer).expect_err("trailing byte"));
+}
+
+#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[test]
+fn every_single_bit_flip_of_a_compressed_frame_is_caught() {
+    let codec = postcard();
+    let original = entry(8, 4096);
+    let bytes = codec.encode(&original).expect("encode");
+    assert_eq!(bytes[3] & 1, 1, "compressed");
+    let (mut rejected, mut harmless) = (0usize, 0usize);
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        match dec(&codec, &flipped) {
+            Err(e) => {
+                let _ = kind(e);
+                rejected += 1;
+            }
+            // A flip zstd ignores (e.g. in an unused header bit) may decode; it must then be the
+            // very same value, verified by the checksum.
+            Ok(decoded) => {
+                assert_same(&decoded, &original);
+                harmless += 1;
+            }
+        }
+    }
+    println!(
+        "{} bit flips: {rejected} rejected, {harmless} decoded to the original",
+        bytes.len() * 8
+    );
+    assert!(rejected > bytes.len() * 8 * 99 / 100);
+}
+
+#[cfg(feature = "postcard")]
+#[test]
+fn random_garbage_is_rejected() {
+    let codec = postcard();
+    let mut state = 0x1234_5678_9abc_def1u64;
+    for len in [0usize, 1, 2, 5, 40, 41, 42, 100, 1000, 70_000] {
+        for round in 0..20 {
+            let mut garbage: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            if round % 2 == 1 && len >= 5 {
+                // Looks like our frame at first glance.
+                garbage[..5].copy_from_slice(&[b'L', b'C', 1, 0, 1]);
+            }
+            let _ = kind(dec(&codec, &garbage).expect_err("garbage never decodes"));
+        }
+    }
+}
+
+#[cfg(all(feature = "postcard", feature = "json"))]
+#[test]
+fn a_frame_of_another_format_is_rejected_not_guessed() {
+    let json = Codec::with_format(layercache::codec::Json)
+        .build()
+        .expect("valid");
+    let bytes = json.encode(&entry(9, 500)).expect("encode");
+    match kind(dec(&postcard(), &bytes).expect_err("other format")) {
+        DecodeErrorKind::FormatMismatch {
+            expected: 1,
+            found: 2,
+        } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Builds a frame by hand from the documented layout, so the test checks the format itself.
+fn frame(flags: u8, format: u8, raw: &[u8], payload: &[u8], raw_len: u32) -> Vec<u8> {
+    let mut head = Vec::with_capacity(41);
+    head.extend_from_slice(b"LC");
+    head.push(1);
+    head.push(flags);
+    head.push(format);
+    head.extend_from_slice(&u64::MAX.to_le_bytes());
+    head.extend_from_slice(&u64::MAX.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&raw_len.to_le_bytes());
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&head);
+    h.update(raw);
+    head.extend_from_slice(&h.digest().to_le_bytes());
+    head.extend_from_slice(payload);
+    head
+}
+
+/// A zstd frame of about 16 KB that expands to 512 MiB of zeros.
+#[cfg(feature = "zstd")]
+fn zstd_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).expect("encoder");
+    enc.set_pledged_src_size(Some(512 << 20)).expect("pledge");
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        enc.write_all(&chunk).expect("write");
+    }
+    enc.finish().expect("finish")
+}
+
+#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[test]
+fn a_zstd_bomb_is_rejected_without_inflating() {
+    let bomb = zstd_bomb();
+    assert!(
+        bomb.len() < 64 * 1024,
+        "bomb is small: {} bytes",
+        bomb.len()
+    );
+    let codec = Codec::builder()
+        .max_value_bytes(1 << 20)
+        .build()
+        .expect("valid");
+    // Claims its true size: over the limit, rejected before any allocation.
+    let honest = frame(1, 1, &[], &bomb, 512 << 20);
+    assert!(matches!(
+        kind(dec(&codec, &honest).expect_err("bomb")),
+        DecodeErrorKind::TooLarge { .. }
+    ));
+    // Lies about its size: decompression stops at the claimed size.
+    for claimed in [0u32, 1000, 1 << 20] {
+        let liar = frame(1, 1, &[], &bomb, claimed);
+        assert!(matches!(
+            kind(dec(&codec, &liar).expect_err("bomb")),
+            DecodeErrorKind::Decompress
+        ));
+    }
+}
+
+#[cfg(feature = "postcard")]
+#[test]
+fn oversized_values_are_refused_on_encode() {
+    let codec = Codec::builder()
+        .max_value_bytes(1000)
+        .build()
+        .expect("valid");
+    match codec.encode(&entry(10, 5000)) {
+        Err(Error::ValueTooLarge { len, max: 1000 }) => assert!(len > 1000),
+        other => panic!("expected ValueTooLarge, got {other:?}"),
+    }
+}
+
+#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[test]
+fn the_builder_rejects_bad_settings() {
+    for built in [
+        Codec::builder().zstd_level(100).build(),
+        Codec::builder().max_value_bytes(0).build(),
+        Codec::builder()
+            .with_dictionary(vec![1, 2, 3])
+            .zstd_level(-1_000_000)
+            .build(),
+    ] {
+        assert!(matches!(built, Err(Error::Config { .. })), "{built:?}");
+    }
+}
+
+#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[test]
+fn dictionaries_help_small_values_and_are_checked() {
+    use layercache::codec::train_dictionary;
+    let plain = Codec::builder().compress_above(64).build().expect("valid");
+    let uncompressed = Codec::builder().no_compression().build().expect("valid");
+    let samples: Vec<Vec<u8>> = (100..400)
+        .map(|seed| postcard::to_allocvec(&reply(seed, 1024)).expect("serialize"))
+        .collect();
+    let dict = train_dictionary(&samples, 16 * 1024).expect("train");
+    let with_dict = Codec::builder()
+        .compress_above(64)
+        .with_dictionary(dict.clone())
+        .build()
+        .expect("valid");
+
+    let (mut raw, mut without, mut with) = (0usize, 0usize, 0usize);
+    for seed in 1000..1100 {
+        let e = entry(seed, 1024);
+        raw += uncompressed.encode(&e).expect("encode").len();
+        without += plain.encode(&e).expect("encode").len();
+        let bytes = with_dict.encode(&e).expect("encode");
+        with += bytes.len();
+        assert_same(&dec(&with_dict, &bytes).expect("decode"), &e);
+        // Another reader without the dictionary, or with another one, refuses the frame.
+        assert!(matches!(
+            kind(dec(&plain, &bytes).expect_err("no dict")),
+            DecodeErrorKind::DictionaryMismatch { .. }
+        ));
+    }
+    println!(
+        "~1 KiB chat replies, 100 values: framed raw {raw} B; zstd {without} B ({:.2}x); zstd+dictionary {with} B ({:.2}x)",
+        raw as f64 / without as f64,
+        raw as f64 / with as f64
+    );
+    assert!(with < without, "the dictionary helps small values");
+    let other_dict = train_dictionary(&samples[..150], 8 * 1024).expect("train");
+    let other = Codec::builder()
+        .with_dictionary(other_dict)
+        .build()
+        .expect("valid");
+    let bytes = with_dict.encode(&entry(1, 1024)).expect("encode");
+    assert!(matches!(
+        kind(dec(&other, &bytes).expect_err("other dict")),
+        DecodeErrorKind::DictionaryMismatch { .. }
+    ));
+}
+
+/// Frames written by version 1 of the format. A later version must still read them.
+#[cfg(feature = "postcard")]
+mod golden {
+    use super::*;
+
+    const FRESH_MS: u64 = 1_800_000_000_000;
+    const STALE_MS: u64 = 1_800_000_060_000;
+
+    fn golden_entry() -> Entry<(String, u32)> {
+        Entry::with_deadlines(
+            ("hello".to_string(), 42),
+            UNIX_EPOCH + Duration::from_millis(FRESH_MS),
+            UNIX_EPOCH + Duration::from_millis(STALE_MS),
+        )
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    const V1_POSTCARD_PLAIN: &str = "4c4301000100505c18a3010000603a5d18a301000000000000000000000700000025b83a37d999b0090568656c6c6f2a";
+
+    #[test]
+    fn v1_plain_frame_is_stable() {
+        let codec = Codec::builder().no_compression().build().expect("valid");
+        let bytes = codec.encode(&golden_entry()).expect("encode");
+        assert_eq!(
+            hex(&bytes),
+            V1_POSTCARD_PLAIN,
+            "the v1 frame layout changed"
+        );
+        let back: Entry<(String, u32)> = codec.decode(&unhex(V1_POSTCARD_PLAIN)).expect("decode");
+        assert_eq!(back.value(), golden_entry().value());
+        assert_eq!(back.fresh_until(), golden_entry().fresh_until());
+        assert_eq!(back.stale_until(), golden_entry().stale_until());
+    }
+
+    #[cfg(feature = "zstd")]
+    const V1_POSTCARD_ZSTD: &str = "4c4301010100505c18a3010000603a5d18a3010000000000000000000031000000a65d8e8c64c0d6c228b52ffd2031750000402f68656c6c6f202a0100021523";
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn v1_compressed_frame_still_decodes() {
+        // zstd's output may change between zstd versions, so only decoding is pinned.
+        let codec = Codec::builder().compress_above(16).build().expect("valid");
+        let long = Entry::with_deadlines(
+            (
+                "hello hello hello hello hello hello hello hello".to_string(),
+                42,
+            ),
+            UNIX_EPOCH + Duration::from_millis(FRESH_MS),
+            UNIX_EPOCH + Duration::from_millis(STALE_MS),
+        );
+        let back: Entry<(String, u32)> = codec.decode(&unhex(V1_POSTCARD_ZSTD)).expect("decode");
+        assert_eq!(back.value(), long.value());
+        assert_eq!(back.stale_until(), long.stale_until());
+    }
+}
