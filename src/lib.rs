@@ -41,6 +41,7 @@
 //! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
+//! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |
 //! | [`metrics`] | metric names, and the [`Stats`] snapshot |
 //! | [`error`] | the one [`Error`] enum and [`Result`] |
 
@@ -56,6 +57,9 @@ pub mod key;
 pub mod load;
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -70,3 +74,9 @@ pub use crate::key::{CacheKey, KeyBuilder};
 pub use crate::load::{LoadOptions, LoadingCache};
 pub use crate::memory::{MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;
+#[cfg(feature = "redis")]
+pub use crate::redis::{Reconnect, RedisCache, RedisCacheBuilder};
+
+/// The fred crate, re-exported for [`RedisCacheBuilder::config`] and error inspection.
+#[cfg(feature = "redis")]
+pub use fred;

@@ -53,6 +53,8 @@ pub struct Stats {
     pub load_errors: u64,
     /// Callers that waited on a load another caller had started, instead of loading themselves.
     pub coalesced: u64,
+    /// Failed layer operations (connection errors, timeouts, values that failed to decode).
+    pub errors: u64,
 }
 
 impl Stats {
@@ -160,8 +162,8 @@ impl LayerMetrics {
         self.stale.incr();
     }
 
-    /// A counter for errors of operation `op` on this layer (registered on first use per op).
-    #[allow(dead_code)] // used by the Redis layer
+    /// A counter for errors of operation `op` on this layer.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn error_counter(&self, op: &'static str) -> Counter {
         ::metrics::counter!(
             LAYER_ERRORS_TOTAL,
@@ -174,7 +176,7 @@ impl LayerMetrics {
     }
 
     /// A histogram of the duration of operation `op` on this layer.
-    #[allow(dead_code)] // used by the Redis layer
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn op_histogram(&self, op: &'static str) -> Histogram {
         ::metrics::histogram!(
             OP_DURATION_SECONDS,

@@ -242,3 +242,25 @@ impl RedisCluster {
             .collect()
     }
 }
+
+/// A plain fred client, for writing and inspecting raw bytes behind the cache's back.
+pub async fn raw_client(url: &str) -> fred::clients::Client {
+    use fred::prelude::ClientLike;
+    let config = fred::prelude::Config::from_url(url).expect("valid url");
+    let client = fred::types::Builder::from_config(config)
+        .build()
+        .expect("client");
+    client.init().await.expect("raw client connects");
+    client
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmHWM in /proc/self/status")
+}

@@ -1,0 +1,866 @@
+//! [`RedisCache`]: the shared layer, over [fred](https://docs.rs/fred) — single server, pool,
+//! cluster or sentinel.
+//!
+//! Values are stored as `frame(compress(serialize(value)))` by a [`ValueCodec`] (postcard + zstd by
+//! default). Redis's own expiry is set to the entry's *stale* deadline, so a value kept for
+//! fail-safe is still there when the loader fails.
+//!
+//! # Safe defaults
+//!
+//! fred's own defaults suit a database client, not a cache that must never stall its caller. The
+//! builder therefore sets:
+//!
+//! * a **command timeout** (250 ms) on every command through fred's per-command options — not a
+//!   `tokio::time::timeout` around the call, which would abandon a write that fred then replays
+//!   after a reconnect (a "zombie write" that can resurrect an invalidated value);
+//! * **one attempt** per command: a write is never replayed behind a later `delete`;
+//! * **fail-fast** while disconnected: calls error at once instead of queueing;
+//! * a **reconnect policy** (exponential, 50 ms to 1 s, forever): without one, fred never recovers
+//!   from a server restart;
+//! * **unresponsive-connection detection**, so a connection to a hung server is replaced;
+//! * **TCP_NODELAY**, and a pool of 4 connections with each key always on the same connection, so
+//!   that a `set` and a later `delete` of one key cannot overtake each other.
+//!
+//! A value that fails to decode (corrupted, truncated, written by another format or codec) is a
+//! miss: it is counted under `layercache_layer_errors_total{op="decode"}` and its key deleted.
+//!
+//! Bulk invalidation ([`RedisCache::invalidate_prefix`]) uses `SCAN` + `UNLINK` on every primary,
+//! never `KEYS`.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::bytes::Bytes;
+use fred::interfaces::ClusterInterface;
+use fred::prelude::{
+    ClientLike, Config, Expiration, KeysInterface, Options, PerformanceConfig, Pool,
+    ReconnectPolicy, Server, Value,
+};
+use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
+use metrics::{Counter, Histogram};
+
+use crate::cache::Cache;
+use crate::codec::ValueCodec;
+use crate::entry::{now_ms, Entry};
+use crate::error::{Error, Result};
+use crate::metrics::{LayerMetrics, Stats, VALUE_BYTES};
+
+/// Default time limit for each Redis command.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default time limit for connecting when the cache is built.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of connections.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Keys fetched per `MGET` (and per `SCAN` page) in batch operations.
+const BATCH: usize = 1000;
+
+/// How the client reconnects after losing a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reconnect {
+    /// Wait `min`, then twice as long each time, up to `max`; retry forever. The default
+    /// (50 ms to 1 s).
+    Exponential {
+        /// First delay.
+        min: Duration,
+        /// Longest delay.
+        max: Duration,
+    },
+    /// Wait the same delay between attempts; retry forever.
+    Constant(Duration),
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect::Exponential {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Reconnect {
+    fn to_fred(self) -> ReconnectPolicy {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+        match self {
+            Reconnect::Exponential { min, max } => {
+                ReconnectPolicy::new_exponential(0, ms(min), ms(max).max(ms(min)), 2)
+            }
+            Reconnect::Constant(delay) => ReconnectPolicy::new_constant(0, ms(delay)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Set,
+    Delete,
+    GetMany,
+    SetMany,
+    Invalidate,
+    Decode,
+}
+
+impl Op {
+    const ALL: [Op; 7] = [
+        Op::Get,
+        Op::Set,
+        Op::Delete,
+        Op::GetMany,
+        Op::SetMany,
+        Op::Invalidate,
+        Op::Decode,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+            Op::GetMany => "get_many",
+            Op::SetMany => "set_many",
+            Op::Invalidate => "invalidate",
+            Op::Decode => "decode",
+        }
+    }
+}
+
+/// Handles made once at build time, per operation.
+struct OpMetrics {
+    errors: Vec<Counter>,
+    durations: Vec<Histogram>,
+    stored_bytes: Histogram,
+    error_total: AtomicU64,
+}
+
+impl OpMetrics {
+    fn new(layer: &LayerMetrics, cache: &str) -> Self {
+        OpMetrics {
+            errors: Op::ALL
+                .iter()
+                .map(|op| layer.error_counter(op.name()))
+                .collect(),
+            durations: Op::ALL
+                .iter()
+                .map(|op| layer.op_histogram(op.name()))
+                .collect(),
+            stored_bytes: metrics::histogram!(VALUE_BYTES, "cache" => cache.to_owned(), "stage" => "stored"),
+            error_total: AtomicU64::new(0),
+        }
+    }
+
+    fn error(&self, op: Op) {
+        self.errors[op as usize].increment(1);
+        self.error_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn took(&self, op: Op, started: Instant) {
+        self.durations[op as usize].record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A cache layer in Redis. Cloning is cheap and shares the connections.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use layercache::{Cache, CacheExt, RedisCache};
+///
+/// # async fn demo() -> layercache::Result<()> {
+/// let cache = RedisCache::<String>::builder()
+///     .url("redis://127.0.0.1:6379")
+///     .namespace("chat:v3")
+///     .command_timeout(Duration::from_millis(200))
+///     .build()
+///     .await?;
+/// cache.set_value("greeting", "hello".into(), Duration::from_secs(60)).await?;
+/// assert_eq!(cache.get_value("greeting").await?.as_deref(), Some("hello"));
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisCache<V> {
+    inner: Arc<Inner<V>>,
+}
+
+struct Inner<V> {
+    pool: Pool,
+    clustered: bool,
+    prefix: String,
+    codec: Arc<dyn ValueCodec<V>>,
+    name: Arc<str>,
+    options: Options,
+    bulk_options: Options,
+    metrics: LayerMetrics,
+    ops: OpMetrics,
+}
+
+impl<V> Drop for Inner<V> {
+    fn drop(&mut self) {
+        // Close the connections (and stop reconnect loops) when the last handle goes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
+    }
+}
+
+impl<V> Clone for RedisCache<V> {
+    fn clone(&self) -> Self {
+        RedisCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V> fmt::Debug for RedisCache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("name", &self.inner.name)
+            .field("prefix", &self.inner.prefix)
+            .field("clustered", &self.inner.clustered)
+            .field("pool_size", &self.inner.pool.size())
+            .field("codec", &self.inner.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "postcard")]
+impl<V> RedisCache<V>
+where
+    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder with the default codec (postcard, zstd above 1 KiB when the `zstd` feature is on).
+    pub fn builder() -> RedisCacheBuilder<V> {
+        RedisCacheBuilder::with_codec(crate::codec::Codec::default())
+    }
+}
+
+impl<V> RedisCache<V>
+where
+    V: Send + Sync + 'static,
+{
+    /// A builder that stores values with `codec`.
+    pub fn builder_with_codec(codec: impl ValueCodec<V> + 'static) -> RedisCacheBuilder<V> {
+        RedisCacheBuilder::with_codec(codec)
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.inner.prefix.len() + key.len());
+        full.push_str(&self.inner.prefix);
+        full.push_str(key);
+        full
+    }
+
+    /// The pool connection that carries every command for `key`, so commands on one key stay in
+    /// order (a timed-out `set` cannot land after a later `delete`).
+    fn client_for(&self, key: &str) -> &fred::clients::Client {
+        let clients = self.inner.pool.clients();
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &clients[(hasher.finish() % clients.len() as u64) as usize]
+    }
+
+    fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
+        self.inner.ops.error(op);
+        Error::Redis {
+            op: op.name(),
+            source,
+        }
+    }
+
+    /// Decode `bytes` read from `full_key`. A value that does not decode (or is already past its
+    /// stale deadline) is a miss; one that does not decode is also counted and deleted.
+    async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
+        match self.inner.codec.decode(bytes) {
+            Ok(entry) if entry.is_usable_at(now_ms()) => Some(entry),
+            Ok(_) => None,
+            Err(_) => {
+                self.inner.ops.error(Op::Decode);
+                let _ = self
+                    .client_for(key)
+                    .with_options(&self.inner.options)
+                    .unlink::<i64, _>(full_key)
+                    .await;
+                None
+            }
+        }
+    }
+
+    fn count(&self, entry: &Option<Entry<V>>) {
+        match entry {
+            Some(e) if e.is_fresh() => self.inner.metrics.hit(),
+            Some(_) => self.inner.metrics.stale(),
+            None => self.inner.metrics.miss(),
+        }
+    }
+
+    /// Delete every key of this cache (within its namespace) that starts with `prefix`, using
+    /// `SCAN` + `UNLINK` on every primary; returns how many keys were removed. An empty prefix
+    /// clears the whole namespace.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let started = Instant::now();
+        let pattern = format!(
+            "{}{}*",
+            glob_escape(&self.inner.prefix),
+            glob_escape(prefix)
+        );
+        let client = self.inner.pool.next();
+        let nodes: Vec<Option<Server>> = if self.inner.clustered {
+            match client.cached_cluster_state() {
+                Some(state) => state.unique_primary_nodes().into_iter().map(Some).collect(),
+                None => {
+                    return Err(self.redis_error(
+                        Op::Invalidate,
+                        fred::error::Error::new(
+                            fred::error::ErrorKind::Cluster,
+                            "no cluster state yet",
+                        ),
+                    ))
+                }
+            }
+        } else {
+            vec![None]
+        };
+        let mut removed = 0u64;
+        for node in nodes {
+            let mut options = self.inner.bulk_options.clone();
+            options.cluster_node = node;
+            let mut cursor = "0".to_string();
+            loop {
+                let page: Value = client
+                    .with_options(&options)
+                    .custom(
+                        fred::cmd!("SCAN"),
+                        vec![
+                            cursor.clone(),
+                            "MATCH".into(),
+                            pattern.clone(),
+                            "COUNT".into(),
+                            BATCH.to_string(),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| self.redis_error(Op::Invalidate, e))?;
+                let (next, keys) =
+                    parse_scan_page(page).map_err(|e| self.redis_error(Op::Invalidate, e))?;
+                removed += self.unlink_all(keys).await?;
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        self.inner.ops.took(Op::Invalidate, started);
+        Ok(removed)
+    }
+
+    /// UNLINK `keys`, grouped by hash slot on a cluster (a multi-key command must stay in a slot).
+    async fn unlink_all(&self, keys: Vec<Bytes>) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let client = self.inner.pool.next();
+        let groups = if self.inner.clustered {
+            group_by_slot(keys)
+        } else {
+            vec![keys]
+        };
+        let pipeline = client.pipeline();
+        for group in groups {
+            let keys: Vec<fred::types::Key> =
+                group.into_iter().map(fred::types::Key::from).collect();
+            let _: () = pipeline
+                .unlink(keys)
+                .await
+                .map_err(|e| self.redis_error(Op::Invalidate, e))?;
+        }
+        let results: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(|e| self.redis_error(Op::Invalidate, e))?;
+        Ok(results.iter().filter_map(Value::as_u64).sum())
+    }
+
+    /// Round-trip time of a `PING`, as a health check (never trust a client's "connected" flag).
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let _: Value = self
+            .inner
+            .pool
+            .next()
+            .with_options(&self.inner.options)
+            .ping(None)
+            .await
+            .map_err(|source| Error::Redis { op: "ping", source })?;
+        Ok(started.elapsed())
+    }
+
+    /// Counters since the cache was built (`errors` counts failed operations, decode failures
+    /// included).
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        self.inner.metrics.fill(&mut stats);
+        stats.errors = self.inner.ops.error_total.load(Ordering::Relaxed);
+        stats
+    }
+}
+
+fn parse_scan_page(page: Value) -> std::result::Result<(String, Vec<Bytes>), fred::error::Error> {
+    let bad = || fred::error::Error::new(fred::error::ErrorKind::Protocol, "unexpected SCAN reply");
+    let Value::Array(mut parts) = page else {
+        return Err(bad());
+    };
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let keys = parts.pop().ok_or_else(bad)?;
+    let cursor = parts.pop().ok_or_else(bad)?.into_string().ok_or_else(bad)?;
+    let Value::Array(keys) = keys else {
+        return Err(bad());
+    };
+    let keys = keys
+        .into_iter()
+        .map(|k| k.into_bytes().ok_or_else(bad))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok((cursor, keys))
+}
+
+fn group_by_slot<K: AsRef<[u8]>>(keys: Vec<K>) -> Vec<Vec<K>> {
+    let mut groups: std::collections::BTreeMap<u16, Vec<K>> = std::collections::BTreeMap::new();
+    for key in keys {
+        groups
+            .entry(fred::util::redis_keyslot(key.as_ref()))
+            .or_default()
+            .push(key);
+    }
+    groups.into_values().collect()
+}
+
+/// Escapes Redis glob metacharacters so that a prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait]
+impl<V> Cache<V> for RedisCache<V>
+where
+    V: Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
+        let entry = self.peek(key).await?;
+        self.count(&entry);
+        Ok(entry)
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
+        let full = self.full_key(key);
+        let started = Instant::now();
+        let read: std::result::Result<Option<Bytes>, _> = self
+            .client_for(key)
+            .with_options(&self.inner.options)
+            .get(&full)
+            .await;
+        self.inner.ops.took(Op::Get, started);
+        match read.map_err(|e| self.redis_error(Op::Get, e))? {
+            Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        let ttl_ms = entry.stale_until_ms().saturating_sub(now_ms());
+        if ttl_ms == 0 {
+            return self.delete(key).await;
+        }
+        let bytes = self
+            .inner
+            .codec
+            .encode(&entry)
+            .inspect_err(|_| self.inner.ops.error(Op::Set))?;
+        self.inner.ops.stored_bytes.record(bytes.len() as f64);
+        let started = Instant::now();
+        let written: std::result::Result<(), _> = self
+            .client_for(key)
+            .with_options(&self.inner.options)
+            .set(
+                self.full_key(key),
+                Bytes::from(bytes),
+                Some(Expiration::PX(ttl_ms as i64)),
+                None,
+                false,
+            )
+            .await;
+        self.inner.ops.took(Op::Set, started);
+        written.map_err(|e| self.redis_error(Op::Set, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let started = Instant::now();
+        let deleted: std::result::Result<i64, _> = self
+            .client_for(key)
+            .with_options(&self.inner.options)
+            .unlink(self.full_key(key))
+            .await;
+        self.inner.ops.took(Op::Delete, started);
+        deleted
+            .map(|_| ())
+            .map_err(|e| self.redis_error(Op::Delete, e))
+    }
+
+    /// `MGET`, in chunks of 1,000 keys, pipelined; on a cluster, one `MGET` per hash slot.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        // Groups of indices into `keys`, each fetched by one MGET.
+        let groups: Vec<Vec<usize>> = if self.inner.clustered {
+            let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> =
+                std::collections::BTreeMap::new();
+            for (i, k) in full.iter().enumerate() {
+                by_slot
+                    .entry(fred::util::redis_keyslot(k.as_bytes()))
+                    .or_default()
+                    .push(i);
+            }
+            by_slot
+                .into_values()
+                .flat_map(|g| g.chunks(BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>())
+                .collect()
+        } else {
+            (0..full.len())
+                .collect::<Vec<_>>()
+                .chunks(BATCH)
+                .map(<[usize]>::to_vec)
+                .collect()
+        };
+        let pipeline = self.client_for(keys[0]).pipeline();
+        for group in &groups {
+            let group_keys: Vec<fred::types::Key> = group
+                .iter()
+                .map(|&i| fred::types::Key::from(full[i].as_str()))
+                .collect();
+            let _: () = pipeline
+                .mget(group_keys)
+                .await
+                .map_err(|e| self.redis_error(Op::GetMany, e))?;
+        }
+        let replies: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(|e| self.redis_error(Op::GetMany, e))?;
+        self.inner.ops.took(Op::GetMany, started);
+        if replies.len() != groups.len() {
+            return Err(self.redis_error(
+                Op::GetMany,
+                fred::error::Error::new(
+                    fred::error::ErrorKind::Protocol,
+                    "pipeline reply count mismatch",
+                ),
+            ));
+        }
+        let mut out: Vec<Option<Entry<V>>> = (0..keys.len()).map(|_| None).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            let values: Vec<Value> = match reply {
+                Value::Array(values) => values,
+                single => vec![single],
+            };
+            for (&i, value) in group.iter().zip(values) {
+                if let Some(bytes) = value.as_bytes() {
+                    out[i] = self.decode_or_evict(keys[i], &full[i], bytes).await;
+                }
+            }
+        }
+        for entry in &out {
+            self.count(entry);
+        }
+        Ok(out)
+    }
+
+    /// One pipeline of `SET … PX` (and `UNLINK` for entries already expired).
+    async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let now = now_ms();
+        let pipeline = self.client_for(entries[0].0).pipeline();
+        for (key, entry) in &entries {
+            let full = self.full_key(key);
+            let ttl_ms = entry.stale_until_ms().saturating_sub(now);
+            if ttl_ms == 0 {
+                let _: () = pipeline
+                    .unlink(full)
+                    .await
+                    .map_err(|e| self.redis_error(Op::SetMany, e))?;
+                continue;
+            }
+            let bytes = self
+                .inner
+                .codec
+                .encode(entry)
+                .inspect_err(|_| self.inner.ops.error(Op::SetMany))?;
+            self.inner.ops.stored_bytes.record(bytes.len() as f64);
+            let _: () = pipeline
+                .set(
+                    full,
+                    Bytes::from(bytes),
+                    Some(Expiration::PX(ttl_ms as i64)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(|e| self.redis_error(Op::SetMany, e))?;
+        }
+        let results = pipeline.try_all::<Value>().await;
+        self.inner.ops.took(Op::SetMany, started);
+        for result in results {
+            result.map_err(|e| self.redis_error(Op::SetMany, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`RedisCache`]; see the [module docs](self) for the defaults and why.
+#[must_use]
+pub struct RedisCacheBuilder<V> {
+    url: Option<String>,
+    config: Option<Config>,
+    name: String,
+    namespace: Option<String>,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    unresponsive_after: Option<Duration>,
+    reconnect: Reconnect,
+    codec: Arc<dyn ValueCodec<V>>,
+}
+
+impl<V> fmt::Debug for RedisCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheBuilder")
+            .field("url", &self.url.as_ref().map(|_| "…"))
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> RedisCacheBuilder<V>
+where
+    V: Send + Sync + 'static,
+{
+    fn with_codec(codec: impl ValueCodec<V> + 'static) -> Self {
+        RedisCacheBuilder {
+            url: None,
+            config: None,
+            name: "redis".into(),
+            namespace: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unresponsive_after: None,
+            reconnect: Reconnect::default(),
+            codec: Arc::new(codec),
+        }
+    }
+
+    /// Where Redis is: `redis://[user:pass@]host:port[/db]`, `rediss://…` (needs a TLS feature of
+    /// fred), `redis-cluster://host:port?node=host2:port2&…`, or
+    /// `redis-sentinel://host:port?sentinelServiceName=name&node=…`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Use a complete fred [`Config`] instead of a URL (for settings a URL cannot express). The
+    /// builder still applies its timeouts, reconnect policy and fail-fast on top of it.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The layer's name in metric labels (`cache="…"`). Default `"redis"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Prefix every key with `namespace:`, so caches sharing a Redis never collide and
+    /// [`invalidate_prefix`](RedisCache::invalidate_prefix) stays inside its own keys. Default: none.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Number of connections (default 4). Each key always uses the same one.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections;
+        self
+    }
+
+    /// Time limit for each command (default 250 ms). A hung server costs a caller at most this.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Time limit for the first connection, in [`build`](Self::build) (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Replace a connection that has had a command waiting this long without any reply (default:
+    /// 8 × the command timeout, at least 2 s).
+    pub fn unresponsive_after(mut self, after: Duration) -> Self {
+        self.unresponsive_after = Some(after);
+        self
+    }
+
+    /// How to reconnect after a connection is lost (default exponential, 50 ms to 1 s, forever).
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Store values with `codec` (default: postcard + zstd above 1 KiB).
+    pub fn codec(mut self, codec: impl ValueCodec<V> + 'static) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Connect and build the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`)
+    /// for a URL fred cannot parse; [`Error::Redis`] (op `connect`) when no connection could be
+    /// made within the connect timeout.
+    pub async fn build(self) -> Result<RedisCache<V>> {
+        if self.pool_size == 0 {
+            return Err(Error::config("pool_size must be at least 1"));
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config("timeouts must be greater than zero"));
+        }
+        if self.name.is_empty() {
+            return Err(Error::config("the cache name must not be empty"));
+        }
+        let mut config = match (self.url, self.config) {
+            (Some(_), Some(_)) => return Err(Error::config("set either url or config, not both")),
+            (None, None) => return Err(Error::config("set the Redis url (or a fred Config)")),
+            (Some(url), None) => Config::from_url(&url).map_err(|source| Error::Redis {
+                op: "config",
+                source,
+            })?,
+            (None, Some(config)) => config,
+        };
+        config.fail_fast = true;
+        let clustered = config.server.is_clustered();
+        let unresponsive = self
+            .unresponsive_after
+            .unwrap_or_else(|| (self.command_timeout * 8).max(Duration::from_secs(2)));
+        let connection = ConnectionConfig {
+            connection_timeout: self.connect_timeout,
+            internal_command_timeout: self.connect_timeout,
+            max_command_attempts: 1,
+            unresponsive: UnresponsiveConfig {
+                max_timeout: Some(unresponsive),
+                interval: (unresponsive / 4).max(Duration::from_millis(50)),
+            },
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            },
+            ..ConnectionConfig::default()
+        };
+        let performance = PerformanceConfig {
+            default_command_timeout: self.command_timeout,
+            ..PerformanceConfig::default()
+        };
+        let pool = fred::types::Builder::from_config(config)
+            .set_policy(self.reconnect.to_fred())
+            .set_connection_config(connection)
+            .set_performance_config(performance)
+            .build_pool(self.pool_size)
+            .map_err(|source| Error::Redis {
+                op: "config",
+                source,
+            })?;
+
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            pool.init().await?;
+            pool.wait_for_connect().await
+        })
+        .await;
+        let failure = match connected {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(source),
+            Err(_) => Some(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("could not connect within {:?}", self.connect_timeout),
+            )),
+        };
+        if let Some(source) = failure {
+            let _ = pool.quit().await;
+            return Err(Error::Redis {
+                op: "connect",
+                source,
+            });
+        }
+
+        let options = Options {
+            timeout: Some(self.command_timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let bulk_options = Options {
+            timeout: Some(self.command_timeout.max(Duration::from_secs(2))),
+            ..options.clone()
+        };
+        let prefix = self
+            .namespace
+            .map(|ns| format!("{ns}:"))
+            .unwrap_or_default();
+        let metrics = LayerMetrics::new(&self.name, "redis");
+        let ops = OpMetrics::new(&metrics, &self.name);
+        Ok(RedisCache {
+            inner: Arc::new(Inner {
+                pool,
+                clustered,
+                prefix,
+                codec: self.codec,
+                name: Arc::from(self.name),
+                options,
+                bulk_options,
+                metrics,
+                ops,
+            }),
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! `RedisCache` against a real single `redis-server`: typed round trips in every format, exact
+//! lifetimes, corrupted bytes, batches, and `invalidate_prefix` without `KEYS`.
+
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::Duration;
+
+use fred::bytes::Bytes;
+use fred::prelude::KeysInterface;
+use layercache::codec::{Codec, Format, ValueCodec};
+use layercache::{Cache, CacheExt, Entry, RedisCache};
+use support::chat::{reply, ChatReply};
+use support::redis::{raw_client, RedisServer};
+
+fn entry(seed: u64, size: usize) -> Entry<ChatReply> {
+    Entry::new(reply(seed, size), Duration::from_secs(60)).with_max_stale(Duration::from_secs(60))
+}
+
+async fn cache_with<F: Format>(
+    server: &RedisServer,
+    format: F,
+    compress: bool,
+) -> RedisCache<ChatReply> {
+    let codec = Codec::with_format(format);
+    let codec = if compress {
+        codec.compress_above(256)
+    } else {
+        codec.no_compression()
+    };
+    RedisCache::builder_with_codec(codec.build().expect("codec"))
+        .url(server.url())
+        .namespace("t")
+        .build()
+        .await
+        .expect("connect")
+}
+
+async fn round_trip<F: Format + Clone>(server: &RedisServer, format: F) {
+    for compress in [false, true] {
+        let cache = cache_with(server, format.clone(), compress).await;
+        for (i, size) in [100usize, 4096, 100_000].into_iter().enumerate() {
+            let key = format!("{}-{compress}-{i}", format.name());
+            let e = entry(i as u64, size);
+            cache.set(&key, e.clone()).await.expect("set");
+            let got = cache.get(&key).await.expect("get").expect("hit");
+            assert_eq!(got.value(), e.value(), "{key}");
+            assert_eq!(got.fresh_until(), e.fresh_until());
+            assert_eq!(got.stale_until(), e.stale_until());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_round_trip_in_every_format() {
+    let server = RedisServer::start();
+    #[cfg(feature = "postcard")]
+    round_trip(&server, layercache::codec::Postcard).await;
+    #[cfg(feature = "json")]
+    round_trip(&server, layercache::codec::Json).await;
+    #[cfg(feature = "msgpack")]
+    round_trip(&server, layercache::codec::MessagePack).await;
+    #[cfg(feature = "bincode")]
+    round_trip(&server, layercache::codec::Bincode).await;
+    let keys = server.cli(&["dbsize"]);
+    assert!(keys.trim().parse::<u32>().expect("dbsize") >= 6);
+}
+
+#[cfg(feature = "postcard")]
+async fn default_cache(server: &RedisServer) -> RedisCache<ChatReply> {
+    RedisCache::builder()
+        .url(server.url())
+        .namespace("t")
+        .build()
+        .await
+        .expect("connect")
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_gone_from_redis_after_its_lifetime() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    cache
+        .set(
+            "short",
+            Entry::new(reply(1, 300), Duration::from_millis(200)),
+        )
+        .await
+        .expect("set");
+    let pttl: i64 = server
+        .cli(&["pttl", "t:short"])
+        .trim()
+        .parse()
+        .expect("pttl");
+    assert!(
+        (150..=200).contains(&pttl),
+        "Redis expiry follows the entry: {pttl} ms"
+    );
+    // With a stale period, Redis keeps the value until the stale deadline.
+    cache
+        .set(
+            "stale",
+            Entry::new(reply(2, 300), Duration::from_millis(100))
+                .with_max_stale(Duration::from_secs(30)),
+        )
+        .await
+        .expect("set");
+    let pttl: i64 = server
+        .cli(&["pttl", "t:stale"])
+        .trim()
+        .parse()
+        .expect("pttl");
+    assert!(pttl > 29_000, "{pttl}");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        server.cli(&["exists", "t:short"]).trim(),
+        "0",
+        "gone from Redis"
+    );
+    assert!(cache.get("short").await.expect("get").is_none());
+    let stale = cache
+        .get("stale")
+        .await
+        .expect("get")
+        .expect("kept for fail-safe");
+    assert!(!stale.is_fresh());
+    assert_eq!(cache.get_value("stale").await.expect("get"), None);
+    // An already expired entry deletes the key.
+    cache
+        .set("stale", Entry::new(reply(3, 10), Duration::ZERO))
+        .await
+        .expect("set");
+    assert_eq!(server.cli(&["exists", "t:stale"]).trim(), "0");
+}
+
+#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_are_a_miss_and_are_deleted() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    let raw = raw_client(&server.url()).await;
+    let codec: Codec<_> = Codec::builder().build().expect("codec");
+    let original = entry(42, 4096);
+    let valid = codec.encode(&original).expect("encode");
+    assert_eq!(valid[3] & 1, 1, "compressed frame");
+
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        (
+            "garbage".into(),
+            (0..3000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ),
+        ("empty".into(), Vec::new()),
+        ("truncated".into(), valid[..valid.len() / 2].to_vec()),
+        ("header-only".into(), valid[..41].to_vec()),
+    ];
+    #[cfg(feature = "json")]
+    {
+        let json = Codec::with_format(layercache::codec::Json)
+            .build()
+            .expect("codec");
+        cases.push((
+            "other-format".into(),
+            json.encode(&original).expect("encode"),
+        ));
+    }
+    for (name, bytes) in &cases {
+        let key = format!("t:{name}");
+        let _: () = raw
+            .set(&key, Bytes::from(bytes.clone()), None, None, false)
+            .await
+            .expect("raw set");
+        assert!(
+            cache
+                .get(name)
+                .await
+                .expect("a decode failure is a miss, not an error")
+                .is_none(),
+            "{name}"
+        );
+        let exists: i64 = raw.exists(&key).await.expect("exists");
+        assert_eq!(exists, 0, "{name}: the bad key was deleted");
+    }
+
+    // Every single-bit flip of the compressed frame.
+    let (mut misses, mut identical) = (0, 0);
+    for bit in 0..valid.len() * 8 {
+        let mut flipped = valid.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        let _: () = raw
+            .set("t:flip", Bytes::from(flipped), None, None, false)
+            .await
+            .expect("raw set");
+        match cache.get("flip").await.expect("never an error") {
+            None => {
+                misses += 1;
+                let exists: i64 = raw.exists("t:flip").await.expect("exists");
+                assert_eq!(exists, 0, "bit {bit}: deleted");
+            }
+            Some(got) => {
+                assert_eq!(got.value(), original.value(), "bit {bit}: never wrong data");
+                identical += 1;
+            }
+        }
+    }
+    println!("{} bit flips through Redis: {misses} misses (key deleted), {identical} decoded to the original", valid.len() * 8);
+    let stats = cache.stats();
+    assert_eq!(
+        stats.errors,
+        (cases.len() + misses) as u64,
+        "each bad value counted once as a decode error"
+    );
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_use_mget_and_pipelines() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("batch-{i}")).collect();
+    let entries: Vec<(&str, Entry<ChatReply>)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(i, k)| (k.as_str(), entry(i as u64, 500)))
+        .collect();
+    cache.set_many(entries).await.expect("set_many");
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = cache.get_many(&refs).await.expect("get_many");
+    assert_eq!(got.len(), 100);
+    for (i, e) in got.iter().enumerate() {
+        if i % 3 == 0 {
+            assert!(e.is_none(), "{i} was never set");
+        } else {
+            assert_eq!(
+                e.as_ref().expect("present").value(),
+                &reply(i as u64, 500),
+                "{i}"
+            );
+        }
+    }
+    let stats = server.cli(&["info", "commandstats"]);
+    assert!(
+        stats.contains("cmdstat_mget:calls=1,"),
+        "one MGET for 100 keys:\n{stats}"
+    );
+    assert!(!stats.contains("cmdstat_get:"), "no single GETs");
+    assert!(cache.get_many(&[]).await.expect("empty").is_empty());
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_removes_exactly_the_prefixed_keys_without_keys_command() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    populate(&cache, "user:1:", 100_000).await;
+    populate(&cache, "user:2:", 1_000).await;
+    populate(&cache, "user:1*", 10).await; // glob characters in keys are matched literally
+    server.cli(&["set", "user:1:outside-namespace", "x"]);
+    assert_eq!(server.cli(&["dbsize"]).trim(), "101011");
+
+    let removed = cache
+        .invalidate_prefix("user:1:")
+        .await
+        .expect("invalidate");
+    assert_eq!(removed, 100_000);
+    assert_eq!(server.cli(&["dbsize"]).trim(), "1011");
+    assert!(cache.get("user:2:7").await.expect("get").is_some());
+    assert!(cache.get("user:1*7").await.expect("get").is_some());
+    assert_eq!(
+        server.cli(&["exists", "user:1:outside-namespace"]).trim(),
+        "1"
+    );
+    let stats = server.cli(&["info", "commandstats"]);
+    assert!(
+        !stats.contains("cmdstat_keys"),
+        "KEYS was never used:\n{stats}"
+    );
+    assert!(stats.contains("cmdstat_scan"), "SCAN was used");
+}
+
+pub async fn populate(cache: &RedisCache<ChatReply>, prefix: &str, n: usize) {
+    let value = reply(0, 64);
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for chunk in keys.chunks(2000) {
+        let entries = chunk
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str(),
+                    Entry::new(value.clone(), Duration::from_secs(600)),
+                )
+            })
+            .collect();
+        cache.set_many(entries).await.expect("set_many");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_errors_are_clear() {
+    use layercache::Error;
+    let no_url =
+        RedisCache::<ChatReply>::builder_with_codec(Codec::builder().build().expect("codec"))
+            .build()
+            .await;
+    assert!(matches!(no_url, Err(Error::Config { .. })), "{no_url:?}");
+    let bad_url = RedisCache::<ChatReply>::builder()
+        .url("not a url")
+        .build()
+        .await;
+    assert!(
+        matches!(bad_url, Err(Error::Redis { op: "config", .. })),
+        "{bad_url:?}"
+    );
+    let zero = RedisCache::<ChatReply>::builder()
+        .url("redis://127.0.0.1:1")
+        .pool_size(0)
+        .build()
+        .await;
+    assert!(matches!(zero, Err(Error::Config { .. })));
+    // Nothing listens on port 1: the connect error arrives within the connect timeout.
+    let started = std::time::Instant::now();
+    let down = RedisCache::<ChatReply>::builder()
+        .url("redis://127.0.0.1:1")
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    assert!(
+        matches!(down, Err(Error::Redis { op: "connect", .. })),
+        "{down:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reports_round_trip_time() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    let rtt = cache.ping().await.expect("ping");
+    assert!(rtt < Duration::from_millis(250));
+}
