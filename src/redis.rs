@@ -15,8 +15,9 @@
 //!   after a reconnect (a "zombie write" that can resurrect an invalidated value);
 //! * **one attempt** per command: a write is never replayed behind a later `delete`;
 //! * **fail-fast** while disconnected: calls error at once instead of queueing;
-//! * a **reconnect policy** (exponential, 50 ms to 1 s, forever): without one, fred never recovers
-//!   from a server restart;
+//! * a **reconnect policy** (exponential, 10 ms to 1 s, forever): without one, fred never recovers
+//!   from a server restart. The first delay is short because fred only starts failing fast
+//!   after it;
 //! * **unresponsive-connection detection**, so a connection to a hung server is replaced;
 //! * **TCP_NODELAY**, and a pool of 4 connections with each key always on the same connection, so
 //!   that a `set` and a later `delete` of one key cannot overtake each other.
@@ -63,7 +64,7 @@ const BATCH: usize = 1000;
 #[non_exhaustive]
 pub enum Reconnect {
     /// Wait `min`, then twice as long each time, up to `max`; retry forever. The default
-    /// (50 ms to 1 s).
+    /// (10 ms to 1 s).
     Exponential {
         /// First delay.
         min: Duration,
@@ -77,7 +78,7 @@ pub enum Reconnect {
 impl Default for Reconnect {
     fn default() -> Self {
         Reconnect::Exponential {
-            min: Duration::from_millis(50),
+            min: Duration::from_millis(10),
             max: Duration::from_secs(1),
         }
     }
@@ -741,7 +742,7 @@ where
         self
     }
 
-    /// How to reconnect after a connection is lost (default exponential, 50 ms to 1 s, forever).
+    /// How to reconnect after a connection is lost (default exponential, 10 ms to 1 s, forever).
     pub fn reconnect(mut self, policy: Reconnect) -> Self {
         self.reconnect = policy;
         self

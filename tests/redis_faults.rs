@@ -1,0 +1,171 @@
+//! Fault injection on a real `redis-server`: a hung server (SIGSTOP), a killed and restarted
+//! server, and the zombie write that a naive timeout would replay.
+
+#![cfg(all(feature = "redis", feature = "postcard"))]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use layercache::{Cache, CacheExt, Entry, Error, RedisCache};
+use support::redis::{raw_client, RedisServer};
+
+const TIMEOUT: Duration = Duration::from_millis(250);
+const SLACK: Duration = Duration::from_millis(50);
+
+async fn cache(server: &RedisServer) -> RedisCache<String> {
+    RedisCache::builder()
+        .url(server.url())
+        .namespace("f")
+        .command_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("connect")
+}
+
+fn is_redis_error(result: &layercache::Result<impl std::fmt::Debug>) -> bool {
+    matches!(result, Err(Error::Redis { .. }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_costs_at_most_the_command_timeout() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    for i in 0..8 {
+        cache
+            .set_value(&format!("k{i}"), format!("v{i}"), Duration::from_secs(60))
+            .await
+            .expect("set");
+    }
+
+    server.pause();
+    let mut worst = Duration::ZERO;
+    for i in 0..8 {
+        let started = Instant::now();
+        let got = cache.get(&format!("k{i}")).await;
+        let took = started.elapsed();
+        assert!(is_redis_error(&got), "get while hung: {got:?}");
+        worst = worst.max(took);
+        let started = Instant::now();
+        let set = cache
+            .set_value(&format!("n{i}"), "x".into(), Duration::from_secs(60))
+            .await;
+        assert!(is_redis_error(&set), "set while hung: {set:?}");
+        worst = worst.max(started.elapsed());
+    }
+    println!("slowest call against the hung server: {worst:?} (timeout {TIMEOUT:?})");
+    assert!(worst <= TIMEOUT + SLACK, "{worst:?}");
+
+    server.resume();
+    // The connection itself survived; the next calls succeed straight away.
+    for i in 0..8 {
+        let v = cache
+            .get_value(&format!("k{i}"))
+            .await
+            .expect("get after SIGCONT");
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+    cache
+        .set_value("after", "ok".into(), Duration::from_secs(60))
+        .await
+        .expect("set after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_reconnected_without_help() {
+    let mut server = RedisServer::start();
+    let cache = cache(&server).await;
+    cache
+        .set_value("k", "before".into(), Duration::from_secs(60))
+        .await
+        .expect("set");
+
+    server.kill();
+    let down_since = Instant::now();
+    // Every call while the server is down errors within the command timeout. In the first moments
+    // after the drop, fred still reports "connected" while it schedules its reconnect, so a call
+    // then may wait for its timeout; once fred has marked the connection down, calls fail at once.
+    let mut settling_worst = Duration::ZERO;
+    while down_since.elapsed() < Duration::from_millis(500) {
+        let started = Instant::now();
+        let got = cache.get("k").await;
+        assert!(is_redis_error(&got), "{got:?}");
+        settling_worst = settling_worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settling_worst <= TIMEOUT + SLACK, "{settling_worst:?}");
+    let mut slowest_failure = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let got = cache.get("k").await;
+        assert!(is_redis_error(&got), "{got:?}");
+        slowest_failure = slowest_failure.max(started.elapsed());
+        let started = Instant::now();
+        let set = cache
+            .set_value("k", "x".into(), Duration::from_secs(60))
+            .await;
+        assert!(is_redis_error(&set), "{set:?}");
+        slowest_failure = slowest_failure.max(started.elapsed());
+    }
+    println!("while down: slowest call in the first 500 ms {settling_worst:?}; then slowest of 40 calls {slowest_failure:?}");
+    assert!(
+        slowest_failure < Duration::from_millis(10),
+        "fails fast while down: {slowest_failure:?}"
+    );
+
+    server.restart();
+    let restarted = Instant::now();
+    // No reconnect call here: the client's reconnect policy does it.
+    let recovered = loop {
+        if cache
+            .set_value("k", "after".into(), Duration::from_secs(60))
+            .await
+            .is_ok()
+        {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(2),
+            "not reconnected within 2 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("recovered {recovered:?} after the restart");
+    assert_eq!(
+        cache.get_value("k").await.expect("get").as_deref(),
+        Some("after")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_never_resurrects_after_a_delete() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let raw = raw_client(&server.url()).await;
+    for round in 0..5 {
+        let key = format!("zombie-{round}");
+        server.pause();
+        let set = cache
+            .set(&key, Entry::new("v1".to_string(), Duration::from_secs(60)))
+            .await;
+        assert!(is_redis_error(&set), "the write timed out: {set:?}");
+        // Hold the server long enough that any retry logic would have fired.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.resume();
+        cache.delete(&key).await.expect("delete after resume");
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < deadline {
+            let value = cache.get_value(&key).await.expect("get");
+            assert_ne!(
+                value.as_deref(),
+                Some("v1"),
+                "round {round}: the abandoned write came back"
+            );
+            let exists: i64 = fred::prelude::KeysInterface::exists(&raw, format!("f:{key}"))
+                .await
+                .expect("exists");
+            assert_eq!(exists, 0, "round {round}: the key reappeared in Redis");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
