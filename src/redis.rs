@@ -58,6 +58,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_POOL_SIZE: usize = 4;
 /// Keys fetched per `MGET` (and per `SCAN` page) in batch operations.
 const BATCH: usize = 1000;
+/// Commands sent per pipeline round trip in batch operations, so that each round stays well
+/// inside the command timeout however large the batch.
+const PIPELINE_CHUNK: usize = 500;
 
 /// How the client reconnects after losing a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,7 +528,8 @@ where
             .map_err(|e| self.redis_error(Op::Delete, e))
     }
 
-    /// `MGET`, in chunks of 1,000 keys, pipelined; on a cluster, one `MGET` per hash slot.
+    /// `MGET`, in chunks of 1,000 keys (on a cluster, one `MGET` per hash slot), pipelined in
+    /// rounds of 500 commands.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -553,31 +557,36 @@ where
                 .map(<[usize]>::to_vec)
                 .collect()
         };
-        let pipeline = self.client_for(keys[0]).pipeline();
-        for group in &groups {
-            let group_keys: Vec<fred::types::Key> = group
-                .iter()
-                .map(|&i| fred::types::Key::from(full[i].as_str()))
-                .collect();
-            let _: () = pipeline
-                .mget(group_keys)
+        let client = self.client_for(keys[0]);
+        let mut replies: Vec<Value> = Vec::with_capacity(groups.len());
+        for round in groups.chunks(PIPELINE_CHUNK) {
+            let pipeline = client.pipeline();
+            for group in round {
+                let group_keys: Vec<fred::types::Key> = group
+                    .iter()
+                    .map(|&i| fred::types::Key::from(full[i].as_str()))
+                    .collect();
+                let _: () = pipeline
+                    .mget(group_keys)
+                    .await
+                    .map_err(|e| self.redis_error(Op::GetMany, e))?;
+            }
+            let round_replies: Vec<Value> = pipeline
+                .all()
                 .await
                 .map_err(|e| self.redis_error(Op::GetMany, e))?;
+            if round_replies.len() != round.len() {
+                return Err(self.redis_error(
+                    Op::GetMany,
+                    fred::error::Error::new(
+                        fred::error::ErrorKind::Protocol,
+                        "pipeline reply count mismatch",
+                    ),
+                ));
+            }
+            replies.extend(round_replies);
         }
-        let replies: Vec<Value> = pipeline
-            .all()
-            .await
-            .map_err(|e| self.redis_error(Op::GetMany, e))?;
         self.inner.ops.took(Op::GetMany, started);
-        if replies.len() != groups.len() {
-            return Err(self.redis_error(
-                Op::GetMany,
-                fred::error::Error::new(
-                    fred::error::ErrorKind::Protocol,
-                    "pipeline reply count mismatch",
-                ),
-            ));
-        }
         let mut out: Vec<Option<Entry<V>>> = (0..keys.len()).map(|_| None).collect();
         for (group, reply) in groups.iter().zip(replies) {
             let values: Vec<Value> = match reply {
@@ -596,46 +605,48 @@ where
         Ok(out)
     }
 
-    /// One pipeline of `SET … PX` (and `UNLINK` for entries already expired).
+    /// Pipelines of `SET … PX` (and `UNLINK` for entries already expired), 500 commands a round.
     async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let now = now_ms();
-        let pipeline = self.client_for(entries[0].0).pipeline();
-        for (key, entry) in &entries {
-            let full = self.full_key(key);
-            let ttl_ms = entry.stale_until_ms().saturating_sub(now);
-            if ttl_ms == 0 {
+        let client = self.client_for(entries[0].0);
+        for round in entries.chunks(PIPELINE_CHUNK) {
+            let pipeline = client.pipeline();
+            for (key, entry) in round {
+                let full = self.full_key(key);
+                let ttl_ms = entry.stale_until_ms().saturating_sub(now);
+                if ttl_ms == 0 {
+                    let _: () = pipeline
+                        .unlink(full)
+                        .await
+                        .map_err(|e| self.redis_error(Op::SetMany, e))?;
+                    continue;
+                }
+                let bytes = self
+                    .inner
+                    .codec
+                    .encode(entry)
+                    .inspect_err(|_| self.inner.ops.error(Op::SetMany))?;
+                self.inner.ops.stored_bytes.record(bytes.len() as f64);
                 let _: () = pipeline
-                    .unlink(full)
+                    .set(
+                        full,
+                        Bytes::from(bytes),
+                        Some(Expiration::PX(ttl_ms as i64)),
+                        None,
+                        false,
+                    )
                     .await
                     .map_err(|e| self.redis_error(Op::SetMany, e))?;
-                continue;
             }
-            let bytes = self
-                .inner
-                .codec
-                .encode(entry)
-                .inspect_err(|_| self.inner.ops.error(Op::SetMany))?;
-            self.inner.ops.stored_bytes.record(bytes.len() as f64);
-            let _: () = pipeline
-                .set(
-                    full,
-                    Bytes::from(bytes),
-                    Some(Expiration::PX(ttl_ms as i64)),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(|e| self.redis_error(Op::SetMany, e))?;
+            for result in pipeline.try_all::<Value>().await {
+                result.map_err(|e| self.redis_error(Op::SetMany, e))?;
+            }
         }
-        let results = pipeline.try_all::<Value>().await;
         self.inner.ops.took(Op::SetMany, started);
-        for result in results {
-            result.map_err(|e| self.redis_error(Op::SetMany, e))?;
-        }
         Ok(())
     }
 }

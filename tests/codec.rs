@@ -8,6 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use layercache::codec::{Codec, Format, ValueCodec};
 use layercache::{DecodeErrorKind, Entry, Error};
 use support::chat::{reply, ChatReply};
+use support::frames::frame;
+#[cfg(feature = "zstd")]
+use support::frames::zstd_bomb;
 
 fn entry(seed: u64, bytes: usize) -> Entry<ChatReply> {
     Entry::new(reply(seed, bytes), Duration::from_secs(60))
@@ -164,39 +167,6 @@ fn a_frame_of_another_format_is_rejected_not_guessed() {
         } => {}
         other => panic!("unexpected {other:?}"),
     }
-}
-
-/// Builds a frame by hand from the documented layout, so the test checks the format itself.
-fn frame(flags: u8, format: u8, raw: &[u8], payload: &[u8], raw_len: u32) -> Vec<u8> {
-    let mut head = Vec::with_capacity(41);
-    head.extend_from_slice(b"LC");
-    head.push(1);
-    head.push(flags);
-    head.push(format);
-    head.extend_from_slice(&u64::MAX.to_le_bytes());
-    head.extend_from_slice(&u64::MAX.to_le_bytes());
-    head.extend_from_slice(&0u32.to_le_bytes());
-    head.extend_from_slice(&0u32.to_le_bytes());
-    head.extend_from_slice(&raw_len.to_le_bytes());
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&head);
-    h.update(raw);
-    head.extend_from_slice(&h.digest().to_le_bytes());
-    head.extend_from_slice(payload);
-    head
-}
-
-/// A zstd frame of about 16 KB that expands to 512 MiB of zeros.
-#[cfg(feature = "zstd")]
-fn zstd_bomb() -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).expect("encoder");
-    enc.set_pledged_src_size(Some(512 << 20)).expect("pledge");
-    let chunk = vec![0u8; 1 << 20];
-    for _ in 0..512 {
-        enc.write_all(&chunk).expect("write");
-    }
-    enc.finish().expect("finish")
 }
 
 #[cfg(all(feature = "postcard", feature = "zstd"))]

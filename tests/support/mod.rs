@@ -2,5 +2,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod chat;
+pub mod frames;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,0 +1,150 @@
+//! `RedisCache` on a real 3-master Redis Cluster: typed round trips in every format with keys on
+//! all three masters, `get_many` across slots, and `invalidate_prefix` on every master.
+
+#![cfg(all(feature = "redis", feature = "postcard"))]
+
+mod support;
+
+use std::time::Duration;
+
+use layercache::codec::{Codec, Format};
+use layercache::{Cache, Entry, RedisCache};
+use support::chat::{reply, ChatReply};
+use support::redis::RedisCluster;
+
+async fn cache_with<F: Format>(
+    cluster: &RedisCluster,
+    format: F,
+    compress: bool,
+) -> RedisCache<ChatReply> {
+    let codec = Codec::with_format(format);
+    let codec = if compress {
+        codec.compress_above(256)
+    } else {
+        codec.no_compression()
+    };
+    RedisCache::builder_with_codec(codec.build().expect("codec"))
+        .url(cluster.url())
+        .namespace("c")
+        .build()
+        .await
+        .expect("connect to the cluster")
+}
+
+async fn round_trip<F: Format + Clone>(cluster: &RedisCluster, format: F) {
+    for compress in [false, true] {
+        let cache = cache_with(cluster, format.clone(), compress).await;
+        for i in 0..60u64 {
+            let key = format!("{}-{compress}-{i}", format.name());
+            let e = Entry::new(
+                reply(i, 300 + (i as usize % 5) * 900),
+                Duration::from_secs(60),
+            );
+            cache.set(&key, e.clone()).await.expect("set");
+            let got = cache.get(&key).await.expect("get").expect("hit");
+            assert_eq!(got.value(), e.value(), "{key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_round_trips_batches_and_invalidates() {
+    let cluster = RedisCluster::start();
+
+    round_trip(&cluster, layercache::codec::Postcard).await;
+    #[cfg(feature = "json")]
+    round_trip(&cluster, layercache::codec::Json).await;
+    #[cfg(feature = "msgpack")]
+    round_trip(&cluster, layercache::codec::MessagePack).await;
+    #[cfg(feature = "bincode")]
+    round_trip(&cluster, layercache::codec::Bincode).await;
+    let counts = cluster.key_counts();
+    println!("keys per master after the round trips: {counts:?}");
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "keys on all three masters: {counts:?}"
+    );
+
+    // get_many of 100 keys spread over many slots (some missing), written with set_many.
+    let cache = cache_with(&cluster, layercache::codec::Postcard, true).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("many-{i}")).collect();
+    let entries = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 4 != 0)
+        .map(|(i, k)| {
+            (
+                k.as_str(),
+                Entry::new(reply(i as u64, 700), Duration::from_secs(60)),
+            )
+        })
+        .collect();
+    cache
+        .set_many(entries)
+        .await
+        .expect("set_many across slots");
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = cache.get_many(&refs).await.expect("get_many across slots");
+    for (i, e) in got.iter().enumerate() {
+        if i % 4 == 0 {
+            assert!(e.is_none(), "{i}");
+        } else {
+            assert_eq!(
+                e.as_ref().expect("present").value(),
+                &reply(i as u64, 700),
+                "{i}"
+            );
+        }
+    }
+
+    // invalidate_prefix over 100k keys, on every master, without KEYS.
+    let value = reply(0, 64);
+    let doomed: Vec<String> = (0..100_000).map(|i| format!("doomed:{i}")).collect();
+    for chunk in doomed.chunks(5000) {
+        let entries = chunk
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str(),
+                    Entry::new(value.clone(), Duration::from_secs(600)),
+                )
+            })
+            .collect();
+        cache.set_many(entries).await.expect("populate");
+    }
+    let before: Vec<u64> = cluster.key_counts();
+    let removed = cache
+        .invalidate_prefix("doomed:")
+        .await
+        .expect("invalidate");
+    assert_eq!(removed, 100_000);
+    let after = cluster.key_counts();
+    println!("keys per master before/after invalidating 100k: {before:?} -> {after:?}");
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            b - a > 30_000,
+            "each master lost its share of the prefixed keys: {before:?} -> {after:?}"
+        );
+    }
+    assert_eq!(
+        after.iter().sum::<u64>(),
+        before.iter().sum::<u64>() - 100_000
+    );
+    assert!(
+        cache.get("many-1").await.expect("get").is_some(),
+        "other keys survive"
+    );
+    for node in &cluster.nodes {
+        let stats = node.cli(&["info", "commandstats"]);
+        assert!(
+            !stats.contains("cmdstat_keys"),
+            "no KEYS on {}:\n{stats}",
+            node.port
+        );
+        assert!(
+            stats.contains("cmdstat_scan"),
+            "SCAN ran on every master ({})",
+            node.port
+        );
+    }
+}
