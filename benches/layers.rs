@@ -4,6 +4,13 @@
 //! * `l1_hit`: `raw_moka` (a `moka::future::Cache::get`) vs `layered` (the memory layer through
 //!   `Arc<dyn Cache<V>>`, as a composed stack calls it).
 //! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`get_or_load` on a warm key).
+//! * `l2_hit` (feature `redis`): `raw_fred` (a fred `GET` plus the same decode) vs `layered`
+//!   (`RedisCache::get` through `Arc<dyn Cache<V>>`), on the same ~1 KB value bytes.
+//! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`.
+//!
+//! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
+//! CPUs wake slowly, so pin bench and server to one CPU for stable ratios:
+//! `taskset -c 0 cargo bench --bench layers`.
 //!
 //! ```text
 //! cargo bench --bench layers -- l1_hit
@@ -157,5 +164,106 @@ fn get_or_load_hit(c: &mut Criterion) {
     group.finish();
 }
 
+#[cfg(feature = "redis")]
+#[path = "../tests/support/chat.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod chat;
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod redis_support;
+
+#[cfg(all(feature = "redis", feature = "postcard"))]
+fn l2_hit(c: &mut Criterion) {
+    use fred::bytes::Bytes;
+    use fred::prelude::KeysInterface;
+    use layercache::codec::{Codec, ValueCodec};
+    use layercache::RedisCache;
+
+    let rt = runtime();
+    let server = redis_support::RedisServer::start();
+    let value = chat::reply(1, 1024);
+    let (ours, raw, codec) = rt.block_on(async {
+        let ours: Arc<dyn Cache<chat::ChatReply>> = Arc::new(
+            RedisCache::builder()
+                .url(server.url())
+                .namespace("bench")
+                .build()
+                .await
+                .expect("connect"),
+        );
+        ours.set("k", Entry::new(value.clone(), Duration::from_secs(3600)))
+            .await
+            .expect("set");
+        let raw = redis_support::raw_client(&server.url()).await;
+        let codec = Codec::builder().build().expect("codec");
+        (ours, raw, codec)
+    });
+
+    let mut group = c.benchmark_group("l2_hit");
+    group.bench_function("raw_fred", |b| {
+        b.to_async(&rt).iter(|| async {
+            let bytes: Option<Bytes> = raw.get("bench:k").await.expect("get");
+            let entry: Entry<chat::ChatReply> =
+                codec.decode(&bytes.expect("present")).expect("decode");
+            black_box(entry)
+        })
+    });
+    group.bench_function("layered", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(ours.get("k").await.expect("get").expect("present")) })
+    });
+    group.finish();
+    drop(server);
+}
+
+#[cfg(all(feature = "redis", feature = "postcard"))]
+fn batch_get_100(c: &mut Criterion) {
+    use layercache::RedisCache;
+
+    let rt = runtime();
+    let server = redis_support::RedisServer::start();
+    let keys: Vec<String> = (0..100).map(|i| format!("batch-{i}")).collect();
+    let ours: RedisCache<chat::ChatReply> = rt.block_on(async {
+        let cache = RedisCache::builder()
+            .url(server.url())
+            .namespace("bench")
+            .build()
+            .await
+            .expect("connect");
+        let entries = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    k.as_str(),
+                    Entry::new(chat::reply(i as u64, 512), Duration::from_secs(3600)),
+                )
+            })
+            .collect();
+        cache.set_many(entries).await.expect("set_many");
+        cache
+    });
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    let mut group = c.benchmark_group("batch_get_100");
+    group.bench_function("sequential_get", |b| {
+        b.to_async(&rt).iter(|| async {
+            for key in &refs {
+                black_box(ours.get(key).await.expect("get"));
+            }
+        })
+    });
+    group.bench_function("get_many", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(ours.get_many(&refs).await.expect("get_many")) })
+    });
+    group.finish();
+    drop(server);
+}
+
+#[cfg(all(feature = "redis", feature = "postcard"))]
+criterion_group!(benches, l1_hit, get_or_load_hit, l2_hit, batch_get_100);
+#[cfg(not(all(feature = "redis", feature = "postcard")))]
 criterion_group!(benches, l1_hit, get_or_load_hit);
 criterion_main!(benches);

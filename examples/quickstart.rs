@@ -9,13 +9,17 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! Needs nothing installed. (`REDIS_URL` will add a shared Redis layer once that layer ships.)
+//! Needs nothing installed: the cache is in memory. With `REDIS_URL` set (for example
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart`) the cache is in Redis
+//! instead, shared by every process that uses the same URL — run it twice and the second run is
+//! served from what the first one stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::{KeyBuilder, LoadOptions, MemoryCache};
+use layercache::{Cache, KeyBuilder, LoadOptions, LoadingCache, MemoryCache};
+use serde::{Deserialize, Serialize};
 
 const WORKERS: usize = 8;
 const REQUESTS_PER_WORKER: usize = 40;
@@ -23,9 +27,9 @@ const DISTINCT_PROMPTS: usize = 60;
 const COST_PER_1K_TOKENS_USD: f64 = 0.002;
 
 /// What the simulated model returns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChatReply {
-    text: Arc<str>,
+    text: String,
     prompt_tokens: u32,
     completion_tokens: u32,
 }
@@ -62,7 +66,7 @@ impl SimulatedLlm {
             % 100;
         tokio::time::sleep(Duration::from_millis(250 + jitter)).await;
         let reply = ChatReply {
-            text: Arc::from(format!("Here is a thoughtful answer to: {prompt}")),
+            text: format!("Here is a thoughtful answer to: {prompt}"),
             prompt_tokens: 40 + prompt.len() as u32 / 4,
             completion_tokens: 180 + jitter as u32,
         };
@@ -133,13 +137,36 @@ where
     all
 }
 
+/// The cache layer: Redis when `REDIS_URL` is set (and the `redis` feature is on), else memory.
+async fn layer() -> Result<(Arc<dyn Cache<ChatReply>>, String), Box<dyn std::error::Error>> {
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let redis = layercache::RedisCache::<ChatReply>::builder()
+            .name("chat")
+            .url(&url)
+            .namespace("quickstart:v1")
+            .build()
+            .await?;
+        return Ok((
+            Arc::new(redis),
+            format!("Redis at {url} (namespace quickstart:v1)"),
+        ));
+    }
+    #[cfg(not(feature = "redis"))]
+    if std::env::var_os("REDIS_URL").is_some() {
+        println!("note: REDIS_URL is set but this build has no `redis` feature; using memory.\n");
+    }
+    let memory = MemoryCache::<ChatReply>::builder()
+        .name("chat")
+        .max_bytes(64 << 20)
+        .weigher(|reply| reply.text.len())
+        .build()?;
+    Ok((Arc::new(memory), "memory".to_string()))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var_os("REDIS_URL").is_some() {
-        println!(
-            "note: REDIS_URL is set, but this version has no Redis layer yet; using memory only.\n"
-        );
-    }
+    let (layer, where_) = layer().await?;
 
     // 1. Without a cache: every request pays for a model call.
     let direct = Arc::new(SimulatedLlm::default());
@@ -158,17 +185,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. The same traffic through layercache.
     let cached_api = Arc::new(SimulatedLlm::default());
-    let cache = MemoryCache::<ChatReply>::builder()
-        .name("chat")
-        .max_bytes(64 << 20)
-        .weigher(|reply| reply.text.len())
-        .build()?;
+    let cache = Arc::new(LoadingCache::new(layer));
     let started = Instant::now();
-    let (api, c) = (Arc::clone(&cached_api), cache.clone());
+    let (api, c) = (Arc::clone(&cached_api), Arc::clone(&cache));
     let failures = Arc::new(AtomicU64::new(0));
     let failed = Arc::clone(&failures);
     let cached = run(move |prompt: String| {
-        let (api, cache, failed) = (Arc::clone(&api), c.clone(), Arc::clone(&failed));
+        let (api, cache, failed) = (Arc::clone(&api), Arc::clone(&c), Arc::clone(&failed));
         async move {
             let key = KeyBuilder::new("chat")
                 .version(1)
@@ -194,7 +217,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = cache.stats();
     let requests = WORKERS * REQUESTS_PER_WORKER;
     let calls = cached_api.calls.load(Ordering::Relaxed);
-    println!("layercache quickstart: {requests} chat requests from {WORKERS} concurrent workers, {DISTINCT_PROMPTS} distinct prompts\n");
+    println!("layercache quickstart: {requests} chat requests from {WORKERS} concurrent workers, {DISTINCT_PROMPTS} distinct prompts");
+    println!("cache: {where_}\n");
     println!("                         without cache     with cache");
     println!(
         "  model calls made       {:>13}  {:>13}",

@@ -61,8 +61,8 @@ pub mod metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (they use the default features).
+#[cfg(all(doctest, feature = "redis", feature = "postcard"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

@@ -1,5 +1,8 @@
 //! The codec: every format round-trips; corrupted, truncated, foreign and malicious bytes are
 //! rejected (never a panic, never wrong data); golden frames of version 1 still decode.
+//! Compiled with the default `postcard` format (the other formats are checked beside it).
+
+#![cfg(feature = "postcard")]
 
 mod support;
 
