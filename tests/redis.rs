@@ -343,3 +343,23 @@ async fn ping_reports_round_trip_time() {
     let rtt = cache.ping().await.expect("ping");
     assert!(rtt < Duration::from_millis(250));
 }
+
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_behind_a_sentinel() {
+    let sentinel = support::redis::RedisSentinel::start();
+    let cache: RedisCache<ChatReply> = RedisCache::builder()
+        .url(sentinel.url())
+        .namespace("s")
+        .build()
+        .await
+        .expect("connect via the sentinel");
+    let e = entry(5, 2000);
+    cache.set("k", e.clone()).await.expect("set");
+    assert_eq!(
+        cache.get("k").await.expect("get").expect("hit").value(),
+        e.value()
+    );
+    // The value landed on the master the sentinel named.
+    assert_eq!(sentinel.master.cli(&["exists", "s:k"]).trim(), "1");
+}

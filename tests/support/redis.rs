@@ -264,3 +264,75 @@ pub fn peak_rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmHWM in /proc/self/status")
 }
+
+/// A master and one sentinel monitoring it (`redis-server --sentinel`), as service `mymaster`.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("layercache-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 5000\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new(binary("redis-server"))
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start redis-server --sentinel: {e}. {INSTALL_HINT}")
+            });
+        let sentinel = RedisSentinel {
+            master,
+            port,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cli(port, &["sentinel", "get-master-addr-by-name", "mymaster"])
+            .contains(&sentinel.master.port.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not report its master within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    /// A URL fred understands for this sentinel deployment.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster",
+            self.port
+        )
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
