@@ -177,6 +177,20 @@ impl<V> Entry<V> {
         now_ms < self.stale_until_ms
     }
 
+    /// The same entry, fresh until `fresh_until_ms` at the latest (the stale deadline is kept).
+    pub(crate) fn cap_fresh_ms(mut self, fresh_until_ms: u64) -> Self {
+        self.fresh_until_ms = self.fresh_until_ms.min(fresh_until_ms);
+        self
+    }
+
+    /// The same entry, fresh until exactly `fresh_until_ms`; the stale deadline is raised to it
+    /// if needed.
+    pub(crate) fn refreshed_until_ms(mut self, fresh_until_ms: u64) -> Self {
+        self.fresh_until_ms = fresh_until_ms;
+        self.stale_until_ms = self.stale_until_ms.max(fresh_until_ms);
+        self
+    }
+
     #[inline]
     pub(crate) fn fresh_until_ms(&self) -> u64 {
         self.fresh_until_ms

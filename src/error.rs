@@ -110,6 +110,14 @@ pub enum Error {
         source: fred::error::Error,
     },
 
+    /// A layer was skipped because its circuit breaker is open (returned by `delete`, where
+    /// skipping a layer would leave the value behind).
+    #[error("the circuit of layer {layer} is open")]
+    CircuitOpen {
+        /// The layer's name.
+        layer: String,
+    },
+
     /// `get_or_load` was called outside a tokio runtime; detached loads need one.
     #[error("no tokio runtime is running; get_or_load must be called from within a tokio runtime")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),

@@ -38,6 +38,7 @@
 //! | [`cache`] | the object-safe [`Cache`] trait every layer implements, [`CacheExt`] |
 //! | [`entry`] | [`Entry`]: a value plus its fresh and stale deadlines |
 //! | [`memory`] | [`MemoryCache`], the in-process layer over moka |
+//! | [`layered`] | [`Layered`]: L1 + L2 with fail-safe, timeouts, early refresh, circuit breaker |
 //! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
@@ -54,6 +55,7 @@ pub mod codec;
 pub mod entry;
 pub mod error;
 pub mod key;
+pub mod layered;
 pub mod load;
 pub mod memory;
 pub mod metrics;
@@ -71,6 +73,8 @@ pub use crate::codec::{Codec, ValueCodec};
 pub use crate::entry::Entry;
 pub use crate::error::{BoxError, DecodeErrorKind, Error, Result, SharedError};
 pub use crate::key::{CacheKey, KeyBuilder};
+pub use crate::layered::{LayerHealth, Layered, LayeredBuilder, WarmReport};
+pub use crate::load::breaker::{BreakerConfig, CircuitState};
 pub use crate::load::{LoadOptions, LoadingCache};
 pub use crate::memory::{MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;

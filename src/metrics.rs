@@ -14,7 +14,9 @@ use ::metrics::{Counter, Histogram, Label, Unit};
 
 /// `layercache_requests_total{cache,layer,result=hit|miss|stale}`: lookups per layer and result.
 pub const REQUESTS_TOTAL: &str = "layercache_requests_total";
-/// `layercache_loads_total{cache,outcome=ok|error|timeout|fail_safe}`: loader runs by outcome.
+/// `layercache_loads_total{cache,outcome=ok|error|timeout|fail_safe}`: `ok` and `error` count
+/// loader runs; `timeout` counts callers that stopped waiting for a load, and `fail_safe` callers
+/// answered with a stale value because the load failed or timed out.
 pub const LOADS_TOTAL: &str = "layercache_loads_total";
 /// `layercache_load_duration_seconds{cache}`: histogram of loader run time.
 pub const LOAD_DURATION_SECONDS: &str = "layercache_load_duration_seconds";
@@ -55,6 +57,10 @@ pub struct Stats {
     pub coalesced: u64,
     /// Failed layer operations (connection errors, timeouts, values that failed to decode).
     pub errors: u64,
+    /// Callers that stopped waiting for a load (soft or hard timeout).
+    pub timeouts: u64,
+    /// Callers answered with a stale value because the load failed or timed out.
+    pub fail_safe: u64,
 }
 
 impl Stats {
@@ -115,6 +121,12 @@ fn describe() {
     );
     ::metrics::describe_counter!(LAYER_ERRORS_TOTAL, Unit::Count, "Failed layer operations");
     ::metrics::describe_histogram!(OP_DURATION_SECONDS, Unit::Seconds, "Layer operation time");
+}
+
+/// The `layercache_circuit_open{cache,layer}` gauge.
+pub(crate) fn circuit_gauge(cache: &str, layer: &str) -> ::metrics::Gauge {
+    ::metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a layer's circuit breaker is open");
+    ::metrics::gauge!(CIRCUIT_OPEN, "cache" => cache.to_owned(), "layer" => layer.to_owned())
 }
 
 /// Request counters of one layer of one cache.
@@ -200,9 +212,7 @@ impl LayerMetrics {
 pub(crate) struct LoadMetrics {
     ok: Counted,
     error: Counted,
-    #[allow(dead_code)] // recorded once timeouts land
     timeout: Counted,
-    #[allow(dead_code)] // recorded once fail-safe lands
     fail_safe: Counted,
     coalesced: Counted,
     duration: Histogram,
@@ -240,6 +250,16 @@ impl LoadMetrics {
         self.duration.record(took.as_secs_f64());
     }
 
+    /// A caller gave up waiting (soft or hard timeout).
+    pub(crate) fn timeout(&self) {
+        self.timeout.incr();
+    }
+
+    /// A caller got a stale value because the load failed or timed out.
+    pub(crate) fn fail_safe(&self) {
+        self.fail_safe.incr();
+    }
+
     pub(crate) fn coalesced(&self) {
         self.coalesced.incr();
     }
@@ -248,5 +268,7 @@ impl LoadMetrics {
         stats.loads = self.ok.get() + self.error.get();
         stats.load_errors = self.error.get();
         stats.coalesced = self.coalesced.get();
+        stats.timeouts = self.timeout.get();
+        stats.fail_safe = self.fail_safe.get();
     }
 }

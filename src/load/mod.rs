@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+pub mod breaker;
 mod flight;
 
 use std::fmt;
@@ -60,7 +61,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub(crate) use self::flight::Flights;
+pub(crate) use self::flight::{CacheTarget, Flights, Joined, LoadSpec, LoadTarget};
 use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{BoxError, Result};
@@ -69,21 +70,40 @@ use crate::metrics::Stats;
 /// Lifetime given to loaded values when neither the call nor the cache sets one: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
-/// Per-call settings for `get_or_load`. Anything left unset falls back to the cache's defaults.
+/// Per-call settings for `get_or_load`. Anything left unset falls back to the cache's defaults
+/// (set with the builder's `default_options`), and then to the built-in default.
+///
+/// [`MemoryCache`](crate::MemoryCache) and [`LoadingCache`] use only the lifetime; the resilience
+/// settings (fail-safe, timeouts, early refresh) apply to [`Layered`](crate::Layered).
 ///
 /// ```
 /// use std::time::Duration;
 /// use layercache::LoadOptions;
 ///
-/// let opts = LoadOptions::ttl(Duration::from_secs(600));
+/// let opts = LoadOptions::ttl(Duration::from_secs(600))
+///     .with_jitter(Duration::from_secs(30))            // spread expiries by up to 30 s
+///     .with_fail_safe(Duration::from_secs(3600))       // serve stale up to 1 h if the loader fails
+///     .with_fail_safe_throttle(Duration::from_secs(30))
+///     .with_soft_timeout(Duration::from_millis(200))   // with a stale value, answer after 200 ms
+///     .with_hard_timeout(Duration::from_secs(10))      // never wait longer than 10 s
+///     .with_early_refresh(0.8);                        // refresh in the background at 80 % of ttl
 /// assert_eq!(opts.time_to_live(), Some(Duration::from_secs(600)));
-/// assert_eq!(LoadOptions::default().time_to_live(), None);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[must_use]
 pub struct LoadOptions {
-    ttl: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) jitter: Option<Duration>,
+    pub(crate) max_stale: Option<Duration>,
+    pub(crate) fail_safe_throttle: Option<Duration>,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) early_refresh: Option<f64>,
+    pub(crate) xfetch_beta: Option<f64>,
 }
+
+/// How long a fail-safe value is served before the loader is tried again, unless set: 30 s.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 
 impl LoadOptions {
     /// Options that use the cache's defaults for everything.
@@ -93,12 +113,67 @@ impl LoadOptions {
 
     /// Options whose loaded value stays fresh for `ttl`.
     pub fn ttl(ttl: Duration) -> Self {
-        LoadOptions { ttl: Some(ttl) }
+        LoadOptions {
+            ttl: Some(ttl),
+            ..Self::default()
+        }
     }
 
     /// Set how long a loaded value stays fresh.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Add a random extra lifetime between zero and `jitter` to each loaded value, so that keys
+    /// written together do not all expire together.
+    pub fn with_jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = Some(jitter);
+        self
+    }
+
+    /// Turn on fail-safe: keep values usable for `max_stale` after they stop being fresh, and when
+    /// the loader fails or times out, return the stale value instead of the error (counted as
+    /// `outcome="fail_safe"`).
+    pub fn with_fail_safe(mut self, max_stale: Duration) -> Self {
+        self.max_stale = Some(max_stale);
+        self
+    }
+
+    /// After a fail-safe answer, serve the stale value for this long before calling the loader
+    /// again (default [`DEFAULT_FAIL_SAFE_THROTTLE`]), so a failing provider is not hammered.
+    pub fn with_fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = Some(throttle);
+        self
+    }
+
+    /// When a stale value exists (fail-safe on), return it if the load takes longer than this;
+    /// the load goes on in the background and updates the cache.
+    pub fn with_soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Never wait longer than this for a load: return the stale value if there is one (fail-safe
+    /// on), else [`Error::Timeout`](crate::Error::Timeout). The load goes on and may still be
+    /// cached.
+    pub fn with_hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Refresh in the background once a hit finds the value past this fraction of its lifetime
+    /// (for example 0.8), returning the current value at once. Values outside (0, 1) turn it off.
+    pub fn with_early_refresh(mut self, fraction: f64) -> Self {
+        self.early_refresh = Some(fraction);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch): a hit refreshes early with probability
+    /// `exp(-(expiry - now) / (beta × Δ))`, where Δ is how long the value took to load. `beta`
+    /// 1.0 is the usual choice; larger refreshes earlier.
+    pub fn with_xfetch(mut self, beta: f64) -> Self {
+        self.xfetch_beta = Some(beta);
         self
     }
 
@@ -110,9 +185,37 @@ impl LoadOptions {
     pub(crate) fn resolve_ttl(&self, default: Duration) -> Duration {
         self.ttl.unwrap_or(default)
     }
+
+    /// These options, with unset fields taken from `defaults`.
+    pub(crate) fn or(&self, defaults: &LoadOptions) -> LoadOptions {
+        LoadOptions {
+            ttl: self.ttl.or(defaults.ttl),
+            jitter: self.jitter.or(defaults.jitter),
+            max_stale: self.max_stale.or(defaults.max_stale),
+            fail_safe_throttle: self.fail_safe_throttle.or(defaults.fail_safe_throttle),
+            soft_timeout: self.soft_timeout.or(defaults.soft_timeout),
+            hard_timeout: self.hard_timeout.or(defaults.hard_timeout),
+            early_refresh: self.early_refresh.or(defaults.early_refresh),
+            xfetch_beta: self.xfetch_beta.or(defaults.xfetch_beta),
+        }
+    }
 }
 
-/// The shared miss path of `get_or_load`: join or start the single-flight load.
+/// A uniformly distributed number in (0, 1], from the standard library's randomly seeded hasher
+/// (good enough for jitter and early-refresh coin flips; not for anything secret).
+pub(crate) fn random_unit() -> f64 {
+    use std::hash::BuildHasher;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static STATE: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = STATE.with(|s| s.hash_one(n)) >> 11;
+    (bits as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+/// The shared miss path of `get_or_load` for single-layer caches: join or start the load and
+/// wait for it.
 ///
 /// Boxed on purpose: the load's state machine is large, and keeping it out of the caller's future
 /// keeps the hit path (which never reaches here) small and cheap to move. `generation` is
@@ -132,11 +235,21 @@ where
     Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    Box::pin(
-        flights.load(store, key, generation, loader, move |value, took| {
-            Entry::new(value, ttl).with_load_duration(took)
-        }),
-    )
+    Box::pin(async move {
+        let spec = LoadSpec {
+            make_entry: Box::new(move |value: &V, took| {
+                Some(Entry::new(value.clone(), ttl).with_load_duration(took))
+            }),
+            fresher_than_ms: 0,
+            limit: None,
+        };
+        let (waiter, joined) =
+            flights.start_or_join(Arc::new(CacheTarget(store)), key, generation, loader, spec)?;
+        if joined == Joined::Joined {
+            flights.metrics.coalesced();
+        }
+        waiter.wait().await
+    })
 }
 
 /// Adds `get_or_load` (single-flight, detached loads, metrics) to any [`Cache`].
