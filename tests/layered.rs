@@ -323,7 +323,12 @@ async fn deletes_reach_both_layers_and_stacks_nest() {
     let top: Arc<dyn Cache<String>> = Arc::new(MemoryCache::builder().name("l0").build().expect("l0"));
     let three = Layered::builder(top, s.cache.clone()).name("three").build().expect("three");
     three.get_or_load("deep", || async { Ok::<_, Down>("d".to_string()) }, LoadOptions::default()).await.expect("load");
-    assert_eq!(s.l2.get_value("deep").await.expect("l2").as_deref(), Some("d"), "reached the bottom layer");
+    // L2 is written just after the callers are answered.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while s.l2.get_value("deep").await.expect("l2").as_deref() != Some("d") {
+        assert!(Instant::now() < deadline, "never reached the bottom layer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let err = Layered::<String>::builder(s.l1.clone(), s.l2.clone()).max_concurrent_loads(0).build();
     assert!(matches!(err, Err(Error::Config { .. })));
 }
