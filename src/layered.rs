@@ -34,7 +34,10 @@ use crate::cache::Cache;
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::load::breaker::{Allow, Breaker, BreakerConfig, CircuitState};
-use crate::load::{random_unit, Flights, Joined, LoadOptions, LoadSpec, LoadTarget, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_TTL};
+use crate::load::{
+    random_unit, Flights, Joined, LoadOptions, LoadSpec, LoadTarget, DEFAULT_FAIL_SAFE_THROTTLE,
+    DEFAULT_TTL,
+};
 use crate::metrics::{circuit_gauge, LayerMetrics, Stats};
 
 type Predicate<V> = Arc<dyn Fn(&V) -> bool + Send + Sync>;
@@ -155,7 +158,10 @@ where
     }
 
     /// Run `op` against L2 if the breaker allows, reporting the outcome to it.
-    async fn via_l2<T, Fut>(self: &Arc<Self>, op: impl FnOnce(Arc<dyn Cache<V>>) -> Fut) -> Option<Result<T>>
+    async fn via_l2<T, Fut>(
+        self: &Arc<Self>,
+        op: impl FnOnce(Arc<dyn Cache<V>>) -> Fut,
+    ) -> Option<Result<T>>
     where
         Fut: Future<Output = Result<T>>,
     {
@@ -173,7 +179,9 @@ where
 
     /// Write `entry` to L2, or remember the key for later if L2 is unavailable.
     async fn write_l2(self: &Arc<Self>, key: &str, entry: Entry<V>) {
-        let written = self.via_l2(|l2| async move { l2.set(key, entry).await }).await;
+        let written = self
+            .via_l2(|l2| async move { l2.set(key, entry).await })
+            .await;
         if !matches!(written, Some(Ok(()))) {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if pending.len() < MAX_PENDING {
@@ -184,7 +192,11 @@ where
 
     /// After a successful L2 call: if writes are pending, start one task to catch them up.
     fn flush_pending_soon(self: &Arc<Self>) {
-        let has_pending = !self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_empty();
+        let has_pending = !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
         if !has_pending || self.flushing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -238,13 +250,23 @@ where
 
     /// L1, then L2 (unless L1 is fresh); an L2 entry fresher than L1's is copied into L1.
     async fn lookup(self: &Arc<Self>, key: &str, counted: bool) -> Option<Entry<V>> {
-        let l1 = if counted { self.l1.get(key).await } else { self.l1.peek(key).await };
+        let l1 = if counted {
+            self.l1.get(key).await
+        } else {
+            self.l1.peek(key).await
+        };
         let l1 = l1.ok().flatten();
         if l1.as_ref().is_some_and(Entry::is_fresh) {
             return l1;
         }
         let l2 = self
-            .via_l2(|l2| async move { if counted { l2.get(key).await } else { l2.peek(key).await } })
+            .via_l2(|l2| async move {
+                if counted {
+                    l2.get(key).await
+                } else {
+                    l2.peek(key).await
+                }
+            })
             .await
             .and_then(|r| r.ok())
             .flatten()
@@ -289,7 +311,9 @@ where
 
     fn spec(&self, options: &LoadOptions, fresher_than_ms: u64) -> LoadSpec<V> {
         let ttl = options.resolve_ttl(DEFAULT_TTL);
-        let jitter = options.jitter.map_or(Duration::ZERO, |j| j.mul_f64(random_unit()));
+        let jitter = options
+            .jitter
+            .map_or(Duration::ZERO, |j| j.mul_f64(random_unit()));
         let max_stale = options.max_stale;
         let admit = self.admit.clone();
         let negative = self.negative.clone();
@@ -369,7 +393,12 @@ where
     /// [`Error::Loader`] / [`Error::LoaderPanicked`] when the load fails and no stale value can be
     /// served; [`Error::Timeout`] when the hard timeout passes first. L2 failures are never
     /// returned: a failing L2 is a miss.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F, options: LoadOptions) -> Result<V>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
@@ -387,7 +416,9 @@ where
                     let spec = inner.spec(&options, entry.fresh_until_ms());
                     let target = Arc::new(Target(Arc::clone(inner)));
                     // Started and left running; this caller does not wait for it.
-                    let _ = inner.flights.start_or_join(target, key, generation, loader, spec);
+                    let _ = inner
+                        .flights
+                        .start_or_join(target, key, generation, loader, spec);
                 }
                 Ok(entry.into_value())
             }
@@ -402,7 +433,13 @@ where
     }
 
     /// No usable value: wait for the load, up to the hard timeout.
-    async fn load_and_wait<F, Fut, E>(&self, key: &str, loader: F, options: LoadOptions, generation: u64) -> Result<V>
+    async fn load_and_wait<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+        generation: u64,
+    ) -> Result<V>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
@@ -410,7 +447,13 @@ where
     {
         let inner = &self.inner;
         let target = Arc::new(Target(Arc::clone(inner)));
-        let (waiter, joined) = inner.flights.start_or_join(target, key, generation, loader, inner.spec(&options, 0))?;
+        let (waiter, joined) = inner.flights.start_or_join(
+            target,
+            key,
+            generation,
+            loader,
+            inner.spec(&options, 0),
+        )?;
         if joined == Joined::Joined {
             inner.flights.metrics.coalesced();
         }
@@ -443,7 +486,13 @@ where
     {
         let inner = &self.inner;
         let target = Arc::new(Target(Arc::clone(inner)));
-        let (waiter, joined) = inner.flights.start_or_join(target, key, generation, loader, inner.spec(&options, 0))?;
+        let (waiter, joined) = inner.flights.start_or_join(
+            target,
+            key,
+            generation,
+            loader,
+            inner.spec(&options, 0),
+        )?;
         if joined == Joined::Joined {
             inner.flights.metrics.coalesced();
         }
@@ -452,7 +501,9 @@ where
             (soft, hard) => soft.or(hard),
         };
         let result = match limit {
-            Some(limit) => tokio::time::timeout(limit, waiter.wait()).await.map_err(|_| limit),
+            Some(limit) => tokio::time::timeout(limit, waiter.wait())
+                .await
+                .map_err(|_| limit),
             None => Ok(waiter.wait().await),
         };
         match result {
@@ -465,15 +516,24 @@ where
                 // period before the loader is tried again.
                 inner.flights.metrics.fail_safe();
                 inner.metrics.stale();
-                let throttle = options.fail_safe_throttle.unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE);
-                let until = now_ms().saturating_add(throttle.as_millis() as u64).min(stale.stale_until_ms());
-                let _ = inner.l1.set(key, stale.clone().refreshed_until_ms(until)).await;
+                let throttle = options
+                    .fail_safe_throttle
+                    .unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE);
+                let until = now_ms()
+                    .saturating_add(throttle.as_millis() as u64)
+                    .min(stale.stale_until_ms());
+                let _ = inner
+                    .l1
+                    .set(key, stale.clone().refreshed_until_ms(until))
+                    .await;
                 Ok(stale.into_value())
             }
             Err(_) => {
                 // Timed out: the load goes on in the background and will update both layers.
                 inner.flights.metrics.timeout();
-                if options.soft_timeout.is_none() || options.hard_timeout.is_some_and(|h| Some(h) == limit) {
+                if options.soft_timeout.is_none()
+                    || options.hard_timeout.is_some_and(|h| Some(h) == limit)
+                {
                     inner.flights.metrics.fail_safe();
                 }
                 inner.metrics.stale();
@@ -515,12 +575,22 @@ where
     /// Keys written to L1 but not yet to L2 (because L2 was unavailable); they are written to L2
     /// automatically once it answers again.
     pub fn pending_l2_writes(&self) -> usize {
-        self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time, with
     /// `loader(key)`. Fails only if it cannot start (no runtime); failed loads are counted.
-    pub async fn warm<I, K, F, Fut, E>(&self, keys: I, loader: F, concurrency: usize, options: LoadOptions) -> Result<WarmReport>
+    pub async fn warm<I, K, F, Fut, E>(
+        &self,
+        keys: I,
+        loader: F,
+        concurrency: usize,
+        options: LoadOptions,
+    ) -> Result<WarmReport>
     where
         I: IntoIterator<Item = K>,
         K: AsRef<str>,
@@ -534,7 +604,12 @@ where
         let mut report = WarmReport::default();
         for key in keys {
             let key = key.as_ref().to_owned();
-            if self.inner.lookup(&key, false).await.is_some_and(|e| e.is_fresh()) {
+            if self
+                .inner
+                .lookup(&key, false)
+                .await
+                .is_some_and(|e| e.is_fresh())
+            {
                 report.skipped += 1;
                 continue;
             }
@@ -543,7 +618,10 @@ where
             tasks.spawn(async move {
                 let _permit = permit;
                 let k = key.clone();
-                cache.get_or_load(&key, move || loader(k), options).await.is_ok()
+                cache
+                    .get_or_load(&key, move || loader(k), options)
+                    .await
+                    .is_ok()
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -671,7 +749,11 @@ where
 
     /// Negative caching: values for which `is_negative` holds (a `None`, a not-found) are stored
     /// with their own, usually shorter, lifetime `ttl`, and without a stale period.
-    pub fn negative(mut self, is_negative: impl Fn(&V) -> bool + Send + Sync + 'static, ttl: Duration) -> Self {
+    pub fn negative(
+        mut self,
+        is_negative: impl Fn(&V) -> bool + Send + Sync + 'static,
+        ttl: Duration,
+    ) -> Self {
         self.negative = Some((Arc::new(is_negative), ttl));
         self
     }
@@ -697,7 +779,9 @@ where
                 metrics: LayerMetrics::new(&self.name, "layered"),
                 flights: Arc::new(Flights::new(&self.name)),
                 breaker: Breaker::new(self.breaker, gauge),
-                limit: self.max_concurrent_loads.map(|n| Arc::new(Semaphore::new(n))),
+                limit: self
+                    .max_concurrent_loads
+                    .map(|n| Arc::new(Semaphore::new(n))),
                 name: Arc::from(self.name),
                 l1: self.l1,
                 l2: self.l2,

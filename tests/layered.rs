@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::{Cache, CacheExt, Entry, Error, Layered, LoadOptions, MemoryCache, RedisCache, Stats};
+use layercache::{
+    Cache, CacheExt, Entry, Error, Layered, LoadOptions, MemoryCache, RedisCache, Stats,
+};
 use support::redis::RedisServer;
 
 struct Stack {
@@ -20,12 +22,27 @@ struct Stack {
     _server: RedisServer,
 }
 
-async fn stack_with(configure: impl FnOnce(layercache::LayeredBuilder<String>) -> layercache::LayeredBuilder<String>) -> Stack {
+async fn stack_with(
+    configure: impl FnOnce(layercache::LayeredBuilder<String>) -> layercache::LayeredBuilder<String>,
+) -> Stack {
     let server = RedisServer::start();
     let l1 = MemoryCache::builder().name("l1").build().expect("l1");
-    let l2 = RedisCache::builder().name("l2").url(server.url()).namespace("lay").build().await.expect("l2");
-    let cache = configure(Layered::builder(l1.clone(), l2.clone()).name("stack")).build().expect("layered");
-    Stack { cache, l1, l2, _server: server }
+    let l2 = RedisCache::builder()
+        .name("l2")
+        .url(server.url())
+        .namespace("lay")
+        .build()
+        .await
+        .expect("l2");
+    let cache = configure(Layered::builder(l1.clone(), l2.clone()).name("stack"))
+        .build()
+        .expect("layered");
+    Stack {
+        cache,
+        l1,
+        l2,
+        _server: server,
+    }
 }
 
 async fn stack() -> Stack {
@@ -34,8 +51,15 @@ async fn stack() -> Stack {
 
 /// Every answer counted exactly once; loads equal the loader's own count.
 fn assert_accounting(stats: Stats, calls: usize, loader_calls: usize) {
-    assert_eq!(stats.hits + stats.misses + stats.stale_hits, calls as u64, "hits + misses + stale = requests: {stats:?}");
-    assert_eq!(stats.loads, loader_calls as u64, "loads = loader invocations: {stats:?}");
+    assert_eq!(
+        stats.hits + stats.misses + stats.stale_hits,
+        calls as u64,
+        "hits + misses + stale = requests: {stats:?}"
+    );
+    assert_eq!(
+        stats.loads, loader_calls as u64,
+        "loads = loader invocations: {stats:?}"
+    );
 }
 
 #[derive(Debug)]
@@ -47,7 +71,12 @@ impl std::fmt::Display for Down {
 }
 impl std::error::Error for Down {}
 
-fn counting(calls: &Arc<AtomicUsize>, result: Result<&'static str, Down>, delay: Duration) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, Down>> + Send>> {
+fn counting(
+    calls: &Arc<AtomicUsize>,
+    result: Result<&'static str, Down>,
+    delay: Duration,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, Down>> + Send>>
+{
     let calls = Arc::clone(calls);
     move || {
         Box::pin(async move {
@@ -61,17 +90,28 @@ fn counting(calls: &Arc<AtomicUsize>, result: Result<&'static str, Down>, delay:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l2_hit_backfills_l1_with_the_remaining_lifetime() {
     let s = stack().await;
-    s.l2.set("k", Entry::new("from-l2".to_string(), Duration::from_secs(10))).await.expect("set l2");
+    s.l2.set(
+        "k",
+        Entry::new("from-l2".to_string(), Duration::from_secs(10)),
+    )
+    .await
+    .expect("set l2");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let got = s.cache.get("k").await.expect("get").expect("l2 hit");
     assert_eq!(got.value(), "from-l2");
     let in_l1 = s.l1.get("k").await.expect("get").expect("backfilled");
     let left = in_l1.time_to_fresh_end();
     println!("backfilled into L1 with {left:?} left (written with 10 s, read after 4 s)");
-    assert!(left > Duration::from_millis(5_500) && left <= Duration::from_secs(6), "{left:?}");
+    assert!(
+        left > Duration::from_millis(5_500) && left <= Duration::from_secs(6),
+        "{left:?}"
+    );
     // The next read is an L1 hit.
     let l2_hits = s.l2.stats().hits;
-    assert_eq!(s.cache.get_value("k").await.expect("get").as_deref(), Some("from-l2"));
+    assert_eq!(
+        s.cache.get_value("k").await.expect("get").as_deref(),
+        Some("from-l2")
+    );
     assert_eq!(s.l2.stats().hits, l2_hits, "served by L1");
 }
 
@@ -83,12 +123,28 @@ async fn fail_safe_serves_stale_values_throttles_and_gives_up_past_max_stale() {
         .with_fail_safe(Duration::from_millis(1500))
         .with_fail_safe_throttle(Duration::from_millis(500));
     let mut requests = 0;
-    let v = s.cache.get_or_load("k", counting(&calls, Ok("v1"), Duration::ZERO), opts.clone()).await.expect("load");
+    let v = s
+        .cache
+        .get_or_load(
+            "k",
+            counting(&calls, Ok("v1"), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect("load");
     requests += 1;
     assert_eq!(v, "v1");
     tokio::time::sleep(Duration::from_millis(300)).await; // expired, still within max_stale
 
-    let v = s.cache.get_or_load("k", counting(&calls, Err(Down), Duration::ZERO), opts.clone()).await.expect("fail-safe");
+    let v = s
+        .cache
+        .get_or_load(
+            "k",
+            counting(&calls, Err(Down), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect("fail-safe");
     requests += 1;
     assert_eq!(v, "v1", "the stale value instead of the error");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -97,22 +153,50 @@ async fn fail_safe_serves_stale_values_throttles_and_gives_up_past_max_stale() {
     // Within the throttle: served without calling the loader.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let v = s.cache.get_or_load("k", counting(&calls, Err(Down), Duration::ZERO), opts.clone()).await.expect("throttled");
+        let v = s
+            .cache
+            .get_or_load(
+                "k",
+                counting(&calls, Err(Down), Duration::ZERO),
+                opts.clone(),
+            )
+            .await
+            .expect("throttled");
         requests += 1;
         assert_eq!(v, "v1");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the loader is not called again within the throttle");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the loader is not called again within the throttle"
+    );
 
     // After the throttle, the loader is tried again (and fails again: stale once more).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let v = s.cache.get_or_load("k", counting(&calls, Err(Down), Duration::ZERO), opts.clone()).await.expect("fail-safe");
+    let v = s
+        .cache
+        .get_or_load(
+            "k",
+            counting(&calls, Err(Down), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect("fail-safe");
     requests += 1;
     assert_eq!(v, "v1");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // Past max_stale the error reaches the caller.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let err = s.cache.get_or_load("k", counting(&calls, Err(Down), Duration::ZERO), opts.clone()).await.expect_err("too old");
+    let err = s
+        .cache
+        .get_or_load(
+            "k",
+            counting(&calls, Err(Down), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect_err("too old");
     requests += 1;
     assert!(matches!(err, Error::Loader(_)), "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -126,7 +210,14 @@ async fn a_soft_timeout_answers_stale_and_the_load_finishes_in_both_layers() {
     let s = stack().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let opts = LoadOptions::ttl(Duration::from_millis(100)).with_fail_safe(Duration::from_secs(60));
-    s.cache.get_or_load("k", counting(&calls, Ok("old"), Duration::ZERO), opts.clone()).await.expect("load");
+    s.cache
+        .get_or_load(
+            "k",
+            counting(&calls, Ok("old"), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect("load");
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let started = Instant::now();
@@ -135,7 +226,9 @@ async fn a_soft_timeout_answers_stale_and_the_load_finishes_in_both_layers() {
         .get_or_load(
             "k",
             counting(&calls, Ok("new"), Duration::from_secs(2)),
-            opts.clone().with_ttl(Duration::from_secs(60)).with_soft_timeout(Duration::from_millis(100)),
+            opts.clone()
+                .with_ttl(Duration::from_secs(60))
+                .with_soft_timeout(Duration::from_millis(100)),
         )
         .await
         .expect("stale after the soft timeout");
@@ -145,9 +238,23 @@ async fn a_soft_timeout_answers_stale_and_the_load_finishes_in_both_layers() {
     assert!(took < Duration::from_millis(150), "{took:?}");
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(s.l1.get_value("k").await.expect("l1").as_deref(), Some("new"), "fresh value in L1");
-    assert_eq!(s.l2.get_value("k").await.expect("l2").as_deref(), Some("new"), "fresh value in L2");
-    assert_eq!(s.cache.get_or_load("k", counting(&calls, Ok("x"), Duration::ZERO), opts).await.expect("hit"), "new");
+    assert_eq!(
+        s.l1.get_value("k").await.expect("l1").as_deref(),
+        Some("new"),
+        "fresh value in L1"
+    );
+    assert_eq!(
+        s.l2.get_value("k").await.expect("l2").as_deref(),
+        Some("new"),
+        "fresh value in L2"
+    );
+    assert_eq!(
+        s.cache
+            .get_or_load("k", counting(&calls, Ok("x"), Duration::ZERO), opts)
+            .await
+            .expect("hit"),
+        "new"
+    );
     assert_accounting(s.cache.stats(), 3, calls.load(Ordering::SeqCst));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -168,11 +275,20 @@ async fn a_hard_timeout_without_a_stale_value_is_an_error_at_the_limit() {
         .expect_err("timed out");
     let took = started.elapsed();
     println!("hard timeout: Error::Timeout after {took:?}");
-    assert!(matches!(err, Error::Timeout { after } if after == Duration::from_millis(300)), "{err:?}");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(380), "{took:?}");
+    assert!(
+        matches!(err, Error::Timeout { after } if after == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(380),
+        "{took:?}"
+    );
     // The load went on and was cached.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(s.cache.get_value("cold").await.expect("get").as_deref(), Some("slow"));
+    assert_eq!(
+        s.cache.get_value("cold").await.expect("get").as_deref(),
+        Some("slow")
+    );
     assert_eq!(s.cache.stats().timeouts, 1);
 }
 
@@ -181,7 +297,14 @@ async fn early_refresh_loads_once_in_the_background() {
     let s = stack().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let opts = LoadOptions::ttl(Duration::from_secs(1)).with_early_refresh(0.5);
-    s.cache.get_or_load("k", counting(&calls, Ok("v1"), Duration::ZERO), opts.clone()).await.expect("load");
+    s.cache
+        .get_or_load(
+            "k",
+            counting(&calls, Ok("v1"), Duration::ZERO),
+            opts.clone(),
+        )
+        .await
+        .expect("load");
     tokio::time::sleep(Duration::from_millis(600)).await; // past 50 % of the lifetime
 
     let started = Instant::now();
@@ -190,7 +313,13 @@ async fn early_refresh_loads_once_in_the_background() {
             let (cache, calls, opts) = (s.cache.clone(), calls.clone(), opts.clone());
             tokio::spawn(async move {
                 let t = Instant::now();
-                let v = cache.get_or_load("k", counting(&calls, Ok("v2"), Duration::from_millis(300)), opts).await;
+                let v = cache
+                    .get_or_load(
+                        "k",
+                        counting(&calls, Ok("v2"), Duration::from_millis(300)),
+                        opts,
+                    )
+                    .await;
                 (v, t.elapsed())
             })
         })
@@ -198,15 +327,29 @@ async fn early_refresh_loads_once_in_the_background() {
     let mut slowest = Duration::ZERO;
     for task in tasks {
         let (v, took) = task.await.expect("no panic");
-        assert_eq!(v.expect("hit").as_str(), "v1", "answered with the current value");
+        assert_eq!(
+            v.expect("hit").as_str(),
+            "v1",
+            "answered with the current value"
+        );
         slowest = slowest.max(took);
     }
     let all = started.elapsed();
     println!("early refresh: 1,000 hits in {all:?}, slowest {slowest:?}");
-    assert!(all < Duration::from_millis(250), "nobody waited for the 300 ms refresh: {all:?}");
+    assert!(
+        all < Duration::from_millis(250),
+        "nobody waited for the 300 ms refresh: {all:?}"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one background load");
-    assert_eq!(s.cache.get_value("k").await.expect("get").as_deref(), Some("v2"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "exactly one background load"
+    );
+    assert_eq!(
+        s.cache.get_value("k").await.expect("get").as_deref(),
+        Some("v2")
+    );
     let stats = s.cache.stats();
     assert_eq!(stats.hits, 1001, "the 1,000 hits and the final read");
     assert_accounting(stats, 1002, 2);
@@ -220,7 +363,12 @@ async fn at_most_n_loads_run_at_once() {
     let calls = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..100)
         .map(|i| {
-            let (cache, running, peak, calls) = (s.cache.clone(), running.clone(), peak.clone(), calls.clone());
+            let (cache, running, peak, calls) = (
+                s.cache.clone(),
+                running.clone(),
+                peak.clone(),
+                calls.clone(),
+            );
             tokio::spawn(async move {
                 cache
                     .get_or_load(
@@ -260,20 +408,44 @@ async fn admission_and_negative_caching() {
     let opts = LoadOptions::ttl(Duration::from_secs(60));
     // A truncated reply is returned but not stored.
     for _ in 0..2 {
-        let v = s.cache.get_or_load("t", counting(&calls, Ok("half an answer [truncated]"), Duration::ZERO), opts.clone()).await;
+        let v = s
+            .cache
+            .get_or_load(
+                "t",
+                counting(&calls, Ok("half an answer [truncated]"), Duration::ZERO),
+                opts.clone(),
+            )
+            .await;
         assert_eq!(v.expect("ok"), "half an answer [truncated]");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "not admitted: loaded each time");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "not admitted: loaded each time"
+    );
     assert!(s.l2.get("t").await.expect("get").is_none());
     // A not-found is cached, briefly.
     for _ in 0..3 {
-        assert_eq!(s.cache.get_or_load("nf", counting(&calls, Ok(""), Duration::ZERO), opts.clone()).await.expect("ok"), "");
+        assert_eq!(
+            s.cache
+                .get_or_load("nf", counting(&calls, Ok(""), Duration::ZERO), opts.clone())
+                .await
+                .expect("ok"),
+            ""
+        );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "the negative result was cached");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the negative result was cached"
+    );
     let entry = s.l1.get("nf").await.expect("get").expect("cached");
     assert!(entry.time_to_fresh_end() <= Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(250)).await;
-    s.cache.get_or_load("nf", counting(&calls, Ok(""), Duration::ZERO), opts).await.expect("ok");
+    s.cache
+        .get_or_load("nf", counting(&calls, Ok(""), Duration::ZERO), opts)
+        .await
+        .expect("ok");
     assert_eq!(calls.load(Ordering::SeqCst), 4, "negative lifetime expired");
     assert_accounting(s.cache.stats(), 6, 4);
 }
@@ -281,7 +453,10 @@ async fn admission_and_negative_caching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_loads_what_is_missing_with_bounded_concurrency() {
     let s = stack().await;
-    s.cache.set("k3", Entry::new("already".into(), Duration::from_secs(60))).await.expect("set");
+    s.cache
+        .set("k3", Entry::new("already".into(), Duration::from_secs(60)))
+        .await
+        .expect("set");
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (r, p) = (running.clone(), peak.clone());
@@ -297,7 +472,11 @@ async fn warm_loads_what_is_missing_with_bounded_concurrency() {
                     peak.fetch_max(now, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     running.fetch_sub(1, Ordering::SeqCst);
-                    if key == "k7" { Err(Down) } else { Ok(format!("warm {key}")) }
+                    if key == "k7" {
+                        Err(Down)
+                    } else {
+                        Ok(format!("warm {key}"))
+                    }
                 }
             },
             3,
@@ -305,30 +484,60 @@ async fn warm_loads_what_is_missing_with_bounded_concurrency() {
         )
         .await
         .expect("warm");
-    assert_eq!((report.loaded, report.skipped, report.failed), (18, 1, 1), "{report:?}");
+    assert_eq!(
+        (report.loaded, report.skipped, report.failed),
+        (18, 1, 1),
+        "{report:?}"
+    );
     assert!(peak.load(Ordering::SeqCst) <= 3);
-    assert_eq!(s.l2.get_value("k5").await.expect("get").as_deref(), Some("warm k5"));
-    assert_eq!(s.l1.get_value("k3").await.expect("get").as_deref(), Some("already"));
+    assert_eq!(
+        s.l2.get_value("k5").await.expect("get").as_deref(),
+        Some("warm k5")
+    );
+    assert_eq!(
+        s.l1.get_value("k3").await.expect("get").as_deref(),
+        Some("already")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_reach_both_layers_and_stacks_nest() {
     let s = stack().await;
-    s.cache.set("k", Entry::new("v".into(), Duration::from_secs(60))).await.expect("set");
-    assert!(s.l1.get("k").await.expect("l1").is_some() && s.l2.get("k").await.expect("l2").is_some());
+    s.cache
+        .set("k", Entry::new("v".into(), Duration::from_secs(60)))
+        .await
+        .expect("set");
+    assert!(
+        s.l1.get("k").await.expect("l1").is_some() && s.l2.get("k").await.expect("l2").is_some()
+    );
     s.cache.delete("k").await.expect("delete");
-    assert!(s.l1.get("k").await.expect("l1").is_none() && s.l2.get("k").await.expect("l2").is_none());
+    assert!(
+        s.l1.get("k").await.expect("l1").is_none() && s.l2.get("k").await.expect("l2").is_none()
+    );
 
     // Three levels: memory → (memory → Redis), composed through trait objects.
-    let top: Arc<dyn Cache<String>> = Arc::new(MemoryCache::builder().name("l0").build().expect("l0"));
-    let three = Layered::builder(top, s.cache.clone()).name("three").build().expect("three");
-    three.get_or_load("deep", || async { Ok::<_, Down>("d".to_string()) }, LoadOptions::default()).await.expect("load");
+    let top: Arc<dyn Cache<String>> =
+        Arc::new(MemoryCache::builder().name("l0").build().expect("l0"));
+    let three = Layered::builder(top, s.cache.clone())
+        .name("three")
+        .build()
+        .expect("three");
+    three
+        .get_or_load(
+            "deep",
+            || async { Ok::<_, Down>("d".to_string()) },
+            LoadOptions::default(),
+        )
+        .await
+        .expect("load");
     // L2 is written just after the callers are answered.
     let deadline = Instant::now() + Duration::from_secs(1);
     while s.l2.get_value("deep").await.expect("l2").as_deref() != Some("d") {
         assert!(Instant::now() < deadline, "never reached the bottom layer");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let err = Layered::<String>::builder(s.l1.clone(), s.l2.clone()).max_concurrent_loads(0).build();
+    let err = Layered::<String>::builder(s.l1.clone(), s.l2.clone())
+        .max_concurrent_loads(0)
+        .build();
     assert!(matches!(err, Err(Error::Config { .. })));
 }

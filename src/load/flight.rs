@@ -209,13 +209,7 @@ where
         let (tx, rx) = watch::channel(None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = Arc::from(key);
-        table.insert(
-            Arc::clone(&key),
-            Flight {
-                id,
-                rx: rx.clone(),
-            },
-        );
+        table.insert(Arc::clone(&key), Flight { id, rx: rx.clone() });
         drop(table);
         let guard = FlightGuard {
             flights: Arc::clone(self),
