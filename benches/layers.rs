@@ -1,9 +1,13 @@
 //! Layer benchmarks: each group puts layercache beside the code a user would write instead, in the
 //! same run. Group and ID names are fixed (scripts read `target/criterion/<group>/<id>/`).
 //!
-//! * `l1_hit`: `raw_moka` (a `moka::future::Cache::get`) vs `layered` (the memory layer through
-//!   `Arc<dyn Cache<V>>`, as a composed stack calls it).
-//! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`get_or_load` on a warm key).
+//! * `l1_hit`: `raw_moka` (a `moka::future::Cache::get`) vs `layered` (`Layered::get`, through the
+//!   `Cache` trait, answered by its memory L1).
+//! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`Layered::get_or_load` on a key warm
+//!   in L1).
+//! * `hand_rolled_aside` (feature `redis`): `moka_fred_by_hand` (the cache-aside code a user
+//!   writes with moka and fred: moka get, fred GET, zstd + postcard decode, moka insert) vs
+//!   `layered`, both on the L2-hit path (L1 is cleared before each timed call).
 //! * `l2_hit` (feature `redis`): `raw_fred` (a fred `GET` plus the same decode) vs `layered`
 //!   (`RedisCache::get` through `Arc<dyn Cache<V>>`), on the same ~1 KB value bytes.
 //! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`.
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use layercache::{Cache, Entry, KeyBuilder, LoadOptions, MemoryCache};
+use layercache::{Cache, Entry, KeyBuilder, Layered, LoadOptions, MemoryCache};
 
 /// A chat reply as services cache it: behind an `Arc`, so a hit clones a pointer.
 #[derive(Debug)]
@@ -53,6 +57,25 @@ fn value(i: usize) -> Arc<ChatReply> {
     })
 }
 
+/// A `Layered` stack whose L1 holds every key (its L2, never reached on these paths, is a
+/// second memory layer so the L1 groups need no Redis).
+fn layered() -> Layered<Arc<ChatReply>> {
+    let l1 = MemoryCache::builder()
+        .name("l1")
+        .max_entries(KEYS as u64 * 2)
+        .time_to_live(Duration::from_secs(3600))
+        .build()
+        .expect("valid config");
+    let l2 = MemoryCache::builder()
+        .name("l2")
+        .build()
+        .expect("valid config");
+    Layered::builder(l1, l2)
+        .name("bench")
+        .build()
+        .expect("valid config")
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,13 +92,7 @@ fn l1_hit(c: &mut Criterion) {
         .max_capacity(KEYS as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build();
-    let ours: Arc<dyn Cache<Arc<ChatReply>>> = Arc::new(
-        MemoryCache::builder()
-            .max_entries(KEYS as u64 * 2)
-            .time_to_live(Duration::from_secs(3600))
-            .build()
-            .expect("valid config"),
-    );
+    let ours: Arc<dyn Cache<Arc<ChatReply>>> = Arc::new(layered());
     rt.block_on(async {
         for (i, k) in keys.iter().enumerate() {
             moka.insert(Arc::from(k.as_str()), value(i)).await;
@@ -116,11 +133,7 @@ fn get_or_load_hit(c: &mut Criterion) {
         .max_capacity(KEYS as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build();
-    let ours: MemoryCache<Arc<ChatReply>> = MemoryCache::builder()
-        .max_entries(KEYS as u64 * 2)
-        .time_to_live(Duration::from_secs(3600))
-        .build()
-        .expect("valid config");
+    let ours = layered();
     rt.block_on(async {
         for (i, k) in keys.iter().enumerate() {
             moka.insert(k.clone(), value(i)).await;
@@ -262,7 +275,141 @@ fn batch_get_100(c: &mut Criterion) {
     drop(server);
 }
 
-#[cfg(all(feature = "redis", feature = "postcard"))]
+#[cfg(all(feature = "redis", feature = "postcard", feature = "zstd"))]
+fn hand_rolled_aside(c: &mut Criterion) {
+    use fred::bytes::Bytes;
+    use fred::prelude::KeysInterface;
+    use layercache::RedisCache;
+
+    const N: usize = 1000;
+    let rt = runtime();
+    let server = redis_support::RedisServer::start();
+    let keys: Vec<String> = (0..N).map(|i| format!("aside-{i}")).collect();
+    let value = chat::reply(3, 1024);
+
+    // Ours: memory L1 in front of Redis L2.
+    let l1 = MemoryCache::<chat::ChatReply>::builder()
+        .name("l1")
+        .build()
+        .expect("l1");
+    let (ours, raw) = rt.block_on(async {
+        let l2 = RedisCache::builder()
+            .name("l2")
+            .url(server.url())
+            .namespace("ours")
+            .build()
+            .await
+            .expect("l2");
+        let ours = Layered::builder(l1.clone(), l2.clone())
+            .name("bench")
+            .build()
+            .expect("layered");
+        let entries = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str(),
+                    Entry::new(value.clone(), Duration::from_secs(3600)),
+                )
+            })
+            .collect();
+        l2.set_many(entries).await.expect("populate L2");
+        let raw = redis_support::raw_client(&server.url()).await;
+        // By hand: the same value as zstd(postcard), stored with fred.
+        let bytes = zstd::bulk::compress(&postcard::to_allocvec(&value).expect("postcard"), 3)
+            .expect("zstd");
+        for k in &keys {
+            let _: () = raw
+                .set(
+                    format!("hand:{k}"),
+                    Bytes::from(bytes.clone()),
+                    None,
+                    None,
+                    false,
+                )
+                .await
+                .expect("set");
+        }
+        (ours, raw)
+    });
+    let moka: moka::future::Cache<String, Arc<chat::ChatReply>> = moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(300))
+        .build();
+
+    /// The cache-aside code a user writes by hand over moka and fred.
+    async fn by_hand(
+        moka: &moka::future::Cache<String, Arc<chat::ChatReply>>,
+        redis: &fred::clients::Client,
+        key: &str,
+    ) -> Option<Arc<chat::ChatReply>> {
+        if let Some(hit) = moka.get(key).await {
+            return Some(hit);
+        }
+        let bytes: Option<Bytes> = redis.get(format!("hand:{key}")).await.ok()?;
+        let raw = zstd::decode_all(&bytes?[..]).ok()?;
+        let value: chat::ChatReply = postcard::from_bytes(&raw).ok()?;
+        let value = Arc::new(value);
+        moka.insert(key.to_owned(), Arc::clone(&value)).await;
+        Some(value)
+    }
+
+    let mut group = c.benchmark_group("hand_rolled_aside");
+    group.bench_function("moka_fred_by_hand", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (moka, raw, keys) = (moka.clone(), raw.clone(), keys.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters as usize {
+                    let key = &keys[i % N];
+                    moka.invalidate(key).await;
+                    let started = std::time::Instant::now();
+                    black_box(by_hand(&moka, &raw, key).await.expect("L2 hit"));
+                    total += started.elapsed();
+                }
+                total
+            }
+        })
+    });
+    group.bench_function("layered", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (ours, l1, keys) = (ours.clone(), l1.clone(), keys.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters as usize {
+                    let key = &keys[i % N];
+                    l1.delete(key).await.expect("clear L1");
+                    let started = std::time::Instant::now();
+                    let got = ours
+                        .get_or_load(
+                            key,
+                            || async {
+                                Err::<chat::ChatReply, _>(std::io::Error::other("not called"))
+                            },
+                            LoadOptions::default(),
+                        )
+                        .await;
+                    black_box(got.expect("L2 hit"));
+                    total += started.elapsed();
+                }
+                total
+            }
+        })
+    });
+    group.finish();
+    drop(server);
+}
+
+#[cfg(all(feature = "redis", feature = "postcard", feature = "zstd"))]
+criterion_group!(
+    benches,
+    l1_hit,
+    get_or_load_hit,
+    l2_hit,
+    batch_get_100,
+    hand_rolled_aside
+);
+#[cfg(all(feature = "redis", feature = "postcard", not(feature = "zstd")))]
 criterion_group!(benches, l1_hit, get_or_load_hit, l2_hit, batch_get_100);
 #[cfg(not(all(feature = "redis", feature = "postcard")))]
 criterion_group!(benches, l1_hit, get_or_load_hit);

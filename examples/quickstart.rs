@@ -10,15 +10,15 @@
 //! ```
 //!
 //! Needs nothing installed: the cache is in memory. With `REDIS_URL` set (for example
-//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart`) the cache is in Redis
-//! instead, shared by every process that uses the same URL — run it twice and the second run is
-//! served from what the first one stored.
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart`) it is a layered cache:
+//! memory in front of Redis, shared by every process that uses the same URL — run it twice and
+//! the second run is served from what the first one stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::{Cache, KeyBuilder, LoadOptions, LoadingCache, MemoryCache};
+use layercache::{KeyBuilder, LoadOptions, MemoryCache};
 use serde::{Deserialize, Serialize};
 
 const WORKERS: usize = 8;
@@ -137,36 +137,78 @@ where
     all
 }
 
-/// The cache layer: Redis when `REDIS_URL` is set (and the `redis` feature is on), else memory.
-async fn layer() -> Result<(Arc<dyn Cache<ChatReply>>, String), Box<dyn std::error::Error>> {
+/// The cache: memory alone, or — with `REDIS_URL` set — memory (L1) in front of Redis (L2).
+#[derive(Clone)]
+enum ChatCache {
+    Memory(MemoryCache<ChatReply>),
     #[cfg(feature = "redis")]
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        let redis = layercache::RedisCache::<ChatReply>::builder()
-            .name("chat")
-            .url(&url)
-            .namespace("quickstart:v1")
-            .build()
-            .await?;
-        return Ok((
-            Arc::new(redis),
-            format!("Redis at {url} (namespace quickstart:v1)"),
-        ));
+    Layered(layercache::Layered<ChatReply>),
+}
+
+impl ChatCache {
+    async fn connect() -> Result<(Self, String), Box<dyn std::error::Error>> {
+        let memory = MemoryCache::<ChatReply>::builder()
+            .name("chat-l1")
+            .max_bytes(64 << 20)
+            .weigher(|reply| reply.text.len())
+            .build()?;
+        #[cfg(feature = "redis")]
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            let redis = layercache::RedisCache::<ChatReply>::builder()
+                .name("chat-l2")
+                .url(&url)
+                .namespace("quickstart:v1")
+                .build()
+                .await?;
+            let layered = layercache::Layered::builder(memory, redis)
+                .name("chat")
+                .l1_ttl(Duration::from_secs(60))
+                // Serve a stale reply for up to a day if the model API fails.
+                .default_options(LoadOptions::new().with_fail_safe(Duration::from_secs(86_400)))
+                .build()?;
+            return Ok((
+                ChatCache::Layered(layered),
+                format!("memory (L1) + Redis at {url} (L2, namespace quickstart:v1)"),
+            ));
+        }
+        #[cfg(not(feature = "redis"))]
+        if std::env::var_os("REDIS_URL").is_some() {
+            println!(
+                "note: REDIS_URL is set but this build has no `redis` feature; using memory.\n"
+            );
+        }
+        Ok((ChatCache::Memory(memory), "memory".to_string()))
     }
-    #[cfg(not(feature = "redis"))]
-    if std::env::var_os("REDIS_URL").is_some() {
-        println!("note: REDIS_URL is set but this build has no `redis` feature; using memory.\n");
+
+    async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> layercache::Result<ChatReply>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<ChatReply, ApiError>> + Send + 'static,
+    {
+        match self {
+            ChatCache::Memory(cache) => cache.get_or_load(key, loader, options).await,
+            #[cfg(feature = "redis")]
+            ChatCache::Layered(cache) => cache.get_or_load(key, loader, options).await,
+        }
     }
-    let memory = MemoryCache::<ChatReply>::builder()
-        .name("chat")
-        .max_bytes(64 << 20)
-        .weigher(|reply| reply.text.len())
-        .build()?;
-    Ok((Arc::new(memory), "memory".to_string()))
+
+    fn stats(&self) -> layercache::Stats {
+        match self {
+            ChatCache::Memory(cache) => cache.stats(),
+            #[cfg(feature = "redis")]
+            ChatCache::Layered(cache) => cache.stats(),
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (layer, where_) = layer().await?;
+    let (cache, where_) = ChatCache::connect().await?;
 
     // 1. Without a cache: every request pays for a model call.
     let direct = Arc::new(SimulatedLlm::default());
@@ -185,13 +227,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. The same traffic through layercache.
     let cached_api = Arc::new(SimulatedLlm::default());
-    let cache = Arc::new(LoadingCache::new(layer));
     let started = Instant::now();
-    let (api, c) = (Arc::clone(&cached_api), Arc::clone(&cache));
+    let (api, c) = (Arc::clone(&cached_api), cache.clone());
     let failures = Arc::new(AtomicU64::new(0));
     let failed = Arc::clone(&failures);
     let cached = run(move |prompt: String| {
-        let (api, cache, failed) = (Arc::clone(&api), Arc::clone(&c), Arc::clone(&failed));
+        let (api, cache, failed) = (Arc::clone(&api), c.clone(), Arc::clone(&failed));
         async move {
             let key = KeyBuilder::new("chat")
                 .version(1)

@@ -44,6 +44,14 @@ where
     /// The entry stored under `key`, if there is one that has not passed its stale deadline.
     async fn get(&self, key: &str) -> Result<Option<Entry<V>>>;
 
+    /// The answer to [`get`](Cache::get) without awaiting, if this cache can give one at once (an
+    /// in-memory layer); `None` means "call `get`". Layered caches use it to skip a boxed future
+    /// on the L1-hit path. The default is `None`.
+    fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
+        let _ = key;
+        None
+    }
+
     /// Like [`get`](Cache::get), but not counted in the layer's hit/miss metrics and without side
     /// effects such as refreshing an idle timer. `get_or_load` uses it to re-check a key just
     /// before paying for a load. Defaults to `get`.
@@ -90,6 +98,9 @@ macro_rules! forward_cache_impl {
         {
             fn name(&self) -> &str {
                 (**self).name()
+            }
+            fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
+                (**self).get_immediate(key)
             }
             fn get<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>
             where

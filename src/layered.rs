@@ -406,7 +406,7 @@ where
     {
         let inner = &self.inner;
         let generation = inner.flights.generation();
-        let found = inner.lookup(key, false).await;
+        let found = inner.lookup(key, true).await;
         let now = now_ms();
         let options = options.or(&inner.defaults);
         match found {
@@ -644,7 +644,7 @@ where
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-        let entry = self.inner.lookup(key, false).await;
+        let entry = self.inner.lookup(key, true).await;
         self.inner.count(&entry);
         Ok(entry)
     }

@@ -132,6 +132,11 @@ where
 
     #[inline]
     async fn lookup(&self, key: &str) -> Option<Entry<V>> {
+        self.lookup_now(key)
+    }
+
+    #[inline]
+    fn lookup_now(&self, key: &str) -> Option<Entry<V>> {
         let inner = &*self.inner;
         // moka already hides entries past their expiry; the check below makes the boundary exact
         // to the millisecond and classifies fresh versus stale.
@@ -238,6 +243,10 @@ where
 {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
+        Some(self.lookup_now(key))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {

@@ -195,3 +195,128 @@ async fn stats_work_without_any_recorder() {
     assert_eq!((s.hits, s.misses, s.loads, s.requests()), (1, 1, 1, 2));
     assert_eq!(s.hit_ratio(), 0.5);
 }
+
+#[test]
+fn layered_attributes_requests_per_layer_and_counts_fail_safe() {
+    use layercache::{Cache, Entry, Layered};
+    let recorder = DebuggingRecorder::new();
+    let (cache, l2) = metrics::with_local_recorder(&recorder, || {
+        let l1 = MemoryCache::<String>::builder()
+            .name("m1")
+            .build()
+            .expect("l1");
+        let l2 = MemoryCache::<String>::builder()
+            .name("m2")
+            .build()
+            .expect("l2");
+        let cache = Layered::builder(l1, l2.clone())
+            .name("lay")
+            .build()
+            .expect("layered");
+        (cache, l2)
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let loader_calls = Arc::new(AtomicU64::new(0));
+    runtime.block_on(async {
+        l2.set("a", Entry::new("from l2".into(), Duration::from_secs(60)))
+            .await
+            .expect("set");
+        for _ in 0..2 {
+            // First an L1 miss + L2 hit (backfill), then an L1 hit.
+            let v = cache
+                .get_or_load(
+                    "a",
+                    || async { Err::<String, _>(std::io::Error::other("unused")) },
+                    LoadOptions::default(),
+                )
+                .await
+                .expect("hit");
+            assert_eq!(v, "from l2");
+        }
+        let opts =
+            LoadOptions::ttl(Duration::from_millis(50)).with_fail_safe(Duration::from_secs(10));
+        let calls = loader_calls.clone();
+        cache
+            .get_or_load(
+                "b",
+                move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>("b1".to_string())
+                },
+                opts.clone(),
+            )
+            .await
+            .expect("load");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let calls = loader_calls.clone();
+        let v = cache
+            .get_or_load(
+                "b",
+                move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<String, _>(std::io::Error::other("provider down"))
+                },
+                opts,
+            )
+            .await
+            .expect("fail-safe");
+        assert_eq!(v, "b1");
+    });
+
+    let (counters, _) = snapshot(&recorder);
+    let count = |name: &str, l: &[(&str, &str)]| {
+        counters
+            .get(&(name.to_owned(), labels(l)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let req = |cache: &str, layer: &str, result: &str| {
+        count(
+            REQUESTS_TOTAL,
+            &[("cache", cache), ("layer", layer), ("result", result)],
+        )
+    };
+    // Per layer. "a": L1 miss + L2 hit, then an L1 hit. "b": L1 miss + L2 miss, then L1 stale +
+    // L2 stale.
+    assert_eq!(
+        (req("m1", "memory", "hit"), req("m2", "memory", "hit")),
+        (1, 1)
+    );
+    assert_eq!(
+        (req("m1", "memory", "miss"), req("m2", "memory", "miss")),
+        (2, 1)
+    );
+    assert_eq!(
+        (req("m1", "memory", "stale"), req("m2", "memory", "stale")),
+        (1, 1)
+    );
+    // The front: two hits, one miss, one stale answer — one per call.
+    assert_eq!(
+        (
+            req("lay", "layered", "hit"),
+            req("lay", "layered", "miss"),
+            req("lay", "layered", "stale")
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        count(LOADS_TOTAL, &[("cache", "lay"), ("outcome", "fail_safe")]),
+        1
+    );
+    assert_eq!(
+        count(LOADS_TOTAL, &[("cache", "lay"), ("outcome", "ok")])
+            + count(LOADS_TOTAL, &[("cache", "lay"), ("outcome", "error")]),
+        loader_calls.load(Ordering::SeqCst)
+    );
+    let gauges: Vec<_> = recorder
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == layercache::metrics::CIRCUIT_OPEN)
+        .collect();
+    assert_eq!(gauges.len(), 1, "the L2 circuit gauge is registered");
+}
