@@ -541,3 +541,106 @@ async fn deletes_reach_both_layers_and_stacks_nest() {
         .build();
     assert!(matches!(err, Err(Error::Config { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfetch_refreshes_early_in_proportion_to_the_load_time() {
+    let s = stack().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    // A value that took 300 ms to load and has ~1 s left: with beta 1, P(refresh) per hit is
+    // exp(-1000/300) ≈ 3.6 %, so 200 hits refresh (almost surely: 1 - 0.964^200 > 99.9 %).
+    s.cache
+        .get_or_load(
+            "slow",
+            counting(&calls, Ok("v1"), Duration::from_millis(300)),
+            LoadOptions::ttl(Duration::from_millis(1300)),
+        )
+        .await
+        .expect("load");
+    // The first flight finishes its L2 write just after answering; a refresh waits for it.
+    while s.cache.pending_loads() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let opts = LoadOptions::ttl(Duration::from_secs(60)).with_xfetch(1.0);
+    for _ in 0..200 {
+        assert_eq!(
+            s.cache
+                .get_or_load(
+                    "slow",
+                    counting(&calls, Ok("v2"), Duration::ZERO),
+                    opts.clone()
+                )
+                .await
+                .expect("hit"),
+            "v1"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one early refresh");
+    assert_eq!(
+        s.cache.get_value("slow").await.expect("get").as_deref(),
+        Some("v2")
+    );
+
+    // A value that loaded in 1 ms with a minute left is (practically) never refreshed early.
+    s.cache
+        .get_or_load(
+            "fast",
+            counting(&calls, Ok("f1"), Duration::from_millis(1)),
+            opts.clone(),
+        )
+        .await
+        .expect("load");
+    while s.cache.pending_loads() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..200 {
+        s.cache
+            .get_or_load(
+                "fast",
+                counting(&calls, Ok("f2"), Duration::ZERO),
+                opts.clone(),
+            )
+            .await
+            .expect("hit");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "no refresh for a cheap value far from expiry"
+    );
+    assert_accounting(s.cache.stats(), 403, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_spreads_expiries() {
+    let s = stack().await;
+    let opts = LoadOptions::ttl(Duration::from_secs(60)).with_jitter(Duration::from_secs(10));
+    let mut deadlines = Vec::new();
+    for i in 0..50 {
+        let key = format!("j{i}");
+        s.cache
+            .get_or_load(
+                &key,
+                || async { Ok::<_, Down>("v".to_string()) },
+                opts.clone(),
+            )
+            .await
+            .expect("load");
+        let left =
+            s.l1.get(&key)
+                .await
+                .expect("get")
+                .expect("cached")
+                .time_to_fresh_end();
+        assert!(
+            left > Duration::from_secs(59) && left <= Duration::from_secs(70),
+            "{left:?}"
+        );
+        deadlines.push(left.as_millis());
+    }
+    deadlines.sort_unstable();
+    let spread = deadlines[deadlines.len() - 1] - deadlines[0];
+    println!("50 keys written together expire over a spread of {spread} ms");
+    assert!(spread > 5_000, "expiries are spread out: {spread} ms");
+}

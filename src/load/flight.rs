@@ -55,11 +55,14 @@ where
     async fn store_after_answer(&self, _key: &str, _entry: Entry<V>) {}
 }
 
+/// Turns a loaded value (and the load's duration) into the entry to store, or `None`.
+pub(crate) type MakeEntry<V> = Box<dyn FnOnce(&V, Duration) -> Option<Entry<V>> + Send>;
+
 /// How a loaded value becomes an entry, and the rules around the load.
 pub(crate) struct LoadSpec<V> {
     /// The entry to store for a loaded value (given the load's duration), or `None` to return
     /// the value without storing it.
-    pub(crate) make_entry: Box<dyn FnOnce(&V, Duration) -> Option<Entry<V>> + Send>,
+    pub(crate) make_entry: MakeEntry<V>,
     /// A re-checked entry only counts if it is fresh and fresher than this (ms since the epoch):
     /// a refresh must not be satisfied by the very entry it is refreshing.
     pub(crate) fresher_than_ms: u64,
@@ -251,10 +254,8 @@ async fn run_flight<V, T, F, Fut, E>(
 
     // Waiting for a permit is part of the load: the callers' timeouts apply to it.
     let _permit = match &spec.limit {
-        Some(limit) => match Arc::clone(limit).acquire_owned().await {
-            Ok(permit) => Some(permit),
-            Err(_) => None, // the semaphore is never closed
-        },
+        // The semaphore is never closed, so acquiring only fails in theory.
+        Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
         None => None,
     };
     let started = Instant::now();
