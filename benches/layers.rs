@@ -3,6 +3,8 @@
 //!
 //! * `l1_hit`: `raw_moka` (a `moka::future::Cache::get`) vs `layered` (`Layered::get`, through the
 //!   `Cache` trait, answered by its memory L1).
+//! * `l1_hit_parallel`: the same hits from 2 and 8 tasks on a multi-thread runtime
+//!   (`raw_moka/N` vs `layered/N`), so contention across tasks shows.
 //! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`Layered::get_or_load` on a key warm
 //!   in L1).
 //! * `hand_rolled_aside` (feature `redis`): `moka_fred_by_hand` (the cache-aside code a user
@@ -120,6 +122,77 @@ fn l1_hit(c: &mut Criterion) {
             async move { black_box(ours.get(key).await.ok().flatten().map(Entry::into_value)) }
         })
     });
+    group.finish();
+}
+
+/// L1 hits from `tasks` concurrent tasks on a multi-thread runtime, so contention shows:
+/// each iteration is one batch of 1,000 hits per task, all tasks at once.
+fn l1_hit_parallel(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let keys: Arc<Vec<String>> = Arc::new(keys());
+    let moka: moka::future::Cache<Arc<str>, Arc<ChatReply>> = moka::future::Cache::builder()
+        .max_capacity(KEYS as u64 * 2)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    let ours: Arc<dyn Cache<Arc<ChatReply>>> = Arc::new(layered());
+    rt.block_on(async {
+        for (i, k) in keys.iter().enumerate() {
+            moka.insert(Arc::from(k.as_str()), value(i)).await;
+            ours.set(k, Entry::new(value(i), Duration::from_secs(3600)))
+                .await
+                .expect("set");
+        }
+    });
+    const PER_TASK: usize = 1000;
+    let mut group = c.benchmark_group("l1_hit_parallel");
+    for tasks in [2usize, 8] {
+        group.bench_function(format!("raw_moka/{tasks}"), |b| {
+            b.to_async(&rt).iter(|| {
+                let (moka, keys) = (moka.clone(), Arc::clone(&keys));
+                async move {
+                    let handles: Vec<_> = (0..tasks)
+                        .map(|t| {
+                            let (moka, keys) = (moka.clone(), Arc::clone(&keys));
+                            tokio::spawn(async move {
+                                for i in 0..PER_TASK {
+                                    black_box(moka.get(keys[(t * 7919 + i) % KEYS].as_str()).await);
+                                }
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        h.await.expect("task");
+                    }
+                }
+            })
+        });
+        group.bench_function(format!("layered/{tasks}"), |b| {
+            b.to_async(&rt).iter(|| {
+                let (ours, keys) = (Arc::clone(&ours), Arc::clone(&keys));
+                async move {
+                    let handles: Vec<_> = (0..tasks)
+                        .map(|t| {
+                            let (ours, keys) = (Arc::clone(&ours), Arc::clone(&keys));
+                            tokio::spawn(async move {
+                                for i in 0..PER_TASK {
+                                    black_box(
+                                        ours.get(&keys[(t * 7919 + i) % KEYS]).await.ok().flatten(),
+                                    );
+                                }
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        h.await.expect("task");
+                    }
+                }
+            })
+        });
+    }
     group.finish();
 }
 
@@ -404,13 +477,21 @@ fn hand_rolled_aside(c: &mut Criterion) {
 criterion_group!(
     benches,
     l1_hit,
+    l1_hit_parallel,
     get_or_load_hit,
     l2_hit,
     batch_get_100,
     hand_rolled_aside
 );
 #[cfg(all(feature = "redis", feature = "postcard", not(feature = "zstd")))]
-criterion_group!(benches, l1_hit, get_or_load_hit, l2_hit, batch_get_100);
+criterion_group!(
+    benches,
+    l1_hit,
+    l1_hit_parallel,
+    get_or_load_hit,
+    l2_hit,
+    batch_get_100
+);
 #[cfg(not(all(feature = "redis", feature = "postcard")))]
-criterion_group!(benches, l1_hit, get_or_load_hit);
+criterion_group!(benches, l1_hit, l1_hit_parallel, get_or_load_hit);
 criterion_main!(benches);

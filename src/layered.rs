@@ -250,13 +250,18 @@ where
 
     /// L1, then L2 (unless L1 is fresh); an L2 entry fresher than L1's is copied into L1.
     async fn lookup(self: &Arc<Self>, key: &str, counted: bool) -> Option<Entry<V>> {
-        let l1 = if counted {
-            self.l1.get(key).await
-        } else {
-            self.l1.peek(key).await
+        self.lookup_at(key, counted, now_ms()).await
+    }
+
+    /// [`lookup`](Self::lookup) with the current time already read (`now`, ms since the epoch).
+    async fn lookup_at(self: &Arc<Self>, key: &str, counted: bool, now: u64) -> Option<Entry<V>> {
+        // An in-memory L1 answers without a boxed future.
+        let l1 = match self.l1.get_immediate(key) {
+            Some(answer) if counted => answer,
+            _ if counted => self.l1.get(key).await.ok().flatten(),
+            _ => self.l1.peek(key).await.ok().flatten(),
         };
-        let l1 = l1.ok().flatten();
-        if l1.as_ref().is_some_and(Entry::is_fresh) {
+        if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
             return l1;
         }
         let l2 = self
@@ -406,8 +411,8 @@ where
     {
         let inner = &self.inner;
         let generation = inner.flights.generation();
-        let found = inner.lookup(key, true).await;
         let now = now_ms();
+        let found = inner.lookup_at(key, true, now).await;
         let options = options.or(&inner.defaults);
         match found {
             Some(entry) if entry.is_fresh_at(now) => {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every benchmark group (each beside its peer) and writes BENCHMARKS.md from criterion's
+# estimates.json files. The Redis groups start their own redis-server.
+#
+#   scripts/bench.sh              full run (criterion defaults), pinned to one CPU
+#   QUICK=1 scripts/bench.sh      shorter warm-up and measurement, for a first look
+#
+# Bench and redis-server share CPU 0 (the server inherits the affinity): on small VMs idle CPUs
+# wake slowly, and unpinned ratios drift. Only `l1_hit_parallel` runs unpinned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+args=()
+if [ "${QUICK:-0}" = "1" ]; then
+    args=(--warm-up-time 1 --measurement-time 3)
+fi
+pin=()
+if command -v taskset >/dev/null 2>&1; then
+    pin=(taskset -c 0)
+fi
+
+command -v redis-server >/dev/null 2>&1 || {
+    echo "error: redis-server is needed for the Redis groups (scripts/test.sh installs it)" >&2
+    exit 1
+}
+
+"${pin[@]}" cargo bench --all-features --bench layers -- "${args[@]}" \
+    '^(l1_hit|get_or_load_hit|l2_hit|batch_get_100|hand_rolled_aside)/'
+# The contention group runs unpinned: it is about many tasks on several CPUs.
+cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
+
+"${pin[@]}" cargo bench --all-features --bench codec -- "${args[@]}"
+python3 scripts/bench_report.py > BENCHMARKS.md
+cat BENCHMARKS.md
