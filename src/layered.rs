@@ -437,6 +437,31 @@ where
         }
     }
 
+    /// Join the load of `key`, or start it; a caller who joins is counted as coalesced.
+    fn join<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: &LoadOptions,
+        generation: u64,
+    ) -> Result<crate::load::Waiter<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let inner = &self.inner;
+        let target = Arc::new(Target(Arc::clone(inner)));
+        let spec = inner.spec(options, 0);
+        let (waiter, joined) = inner
+            .flights
+            .start_or_join(target, key, generation, loader, spec)?;
+        if joined == Joined::Joined {
+            inner.flights.metrics.coalesced();
+        }
+        Ok(waiter)
+    }
+
     /// No usable value: wait for the load, up to the hard timeout.
     async fn load_and_wait<F, Fut, E>(
         &self,
@@ -451,17 +476,7 @@ where
         E: Into<BoxError> + 'static,
     {
         let inner = &self.inner;
-        let target = Arc::new(Target(Arc::clone(inner)));
-        let (waiter, joined) = inner.flights.start_or_join(
-            target,
-            key,
-            generation,
-            loader,
-            inner.spec(&options, 0),
-        )?;
-        if joined == Joined::Joined {
-            inner.flights.metrics.coalesced();
-        }
+        let waiter = self.join(key, loader, &options, generation)?;
         match options.hard_timeout {
             Some(limit) => match tokio::time::timeout(limit, waiter.wait()).await {
                 Ok(result) => result,
@@ -490,17 +505,7 @@ where
         E: Into<BoxError> + 'static,
     {
         let inner = &self.inner;
-        let target = Arc::new(Target(Arc::clone(inner)));
-        let (waiter, joined) = inner.flights.start_or_join(
-            target,
-            key,
-            generation,
-            loader,
-            inner.spec(&options, 0),
-        )?;
-        if joined == Joined::Joined {
-            inner.flights.metrics.coalesced();
-        }
+        let waiter = self.join(key, loader, &options, generation)?;
         let limit = match (options.soft_timeout, options.hard_timeout) {
             (Some(soft), Some(hard)) => Some(soft.min(hard)),
             (soft, hard) => soft.or(hard),

@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub(crate) use self::flight::{CacheTarget, Flights, Joined, LoadSpec, LoadTarget};
+pub(crate) use self::flight::{CacheTarget, Flights, Joined, LoadSpec, LoadTarget, Waiter};
 use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{BoxError, Result};
