@@ -2,7 +2,8 @@
 //! same run. Group and ID names are fixed (scripts read `target/criterion/<group>/<id>/`).
 //!
 //! * `l1_hit`: `raw_moka` (a `moka::future::Cache::get`) vs `layered` (`Layered::get`, through the
-//!   `Cache` trait, answered by its memory L1).
+//!   `Cache` trait, answered by its memory L1), and `layered_quick_cache` (the same on the
+//!   quick_cache engine, feature `quick-cache`).
 //! * `l1_hit_parallel`: the same hits from 2 and 8 tasks on a multi-thread runtime
 //!   (`raw_moka/N` vs `layered/N`), so contention across tasks shows.
 //! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`Layered::get_or_load` on a key warm
@@ -62,7 +63,13 @@ fn value(i: usize) -> Arc<ChatReply> {
 /// A `Layered` stack whose L1 holds every key (its L2, never reached on these paths, is a
 /// second memory layer so the L1 groups need no Redis).
 fn layered() -> Layered<Arc<ChatReply>> {
+    layered_on(layercache::Engine::Moka)
+}
+
+/// [`layered`] with its L1 on `engine`.
+fn layered_on(engine: layercache::Engine) -> Layered<Arc<ChatReply>> {
     let l1 = MemoryCache::builder()
+        .engine(engine)
         .name("l1")
         .max_entries(KEYS as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
@@ -122,6 +129,28 @@ fn l1_hit(c: &mut Criterion) {
             async move { black_box(ours.get(key).await.ok().flatten().map(Entry::into_value)) }
         })
     });
+    #[cfg(feature = "quick-cache")]
+    {
+        let quick: Arc<dyn Cache<Arc<ChatReply>>> =
+            Arc::new(layered_on(layercache::Engine::QuickCache));
+        rt.block_on(async {
+            for (i, k) in keys.iter().enumerate() {
+                quick
+                    .set(k, Entry::new(value(i), Duration::from_secs(3600)))
+                    .await
+                    .expect("set");
+            }
+        });
+        let mut i = 0usize;
+        group.bench_function("layered_quick_cache", |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % KEYS;
+                let key = keys[i].as_str();
+                let quick = &quick;
+                async move { black_box(quick.get(key).await.ok().flatten().map(Entry::into_value)) }
+            })
+        });
+    }
     group.finish();
 }
 

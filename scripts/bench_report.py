@@ -13,6 +13,7 @@ import sys
 # group -> (peer id, our id, what "ours" means)
 GROUPS = [
     ("l1_hit", "raw_moka", "layered", "L1 hit: raw moka future::Cache get vs Layered::get"),
+    ("l1_hit", "raw_moka", "layered_quick_cache", "L1 hit on the quick_cache engine vs raw moka"),
     ("l1_hit_parallel", "raw_moka/8", "layered/8", "L1 hits from 8 tasks on a multi-thread runtime"),
     ("l1_hit_parallel", "raw_moka/2", "layered/2", "L1 hits from 2 tasks on a multi-thread runtime"),
     ("get_or_load_hit", "moka_try_get_with", "layered", "get_or_load on a warm key vs moka try_get_with"),

@@ -45,6 +45,8 @@ fi
 
 log "tests, all features"
 cargo test --all-features
+log "memory and load tests on the quick_cache engine"
+LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation
 log "tests, no default features"
 cargo test --no-default-features
 log "all tests passed"

@@ -183,6 +183,14 @@ impl<V> Entry<V> {
         self
     }
 
+    /// The same entry, gone (fresh and stale) by `until_ms` at the latest.
+    #[cfg_attr(not(feature = "quick-cache"), allow(dead_code))]
+    pub(crate) fn cap_life_ms(mut self, until_ms: u64) -> Self {
+        self.fresh_until_ms = self.fresh_until_ms.min(until_ms);
+        self.stale_until_ms = self.stale_until_ms.min(until_ms);
+        self
+    }
+
     /// The same entry, fresh until exactly `fresh_until_ms`; the stale deadline is raised to it
     /// if needed.
     pub(crate) fn refreshed_until_ms(mut self, fresh_until_ms: u64) -> Self {

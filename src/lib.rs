@@ -37,7 +37,7 @@
 //! |---|---|
 //! | [`cache`] | the object-safe [`Cache`] trait every layer implements, [`CacheExt`] |
 //! | [`entry`] | [`Entry`]: a value plus its fresh and stale deadlines |
-//! | [`memory`] | [`MemoryCache`], the in-process layer over moka |
+//! | [`memory`] | [`MemoryCache`], the in-process layer over moka (or quick_cache) |
 //! | [`layered`] | [`Layered`]: L1 + L2 with fail-safe, timeouts, early refresh, circuit breaker |
 //! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
@@ -76,7 +76,7 @@ pub use crate::key::{CacheKey, KeyBuilder};
 pub use crate::layered::{LayerHealth, Layered, LayeredBuilder, WarmReport};
 pub use crate::load::breaker::{BreakerConfig, CircuitState};
 pub use crate::load::{LoadOptions, LoadingCache};
-pub use crate::memory::{MemoryCache, MemoryCacheBuilder};
+pub use crate::memory::{Engine, MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;
 #[cfg(feature = "redis")]
 pub use crate::redis::{Reconnect, RedisCache, RedisCacheBuilder};

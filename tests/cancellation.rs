@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use layercache::{LoadOptions, MemoryCache};
+use layercache::LoadOptions;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -33,7 +33,7 @@ async fn cancelled_callers_leave_nothing_behind() {
         .unwrap_or(100_000);
     const BATCH: u64 = 1_000;
     const HOT_KEYS: u64 = 100;
-    let cache = MemoryCache::<Arc<str>>::builder()
+    let cache = support::memory_builder::<Arc<str>>()
         .name("soak")
         .max_entries(5_000)
         .build()

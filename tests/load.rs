@@ -1,5 +1,7 @@
 //! `get_or_load`: single-flight, detached loads, shared errors, contained panics.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ impl std::fmt::Display for ProviderDown {
 impl std::error::Error for ProviderDown {}
 
 fn cache() -> MemoryCache<Reply> {
-    MemoryCache::builder()
+    support::memory_builder()
         .name("load-test")
         .build()
         .expect("valid config")

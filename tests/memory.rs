@@ -1,5 +1,7 @@
 //! `MemoryCache`: lifetimes, capacity, builder validation, use through the `Cache` trait.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +9,7 @@ use layercache::{Cache, CacheExt, Entry, Error, MemoryCache};
 
 #[tokio::test]
 async fn per_entry_lifetime_beats_the_cache_default() {
-    let cache = MemoryCache::<String>::builder()
+    let cache = support::memory_builder::<String>()
         .time_to_live(Duration::from_secs(3600))
         .build()
         .expect("valid");
@@ -49,7 +51,7 @@ async fn per_entry_lifetime_beats_the_cache_default() {
 
 #[tokio::test]
 async fn cache_wide_ttl_caps_long_entries() {
-    let cache = MemoryCache::<u32>::builder()
+    let cache = support::memory_builder::<u32>()
         .time_to_live(Duration::from_millis(50))
         .build()
         .expect("valid");
@@ -63,10 +65,18 @@ async fn cache_wide_ttl_caps_long_entries() {
 
 #[tokio::test]
 async fn time_to_idle_evicts_unread_entries() {
-    let cache = MemoryCache::<u32>::builder()
+    let built = support::memory_builder::<u32>()
         .time_to_idle(Duration::from_millis(80))
-        .build()
-        .expect("valid");
+        .build();
+    if support::test_engine() != layercache::Engine::Moka {
+        // quick_cache has no time-to-idle: the builder says so rather than ignoring it.
+        assert!(
+            matches!(built, Err(Error::Config { ref reason }) if reason.contains("time_to_idle")),
+            "{built:?}"
+        );
+        return;
+    }
+    let cache = built.expect("valid");
     cache
         .set_value("read", 1, Duration::from_secs(60))
         .await
@@ -91,7 +101,7 @@ async fn time_to_idle_evicts_unread_entries() {
 #[tokio::test]
 async fn a_byte_bounded_cache_never_holds_more_than_its_budget() {
     const BUDGET: u64 = 64 * 1024;
-    let cache = MemoryCache::<Arc<String>>::builder()
+    let cache = support::memory_builder::<Arc<String>>()
         .max_bytes(BUDGET)
         .weigher(|v| v.len())
         .build()
@@ -133,7 +143,7 @@ async fn a_byte_bounded_cache_never_holds_more_than_its_budget() {
 
 #[tokio::test]
 async fn an_entry_bounded_cache_keeps_its_count() {
-    let cache = MemoryCache::<u64>::builder()
+    let cache = support::memory_builder::<u64>()
         .max_entries(100)
         .build()
         .expect("valid");
@@ -149,7 +159,7 @@ async fn an_entry_bounded_cache_keeps_its_count() {
 
 #[tokio::test]
 async fn stale_entries_are_returned_as_stale_and_counted() {
-    let cache = MemoryCache::<u32>::builder().build().expect("valid");
+    let cache = support::memory_builder::<u32>().build().expect("valid");
     let entry = Entry::new(7, Duration::from_millis(20)).with_max_stale(Duration::from_secs(60));
     cache.set("k", entry).await.expect("set");
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -167,7 +177,7 @@ async fn stale_entries_are_returned_as_stale_and_counted() {
 
 #[tokio::test]
 async fn setting_an_expired_entry_removes_the_key() {
-    let cache = MemoryCache::<u32>::builder().build().expect("valid");
+    let cache = support::memory_builder::<u32>().build().expect("valid");
     cache
         .set_value("k", 1, Duration::from_secs(60))
         .await
@@ -178,8 +188,12 @@ async fn setting_an_expired_entry_removes_the_key() {
 
 #[tokio::test]
 async fn works_as_a_trait_object_with_batches() {
-    let cache: Arc<dyn Cache<String>> =
-        Arc::new(MemoryCache::builder().name("dyn").build().expect("valid"));
+    let cache: Arc<dyn Cache<String>> = Arc::new(
+        support::memory_builder()
+            .name("dyn")
+            .build()
+            .expect("valid"),
+    );
     assert_eq!(cache.name(), "dyn");
     cache
         .set_many(vec![
@@ -204,7 +218,7 @@ async fn works_as_a_trait_object_with_batches() {
         .expect("deleting a missing key is fine");
     assert!(cache.get("a").await.expect("get").is_none());
     // Boxed trait objects compose the same way.
-    let boxed: Box<dyn Cache<String>> = Box::new(MemoryCache::builder().build().expect("valid"));
+    let boxed: Box<dyn Cache<String>> = Box::new(support::memory_builder().build().expect("valid"));
     boxed
         .set_value("x", "y".into(), Duration::from_secs(1))
         .await
@@ -223,25 +237,32 @@ fn the_builder_rejects_settings_that_do_not_fit() {
         Ok(_) => panic!("expected an error"),
     };
     assert!(reason(
-        MemoryCache::builder()
+        support::memory_builder()
             .max_entries(10)
             .max_bytes(10)
             .weigher(|s: &String| s.len())
             .build()
     )
     .contains("not both"));
-    assert!(reason(MemoryCache::builder().max_bytes(1 << 20).build()).contains("weigher"));
-    assert!(
-        reason(MemoryCache::builder().weigher(|s: &String| s.len()).build()).contains("max_bytes")
-    );
-    assert!(reason(MemoryCache::builder().max_entries(0).build()).contains("greater than zero"));
-    assert!(
-        reason(MemoryCache::builder().time_to_live(Duration::ZERO).build())
-            .contains("time_to_live")
-    );
-    assert!(
-        reason(MemoryCache::builder().time_to_idle(Duration::ZERO).build())
-            .contains("time_to_idle")
-    );
-    assert!(reason(MemoryCache::builder().name("").build()).contains("name"));
+    assert!(reason(support::memory_builder().max_bytes(1 << 20).build()).contains("weigher"));
+    assert!(reason(
+        support::memory_builder()
+            .weigher(|s: &String| s.len())
+            .build()
+    )
+    .contains("max_bytes"));
+    assert!(reason(support::memory_builder().max_entries(0).build()).contains("greater than zero"));
+    assert!(reason(
+        support::memory_builder()
+            .time_to_live(Duration::ZERO)
+            .build()
+    )
+    .contains("time_to_live"));
+    assert!(reason(
+        support::memory_builder()
+            .time_to_idle(Duration::ZERO)
+            .build()
+    )
+    .contains("time_to_idle"));
+    assert!(reason(support::memory_builder().name("").build()).contains("name"));
 }

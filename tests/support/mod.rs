@@ -5,3 +5,21 @@ pub mod chat;
 pub mod frames;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+/// A `MemoryCache` builder on the engine named by `LAYERCACHE_TEST_ENGINE` (`moka`, the default,
+/// or `quick-cache`), so the same tests run on both engines (scripts/test.sh runs both).
+pub fn memory_builder<V: Clone + Send + Sync + 'static>() -> layercache::MemoryCacheBuilder<V> {
+    layercache::MemoryCache::builder().engine(test_engine())
+}
+
+/// The engine selected for this test run.
+pub fn test_engine() -> layercache::Engine {
+    match std::env::var("LAYERCACHE_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("") | Ok("moka") => layercache::Engine::Moka,
+        #[cfg(feature = "quick-cache")]
+        Ok("quick-cache") => layercache::Engine::QuickCache,
+        Ok(other) => panic!(
+            "LAYERCACHE_TEST_ENGINE={other} is not available in this build (moka, or quick-cache with --features quick-cache)"
+        ),
+    }
+}
