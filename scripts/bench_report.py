@@ -27,7 +27,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", 
 
 
 def estimate(group, bench_id):
-    path = os.path.join(ROOT, group, *bench_id.split("/"), "new", "estimates.json")
+    # criterion keeps an id such as "raw_moka/8" in a directory named "raw_moka_8".
+    path = os.path.join(ROOT, group, bench_id.replace("/", "_"), "new", "estimates.json")
     try:
         with open(path) as f:
             data = json.load(f)
