@@ -19,8 +19,10 @@
 //!   from a server restart. The first delay is short because fred only starts failing fast
 //!   after it;
 //! * **unresponsive-connection detection**, so a connection to a hung server is replaced;
-//! * **TCP_NODELAY**, and a pool of 4 connections with each key always on the same connection, so
-//!   that a `set` and a later `delete` of one key cannot overtake each other.
+//! * **TCP_NODELAY**, and a pool of 4 connections: writes of a key always on the same one of two
+//!   write connections, so that a `set` and a later `delete` of one key cannot overtake each
+//!   other, and reads on the other two, so that a write blocked at the server (`CLIENT PAUSE
+//!   WRITE`, `maxmemory`) never holds up a read.
 //!
 //! A value that fails to decode (corrupted, truncated, written by another format or codec) is a
 //! miss: it is counted under `layercache_layer_errors_total{op="decode"}` and its key deleted.
@@ -261,13 +263,26 @@ where
         full
     }
 
-    /// The pool connection that carries every command for `key`, so commands on one key stay in
-    /// order (a timed-out `set` cannot land after a later `delete`).
-    fn client_for(&self, key: &str) -> &fred::clients::Client {
+    /// The connection that carries every write (set, delete) of `key`, so writes of one key stay
+    /// in order: a timed-out `set` cannot land after a later `delete`. Writes use the first half
+    /// of the pool.
+    fn writer_for(&self, key: &str) -> &fred::clients::Client {
         let clients = self.inner.pool.clients();
-        let mut hasher = std::hash::DefaultHasher::new();
-        key.hash(&mut hasher);
-        &clients[(hasher.finish() % clients.len() as u64) as usize]
+        let writers = &clients[..(clients.len() / 2).max(1)];
+        &writers[(key_hash(key) % writers.len() as u64) as usize]
+    }
+
+    /// The connection for reads of `key`: the second half of the pool. A write blocked at the
+    /// server (`CLIENT PAUSE WRITE`, `maxmemory`) blocks its whole connection, and must not hold
+    /// up reads. (With a pool of one, reads and writes share it.)
+    fn reader_for(&self, key: &str) -> &fred::clients::Client {
+        let clients = self.inner.pool.clients();
+        let readers = if clients.len() >= 2 {
+            &clients[clients.len() / 2..]
+        } else {
+            clients
+        };
+        &readers[(key_hash(key) % readers.len() as u64) as usize]
     }
 
     fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
@@ -287,7 +302,7 @@ where
             Err(_) => {
                 self.inner.ops.error(Op::Decode);
                 let _ = self
-                    .client_for(key)
+                    .writer_for(key)
                     .with_options(&self.inner.options)
                     .unlink::<i64, _>(full_key)
                     .await;
@@ -415,6 +430,12 @@ where
     }
 }
 
+fn key_hash(key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn parse_scan_page(page: Value) -> std::result::Result<(String, Vec<Bytes>), fred::error::Error> {
     let bad = || fred::error::Error::new(fred::error::ErrorKind::Protocol, "unexpected SCAN reply");
     let Value::Array(mut parts) = page else {
@@ -477,7 +498,7 @@ where
         let full = self.full_key(key);
         let started = Instant::now();
         let read: std::result::Result<Option<Bytes>, _> = self
-            .client_for(key)
+            .reader_for(key)
             .with_options(&self.inner.options)
             .get(&full)
             .await;
@@ -501,7 +522,7 @@ where
         self.inner.ops.stored_bytes.record(bytes.len() as f64);
         let started = Instant::now();
         let written: std::result::Result<(), _> = self
-            .client_for(key)
+            .writer_for(key)
             .with_options(&self.inner.options)
             .set(
                 self.full_key(key),
@@ -518,7 +539,7 @@ where
     async fn delete(&self, key: &str) -> Result<()> {
         let started = Instant::now();
         let deleted: std::result::Result<i64, _> = self
-            .client_for(key)
+            .writer_for(key)
             .with_options(&self.inner.options)
             .unlink(self.full_key(key))
             .await;
@@ -557,7 +578,7 @@ where
                 .map(<[usize]>::to_vec)
                 .collect()
         };
-        let client = self.client_for(keys[0]);
+        let client = self.reader_for(keys[0]);
         let mut replies: Vec<Value> = Vec::with_capacity(groups.len());
         for round in groups.chunks(PIPELINE_CHUNK) {
             let pipeline = client.pipeline();
@@ -612,7 +633,7 @@ where
         }
         let started = Instant::now();
         let now = now_ms();
-        let client = self.client_for(entries[0].0);
+        let client = self.writer_for(entries[0].0);
         for round in entries.chunks(PIPELINE_CHUNK) {
             let pipeline = client.pipeline();
             for (key, entry) in round {
@@ -728,7 +749,8 @@ where
         self
     }
 
-    /// Number of connections (default 4). Each key always uses the same one.
+    /// Number of connections (default 4): half carry writes (each key's writes always on the same
+    /// one), half carry reads. With 1, reads and writes share it.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections;
         self
