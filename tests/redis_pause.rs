@@ -78,3 +78,48 @@ async fn client_pause_write_keeps_reads_fast_and_bounds_writes() {
         Some("after")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_writes_are_counted_and_loads_still_answer() {
+    use layercache::{Layered, LoadOptions, MemoryCache};
+
+    let server =
+        RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let l2: RedisCache<String> = RedisCache::builder()
+        .url(server.url())
+        .namespace("oom")
+        .build()
+        .await
+        .expect("connect");
+    let l1 = MemoryCache::builder().name("l1").build().expect("l1");
+    let cache = Layered::builder(l1, l2.clone())
+        .name("oom")
+        .build()
+        .expect("layered");
+    for i in 0..500u64 {
+        // Varied text: it compresses only about 3×, so 500 values far exceed 2 MB.
+        let v = support::chat::text(i, 10_000);
+        let got = cache
+            .get_or_load(
+                &format!("k{i}"),
+                move || async move { Ok::<_, std::io::Error>(v) },
+                LoadOptions::ttl(Duration::from_secs(60)),
+            )
+            .await
+            .expect("get_or_load answers although Redis refuses writes");
+        assert!(got.len() >= 10_000, "{}", got.len());
+    }
+    // Give the last L2 writes (made just after each answer) time to fail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = l2.stats().errors;
+    let used: u64 = server
+        .cli(&["info", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    println!("maxmemory 2mb: {errors} L2 write errors counted; Redis holds {used} bytes");
+    assert!(errors > 0, "OOM refusals are counted as write errors");
+    assert!(used < 3 << 20, "Redis stayed near its limit: {used}");
+    assert_eq!(cache.stats().loads, 500);
+}
