@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use layercache::codec::{Codec, Format, ValueCodec};
 use layercache::{DecodeErrorKind, Entry, Error};
@@ -275,70 +275,4 @@ fn dictionaries_help_small_values_and_are_checked() {
         kind(dec(&other, &bytes).expect_err("other dict")),
         DecodeErrorKind::DictionaryMismatch { .. }
     ));
-}
-
-/// Frames written by version 1 of the format. A later version must still read them.
-#[cfg(feature = "postcard")]
-mod golden {
-    use super::*;
-
-    const FRESH_MS: u64 = 1_800_000_000_000;
-    const STALE_MS: u64 = 1_800_000_060_000;
-
-    fn golden_entry() -> Entry<(String, u32)> {
-        Entry::with_deadlines(
-            ("hello".to_string(), 42),
-            UNIX_EPOCH + Duration::from_millis(FRESH_MS),
-            UNIX_EPOCH + Duration::from_millis(STALE_MS),
-        )
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
-
-    const V1_POSTCARD_PLAIN: &str = "4c4301000100505c18a3010000603a5d18a301000000000000000000000700000025b83a37d999b0090568656c6c6f2a";
-
-    #[test]
-    fn v1_plain_frame_is_stable() {
-        let codec = Codec::builder().no_compression().build().expect("valid");
-        let bytes = codec.encode(&golden_entry()).expect("encode");
-        assert_eq!(
-            hex(&bytes),
-            V1_POSTCARD_PLAIN,
-            "the v1 frame layout changed"
-        );
-        let back: Entry<(String, u32)> = codec.decode(&unhex(V1_POSTCARD_PLAIN)).expect("decode");
-        assert_eq!(back.value(), golden_entry().value());
-        assert_eq!(back.fresh_until(), golden_entry().fresh_until());
-        assert_eq!(back.stale_until(), golden_entry().stale_until());
-    }
-
-    #[cfg(feature = "zstd")]
-    const V1_POSTCARD_ZSTD: &str = "4c4301010100505c18a3010000603a5d18a3010000000000000000000031000000a65d8e8c64c0d6c228b52ffd2031750000402f68656c6c6f202a0100021523";
-
-    #[cfg(feature = "zstd")]
-    #[test]
-    fn v1_compressed_frame_still_decodes() {
-        // zstd's output may change between zstd versions, so only decoding is pinned.
-        let codec = Codec::builder().compress_above(16).build().expect("valid");
-        let long = Entry::with_deadlines(
-            (
-                "hello hello hello hello hello hello hello hello".to_string(),
-                42,
-            ),
-            UNIX_EPOCH + Duration::from_millis(FRESH_MS),
-            UNIX_EPOCH + Duration::from_millis(STALE_MS),
-        );
-        let back: Entry<(String, u32)> = codec.decode(&unhex(V1_POSTCARD_ZSTD)).expect("decode");
-        assert_eq!(back.value(), long.value());
-        assert_eq!(back.stale_until(), long.stale_until());
-    }
 }

@@ -1,0 +1,83 @@
+//! Format stability: frames written by released versions (files under `tests/golden/`) still
+//! decode to the same value; frames of an unknown version or magic decode as a miss.
+
+#![cfg(all(feature = "postcard", feature = "zstd"))]
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use layercache::codec::{Codec, ValueCodec};
+use layercache::{DecodeErrorKind, Entry, Error};
+
+const FRESH_MS: u64 = 1_800_000_000_000;
+const STALE_MS: u64 = 1_800_000_060_000;
+
+fn decode(name: &str) -> layercache::Result<Entry<(String, u32)>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    Codec::builder().build().expect("codec").decode(&bytes)
+}
+
+#[test]
+fn v1_frames_still_decode() {
+    let plain = decode("v1-postcard-plain.frame").expect("v1 plain");
+    assert_eq!(plain.value(), &("hello".to_string(), 42));
+    assert_eq!(
+        plain.fresh_until(),
+        UNIX_EPOCH + Duration::from_millis(FRESH_MS)
+    );
+    assert_eq!(
+        plain.stale_until(),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS)
+    );
+
+    let zstd = decode("v1-postcard-zstd.frame").expect("v1 zstd");
+    assert_eq!(zstd.value(), &(vec!["hello"; 8].join(" "), 42));
+    assert_eq!(
+        zstd.stale_until(),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS)
+    );
+}
+
+#[test]
+fn unknown_versions_and_magic_are_rejected() {
+    match decode("unknown-version-2.frame") {
+        Err(Error::Decode {
+            kind: DecodeErrorKind::UnsupportedVersion(2),
+            ..
+        }) => {}
+        other => panic!("expected UnsupportedVersion(2), got {other:?}"),
+    }
+    match decode("unknown-magic.frame") {
+        Err(Error::Decode {
+            kind: DecodeErrorKind::BadMagic,
+            ..
+        }) => {}
+        other => panic!("expected BadMagic, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_current_encoder_still_writes_the_v1_plain_frame() {
+    let entry = Entry::with_deadlines(
+        ("hello".to_string(), 42u32),
+        UNIX_EPOCH + Duration::from_millis(FRESH_MS),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS),
+    );
+    let bytes = Codec::builder()
+        .no_compression()
+        .build()
+        .expect("codec")
+        .encode(&entry)
+        .expect("encode");
+    let golden = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/v1-postcard-plain.frame"),
+    )
+    .expect("read golden");
+    assert_eq!(
+        bytes, golden,
+        "the frame layout changed: bump the frame version and add golden files"
+    );
+}
