@@ -860,7 +860,12 @@ where
             )),
         };
         if let Some(source) = failure {
-            let _ = pool.quit().await;
+            // Close the half-made connections in the background: quitting a pool whose server
+            // does not answer can itself take a command timeout, and the caller was promised an
+            // answer within the connect timeout.
+            tokio::spawn(async move {
+                let _ = pool.quit().await;
+            });
             return Err(Error::Redis {
                 op: "connect",
                 source,

@@ -4,6 +4,8 @@
 pub mod chat;
 pub mod frames;
 #[cfg(feature = "redis")]
+pub mod proxy;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 /// A `MemoryCache` builder on the engine named by `LAYERCACHE_TEST_ENGINE` (`moka`, the default,
