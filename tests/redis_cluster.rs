@@ -148,3 +148,61 @@ async fn the_cluster_round_trips_batches_and_invalidates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_healthy_masters_keep_hitting_while_one_master_hangs() {
+    use layercache::CacheExt;
+    use std::time::Instant;
+
+    let cluster = RedisCluster::start_with(&["--cluster-require-full-coverage", "no"]);
+    let cache: RedisCache<String> = RedisCache::builder()
+        .url(cluster.url())
+        .namespace("h")
+        .command_timeout(Duration::from_millis(250))
+        .build()
+        .await
+        .expect("connect");
+    let keys: Vec<String> = (0..90).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache
+            .set_value(k, format!("v-{k}"), Duration::from_secs(120))
+            .await
+            .expect("set");
+    }
+    // Which keys live on the master we will hang: SCAN is local to each node.
+    let on_hung: std::collections::HashSet<String> = cluster.nodes[0]
+        .cli(&["--scan", "--pattern", "h:*"])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("h:").map(str::to_owned))
+        .collect();
+    assert!(
+        !on_hung.is_empty() && on_hung.len() < keys.len(),
+        "{} keys on node 0",
+        on_hung.len()
+    );
+
+    cluster.nodes[0].pause();
+    let (mut hits, mut failed, mut worst) = (0, 0, Duration::ZERO);
+    for k in &keys {
+        let started = Instant::now();
+        let got = cache.get_value(k).await;
+        worst = worst.max(started.elapsed());
+        if on_hung.contains(k) {
+            assert!(got.is_err(), "{k} lives on the hung master: {got:?}");
+            failed += 1;
+        } else {
+            assert_eq!(
+                got.expect("healthy master").as_deref(),
+                Some(format!("v-{k}").as_str())
+            );
+            hits += 1;
+        }
+    }
+    cluster.nodes[0].resume();
+    println!("one master hung: {hits} hits on the other masters, {failed} bounded failures, worst call {worst:?}");
+    assert!(
+        worst <= Duration::from_millis(300),
+        "every call bounded by its timeout: {worst:?}"
+    );
+    assert_eq!(hits + failed, keys.len());
+}
