@@ -180,7 +180,12 @@ impl RedisCluster {
 
     /// A cluster whose nodes also get the `extra` server options.
     pub fn start_with(extra: &[&str]) -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_topology(0, extra)
+    }
+
+    /// 3 masters with `replicas` replicas each (nodes 0–2 start as masters).
+    pub fn start_topology(replicas: usize, extra: &[&str]) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 let mut args = vec![
                     "--cluster-enabled",
@@ -202,7 +207,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
