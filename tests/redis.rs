@@ -18,28 +18,10 @@ fn entry(seed: u64, size: usize) -> Entry<ChatReply> {
     Entry::new(reply(seed, size), Duration::from_secs(60)).with_max_stale(Duration::from_secs(60))
 }
 
-async fn cache_with<F: Format>(
-    server: &RedisServer,
-    format: F,
-    compress: bool,
-) -> RedisCache<ChatReply> {
-    let codec = Codec::with_format(format);
-    let codec = if compress {
-        codec.compress_above(256)
-    } else {
-        codec.no_compression()
-    };
-    RedisCache::builder_with_codec(codec.build().expect("codec"))
-        .url(server.url())
-        .namespace("t")
-        .build()
-        .await
-        .expect("connect")
-}
-
 async fn round_trip<F: Format + Clone>(server: &RedisServer, format: F) {
     for compress in [false, true] {
-        let cache = cache_with(server, format.clone(), compress).await;
+        let cache =
+            support::redis::cache_with_format(&server.url(), "t", format.clone(), compress).await;
         for (i, size) in [100usize, 4096, 100_000].into_iter().enumerate() {
             let key = format!("{}-{compress}-{i}", format.name());
             let e = entry(i as u64, size);

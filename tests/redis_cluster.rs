@@ -7,33 +7,15 @@ mod support;
 
 use std::time::Duration;
 
-use layercache::codec::{Codec, Format};
+use layercache::codec::Format;
 use layercache::{Cache, Entry, RedisCache};
-use support::chat::{reply, ChatReply};
+use support::chat::reply;
 use support::redis::RedisCluster;
-
-async fn cache_with<F: Format>(
-    cluster: &RedisCluster,
-    format: F,
-    compress: bool,
-) -> RedisCache<ChatReply> {
-    let codec = Codec::with_format(format);
-    let codec = if compress {
-        codec.compress_above(256)
-    } else {
-        codec.no_compression()
-    };
-    RedisCache::builder_with_codec(codec.build().expect("codec"))
-        .url(cluster.url())
-        .namespace("c")
-        .build()
-        .await
-        .expect("connect to the cluster")
-}
 
 async fn round_trip<F: Format + Clone>(cluster: &RedisCluster, format: F) {
     for compress in [false, true] {
-        let cache = cache_with(cluster, format.clone(), compress).await;
+        let cache =
+            support::redis::cache_with_format(&cluster.url(), "c", format.clone(), compress).await;
         for i in 0..60u64 {
             let key = format!("{}-{compress}-{i}", format.name());
             let e = Entry::new(
@@ -66,7 +48,9 @@ async fn the_cluster_round_trips_batches_and_invalidates() {
     );
 
     // get_many of 100 keys spread over many slots (some missing), written with set_many.
-    let cache = cache_with(&cluster, layercache::codec::Postcard, true).await;
+    let cache =
+        support::redis::cache_with_format(&cluster.url(), "c", layercache::codec::Postcard, true)
+            .await;
     let keys: Vec<String> = (0..100).map(|i| format!("many-{i}")).collect();
     let entries = keys
         .iter()

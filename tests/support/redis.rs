@@ -348,3 +348,26 @@ impl Drop for RedisSentinel {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `RedisCache` of chat replies at `url` under `namespace`, writing `format`, zstd-compressed
+/// above 256 bytes when `compress`.
+#[cfg(feature = "postcard")]
+pub async fn cache_with_format<F: layercache::codec::Format>(
+    url: &str,
+    namespace: &str,
+    format: F,
+    compress: bool,
+) -> layercache::RedisCache<super::chat::ChatReply> {
+    let codec = layercache::codec::Codec::with_format(format);
+    let codec = if compress {
+        codec.compress_above(256)
+    } else {
+        codec.no_compression()
+    };
+    layercache::RedisCache::builder_with_codec(codec.build().expect("codec"))
+        .url(url)
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("connect")
+}
