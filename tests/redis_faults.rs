@@ -57,7 +57,17 @@ async fn a_hung_server_costs_at_most_the_command_timeout() {
     assert!(worst <= TIMEOUT + SLACK, "{worst:?}");
 
     server.resume();
-    // The connection itself survived; the next calls succeed straight away.
+    // Hung for 4 s, longer than the unresponsive time (2 s): the watchdog has replaced the
+    // connections, and the reconnect loop gets through within its 1 s maximum back-off.
+    let resumed = Instant::now();
+    while cache.get_value("k0").await.is_err() {
+        assert!(
+            resumed.elapsed() < Duration::from_millis(1500),
+            "no reply 1.5 s after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("first reply {:?} after SIGCONT", resumed.elapsed());
     for i in 0..8 {
         let v = cache
             .get_value(&format!("k{i}"))

@@ -194,6 +194,10 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    // Without this a replica's first sync waits 5 s for company and can time
+                    // out; an unsynced replica refuses to fail over ("data too old").
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ];
                 args.extend_from_slice(extra);
                 RedisServer::start_with(&args)
@@ -218,18 +222,77 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
-            .nodes
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-        {
+        let ready = |n: &RedisServer| {
+            let view = n.cli(&["cluster", "nodes"]);
+            let replication = n.cli(&["info", "replication"]);
+            n.cli(&["cluster", "info"]).contains("cluster_state:ok")
+                && view.lines().filter(|l| l.contains("slave")).count() == 3 * replicas
+                && (!replication.contains("role:slave")
+                    || replication.contains("master_link_status:up"))
+        };
+        while !cluster.nodes.iter().all(ready) {
             assert!(
                 Instant::now() < deadline,
-                "the cluster did not reach state ok within 20 s"
+                "the cluster did not reach state ok with every replica synced within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
+    }
+
+    /// The index in `nodes` of the node serving `port`.
+    pub fn index_of_port(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    /// The port of the master serving `slot`, from `CLUSTER NODES` as node 0 sees it.
+    pub fn master_port_of_slot(&self, slot: u16) -> u16 {
+        let nodes = self.nodes[0].cli(&["cluster", "nodes"]);
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serves = fields.iter().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+                });
+                serves.then(|| address_port(fields[1]))
+            })
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {nodes}"))
+    }
+
+    /// The index in `nodes` of the replica of the master on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> usize {
+        let nodes = self.nodes[0].cli(&["cluster", "nodes"]);
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let master_id = lines
+            .iter()
+            .find(|f| f.len() > 1 && address_port(f[1]) == master_port)
+            .map(|f| f[0])
+            .unwrap_or_else(|| panic!("no node on port {master_port}: {nodes}"));
+        let port = lines
+            .iter()
+            .find(|f| f.len() > 3 && f[3] == master_id)
+            .map(|f| address_port(f[1]))
+            .unwrap_or_else(|| panic!("no replica of {master_port}: {nodes}"));
+        self.index_of_port(port)
+    }
+
+    /// Ports of the nodes that are masters right now (as the node itself reports).
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| n.cli(&["role"]).starts_with("master"))
+            .map(|n| n.port)
+            .collect()
     }
 
     /// A URL fred understands for this cluster.
@@ -255,6 +318,16 @@ impl RedisCluster {
     }
 }
 
+/// The port of a `CLUSTER NODES` address (`ip:port@busport`).
+fn address_port(address: &str) -> u16 {
+    address
+        .split(['@', ','])
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad node address {address}"))
+}
+
 /// A plain fred client, for writing and inspecting raw bytes behind the cache's back.
 pub async fn raw_client(url: &str) -> fred::clients::Client {
     use fred::prelude::ClientLike;
@@ -277,75 +350,120 @@ pub fn peak_rss_bytes() -> u64 {
         .expect("VmHWM in /proc/self/status")
 }
 
-/// A master and one sentinel monitoring it (`redis-server --sentinel`), as service `mymaster`.
+/// A sentinel deployment as service `mymaster`: one master, one replica and three sentinels
+/// (`redis-server <conf> --sentinel`, quorum 2, master down after 1 s).
 pub struct RedisSentinel {
     pub master: RedisServer,
-    pub port: u16,
-    child: Child,
-    dir: PathBuf,
+    pub replica: RedisServer,
+    pub sentinel_ports: Vec<u16>,
+    sentinels: Vec<Child>,
+    dirs: Vec<PathBuf>,
 }
 
 impl RedisSentinel {
     pub fn start() -> Self {
-        let master = RedisServer::start();
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("layercache-sentinel-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
-        let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
-                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds mymaster 5000\n",
-                dir.display(),
-                master.port
-            ),
-        )
-        .expect("write sentinel.conf");
-        let child = Command::new(binary("redis-server"))
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("could not start redis-server --sentinel: {e}. {INSTALL_HINT}")
-            });
-        let sentinel = RedisSentinel {
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica = RedisServer::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+            "--repl-diskless-sync-delay",
+            "0",
+        ]);
+        let mut group = RedisSentinel {
             master,
-            port,
-            child,
-            dir,
+            replica,
+            sentinel_ports: Vec::new(),
+            sentinels: Vec::new(),
+            dirs: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cli(port, &["sentinel", "get-master-addr-by-name", "mymaster"])
-            .contains(&sentinel.master.port.to_string())
+        let synced = Instant::now() + Duration::from_secs(10);
+        while !group
+            .replica
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
         {
             assert!(
+                Instant::now() < synced,
+                "the replica did not sync within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("layercache-sentinel-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 10000\n",
+                    dir.display(),
+                    group.master.port
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new(binary("redis-server"))
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("could not start redis-server --sentinel: {e}. {INSTALL_HINT}")
+                });
+            group.sentinels.push(child);
+            group.sentinel_ports.push(port);
+            group.dirs.push(dir);
+        }
+        // Ready when every sentinel knows the master, the replica and the two other sentinels.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !group.sentinel_ports.iter().all(|&port| {
+            let master = cli(port, &["sentinel", "master", "mymaster"]);
+            let field = |name: &str| {
+                let mut lines = master.lines();
+                lines.find(|l| l.trim() == name);
+                lines.next().map(|v| v.trim().to_owned())
+            };
+            field("num-slaves").as_deref() == Some("1")
+                && field("num-other-sentinels").as_deref() == Some("2")
+        }) {
+            assert!(
                 Instant::now() < deadline,
-                "the sentinel did not report its master within 10 s"
+                "the sentinels did not discover each other and the replica within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        sentinel
+        group
     }
 
-    /// A URL fred understands for this sentinel deployment.
+    /// A URL fred understands for this deployment, naming all three sentinels.
     pub fn url(&self) -> String {
+        let rest: Vec<String> = self.sentinel_ports[1..]
+            .iter()
+            .map(|p| format!("&node=127.0.0.1:{p}"))
+            .collect();
         format!(
-            "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster",
-            self.port
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName=mymaster{}",
+            self.sentinel_ports[0],
+            rest.concat()
         )
     }
 }
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        for child in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -18,7 +18,12 @@
 //! * a **reconnect policy** (exponential, 10 ms to 1 s, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
 //!   after it;
-//! * **unresponsive-connection detection**, so a connection to a hung server is replaced;
+//! * **unresponsive-connection detection**, so a connection to a hung server is replaced — fred's
+//!   own check (no reply for 2 s) plus a watchdog of ours that also catches the case fred misses:
+//!   steady traffic into a hung server, where every command times out. The first timeout on a
+//!   connection starts a `PING` probe; if the node still does not answer after the unresponsive
+//!   time, the connection is rebuilt (re-asking the sentinels for the master, or refreshing the
+//!   cluster's routing table);
 //! * **TCP_NODELAY**, and a pool of 4 connections: writes of a key always on the same one of two
 //!   write connections, so that a `set` and a later `delete` of one key cannot overtake each
 //!   other, and reads on the other two, so that a write blocked at the server (`CLIENT PAUSE
@@ -51,6 +56,8 @@ use crate::codec::ValueCodec;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::metrics::{LayerMetrics, Stats, VALUE_BYTES};
+
+mod watchdog;
 
 /// Default time limit for each Redis command.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
@@ -202,6 +209,7 @@ struct Inner<V> {
     bulk_options: Options,
     metrics: LayerMetrics,
     ops: OpMetrics,
+    watchdog: Arc<watchdog::Watchdog>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -266,23 +274,42 @@ where
     /// The connection that carries every write (set, delete) of `key`, so writes of one key stay
     /// in order: a timed-out `set` cannot land after a later `delete`. Writes use the first half
     /// of the pool.
-    fn writer_for(&self, key: &str) -> &fred::clients::Client {
-        let clients = self.inner.pool.clients();
-        let writers = &clients[..(clients.len() / 2).max(1)];
-        &writers[(key_hash(key) % writers.len() as u64) as usize]
+    fn writer_for(&self, key: &str) -> usize {
+        let writers = (self.inner.pool.size() / 2).max(1);
+        (key_hash(key) % writers as u64) as usize
     }
 
     /// The connection for reads of `key`: the second half of the pool. A write blocked at the
     /// server (`CLIENT PAUSE WRITE`, `maxmemory`) blocks its whole connection, and must not hold
     /// up reads. (With a pool of one, reads and writes share it.)
-    fn reader_for(&self, key: &str) -> &fred::clients::Client {
-        let clients = self.inner.pool.clients();
-        let readers = if clients.len() >= 2 {
-            &clients[clients.len() / 2..]
+    fn reader_for(&self, key: &str) -> usize {
+        let size = self.inner.pool.size();
+        let (first, readers) = if size >= 2 {
+            (size / 2, size - size / 2)
         } else {
-            clients
+            (0, size)
         };
-        &readers[(key_hash(key) % readers.len() as u64) as usize]
+        first + (key_hash(key) % readers as u64) as usize
+    }
+
+    /// Pool client `index`.
+    fn client(&self, index: usize) -> &fred::clients::Client {
+        &self.inner.pool.clients()[index]
+    }
+
+    /// Count a failed command on pool client `index` for `full_key`, and let the watchdog probe
+    /// a connection whose command timed out.
+    fn failed(&self, op: Op, index: usize, full_key: &str, source: fred::error::Error) -> Error {
+        if *source.kind() == fred::error::ErrorKind::Timeout {
+            let slot = self
+                .inner
+                .clustered
+                .then(|| fred::util::redis_keyslot(full_key.as_bytes()));
+            self.inner
+                .watchdog
+                .timed_out(index, self.client(index), &self.inner.options, slot);
+        }
+        self.redis_error(op, source)
     }
 
     fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
@@ -302,7 +329,7 @@ where
             Err(_) => {
                 self.inner.ops.error(Op::Decode);
                 let _ = self
-                    .writer_for(key)
+                    .client(self.writer_for(key))
                     .with_options(&self.inner.options)
                     .unlink::<i64, _>(full_key)
                     .await;
@@ -497,13 +524,14 @@ where
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
         let full = self.full_key(key);
         let started = Instant::now();
+        let index = self.reader_for(key);
         let read: std::result::Result<Option<Bytes>, _> = self
-            .reader_for(key)
+            .client(index)
             .with_options(&self.inner.options)
             .get(&full)
             .await;
         self.inner.ops.took(Op::Get, started);
-        match read.map_err(|e| self.redis_error(Op::Get, e))? {
+        match read.map_err(|e| self.failed(Op::Get, index, &full, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
             None => Ok(None),
         }
@@ -521,11 +549,13 @@ where
             .inspect_err(|_| self.inner.ops.error(Op::Set))?;
         self.inner.ops.stored_bytes.record(bytes.len() as f64);
         let started = Instant::now();
+        let index = self.writer_for(key);
+        let full = self.full_key(key);
         let written: std::result::Result<(), _> = self
-            .writer_for(key)
+            .client(index)
             .with_options(&self.inner.options)
             .set(
-                self.full_key(key),
+                full.as_str(),
                 Bytes::from(bytes),
                 Some(Expiration::PX(ttl_ms as i64)),
                 None,
@@ -533,20 +563,22 @@ where
             )
             .await;
         self.inner.ops.took(Op::Set, started);
-        written.map_err(|e| self.redis_error(Op::Set, e))
+        written.map_err(|e| self.failed(Op::Set, index, &full, e))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let started = Instant::now();
+        let index = self.writer_for(key);
+        let full = self.full_key(key);
         let deleted: std::result::Result<i64, _> = self
-            .writer_for(key)
+            .client(index)
             .with_options(&self.inner.options)
-            .unlink(self.full_key(key))
+            .unlink(full.as_str())
             .await;
         self.inner.ops.took(Op::Delete, started);
         deleted
             .map(|_| ())
-            .map_err(|e| self.redis_error(Op::Delete, e))
+            .map_err(|e| self.failed(Op::Delete, index, &full, e))
     }
 
     /// `MGET`, in chunks of 1,000 keys (on a cluster, one `MGET` per hash slot), pipelined in
@@ -578,7 +610,8 @@ where
                 .map(<[usize]>::to_vec)
                 .collect()
         };
-        let client = self.reader_for(keys[0]);
+        let index = self.reader_for(keys[0]);
+        let client = self.client(index);
         let mut replies: Vec<Value> = Vec::with_capacity(groups.len());
         for round in groups.chunks(PIPELINE_CHUNK) {
             let pipeline = client.pipeline();
@@ -592,10 +625,11 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::GetMany, e))?;
             }
+            let first = round.first().and_then(|g| g.first()).copied().unwrap_or(0);
             let round_replies: Vec<Value> = pipeline
                 .all()
                 .await
-                .map_err(|e| self.redis_error(Op::GetMany, e))?;
+                .map_err(|e| self.failed(Op::GetMany, index, &full[first], e))?;
             if round_replies.len() != round.len() {
                 return Err(self.redis_error(
                     Op::GetMany,
@@ -633,7 +667,8 @@ where
         }
         let started = Instant::now();
         let now = now_ms();
-        let client = self.writer_for(entries[0].0);
+        let index = self.writer_for(entries[0].0);
+        let client = self.client(index);
         for round in entries.chunks(PIPELINE_CHUNK) {
             let pipeline = client.pipeline();
             for (key, entry) in round {
@@ -663,8 +698,9 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::SetMany, e))?;
             }
+            let first = self.full_key(round[0].0);
             for result in pipeline.try_all::<Value>().await {
-                result.map_err(|e| self.redis_error(Op::SetMany, e))?;
+                result.map_err(|e| self.failed(Op::SetMany, index, &first, e))?;
             }
         }
         self.inner.ops.took(Op::SetMany, started);
@@ -899,6 +935,11 @@ where
                 bulk_options,
                 metrics,
                 ops,
+                watchdog: Arc::new(watchdog::Watchdog::new(
+                    self.pool_size,
+                    unresponsive,
+                    clustered,
+                )),
             }),
         })
     }
