@@ -190,3 +190,136 @@ async fn keys_on_healthy_masters_keep_hitting_while_one_master_hangs() {
     );
     assert_eq!(hits + failed, keys.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_traffic_never_reaches_a_caller() {
+    use layercache::CacheExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = RedisCluster::start();
+    let cache: RedisCache<String> = RedisCache::builder()
+        .url(cluster.url())
+        .namespace("r")
+        .build()
+        .await
+        .expect("connect");
+    let keys: Arc<Vec<String>> = Arc::new((0..400).map(|i| format!("k{i}")).collect());
+    for k in keys.iter() {
+        cache
+            .set_value(k, format!("{k}-0"), Duration::from_secs(300))
+            .await
+            .expect("set");
+    }
+    let source = cluster.nodes[0].port;
+    let target = cluster.nodes[1].port;
+    let owner_before: Vec<u16> = keys
+        .iter()
+        .map(|k| {
+            cluster.master_port_of_slot(fred::util::redis_keyslot(format!("r:{k}").as_bytes()))
+        })
+        .collect();
+
+    // Readers check every value they get; writers keep rewriting keys with a round number.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, errors, wrong) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let (cache, keys, stop) = (cache.clone(), keys.clone(), stop.clone());
+        let (calls, errors, wrong) = (calls.clone(), errors.clone(), wrong.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                for (i, k) in keys.iter().enumerate().skip(t).step_by(4) {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let result = if i % 2 == 0 {
+                        cache
+                            .set_value(k, format!("{k}-{round}"), Duration::from_secs(300))
+                            .await
+                            .map(|_| ())
+                    } else {
+                        cache.get_value(k).await.map(|v| {
+                            if !v.is_some_and(|v| v.starts_with(&format!("{k}-"))) {
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                    };
+                    if let Err(e) = result {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("{k}: {e:?}");
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = [source, target]
+        .iter()
+        .map(|&port| {
+            support::redis::cli(port, &["cluster", "myid"])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let (from, to) = (ids[0].clone(), ids[1].clone());
+    let seed = format!("127.0.0.1:{source}");
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "2000", "--cluster-yes"])
+            .args(["--cluster-pipeline", "10"])
+            .output()
+            .expect("run redis-cli --cluster reshard")
+    })
+    .await
+    .expect("reshard task");
+    let resharding = started.elapsed();
+    assert!(
+        out.status.success(),
+        "reshard failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("no panic in the traffic tasks");
+    }
+
+    let moved = keys
+        .iter()
+        .zip(&owner_before)
+        .filter(|(k, &before)| {
+            before == source
+                && cluster
+                    .master_port_of_slot(fred::util::redis_keyslot(format!("r:{k}").as_bytes()))
+                    == target
+        })
+        .count();
+    let (calls, errors, wrong) = (
+        calls.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        wrong.load(Ordering::Relaxed),
+    );
+    println!(
+        "resharding 2000 slots took {resharding:?}: {moved} of our keys moved master; {calls} calls \
+         during it, {errors} errors, {wrong} wrong values"
+    );
+    assert!(moved > 10, "the reshard moved keys we use: {moved}");
+    assert_eq!(errors, 0, "no MOVED/ASK (or any) error reached a caller");
+    assert_eq!(wrong, 0);
+    assert_eq!(cache.stats().errors, 0);
+    for k in keys.iter() {
+        assert!(
+            cache.get_value(k).await.expect("get").is_some(),
+            "{k} survived the move"
+        );
+    }
+}

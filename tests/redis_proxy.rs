@@ -151,3 +151,57 @@ async fn layered_degrades_to_l1_and_the_loader_behind_a_blackhole() {
     assert!(worst <= TIMEOUT + SLACK, "{worst:?}");
     assert!(!cache.health()[1].is_up(), "the breaker opened");
 }
+
+/// A write swallowed by a blackhole times out; its bytes never reach Redis. If the client ever
+/// re-sent it — after the watchdog rebuilds the connection, or after a reset — the key would
+/// appear. It must not: a command whose caller timed out is never written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_is_never_replayed_after_a_reconnect() {
+    use layercache::{Cache, Entry};
+
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(upstream(&server)).await;
+    let cache = cache(&proxy).await.expect("connect");
+    let raw = support::redis::raw_client(&server.url()).await;
+    for (round, heal) in [(0, "watchdog reconnect"), (1, "reset")].into_iter() {
+        let key = format!("swallowed-{round}");
+        let before = proxy.connections();
+        proxy.set(Mode::Blackhole);
+        let set = cache
+            .set(&key, Entry::new("v1".to_string(), Duration::from_secs(60)))
+            .await;
+        assert!(matches!(set, Err(Error::Redis { .. })), "{set:?}");
+        if round == 0 {
+            // Long enough for the watchdog (2 s) to force a reconnect into the blackhole.
+            tokio::time::sleep(Duration::from_millis(2600)).await;
+        } else {
+            proxy.set(Mode::Reset);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        proxy.set(Mode::Pass);
+        let healed = Instant::now();
+        while cache.get_value("absent").await.is_err() {
+            assert!(
+                healed.elapsed() < Duration::from_secs(3),
+                "{heal}: no recovery"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            proxy.connections() > before,
+            "{heal}: the client made new connections"
+        );
+        let watch_until = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < watch_until {
+            let exists: i64 = fred::prelude::KeysInterface::exists(&raw, format!("x:{key}"))
+                .await
+                .expect("exists");
+            assert_eq!(exists, 0, "{heal}: the timed-out write was replayed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{heal}: recovered {:?} after the fault ended; the swallowed write never landed",
+            healed.elapsed()
+        );
+    }
+}

@@ -13,7 +13,11 @@
 //! * a **command timeout** (250 ms) on every command through fred's per-command options — not a
 //!   `tokio::time::timeout` around the call, which would abandon a write that fred then replays
 //!   after a reconnect (a "zombie write" that can resurrect an invalidated value);
-//! * **one attempt** per command: a write is never replayed behind a later `delete`;
+//! * **no replay after a timeout**: fred marks a command whose caller timed out and never writes
+//!   it again, so a timed-out `set` cannot land behind a later `delete`. A command may still be
+//!   written up to 3 times *while its caller waits*: a cluster's `MOVED`/`ASK` redirection is a
+//!   second write (with a single attempt, every redirection during a reshard reached the caller
+//!   as an error, and an `ASK` could end the client's connection task);
 //! * **fail-fast** while disconnected: calls error at once instead of queueing;
 //! * a **reconnect policy** (exponential, 10 ms to 1 s, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
@@ -70,6 +74,10 @@ const BATCH: usize = 1000;
 /// Commands sent per pipeline round trip in batch operations, so that each round stays well
 /// inside the command timeout however large the batch.
 const PIPELINE_CHUNK: usize = 500;
+
+/// Writes of one command while its caller waits: the first, plus room for a cluster's
+/// `MOVED`/`ASK` redirections (each re-send counts as an attempt in fred).
+const ATTEMPTS: u32 = 3;
 
 /// How the client reconnects after losing a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -857,7 +865,7 @@ where
         let connection = ConnectionConfig {
             connection_timeout: self.connect_timeout,
             internal_command_timeout: self.connect_timeout,
-            max_command_attempts: 1,
+            max_command_attempts: ATTEMPTS,
             unresponsive: UnresponsiveConfig {
                 max_timeout: Some(unresponsive),
                 interval: (unresponsive / 4).max(Duration::from_millis(50)),
@@ -911,7 +919,7 @@ where
         let options = Options {
             timeout: Some(self.command_timeout),
             fail_fast: true,
-            max_attempts: Some(1),
+            max_attempts: Some(ATTEMPTS),
             ..Options::default()
         };
         let bulk_options = Options {
