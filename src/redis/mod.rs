@@ -26,8 +26,8 @@
 //!   own check (no reply for 2 s) plus a watchdog of ours that also catches the case fred misses:
 //!   steady traffic into a hung server, where every command times out. The first timeout on a
 //!   connection starts a `PING` probe; if the node still does not answer after the unresponsive
-//!   time, the connection is rebuilt (re-asking the sentinels for the master, or refreshing the
-//!   cluster's routing table);
+//!   time, the connection is rebuilt (re-asking the sentinels for the master). Not on a cluster:
+//!   see the watchdog's notes;
 //! * **TCP_NODELAY**, and a pool of 4 connections: writes of a key always on the same one of two
 //!   write connections, so that a `set` and a later `delete` of one key cannot overtake each
 //!   other, and reads on the other two, so that a write blocked at the server (`CLIENT PAUSE
@@ -305,17 +305,13 @@ where
         &self.inner.pool.clients()[index]
     }
 
-    /// Count a failed command on pool client `index` for `full_key`, and let the watchdog probe
+    /// Count a failed command on pool client `index`, and let the watchdog probe
     /// a connection whose command timed out.
-    fn failed(&self, op: Op, index: usize, full_key: &str, source: fred::error::Error) -> Error {
+    fn failed(&self, op: Op, index: usize, source: fred::error::Error) -> Error {
         if *source.kind() == fred::error::ErrorKind::Timeout {
-            let slot = self
-                .inner
-                .clustered
-                .then(|| fred::util::redis_keyslot(full_key.as_bytes()));
             self.inner
                 .watchdog
-                .timed_out(index, self.client(index), &self.inner.options, slot);
+                .timed_out(index, self.client(index), &self.inner.options);
         }
         self.redis_error(op, source)
     }
@@ -539,7 +535,7 @@ where
             .get(&full)
             .await;
         self.inner.ops.took(Op::Get, started);
-        match read.map_err(|e| self.failed(Op::Get, index, &full, e))? {
+        match read.map_err(|e| self.failed(Op::Get, index, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
             None => Ok(None),
         }
@@ -571,7 +567,7 @@ where
             )
             .await;
         self.inner.ops.took(Op::Set, started);
-        written.map_err(|e| self.failed(Op::Set, index, &full, e))
+        written.map_err(|e| self.failed(Op::Set, index, e))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -586,7 +582,7 @@ where
         self.inner.ops.took(Op::Delete, started);
         deleted
             .map(|_| ())
-            .map_err(|e| self.failed(Op::Delete, index, &full, e))
+            .map_err(|e| self.failed(Op::Delete, index, e))
     }
 
     /// `MGET`, in chunks of 1,000 keys (on a cluster, one `MGET` per hash slot), pipelined in
@@ -633,11 +629,10 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::GetMany, e))?;
             }
-            let first = round.first().and_then(|g| g.first()).copied().unwrap_or(0);
             let round_replies: Vec<Value> = pipeline
                 .all()
                 .await
-                .map_err(|e| self.failed(Op::GetMany, index, &full[first], e))?;
+                .map_err(|e| self.failed(Op::GetMany, index, e))?;
             if round_replies.len() != round.len() {
                 return Err(self.redis_error(
                     Op::GetMany,
@@ -706,9 +701,8 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::SetMany, e))?;
             }
-            let first = self.full_key(round[0].0);
             for result in pipeline.try_all::<Value>().await {
-                result.map_err(|e| self.failed(Op::SetMany, index, &first, e))?;
+                result.map_err(|e| self.failed(Op::SetMany, index, e))?;
             }
         }
         self.inner.ops.took(Op::SetMany, started);

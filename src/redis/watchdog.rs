@@ -6,18 +6,16 @@
 //! the replica, but the client keeps writing into the old, hung master and never asks them again.
 //!
 //! The watchdog costs nothing on the success path. The first timeout on a pool client starts one
-//! probe task for that client: it `PING`s the node that timed out (on a cluster, the node that
-//! owns the key's slot) until one answers. If pings still time out after `after`:
-//!
-//! * on a single server or behind sentinels, the client is forced to reconnect, which re-asks the
-//!   sentinels for the master;
-//! * on a cluster, the client re-reads the routing table (`CLUSTER SLOTS`) and keeps probing. A
-//!   forced reconnect there would also cut the connections to the healthy masters; a routing
-//!   refresh only moves the slots once a replica has been promoted, and changes nothing while the
-//!   hung master still owns them.
-//!
+//! probe task for that client: it `PING`s the server until one answers. If pings still time out
+//! after `after`, the client is forced to reconnect, which re-asks the sentinels for the master.
 //! Any other error ends the probe: fred already knows the connection is broken and is
 //! reconnecting by itself.
+//!
+//! Clusters are left alone. A forced reconnect there would also cut the connections to the
+//! healthy masters, and a routing refresh (`CLUSTER SLOTS`) runs inside the client's single
+//! router task, so asking the hung node stalls every command of that client — keys on healthy
+//! masters started timing out in the hung-master test. A killed master needs no help: fred
+//! refreshes the routing table itself when the connection drops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,34 +23,27 @@ use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::error::ErrorKind;
-use fred::interfaces::{ClientLike, ClusterInterface};
+use fred::interfaces::ClientLike;
 use fred::prelude::{Options, Value};
-use fred::types::ClusterHash;
 
 /// One probe flag per pool client.
 pub(super) struct Watchdog {
     after: Duration,
-    clustered: bool,
     probing: Box<[AtomicBool]>,
 }
 
 impl Watchdog {
+    /// A watchdog for `clients` pool clients; none for a cluster (see the module docs).
     pub(super) fn new(clients: usize, after: Duration, clustered: bool) -> Self {
+        let clients = if clustered { 0 } else { clients };
         Watchdog {
             after,
-            clustered,
             probing: (0..clients).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
-    /// A command on pool client `index` timed out. `slot` is the key's hash slot on a cluster.
-    pub(super) fn timed_out(
-        self: &Arc<Self>,
-        index: usize,
-        client: &Client,
-        options: &Options,
-        slot: Option<u16>,
-    ) {
+    /// A command on pool client `index` timed out.
+    pub(super) fn timed_out(self: &Arc<Self>, index: usize, client: &Client, options: &Options) {
         let Some(flag) = self.probing.get(index) else {
             return;
         };
@@ -64,25 +55,20 @@ impl Watchdog {
         }
         let this = Arc::clone(self);
         let client = client.clone();
-        let mut options = options.clone();
-        options.cluster_hash = slot.map(ClusterHash::Custom);
+        let options = options.clone();
         let pause = options
             .timeout
             .unwrap_or(Duration::from_millis(250))
             .min(Duration::from_millis(100));
         runtime.spawn(async move {
-            let mut started = Instant::now();
+            let started = Instant::now();
             loop {
                 match client.with_options(&options).ping::<Value>(None).await {
                     Ok(_) => break,
                     Err(e) if *e.kind() == ErrorKind::Timeout => {
                         if started.elapsed() >= this.after {
-                            if !this.clustered {
-                                let _ = client.force_reconnection().await;
-                                break;
-                            }
-                            let _ = client.sync_cluster().await;
-                            started = Instant::now();
+                            let _ = client.force_reconnection().await;
+                            break;
                         }
                         tokio::time::sleep(pause).await;
                     }
