@@ -1,6 +1,10 @@
 //! The [`Cache`] trait every layer implements, and [`CacheExt`] conveniences on top of it.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,15 +46,36 @@ where
     fn name(&self) -> &str;
 
     /// The entry stored under `key`, if there is one that has not passed its stale deadline.
-    async fn get(&self, key: &str) -> Result<Option<Entry<V>>>;
-
-    /// The answer to [`get`](Cache::get) without awaiting, if this cache can give one at once (an
-    /// in-memory layer); `None` means "call `get`". Layered caches use it to skip a boxed future
-    /// on the L1-hit path. The default is `None`.
-    fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
-        let _ = key;
-        None
-    }
+    ///
+    /// Await the returned [`CacheGet`] like any future. A layer that can answer at once (an
+    /// in-memory one) returns [`CacheGet::ready`], which costs no allocation; others wrap their
+    /// async code in [`CacheGet::new`]:
+    ///
+    /// ```
+    /// use layercache::{Cache, CacheGet, Entry, Result};
+    ///
+    /// struct Empty;
+    ///
+    /// #[async_trait::async_trait]
+    /// impl Cache<String> for Empty {
+    ///     fn name(&self) -> &str {
+    ///         "empty"
+    ///     }
+    ///     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, String> {
+    ///         CacheGet::new(async move {
+    ///             let _ = key; // e.g. a network call
+    ///             Ok(None)
+    ///         })
+    ///     }
+    ///     async fn set(&self, _: &str, _: Entry<String>) -> Result<()> {
+    ///         Ok(())
+    ///     }
+    ///     async fn delete(&self, _: &str) -> Result<()> {
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V>;
 
     /// Like [`get`](Cache::get), but not counted in the layer's hit/miss metrics and without side
     /// effects such as refreshing an idle timer. `get_or_load` uses it to re-check a key just
@@ -85,7 +110,95 @@ where
 }
 
 /// The boxed future an `#[async_trait]` method returns.
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The future [`Cache::get`] returns: either an answer that is already there (an in-memory hit
+/// or miss, no allocation) or a boxed future that produces it.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercache::{Cache, Entry, MemoryCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> layercache::Result<()> {
+/// let cache = MemoryCache::builder().build()?;
+/// cache.set("k", Entry::new(1u32, Duration::from_secs(60))).await?;
+/// // Awaited like any future…
+/// assert!(cache.get("k").await?.is_some());
+/// // …or, from synchronous code, taken at once when the layer answered without waiting.
+/// let answer = cache.get("k").into_ready().ok().expect("in-memory layers answer at once");
+/// assert_eq!(answer?.map(|e| *e.value()), Some(1));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "futures do nothing unless awaited"]
+pub struct CacheGet<'a, V> {
+    state: GetState<'a, V>,
+}
+
+enum GetState<'a, V> {
+    /// The answer, until it is taken by `poll`.
+    Ready(Option<Result<Option<Entry<V>>>>),
+    Pending(BoxFuture<'a, Result<Option<Entry<V>>>>),
+}
+
+impl<'a, V> CacheGet<'a, V> {
+    /// An answer that is already known.
+    pub fn ready(answer: Result<Option<Entry<V>>>) -> Self {
+        CacheGet {
+            state: GetState::Ready(Some(answer)),
+        }
+    }
+
+    /// An answer that `future` will produce (boxed once).
+    pub fn new(future: impl Future<Output = Result<Option<Entry<V>>>> + Send + 'a) -> Self {
+        CacheGet {
+            state: GetState::Pending(Box::pin(future)),
+        }
+    }
+
+    /// The answer if it is already known, or the future back to await.
+    ///
+    /// # Errors
+    ///
+    /// Returns `Err(self)` when the answer needs awaiting (or was already taken by a poll).
+    pub fn into_ready(self) -> std::result::Result<Result<Option<Entry<V>>>, Self> {
+        match self.state {
+            GetState::Ready(Some(answer)) => Ok(answer),
+            state => Err(CacheGet { state }),
+        }
+    }
+}
+
+// The ready answer is moved out, never pinned in place, and the pending future is already boxed
+// and pinned: the wrapper itself can move freely whatever `V` is.
+impl<V> Unpin for CacheGet<'_, V> {}
+
+impl<V> Future for CacheGet<'_, V> {
+    type Output = Result<Option<Entry<V>>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            GetState::Ready(answer) => match answer.take() {
+                Some(answer) => Poll::Ready(answer),
+                None => panic!("CacheGet polled after it completed"),
+            },
+            GetState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<V> fmt::Debug for CacheGet<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            GetState::Ready(Some(_)) => "ready",
+            GetState::Ready(None) => "taken",
+            GetState::Pending(_) => "pending",
+        };
+        f.debug_struct("CacheGet").field("state", &state).finish()
+    }
+}
 
 // Smart pointers forward to the inner cache's future as it is, instead of boxing a second future
 // around it (which `#[async_trait]` on these impls would do): one allocation per call, not two.
@@ -99,15 +212,7 @@ macro_rules! forward_cache_impl {
             fn name(&self) -> &str {
                 (**self).name()
             }
-            fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
-                (**self).get_immediate(key)
-            }
-            fn get<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>
-            where
-                's: 'f,
-                'k: 'f,
-                Self: 'f,
-            {
+            fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
                 (**self).get(key)
             }
             fn peek<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>

@@ -17,8 +17,13 @@ pub(crate) fn now_ms() -> u64 {
 
 #[inline]
 pub(crate) fn to_ms(t: SystemTime) -> u64 {
+    // Seconds × 1000 + whole milliseconds: no 128-bit arithmetic (`as_millis`) on the hot path.
     t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(|d| {
+            d.as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(d.subsec_millis()))
+        })
         .unwrap_or(0)
 }
 

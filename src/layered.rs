@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheGet};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::load::breaker::{Allow, Breaker, BreakerConfig, CircuitState};
@@ -38,6 +38,7 @@ use crate::load::{
     random_unit, Flights, Joined, LoadOptions, LoadSpec, LoadTarget, DEFAULT_FAIL_SAFE_THROTTLE,
     DEFAULT_TTL,
 };
+use crate::memory::MemoryCache;
 use crate::metrics::{circuit_gauge, LayerMetrics, Stats};
 
 type Predicate<V> = Arc<dyn Fn(&V) -> bool + Send + Sync>;
@@ -104,6 +105,9 @@ pub struct Layered<V> {
 
 struct Inner<V> {
     l1: Arc<dyn Cache<V>>,
+    /// L1 again when it is a [`MemoryCache`]: looked up directly, without a dynamic call or a
+    /// future, sharing the request's clock reading.
+    l1_memory: Option<MemoryCache<V>>,
     l2: Arc<dyn Cache<V>>,
     name: Arc<str>,
     l1_ttl: Option<Duration>,
@@ -255,15 +259,27 @@ where
 
     /// [`lookup`](Self::lookup) with the current time already read (`now`, ms since the epoch).
     async fn lookup_at(self: &Arc<Self>, key: &str, counted: bool, now: u64) -> Option<Entry<V>> {
-        // An in-memory L1 answers without a boxed future.
-        let l1 = match self.l1.get_immediate(key) {
-            Some(answer) if counted => answer,
-            _ if counted => self.l1.get(key).await.ok().flatten(),
-            _ => self.l1.peek(key).await.ok().flatten(),
+        let l1 = match &self.l1_memory {
+            // A memory L1 answers in place: no future, no second clock read.
+            Some(memory) if counted => memory.lookup_at(key, now),
+            Some(memory) => memory.peek_at(key, now),
+            None if counted => self.l1.get(key).await.ok().flatten(),
+            None => self.l1.peek(key).await.ok().flatten(),
         };
         if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
             return l1;
         }
+        self.after_l1(key, counted, l1).await
+    }
+
+    /// The rest of a lookup once L1 answered `l1` (missing or not fresh): L2, and an L2 entry
+    /// fresher than L1's is copied into L1.
+    async fn after_l1(
+        self: &Arc<Self>,
+        key: &str,
+        counted: bool,
+        l1: Option<Entry<V>>,
+    ) -> Option<Entry<V>> {
         let l2 = self
             .via_l2(|l2| async move {
                 if counted {
@@ -277,7 +293,7 @@ where
             .flatten()
             .filter(Entry::is_usable);
         match (l1, l2) {
-            (Some(l1), Some(l2)) if l1.fresh_until() >= l2.fresh_until() => Some(l1),
+            (Some(l1), Some(l2)) if l1.fresh_until_ms() >= l2.fresh_until_ms() => Some(l1),
             (_, Some(l2)) => {
                 let _ = self.l1.set(key, self.for_l1(l2.clone())).await;
                 Some(l2)
@@ -286,9 +302,9 @@ where
         }
     }
 
-    fn count(&self, entry: &Option<Entry<V>>) {
+    fn count_at(&self, entry: &Option<Entry<V>>, now: u64) {
         match entry {
-            Some(e) if e.is_fresh() => self.metrics.hit(),
+            Some(e) if e.is_fresh_at(now) => self.metrics.hit(),
             Some(_) => self.metrics.stale(),
             None => self.metrics.miss(),
         }
@@ -373,8 +389,12 @@ where
 {
     /// A builder for `l1` in front of `l2` (any caches; `Arc<dyn Cache<V>>` works too).
     pub fn builder(l1: impl Cache<V> + 'static, l2: impl Cache<V> + 'static) -> LayeredBuilder<V> {
+        let l1_memory = (&l1 as &dyn std::any::Any)
+            .downcast_ref::<MemoryCache<V>>()
+            .cloned();
         LayeredBuilder {
             l1: Arc::new(l1),
+            l1_memory,
             l2: Arc::new(l2),
             name: "layered".into(),
             l1_ttl: None,
@@ -653,10 +673,38 @@ where
         &self.inner.name
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-        let entry = self.inner.lookup(key, true).await;
-        self.inner.count(&entry);
-        Ok(entry)
+    /// L1, then L2 when L1 has no fresh entry. With a [`MemoryCache`](crate::MemoryCache) as L1 a
+    /// fresh L1 hit is answered in place (no allocation, one clock read).
+    fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
+        let inner = &self.inner;
+        let now = now_ms();
+        let l1 = match &inner.l1_memory {
+            Some(memory) => memory.lookup_at(key, now),
+            None => match inner.l1.get(key).into_ready() {
+                Ok(answer) => answer.ok().flatten(),
+                Err(pending) => {
+                    return CacheGet::new(async move {
+                        let l1 = pending.await.ok().flatten();
+                        let entry = if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+                            l1
+                        } else {
+                            inner.after_l1(key, true, l1).await
+                        };
+                        inner.count_at(&entry, now);
+                        Ok(entry)
+                    })
+                }
+            },
+        };
+        if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+            inner.metrics.hit();
+            return CacheGet::ready(Ok(l1));
+        }
+        CacheGet::new(async move {
+            let entry = inner.after_l1(key, true, l1).await;
+            inner.count_at(&entry, now);
+            Ok(entry)
+        })
     }
 
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
@@ -690,6 +738,7 @@ where
 #[must_use]
 pub struct LayeredBuilder<V> {
     l1: Arc<dyn Cache<V>>,
+    l1_memory: Option<MemoryCache<V>>,
     l2: Arc<dyn Cache<V>>,
     name: String,
     l1_ttl: Option<Duration>,
@@ -794,6 +843,7 @@ where
                     .map(|n| Arc::new(Semaphore::new(n))),
                 name: Arc::from(self.name),
                 l1: self.l1,
+                l1_memory: self.l1_memory,
                 l2: self.l2,
                 l1_ttl: self.l1_ttl,
                 defaults: self.defaults,

@@ -68,7 +68,7 @@ pub mod redis;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use crate::cache::{Cache, CacheExt};
+pub use crate::cache::{Cache, CacheExt, CacheGet};
 pub use crate::codec::{Codec, ValueCodec};
 pub use crate::entry::Entry;
 pub use crate::error::{BoxError, DecodeErrorKind, Error, Result, SharedError};

@@ -376,8 +376,8 @@ where
     fn name(&self) -> &str {
         self.inner.name()
     }
-    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-        self.inner.get(key).await
+    fn get<'a>(&'a self, key: &'a str) -> crate::cache::CacheGet<'a, V> {
+        self.inner.get(key)
     }
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
         self.inner.peek(key).await

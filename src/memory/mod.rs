@@ -20,7 +20,7 @@ mod store;
 
 pub use self::store::Engine;
 use self::store::{weight, Store, Weigher};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheGet};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::load::{self, Flights, LoadOptions, DEFAULT_TTL};
@@ -128,35 +128,26 @@ where
         MemoryCacheBuilder::default()
     }
 
+    /// The counted lookup of `key` at `now` (ms since the epoch): stacks read the clock once per
+    /// request and hand it down.
     #[inline]
-    async fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        self.lookup_now(key)
+    pub(crate) fn lookup_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
+        let inner = &*self.inner;
+        // The store returns only entries still usable at `now` (exact to the millisecond, whatever
+        // the engine's own expiry did); what is left is fresh or stale.
+        let found = inner.store.get(key, now);
+        match &found {
+            Some(entry) if entry.is_fresh_at(now) => inner.metrics.hit(),
+            Some(_) => inner.metrics.stale(),
+            None => inner.metrics.miss(),
+        }
+        found
     }
 
+    /// [`lookup_at`](Self::lookup_at) without counting.
     #[inline]
-    fn lookup_now(&self, key: &str) -> Option<Entry<V>> {
-        let inner = &*self.inner;
-        // moka already hides entries past their expiry; the check below makes the boundary exact
-        // to the millisecond and classifies fresh versus stale.
-        let now = now_ms();
-        match inner.store.get(key, now) {
-            Some(entry) => {
-                if entry.is_fresh_at(now) {
-                    inner.metrics.hit();
-                    Some(entry)
-                } else if entry.is_usable_at(now) {
-                    inner.metrics.stale();
-                    Some(entry)
-                } else {
-                    inner.metrics.miss();
-                    None
-                }
-            }
-            None => {
-                inner.metrics.miss();
-                None
-            }
-        }
+    pub(crate) fn peek_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
+        self.inner.store.get(key, now)
     }
 
     /// The value under `key` if it is fresh; otherwise run `loader` once — however many callers
@@ -182,7 +173,7 @@ where
         E: Into<BoxError> + 'static,
     {
         let generation = self.inner.flights.generation();
-        if let Some(entry) = self.lookup(key).await {
+        if let Some(entry) = self.lookup_at(key, now_ms()) {
             if entry.is_fresh() {
                 return Ok(entry.into_value());
             }
@@ -243,17 +234,13 @@ where
         &self.inner.name
     }
 
-    fn get_immediate(&self, key: &str) -> Option<Option<Entry<V>>> {
-        Some(self.lookup_now(key))
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-        Ok(self.lookup(key).await)
+    #[inline]
+    fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
+        CacheGet::ready(Ok(self.lookup_at(key, now_ms())))
     }
 
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
-        let now = now_ms();
-        Ok(self.inner.store.get(key, now))
+        Ok(self.peek_at(key, now_ms()))
     }
 
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {

@@ -55,7 +55,7 @@ use fred::prelude::{
 use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
 use metrics::{Counter, Histogram};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheGet};
 use crate::codec::ValueCodec;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
@@ -342,6 +342,23 @@ where
         }
     }
 
+    /// GET `key` and decode it (not counted).
+    async fn read(&self, key: &str) -> Result<Option<Entry<V>>> {
+        let full = self.full_key(key);
+        let started = Instant::now();
+        let index = self.reader_for(key);
+        let read: std::result::Result<Option<Bytes>, _> = self
+            .client(index)
+            .with_options(&self.inner.options)
+            .get(&full)
+            .await;
+        self.inner.ops.took(Op::Get, started);
+        match read.map_err(|e| self.failed(Op::Get, index, e))? {
+            Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
+            None => Ok(None),
+        }
+    }
+
     fn count(&self, entry: &Option<Entry<V>>) {
         match entry {
             Some(e) if e.is_fresh() => self.inner.metrics.hit(),
@@ -519,28 +536,17 @@ where
         &self.inner.name
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry<V>>> {
-        let entry = self.peek(key).await?;
-        self.count(&entry);
-        Ok(entry)
+    fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
+        CacheGet::new(async move {
+            let entry = self.read(key).await?;
+            self.count(&entry);
+            Ok(entry)
+        })
     }
 
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
-        let full = self.full_key(key);
-        let started = Instant::now();
-        let index = self.reader_for(key);
-        let read: std::result::Result<Option<Bytes>, _> = self
-            .client(index)
-            .with_options(&self.inner.options)
-            .get(&full)
-            .await;
-        self.inner.ops.took(Op::Get, started);
-        match read.map_err(|e| self.failed(Op::Get, index, e))? {
-            Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
-            None => Ok(None),
-        }
+        self.read(key).await
     }
-
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
         let ttl_ms = entry.stale_until_ms().saturating_sub(now_ms());
         if ttl_ms == 0 {
