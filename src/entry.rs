@@ -9,23 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0.
-#[inline]
-pub(crate) fn now_ms() -> u64 {
-    to_ms(SystemTime::now())
-}
-
-#[inline]
-pub(crate) fn to_ms(t: SystemTime) -> u64 {
-    // Seconds × 1000 + whole milliseconds: no 128-bit arithmetic (`as_millis`) on the hot path.
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| {
-            d.as_secs()
-                .saturating_mul(1000)
-                .saturating_add(u64::from(d.subsec_millis()))
-        })
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::{now_ms, to_ms};
 
 #[inline]
 fn from_ms(ms: u64) -> SystemTime {

@@ -432,27 +432,85 @@ where
         let inner = &self.inner;
         let generation = inner.flights.generation();
         let now = now_ms();
-        let found = inner.lookup_at(key, true, now).await;
+        // The hit path stays small and allocation-free: a memory L1 is read in place, and all
+        // the rest (L2, loads, fail-safe) lives in a boxed future that only misses pay for.
+        let l1 = inner
+            .l1_memory
+            .as_ref()
+            .map(|memory| memory.lookup_at(key, now));
+        if let Some(Some(entry)) = l1 {
+            if entry.is_fresh_at(now) {
+                let options = options.or(&inner.defaults);
+                return Ok(self.fresh_hit(key, entry, loader, &options, now, generation));
+            }
+            let l1 = Some(Some(entry));
+            return Box::pin(self.resolve(key, l1, loader, options, now, generation)).await;
+        }
+        Box::pin(self.resolve(key, l1, loader, options, now, generation)).await
+    }
+
+    /// Count a fresh hit and start a background refresh if it is due; the caller gets `entry`.
+    fn fresh_hit<F, Fut, E>(
+        &self,
+        key: &str,
+        entry: Entry<V>,
+        loader: F,
+        options: &LoadOptions,
+        now: u64,
+        generation: u64,
+    ) -> V
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let inner = &self.inner;
+        inner.metrics.hit();
+        if inner.due_for_refresh(&entry, options, now) && !inner.flights.is_loading(key) {
+            let spec = inner.spec(options, entry.fresh_until_ms());
+            let target = Arc::new(Target(Arc::clone(inner)));
+            // Started and left running; this caller does not wait for it.
+            let _ = inner
+                .flights
+                .start_or_join(target, key, generation, loader, spec);
+        }
+        entry.into_value()
+    }
+
+    /// `get_or_load` past a fresh memory-L1 hit. `l1` is the memory L1's answer when it was read
+    /// already (`None`: L1 is not a memory layer, read it here).
+    async fn resolve<F, Fut, E>(
+        &self,
+        key: &str,
+        l1: Option<Option<Entry<V>>>,
+        loader: F,
+        options: LoadOptions,
+        now: u64,
+        generation: u64,
+    ) -> Result<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let inner = &self.inner;
+        let found = match l1 {
+            Some(l1) => inner.after_l1(key, true, l1).await,
+            None => inner.lookup_at(key, true, now).await,
+        };
         let options = options.or(&inner.defaults);
         match found {
             Some(entry) if entry.is_fresh_at(now) => {
-                inner.metrics.hit();
-                if inner.due_for_refresh(&entry, &options, now) && !inner.flights.is_loading(key) {
-                    let spec = inner.spec(&options, entry.fresh_until_ms());
-                    let target = Arc::new(Target(Arc::clone(inner)));
-                    // Started and left running; this caller does not wait for it.
-                    let _ = inner
-                        .flights
-                        .start_or_join(target, key, generation, loader, spec);
-                }
-                Ok(entry.into_value())
+                Ok(self.fresh_hit(key, entry, loader, &options, now, generation))
             }
+            // Already inside `get_or_load`'s one boxed future: no second box.
             Some(stale) if options.max_stale.is_some() => {
-                Box::pin(self.load_with_fallback(key, stale, loader, options, generation)).await
+                self.load_with_fallback(key, stale, loader, options, generation)
+                    .await
             }
             _ => {
                 inner.metrics.miss();
-                Box::pin(self.load_and_wait(key, loader, options, generation)).await
+                self.load_and_wait(key, loader, options, generation).await
             }
         }
     }

@@ -51,6 +51,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+mod clock;
 pub mod codec;
 pub mod entry;
 pub mod error;

@@ -17,6 +17,11 @@ async fn per_entry_lifetime_beats_the_cache_default() {
         .set("short", Entry::new("s".into(), Duration::from_millis(50)))
         .await
         .expect("set");
+    // Never read again: only a sweep can reclaim it.
+    cache
+        .set("unread", Entry::new("u".into(), Duration::from_millis(50)))
+        .await
+        .expect("set");
     cache
         .set("long", Entry::new("l".into(), Duration::from_secs(60)))
         .await
@@ -34,18 +39,37 @@ async fn per_entry_lifetime_beats_the_cache_default() {
         cache.get_value("long").await.expect("get").as_deref(),
         Some("l")
     );
-    // Lookups are exact; reclaiming the memory follows moka's timer wheel (about 1 s buckets).
+    // The expired entry that was read is gone; the unread one goes with the next sweep.
+    cache.run_pending_tasks().await;
+    assert_eq!(cache.entry_count(), 1, "only the long entry is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_entries_are_swept_in_the_background_after_inserts() {
+    let cache = support::memory_builder::<u32>().build().expect("valid");
+    for i in 0..500 {
+        cache
+            .set_value(&format!("old-{i}"), i, Duration::from_millis(20))
+            .await
+            .expect("set");
+    }
+    // The sweep runs at most every SWEEP_EVERY_MS (5 s) after an insert, on a blocking thread.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    cache
+        .set_value("new", 1, Duration::from_secs(60))
+        .await
+        .expect("set");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        cache.run_pending_tasks().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if cache.entry_count() == 1 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the expired entry was never reclaimed"
+            "500 expired, never-read entries were not reclaimed: {} left",
+            cache.entry_count()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -11,15 +11,14 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use moka::Expiry;
 
 mod store;
 
 pub use self::store::Engine;
-use self::store::{weight, Store, Weigher};
+use self::store::{weight, Backend, Store, Weigher};
 use crate::cache::{Cache, CacheGet};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
@@ -28,33 +27,6 @@ use crate::metrics::{LayerMetrics, Stats};
 
 /// Entry capacity used when the builder sets neither `max_entries` nor `max_bytes`.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
-
-/// moka expiry policy that honours each entry's own stale deadline exactly.
-struct EntryExpiry;
-
-impl EntryExpiry {
-    fn remaining<V>(entry: &Entry<V>) -> Option<Duration> {
-        Some(Duration::from_millis(
-            entry.stale_until_ms().saturating_sub(now_ms()),
-        ))
-    }
-}
-
-impl<V> Expiry<Arc<str>, Entry<V>> for EntryExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry<V>, _: Instant) -> Option<Duration> {
-        Self::remaining(entry)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        entry: &Entry<V>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(entry)
-    }
-}
 
 /// An in-memory cache layer with per-entry lifetimes, capacity by entries or by bytes, and a
 /// built-in single-flight [`get_or_load`](MemoryCache::get_or_load).
@@ -214,7 +186,9 @@ where
         self.inner.store.weighted_size()
     }
 
-    /// Apply pending evictions and expirations now (the engines do this lazily otherwise).
+    /// Remove every expired entry and apply pending evictions now. Both also happen on their own:
+    /// an expired entry is removed when it is read, and after an insert a sweep runs in the
+    /// background at most every 5 s.
     pub async fn run_pending_tasks(&self) {
         self.inner.store.run_pending_tasks();
     }
@@ -398,7 +372,6 @@ where
             Engine::Moka => {
                 let mut builder = moka::sync::Cache::builder()
                     .name(&name)
-                    .expire_after(EntryExpiry)
                     .max_capacity(capacity);
                 if let Some(weigher) = weigher {
                     builder = builder.weigher(move |key: &Arc<str>, entry: &Entry<V>| {
@@ -411,7 +384,7 @@ where
                 if let Some(tti) = self.time_to_idle {
                     builder = builder.time_to_idle(tti);
                 }
-                Store::Moka(builder.build())
+                Store::new(Backend::Moka(builder.build()))
             }
             #[cfg(feature = "quick-cache")]
             Engine::QuickCache => {
@@ -428,15 +401,14 @@ where
                     capacity
                 };
                 let items = usize::try_from(items.clamp(16, 1 << 24)).unwrap_or(1 << 24);
-                Store::Quick(store::QuickStore {
+                Store::new(Backend::Quick(Arc::new(store::QuickStore {
                     cache: quick_cache::sync::Cache::with_weighter(
                         items,
                         capacity,
                         store::QuickWeighter(weigher),
                     ),
                     time_to_live: self.time_to_live,
-                    last_sweep_ms: std::sync::atomic::AtomicU64::new(now_ms()),
-                })
+                })))
             }
         };
         Ok(MemoryCache {
