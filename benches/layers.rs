@@ -7,7 +7,7 @@
 //! * `l1_hit_parallel`: the same hits from 2 and 8 tasks on a multi-thread runtime
 //!   (`raw_moka/N` vs `layered/N`), so contention across tasks shows.
 //! * `get_or_load_hit`: `moka_try_get_with` vs `layered` (`Layered::get_or_load` on a key warm
-//!   in L1).
+//!   in L1), and `layered_quick_cache` (the same on the quick_cache engine).
 //! * `hand_rolled_aside` (feature `redis`): `moka_fred_by_hand` (the cache-aside code a user
 //!   writes with moka and fred: moka get, fred GET, zstd + postcard decode, moka insert) vs
 //!   `layered`, both on the L2-hit path (L1 is cleared before each timed call).
@@ -276,6 +276,37 @@ fn get_or_load_hit(c: &mut Criterion) {
             }
         })
     });
+    #[cfg(feature = "quick-cache")]
+    {
+        let quick = layered_on(layercache::Engine::QuickCache);
+        rt.block_on(async {
+            for (i, k) in keys.iter().enumerate() {
+                quick
+                    .set(k, Entry::new(value(i), Duration::from_secs(3600)))
+                    .await
+                    .expect("set");
+            }
+        });
+        let mut i = 0usize;
+        group.bench_function("layered_quick_cache", |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % KEYS;
+                let key = keys[i].as_str();
+                let quick = &quick;
+                async move {
+                    black_box(
+                        quick
+                            .get_or_load(
+                                key,
+                                || async { Ok::<_, std::io::Error>(value(0)) },
+                                LoadOptions::default(),
+                            )
+                            .await,
+                    )
+                }
+            })
+        });
+    }
     group.finish();
 }
 

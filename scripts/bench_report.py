@@ -20,7 +20,9 @@ GROUPS = [
     ("l2_hit", "raw_fred", "layered", "L2 hit: fred GET + the same decode vs RedisCache::get"),
     ("hand_rolled_aside", "moka_fred_by_hand", "layered", "L2-hit path: hand-written moka+fred cache-aside vs Layered"),
     ("batch_get_100", "sequential_get", "get_many", "100 keys: sequential gets vs one get_many"),
+    ("get_or_load_hit", "moka_try_get_with", "layered_quick_cache", "get_or_load on a warm key, quick_cache engine"),
     ("codec_4k", "postcard", "postcard_zstd", "encode+decode of a 4 KB chat reply: postcard vs postcard+zstd"),
+    ("codec_4k", "postcard", "postcard_zstd_dict", "the same with a zstd dictionary trained on other replies"),
 ]
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "criterion")
@@ -86,6 +88,25 @@ def main():
     print("|---|---|---|---|---|")
     for row in rows:
         print(row)
+    sizes_path = os.path.join(ROOT, "codec_sizes.json")
+    try:
+        with open(sizes_path) as f:
+            sizes = json.load(f)
+    except (OSError, ValueError):
+        sizes = None
+    if sizes:
+        print("\nStored size of chat replies (mean of 100; the dictionary is trained on 300 *other*")
+        print("replies of the same kind, written by `benches/codec.rs`):\n")
+        print("| reply | framed postcard | + zstd | + zstd with dictionary | dictionary / plain zstd |")
+        print("|---|---|---|---|---|")
+        for label, row in sizes.items():
+            plain, zstd, d = row["postcard"], row["zstd"], row["zstd_dict"]
+            print(f"| ~{label.upper().replace('K', ' KB')} | {plain} B | {zstd} B ({plain / zstd:.2}×) "
+                  f"| {d} B ({plain / d:.2}×) | {d / zstd:.2} |")
+    print()
+    print("The memory-layer groups run over 10,000 keys: a working set larger than the CPU caches, so")
+    print("their absolute times (and the moka ratios) move by ±15 % between runs on this VM; the")
+    print("quick_cache and Redis ratios are steadier.")
 
 
 if __name__ == "__main__":

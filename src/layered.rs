@@ -440,6 +440,10 @@ where
             .map(|memory| memory.lookup_at(key, now));
         if let Some(Some(entry)) = l1 {
             if entry.is_fresh_at(now) {
+                if !options.refreshes() && !inner.defaults.refreshes() {
+                    inner.metrics.hit();
+                    return Ok(entry.into_value());
+                }
                 let options = options.or(&inner.defaults);
                 return Ok(self.fresh_hit(key, entry, loader, &options, now, generation));
             }

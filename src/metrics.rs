@@ -84,26 +84,76 @@ impl Stats {
 #[derive(Debug)]
 struct Counted {
     handle: Counter,
-    local: AtomicU64,
+    local: Striped,
 }
 
 impl Counted {
     fn new(handle: Counter) -> Self {
         Counted {
             handle,
-            local: AtomicU64::new(0),
+            local: Striped::default(),
         }
     }
 
     #[inline]
     fn incr(&self) {
         self.handle.increment(1);
-        self.local.fetch_add(1, Ordering::Relaxed);
+        self.local.incr();
     }
 
     fn get(&self) -> u64 {
-        self.local.load(Ordering::Relaxed)
+        self.local.sum()
     }
+}
+
+/// Stripes of a [`Striped`] counter.
+const STRIPES: usize = 8;
+
+/// A counter split over cache-line-sized stripes, each thread incrementing its own: a single
+/// shared atomic bounced between cores on every hit, and made the 8-task `l1_hit_parallel`
+/// benchmark about 2× slower than raw moka. Reading sums the stripes.
+#[derive(Debug, Default)]
+struct Striped {
+    stripes: [Stripe; STRIPES],
+}
+
+/// One stripe, alone on its (pair of) cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl Striped {
+    #[inline]
+    fn incr(&self) {
+        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+/// This thread's stripe: threads are dealt stripes round-robin on first use.
+#[inline]
+fn stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|cell| {
+        let current = cell.get();
+        if current < STRIPES {
+            return current;
+        }
+        let assigned = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        cell.set(assigned);
+        assigned
+    })
 }
 
 fn describe() {

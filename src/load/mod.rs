@@ -187,6 +187,12 @@ impl LoadOptions {
     }
 
     /// These options, with unset fields taken from `defaults`.
+    /// Whether these options ask for early refresh (by fraction or XFetch).
+    #[inline]
+    pub(crate) fn refreshes(&self) -> bool {
+        self.early_refresh.is_some() || self.xfetch_beta.is_some()
+    }
+
     pub(crate) fn or(&self, defaults: &LoadOptions) -> LoadOptions {
         LoadOptions {
             ttl: self.ttl.or(defaults.ttl),
