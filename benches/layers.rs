@@ -38,10 +38,22 @@ struct ChatReply {
     tokens: u32,
 }
 
-const KEYS: usize = 10_000;
+/// Keys in the memory-layer groups: 10,000 by default, `LAYERCACHE_BENCH_KEYS` to change it
+/// (e.g. 1000 for a working set that fits in the CPU caches, whose ratios are steadier on a noisy
+/// VM). Read once.
+fn key_count() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("LAYERCACHE_BENCH_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(10_000)
+    })
+}
 
 fn keys() -> Vec<String> {
-    (0..KEYS)
+    (0..key_count())
         .map(|i| {
             KeyBuilder::new("chat")
                 .version(1)
@@ -71,7 +83,7 @@ fn layered_on(engine: layercache::Engine) -> Layered<Arc<ChatReply>> {
     let l1 = MemoryCache::builder()
         .engine(engine)
         .name("l1")
-        .max_entries(KEYS as u64 * 2)
+        .max_entries(key_count() as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build()
         .expect("valid config");
@@ -98,7 +110,7 @@ fn l1_hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("l1_hit");
 
     let moka: moka::future::Cache<Arc<str>, Arc<ChatReply>> = moka::future::Cache::builder()
-        .max_capacity(KEYS as u64 * 2)
+        .max_capacity(key_count() as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build();
     let ours: Arc<dyn Cache<Arc<ChatReply>>> = Arc::new(layered());
@@ -114,7 +126,7 @@ fn l1_hit(c: &mut Criterion) {
     let mut i = 0usize;
     group.bench_function("raw_moka", |b| {
         b.to_async(&rt).iter(|| {
-            i = (i + 1) % KEYS;
+            i = (i + 1) % key_count();
             let key = keys[i].as_str();
             let moka = &moka;
             async move { black_box(moka.get(key).await) }
@@ -123,7 +135,7 @@ fn l1_hit(c: &mut Criterion) {
     let mut i = 0usize;
     group.bench_function("layered", |b| {
         b.to_async(&rt).iter(|| {
-            i = (i + 1) % KEYS;
+            i = (i + 1) % key_count();
             let key = keys[i].as_str();
             let ours = &ours;
             async move { black_box(ours.get(key).await.ok().flatten().map(Entry::into_value)) }
@@ -144,7 +156,7 @@ fn l1_hit(c: &mut Criterion) {
         let mut i = 0usize;
         group.bench_function("layered_quick_cache", |b| {
             b.to_async(&rt).iter(|| {
-                i = (i + 1) % KEYS;
+                i = (i + 1) % key_count();
                 let key = keys[i].as_str();
                 let quick = &quick;
                 async move { black_box(quick.get(key).await.ok().flatten().map(Entry::into_value)) }
@@ -164,7 +176,7 @@ fn l1_hit_parallel(c: &mut Criterion) {
         .expect("tokio runtime");
     let keys: Arc<Vec<String>> = Arc::new(keys());
     let moka: moka::future::Cache<Arc<str>, Arc<ChatReply>> = moka::future::Cache::builder()
-        .max_capacity(KEYS as u64 * 2)
+        .max_capacity(key_count() as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build();
     let ours: Arc<dyn Cache<Arc<ChatReply>>> = Arc::new(layered());
@@ -188,7 +200,9 @@ fn l1_hit_parallel(c: &mut Criterion) {
                             let (moka, keys) = (moka.clone(), Arc::clone(&keys));
                             tokio::spawn(async move {
                                 for i in 0..PER_TASK {
-                                    black_box(moka.get(keys[(t * 7919 + i) % KEYS].as_str()).await);
+                                    black_box(
+                                        moka.get(keys[(t * 7919 + i) % key_count()].as_str()).await,
+                                    );
                                 }
                             })
                         })
@@ -209,7 +223,10 @@ fn l1_hit_parallel(c: &mut Criterion) {
                             tokio::spawn(async move {
                                 for i in 0..PER_TASK {
                                     black_box(
-                                        ours.get(&keys[(t * 7919 + i) % KEYS]).await.ok().flatten(),
+                                        ours.get(&keys[(t * 7919 + i) % key_count()])
+                                            .await
+                                            .ok()
+                                            .flatten(),
                                     );
                                 }
                             })
@@ -232,7 +249,7 @@ fn get_or_load_hit(c: &mut Criterion) {
 
     // What a user writes by hand: String keys, looked up by `&str`.
     let moka: moka::future::Cache<String, Arc<ChatReply>> = moka::future::Cache::builder()
-        .max_capacity(KEYS as u64 * 2)
+        .max_capacity(key_count() as u64 * 2)
         .time_to_live(Duration::from_secs(3600))
         .build();
     let ours = layered();
@@ -248,7 +265,7 @@ fn get_or_load_hit(c: &mut Criterion) {
     let mut i = 0usize;
     group.bench_function("moka_try_get_with", |b| {
         b.to_async(&rt).iter(|| {
-            i = (i + 1) % KEYS;
+            i = (i + 1) % key_count();
             let key = keys[i].as_str();
             let moka = &moka;
             async move {
@@ -261,7 +278,7 @@ fn get_or_load_hit(c: &mut Criterion) {
     let mut i = 0usize;
     group.bench_function("layered", |b| {
         b.to_async(&rt).iter(|| {
-            i = (i + 1) % KEYS;
+            i = (i + 1) % key_count();
             let key = keys[i].as_str();
             let ours = &ours;
             async move {
@@ -290,7 +307,7 @@ fn get_or_load_hit(c: &mut Criterion) {
         let mut i = 0usize;
         group.bench_function("layered_quick_cache", |b| {
             b.to_async(&rt).iter(|| {
-                i = (i + 1) % KEYS;
+                i = (i + 1) % key_count();
                 let key = keys[i].as_str();
                 let quick = &quick;
                 async move {

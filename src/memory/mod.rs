@@ -7,6 +7,12 @@
 //! I/O, so an async wrapper around it only added a large future to allocate and copy on every call.
 //! Measured with callgrind, a hit through `Arc<dyn Cache>` took about 2,930 instructions over the
 //! future cache and about 1,900 over the sync one (raw `moka::future::Cache::get`: about 1,870).
+//!
+//! Entries carry their own deadlines, and both engines enforce them the same way: a lookup never
+//! returns an entry past its stale deadline and removes it; entries nobody reads again are
+//! reclaimed by a background sweep (at most every 5 s after an insert, on tokio's blocking pool)
+//! or by [`MemoryCache::run_pending_tasks`], unless capacity evicts them first. moka's own
+//! per-entry expiry would cost every hit ~40 ns of timer bookkeeping.
 
 use std::fmt;
 use std::future::Future;
