@@ -735,7 +735,7 @@ where
         &self.inner.name
     }
 
-    /// L1, then L2 when L1 has no fresh entry. With a [`MemoryCache`](crate::MemoryCache) as L1 a
+    /// L1, then L2 when L1 has no fresh entry. With a [`MemoryCache`] as L1 a
     /// fresh L1 hit is answered in place (no allocation, one clock read).
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
         let inner = &self.inner;
