@@ -97,6 +97,25 @@ fn layered_on(engine: layercache::Engine) -> Layered<Arc<ChatReply>> {
         .expect("valid config")
 }
 
+/// [`layered_on`] `engine`, holding every key in `keys`.
+#[cfg(feature = "quick-cache")]
+fn filled(
+    rt: &tokio::runtime::Runtime,
+    engine: layercache::Engine,
+    keys: &[String],
+) -> Layered<Arc<ChatReply>> {
+    let cache = layered_on(engine);
+    rt.block_on(async {
+        for (i, k) in keys.iter().enumerate() {
+            cache
+                .set(k, Entry::new(value(i), Duration::from_secs(3600)))
+                .await
+                .expect("set");
+        }
+    });
+    cache
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,15 +163,7 @@ fn l1_hit(c: &mut Criterion) {
     #[cfg(feature = "quick-cache")]
     {
         let quick: Arc<dyn Cache<Arc<ChatReply>>> =
-            Arc::new(layered_on(layercache::Engine::QuickCache));
-        rt.block_on(async {
-            for (i, k) in keys.iter().enumerate() {
-                quick
-                    .set(k, Entry::new(value(i), Duration::from_secs(3600)))
-                    .await
-                    .expect("set");
-            }
-        });
+            Arc::new(filled(&rt, layercache::Engine::QuickCache, &keys));
         let mut i = 0usize;
         group.bench_function("layered_quick_cache", |b| {
             b.to_async(&rt).iter(|| {
@@ -295,15 +306,7 @@ fn get_or_load_hit(c: &mut Criterion) {
     });
     #[cfg(feature = "quick-cache")]
     {
-        let quick = layered_on(layercache::Engine::QuickCache);
-        rt.block_on(async {
-            for (i, k) in keys.iter().enumerate() {
-                quick
-                    .set(k, Entry::new(value(i), Duration::from_secs(3600)))
-                    .await
-                    .expect("set");
-            }
-        });
+        let quick = filled(&rt, layercache::Engine::QuickCache, &keys);
         let mut i = 0usize;
         group.bench_function("layered_quick_cache", |b| {
             b.to_async(&rt).iter(|| {

@@ -43,6 +43,29 @@ impl WriteLog {
     }
 }
 
+/// A cache at `url` under `namespace`, with keys `k0…` each written once.
+async fn connect_and_fill(
+    url: &str,
+    namespace: &str,
+    count: usize,
+) -> (RedisCache<String>, Arc<Vec<String>>) {
+    let cache: RedisCache<String> = RedisCache::builder()
+        .url(url)
+        .namespace(namespace)
+        .command_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("connect");
+    let keys: Arc<Vec<String>> = Arc::new((0..count).map(|i| format!("k{i}")).collect());
+    for k in keys.iter() {
+        cache
+            .set_value(k, format!("{k}-0"), Duration::from_secs(300))
+            .await
+            .expect("set before the fault");
+    }
+    (cache, keys)
+}
+
 /// Writes resumed in time, no failed write outlived its deadline, and every key reads back a
 /// value it was written with.
 async fn assert_recovered(
@@ -99,20 +122,7 @@ async fn write_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_writes_resume_on_the_promoted_replica() {
     let mut cluster = RedisCluster::start_topology(1, &[]);
-    let cache: RedisCache<String> = RedisCache::builder()
-        .url(cluster.url())
-        .namespace("fo")
-        .command_timeout(TIMEOUT)
-        .build()
-        .await
-        .expect("connect");
-    let keys: Arc<Vec<String>> = Arc::new((0..60).map(|i| format!("k{i}")).collect());
-    for k in keys.iter() {
-        cache
-            .set_value(k, format!("{k}-0"), Duration::from_secs(300))
-            .await
-            .expect("set before the fault");
-    }
+    let (cache, keys) = connect_and_fill(&cluster.url(), "fo", 60).await;
 
     // The victim is the master holding key k0; its replica is the one that must take over.
     let victim_port: u16 =
@@ -181,20 +191,7 @@ async fn cluster_writes_resume_on_the_promoted_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_writes_resume_on_the_promoted_replica() {
     let group = RedisSentinel::start();
-    let cache: RedisCache<String> = RedisCache::builder()
-        .url(group.url())
-        .namespace("so")
-        .command_timeout(TIMEOUT)
-        .build()
-        .await
-        .expect("connect through the sentinels");
-    let keys: Arc<Vec<String>> = Arc::new((0..20).map(|i| format!("k{i}")).collect());
-    for k in keys.iter() {
-        cache
-            .set_value(k, format!("{k}-0"), Duration::from_secs(300))
-            .await
-            .expect("set before the fault");
-    }
+    let (cache, keys) = connect_and_fill(&group.url(), "so", 20).await;
 
     let fault_at = Arc::new(std::sync::OnceLock::new());
     let writer = tokio::spawn(write_loop(
