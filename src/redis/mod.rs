@@ -318,10 +318,7 @@ where
 
     fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
         self.inner.ops.error(op);
-        Error::Redis {
-            op: op.name(),
-            source,
-        }
+        Error::redis(op.name(), source)
     }
 
     /// Decode `bytes` read from `full_key`. A value that does not decode (or is already past its
@@ -464,7 +461,7 @@ where
             .with_options(&self.inner.options)
             .ping(None)
             .await
-            .map_err(|source| Error::Redis { op: "ping", source })?;
+            .map_err(|source| Error::redis("ping", source))?;
         Ok(started.elapsed())
     }
 
@@ -851,10 +848,9 @@ where
         let mut config = match (self.url, self.config) {
             (Some(_), Some(_)) => return Err(Error::config("set either url or config, not both")),
             (None, None) => return Err(Error::config("set the Redis url (or a fred Config)")),
-            (Some(url), None) => Config::from_url(&url).map_err(|source| Error::Redis {
-                op: "config",
-                source,
-            })?,
+            (Some(url), None) => {
+                Config::from_url(&url).map_err(|source| Error::redis("config", source))?
+            }
             (None, Some(config)) => config,
         };
         config.fail_fast = true;
@@ -885,10 +881,7 @@ where
             .set_connection_config(connection)
             .set_performance_config(performance)
             .build_pool(self.pool_size)
-            .map_err(|source| Error::Redis {
-                op: "config",
-                source,
-            })?;
+            .map_err(|source| Error::redis("config", source))?;
 
         let connected = tokio::time::timeout(self.connect_timeout, async {
             pool.init().await?;
@@ -910,10 +903,7 @@ where
             tokio::spawn(async move {
                 let _ = pool.quit().await;
             });
-            return Err(Error::Redis {
-                op: "connect",
-                source,
-            });
+            return Err(Error::redis("connect", source));
         }
 
         let options = Options {

@@ -8,9 +8,11 @@
 //! Every cache also keeps its own counters, readable with `stats()` whether or not a recorder is
 //! installed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use ::metrics::{Counter, Histogram, Label, Unit};
+
+use self::local::Local;
+
+mod local;
 
 /// `layercache_requests_total{cache,layer,result=hit|miss|stale}`: lookups per layer and result.
 pub const REQUESTS_TOTAL: &str = "layercache_requests_total";
@@ -80,82 +82,6 @@ impl Stats {
     }
 }
 
-/// Counter handle and its local twin, incremented together.
-#[derive(Debug)]
-struct Counted {
-    handle: Counter,
-    local: Striped,
-}
-
-impl Counted {
-    fn new(handle: Counter) -> Self {
-        Counted {
-            handle,
-            local: Striped::default(),
-        }
-    }
-
-    #[inline]
-    fn incr(&self) {
-        self.handle.increment(1);
-        self.local.incr();
-    }
-
-    fn get(&self) -> u64 {
-        self.local.sum()
-    }
-}
-
-/// Stripes of a [`Striped`] counter.
-const STRIPES: usize = 8;
-
-/// A counter split over cache-line-sized stripes, each thread incrementing its own: a single
-/// shared atomic bounced between cores on every hit, and made the 8-task `l1_hit_parallel`
-/// benchmark about 2× slower than raw moka. Reading sums the stripes.
-#[derive(Debug, Default)]
-struct Striped {
-    stripes: [Stripe; STRIPES],
-}
-
-/// One stripe, alone on its (pair of) cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-impl Striped {
-    #[inline]
-    fn incr(&self) {
-        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .fold(0, u64::wrapping_add)
-    }
-}
-
-/// This thread's stripe: threads are dealt stripes round-robin on first use.
-#[inline]
-fn stripe() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|cell| {
-        let current = cell.get();
-        if current < STRIPES {
-            return current;
-        }
-        let assigned = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        cell.set(assigned);
-        assigned
-    })
-}
-
 fn describe() {
     ::metrics::describe_counter!(
         REQUESTS_TOTAL,
@@ -182,46 +108,56 @@ pub(crate) fn circuit_gauge(cache: &str, layer: &str) -> ::metrics::Gauge {
 /// Request counters of one layer of one cache.
 #[derive(Debug)]
 pub(crate) struct LayerMetrics {
-    hit: Counted,
-    miss: Counted,
-    stale: Counted,
+    /// `layercache_requests_total` handles, indexed by [`HIT`], [`MISS`], [`STALE`].
+    requests: [Counter; 3],
+    /// Their local twins, read by `stats()`.
+    local: Local<3>,
     cache: String,
     layer: &'static str,
 }
 
+const HIT: usize = 0;
+const MISS: usize = 1;
+const STALE: usize = 2;
+
 impl LayerMetrics {
     pub(crate) fn new(cache: &str, layer: &'static str) -> Self {
         describe();
-        let counter = |result: &'static str| {
-            Counted::new(::metrics::counter!(
+        let requests = ["hit", "miss", "stale"].map(|result| {
+            ::metrics::counter!(
                 REQUESTS_TOTAL,
                 "cache" => cache.to_owned(),
                 "layer" => layer,
                 "result" => result
-            ))
-        };
+            )
+        });
         LayerMetrics {
-            hit: counter("hit"),
-            miss: counter("miss"),
-            stale: counter("stale"),
+            requests,
+            local: Local::default(),
             cache: cache.to_owned(),
             layer,
         }
     }
 
     #[inline]
+    fn count(&self, which: usize) {
+        self.requests[which].increment(1);
+        self.local.incr(which);
+    }
+
+    #[inline]
     pub(crate) fn hit(&self) {
-        self.hit.incr();
+        self.count(HIT);
     }
 
     #[inline]
     pub(crate) fn miss(&self) {
-        self.miss.incr();
+        self.count(MISS);
     }
 
     #[inline]
     pub(crate) fn stale(&self) {
-        self.stale.incr();
+        self.count(STALE);
     }
 
     /// A counter for errors of operation `op` on this layer.
@@ -251,74 +187,82 @@ impl LayerMetrics {
     }
 
     pub(crate) fn fill(&self, stats: &mut Stats) {
-        stats.hits = self.hit.get();
-        stats.misses = self.miss.get();
-        stats.stale_hits = self.stale.get();
+        stats.hits = self.local.get(HIT);
+        stats.misses = self.local.get(MISS);
+        stats.stale_hits = self.local.get(STALE);
     }
 }
 
 /// Loader counters of one cache.
 #[derive(Debug)]
 pub(crate) struct LoadMetrics {
-    ok: Counted,
-    error: Counted,
-    timeout: Counted,
-    fail_safe: Counted,
-    coalesced: Counted,
+    /// `layercache_loads_total` and `layercache_coalesced_total` handles, indexed by [`OK`],
+    /// [`ERROR`], [`TIMEOUT`], [`FAIL_SAFE`], [`COALESCED`].
+    counters: [Counter; 5],
+    /// Their local twins, read by `stats()`.
+    local: Local<5>,
     duration: Histogram,
 }
+
+const OK: usize = 0;
+const ERROR: usize = 1;
+const TIMEOUT: usize = 2;
+const FAIL_SAFE: usize = 3;
+const COALESCED: usize = 4;
 
 impl LoadMetrics {
     pub(crate) fn new(cache: &str) -> Self {
         describe();
-        let outcome = |outcome: &'static str| {
-            Counted::new(::metrics::counter!(
-                LOADS_TOTAL,
-                "cache" => cache.to_owned(),
-                "outcome" => outcome
-            ))
-        };
+        let outcome = |outcome: &'static str| ::metrics::counter!(LOADS_TOTAL, "cache" => cache.to_owned(), "outcome" => outcome);
         LoadMetrics {
-            ok: outcome("ok"),
-            error: outcome("error"),
-            timeout: outcome("timeout"),
-            fail_safe: outcome("fail_safe"),
-            coalesced: Counted::new(
+            counters: [
+                outcome("ok"),
+                outcome("error"),
+                outcome("timeout"),
+                outcome("fail_safe"),
                 ::metrics::counter!(COALESCED_TOTAL, "cache" => cache.to_owned()),
-            ),
+            ],
+            local: Local::default(),
             duration: ::metrics::histogram!(LOAD_DURATION_SECONDS, "cache" => cache.to_owned()),
         }
     }
 
+    fn count(&self, which: usize) {
+        self.counters[which].increment(1);
+        self.local.incr(which);
+    }
+
     pub(crate) fn load_ok(&self, took: std::time::Duration) {
-        self.ok.incr();
+        self.count(OK);
         self.duration.record(took.as_secs_f64());
     }
 
     pub(crate) fn load_error(&self, took: std::time::Duration) {
-        self.error.incr();
+        self.count(ERROR);
         self.duration.record(took.as_secs_f64());
     }
 
     /// A caller gave up waiting (soft or hard timeout).
     pub(crate) fn timeout(&self) {
-        self.timeout.incr();
+        self.count(TIMEOUT);
     }
 
     /// A caller got a stale value because the load failed or timed out.
     pub(crate) fn fail_safe(&self) {
-        self.fail_safe.incr();
+        self.count(FAIL_SAFE);
     }
 
     pub(crate) fn coalesced(&self) {
-        self.coalesced.incr();
+        self.count(COALESCED);
     }
 
     pub(crate) fn fill(&self, stats: &mut Stats) {
-        stats.loads = self.ok.get() + self.error.get();
-        stats.load_errors = self.error.get();
-        stats.coalesced = self.coalesced.get();
-        stats.timeouts = self.timeout.get();
-        stats.fail_safe = self.fail_safe.get();
+        let ok = self.local.get(OK);
+        let error = self.local.get(ERROR);
+        stats.loads = ok.wrapping_add(error);
+        stats.load_errors = error;
+        stats.coalesced = self.local.get(COALESCED);
+        stats.timeouts = self.local.get(TIMEOUT);
+        stats.fail_safe = self.local.get(FAIL_SAFE);
     }
 }
