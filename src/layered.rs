@@ -313,14 +313,14 @@ where
     /// Whether a fresh hit should start a background refresh.
     fn due_for_refresh(&self, entry: &Entry<V>, options: &LoadOptions, now: u64) -> bool {
         let fresh_until = entry.fresh_until_ms();
-        if let Some(fraction) = options.early_refresh.filter(|f| *f > 0.0 && *f < 1.0) {
+        if let Some(fraction) = options.early_refresh.get().filter(|f| *f > 0.0 && *f < 1.0) {
             let ttl = options.resolve_ttl(DEFAULT_TTL).as_millis() as f64;
             let refresh_at = fresh_until as f64 - (1.0 - fraction) * ttl;
             if now as f64 >= refresh_at {
                 return true;
             }
         }
-        if let (Some(beta), Some(delta)) = (options.xfetch_beta, entry.load_duration()) {
+        if let (Some(beta), Some(delta)) = (options.xfetch_beta.get(), entry.load_duration()) {
             // XFetch: refresh when now − Δ·β·ln(u) ≥ expiry, u uniform in (0, 1].
             let delta_ms = delta.as_secs_f64() * 1000.0;
             if now as f64 - delta_ms * beta * random_unit().ln() >= fresh_until as f64 {
@@ -334,8 +334,9 @@ where
         let ttl = options.resolve_ttl(DEFAULT_TTL);
         let jitter = options
             .jitter
+            .get()
             .map_or(Duration::ZERO, |j| j.mul_f64(random_unit()));
-        let max_stale = options.max_stale;
+        let max_stale = options.max_stale.get();
         let admit = self.admit.clone();
         let negative = self.negative.clone();
         LoadSpec {
@@ -559,7 +560,7 @@ where
     {
         let inner = &self.inner;
         let waiter = self.join(key, loader, &options, generation)?;
-        match options.hard_timeout {
+        match options.hard_timeout.get() {
             Some(limit) => match tokio::time::timeout(limit, waiter.wait()).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -588,7 +589,7 @@ where
     {
         let inner = &self.inner;
         let waiter = self.join(key, loader, &options, generation)?;
-        let limit = match (options.soft_timeout, options.hard_timeout) {
+        let limit = match (options.soft_timeout.get(), options.hard_timeout.get()) {
             (Some(soft), Some(hard)) => Some(soft.min(hard)),
             (soft, hard) => soft.or(hard),
         };
@@ -610,6 +611,7 @@ where
                 inner.metrics.stale();
                 let throttle = options
                     .fail_safe_throttle
+                    .get()
                     .unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE);
                 let until = now_ms()
                     .saturating_add(throttle.as_millis() as u64)
@@ -623,8 +625,8 @@ where
             Err(_) => {
                 // Timed out: the load goes on in the background and will update both layers.
                 inner.flights.metrics.timeout();
-                if options.soft_timeout.is_none()
-                    || options.hard_timeout.is_some_and(|h| Some(h) == limit)
+                if !options.soft_timeout.is_some()
+                    || options.hard_timeout.get().is_some_and(|h| Some(h) == limit)
                 {
                     inner.flights.metrics.fail_safe();
                 }
@@ -690,7 +692,7 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut report = WarmReport::default();

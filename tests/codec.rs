@@ -35,7 +35,7 @@ fn dec<F: Format>(codec: &Codec<F>, bytes: &[u8]) -> layercache::Result<Entry<Ch
 
 fn kind(err: Error) -> DecodeErrorKind {
     match err {
-        Error::Decode { kind, .. } => kind,
+        Error::Decode { kind, .. } => *kind,
         other => panic!("expected a decode error, got {other:?}"),
     }
 }

@@ -301,7 +301,7 @@ impl<F: Format> Codec<F> {
         }
         zstd.decompress(payload, raw_len)
             .map_err(|e| Error::Decode {
-                kind: DecodeErrorKind::Decompress,
+                kind: Box::new(DecodeErrorKind::Decompress),
                 source: Some(Box::new(e)),
             })
     }
@@ -313,7 +313,10 @@ impl<F: Format> Codec<F> {
 }
 
 fn decode_error(kind: DecodeErrorKind) -> Error {
-    Error::Decode { kind, source: None }
+    Error::Decode {
+        kind: Box::new(kind),
+        source: None,
+    }
 }
 
 impl<V, F> ValueCodec<V> for Codec<F>
@@ -336,7 +339,7 @@ where
             .format
             .deserialize(&raw)
             .map_err(|source| Error::Decode {
-                kind: DecodeErrorKind::Deserialize,
+                kind: Box::new(DecodeErrorKind::Deserialize),
                 source: Some(source),
             })?;
         let entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);

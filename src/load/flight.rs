@@ -204,7 +204,8 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
         let mut table = self.lock();
         if let Some(flight) = table.get(key) {
             return Ok((Waiter(flight.rx.clone()), Joined::Joined));

@@ -92,14 +92,105 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Default, PartialEq)]
 #[must_use]
 pub struct LoadOptions {
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) jitter: Option<Duration>,
-    pub(crate) max_stale: Option<Duration>,
-    pub(crate) fail_safe_throttle: Option<Duration>,
-    pub(crate) soft_timeout: Option<Duration>,
-    pub(crate) hard_timeout: Option<Duration>,
-    pub(crate) early_refresh: Option<f64>,
-    pub(crate) xfetch_beta: Option<f64>,
+    // Compact optionals (8 bytes each, not 16): every `get_or_load` future carries these options,
+    // and at 128 bytes they were half of a hit's future.
+    pub(crate) ttl: OptDuration,
+    pub(crate) jitter: OptDuration,
+    pub(crate) max_stale: OptDuration,
+    pub(crate) fail_safe_throttle: OptDuration,
+    pub(crate) soft_timeout: OptDuration,
+    pub(crate) hard_timeout: OptDuration,
+    pub(crate) early_refresh: OptF64,
+    pub(crate) xfetch_beta: OptF64,
+}
+
+/// An optional [`Duration`] in 8 bytes: whole nanoseconds, `u64::MAX` for none. Durations of
+/// 584 years or more are stored as just under that, which is the same for every use here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OptDuration(u64);
+
+impl OptDuration {
+    const NONE: OptDuration = OptDuration(u64::MAX);
+
+    pub(crate) fn some(d: Duration) -> Self {
+        OptDuration(u64::try_from(d.as_nanos()).map_or(u64::MAX - 1, |n| n.min(u64::MAX - 1)))
+    }
+
+    #[inline]
+    pub(crate) fn get(self) -> Option<Duration> {
+        (self != Self::NONE).then(|| Duration::from_nanos(self.0))
+    }
+
+    #[inline]
+    pub(crate) fn is_some(self) -> bool {
+        self != Self::NONE
+    }
+
+    fn or(self, other: Self) -> Self {
+        if self.is_some() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl Default for OptDuration {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl fmt::Debug for OptDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
+}
+
+/// An optional `f64` in 8 bytes: NaN for none (a NaN setting is off, like none).
+#[derive(Clone, Copy)]
+pub(crate) struct OptF64(f64);
+
+impl OptF64 {
+    fn some(x: f64) -> Self {
+        OptF64(x)
+    }
+
+    #[inline]
+    pub(crate) fn get(self) -> Option<f64> {
+        (!self.0.is_nan()).then_some(self.0)
+    }
+
+    #[inline]
+    pub(crate) fn is_some(self) -> bool {
+        !self.0.is_nan()
+    }
+
+    fn or(self, other: Self) -> Self {
+        if self.is_some() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl Default for OptF64 {
+    fn default() -> Self {
+        OptF64(f64::NAN)
+    }
+}
+
+impl PartialEq for OptF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl fmt::Debug for OptF64 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
 }
 
 /// How long a fail-safe value is served before the loader is tried again, unless set: 30 s.
@@ -114,21 +205,21 @@ impl LoadOptions {
     /// Options whose loaded value stays fresh for `ttl`.
     pub fn ttl(ttl: Duration) -> Self {
         LoadOptions {
-            ttl: Some(ttl),
+            ttl: OptDuration::some(ttl),
             ..Self::default()
         }
     }
 
     /// Set how long a loaded value stays fresh.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.ttl = OptDuration::some(ttl);
         self
     }
 
     /// Add a random extra lifetime between zero and `jitter` to each loaded value, so that keys
     /// written together do not all expire together.
     pub fn with_jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = Some(jitter);
+        self.jitter = OptDuration::some(jitter);
         self
     }
 
@@ -136,21 +227,21 @@ impl LoadOptions {
     /// the loader fails or times out, return the stale value instead of the error (counted as
     /// `outcome="fail_safe"`).
     pub fn with_fail_safe(mut self, max_stale: Duration) -> Self {
-        self.max_stale = Some(max_stale);
+        self.max_stale = OptDuration::some(max_stale);
         self
     }
 
     /// After a fail-safe answer, serve the stale value for this long before calling the loader
     /// again (default [`DEFAULT_FAIL_SAFE_THROTTLE`]), so a failing provider is not hammered.
     pub fn with_fail_safe_throttle(mut self, throttle: Duration) -> Self {
-        self.fail_safe_throttle = Some(throttle);
+        self.fail_safe_throttle = OptDuration::some(throttle);
         self
     }
 
     /// When a stale value exists (fail-safe on), return it if the load takes longer than this;
     /// the load goes on in the background and updates the cache.
     pub fn with_soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = Some(timeout);
+        self.soft_timeout = OptDuration::some(timeout);
         self
     }
 
@@ -158,14 +249,14 @@ impl LoadOptions {
     /// on), else [`Error::Timeout`](crate::Error::Timeout). The load goes on and may still be
     /// cached.
     pub fn with_hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = Some(timeout);
+        self.hard_timeout = OptDuration::some(timeout);
         self
     }
 
     /// Refresh in the background once a hit finds the value past this fraction of its lifetime
     /// (for example 0.8), returning the current value at once. Values outside (0, 1) turn it off.
     pub fn with_early_refresh(mut self, fraction: f64) -> Self {
-        self.early_refresh = Some(fraction);
+        self.early_refresh = OptF64::some(fraction);
         self
     }
 
@@ -173,26 +264,26 @@ impl LoadOptions {
     /// `exp(-(expiry - now) / (beta × Δ))`, where Δ is how long the value took to load. `beta`
     /// 1.0 is the usual choice; larger refreshes earlier.
     pub fn with_xfetch(mut self, beta: f64) -> Self {
-        self.xfetch_beta = Some(beta);
+        self.xfetch_beta = OptF64::some(beta);
         self
     }
 
     /// The lifetime set on these options, if any.
     pub fn time_to_live(&self) -> Option<Duration> {
-        self.ttl
+        self.ttl.get()
     }
 
     pub(crate) fn resolve_ttl(&self, default: Duration) -> Duration {
-        self.ttl.unwrap_or(default)
+        self.ttl.get().unwrap_or(default)
     }
 
-    /// These options, with unset fields taken from `defaults`.
     /// Whether these options ask for early refresh (by fraction or XFetch).
     #[inline]
     pub(crate) fn refreshes(&self) -> bool {
         self.early_refresh.is_some() || self.xfetch_beta.is_some()
     }
 
+    /// These options, with unset fields taken from `defaults`.
     pub(crate) fn or(&self, defaults: &LoadOptions) -> LoadOptions {
         LoadOptions {
             ttl: self.ttl.or(defaults.ttl),
@@ -399,5 +490,54 @@ where
     }
     async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
         self.inner.set_many(entries).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_optionals_keep_what_was_set() {
+        assert_eq!(OptDuration::default().get(), None);
+        let d = Duration::new(3, 250);
+        assert_eq!(OptDuration::some(d).get(), Some(d));
+        assert_eq!(
+            OptDuration::some(Duration::ZERO).get(),
+            Some(Duration::ZERO)
+        );
+        // Far-future durations saturate just below "none" instead of wrapping or vanishing.
+        let huge = OptDuration::some(Duration::MAX);
+        assert!(huge.is_some());
+        assert!(huge
+            .get()
+            .is_some_and(|h| h > Duration::from_secs(500 * 365 * 86_400)));
+
+        assert_eq!(OptF64::default().get(), None);
+        assert_eq!(OptF64::some(0.8).get(), Some(0.8));
+        assert_eq!(OptF64::some(f64::NAN).get(), None);
+        assert_eq!(OptF64::some(f64::NAN), OptF64::default());
+    }
+
+    #[test]
+    fn unset_options_fall_back_to_defaults_and_set_ones_win() {
+        let defaults = LoadOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_fail_safe(Duration::from_secs(600))
+            .with_early_refresh(0.8);
+        let mine = LoadOptions::new()
+            .with_ttl(Duration::from_secs(5))
+            .with_xfetch(1.0);
+        let merged = mine.or(&defaults);
+        assert_eq!(merged.time_to_live(), Some(Duration::from_secs(5)));
+        assert_eq!(merged.max_stale.get(), Some(Duration::from_secs(600)));
+        assert_eq!(merged.early_refresh.get(), Some(0.8));
+        assert_eq!(merged.xfetch_beta.get(), Some(1.0));
+        assert_eq!(merged.hard_timeout.get(), None);
+        assert!(merged.refreshes());
+        assert!(!LoadOptions::new().refreshes());
+        // Every get_or_load future carries a copy: keep it to one cache line.
+        assert!(std::mem::size_of::<LoadOptions>() <= 64);
+        assert_eq!(format!("{:?}", LoadOptions::new().hard_timeout), "None");
     }
 }
