@@ -37,8 +37,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 // size and layout are on the hot path: at 56 bytes a `Result<Option<Entry<V>>>` cost ~10 ns more
 // per hit than at 48, and variants with 1-byte payloads (`DecodeErrorKind` and
 // `TryCurrentError`, before they were boxed) made every move of a `Result<V>` a run of misaligned
-// byte copies, ~20 ns per `get_or_load` hit. Rare, large or oddly shaped payloads are therefore boxed; see the size
-// test below before adding a variant.
+// byte copies, ~20 ns per `get_or_load` hit. Rare, large or oddly shaped payloads are therefore
+// boxed; see the size test below before adding a variant.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
