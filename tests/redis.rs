@@ -345,3 +345,74 @@ async fn works_behind_a_sentinel() {
     // The value landed on the master the sentinel named.
     assert_eq!(sentinel.master.cli(&["exists", "s:k"]).trim(), "1");
 }
+
+/// Per-operation metrics carry the cache, layer and operation: a timed-out `get` on a hung server
+/// is one `layercache_layer_errors_total{op="get"}`, and every `get` is one duration sample.
+#[cfg(feature = "postcard")]
+#[tokio::test] // one thread: the local recorder must be current where the handles are made
+async fn layer_errors_and_durations_are_labelled_by_operation() {
+    use layercache::metrics::{LAYER_ERRORS_TOTAL, OP_DURATION_SECONDS};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let cache: RedisCache<ChatReply> = {
+        let _current = metrics::set_default_local_recorder(&recorder);
+        RedisCache::builder()
+            .url(server.url())
+            .name("chat")
+            .command_timeout(Duration::from_millis(200))
+            .build()
+            .await
+            .expect("connect")
+    };
+    cache.set("k", entry(1, 100)).await.expect("set");
+    assert!(cache.get("k").await.expect("get").is_some());
+    server.pause();
+    let hung = cache.get("k").await;
+    server.resume();
+    assert!(
+        hung.is_err(),
+        "a get on a hung server must fail, got {hung:?}"
+    );
+
+    let mut errors = Vec::new();
+    let mut get_samples = 0;
+    for (key, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
+        let key = key.key();
+        let mut labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        let op = labels
+            .iter()
+            .find(|(k, _)| k == "op")
+            .map(|(_, v)| v.clone());
+        match value {
+            DebugValue::Counter(n) if key.name() == LAYER_ERRORS_TOTAL && n > 0 => {
+                errors.push((labels, n));
+            }
+            DebugValue::Histogram(samples)
+                if key.name() == OP_DURATION_SECONDS && op.as_deref() == Some("get") =>
+            {
+                assert!(
+                    labels.contains(&("cache".into(), "chat".into())),
+                    "{labels:?}"
+                );
+                assert!(
+                    labels.contains(&("layer".into(), "redis".into())),
+                    "{labels:?}"
+                );
+                get_samples += samples.len();
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<(String, String)> = [("cache", "chat"), ("layer", "redis"), ("op", "get")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(errors, vec![(expected, 1)]);
+    assert!(get_samples >= 1, "successful gets are timed: {get_samples}");
+}
