@@ -160,30 +160,26 @@ impl LayerMetrics {
         self.count(STALE);
     }
 
+    /// The labels of a per-operation metric of this layer: `cache`, `layer`, `op`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn op_labels(&self, op: &'static str) -> Vec<Label> {
+        vec![
+            Label::new("cache", self.cache.clone()),
+            Label::new("layer", self.layer),
+            Label::new("op", op),
+        ]
+    }
+
     /// A counter for errors of operation `op` on this layer.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn error_counter(&self, op: &'static str) -> Counter {
-        ::metrics::counter!(
-            LAYER_ERRORS_TOTAL,
-            vec![
-                Label::new("cache", self.cache.clone()),
-                Label::new("layer", self.layer),
-                Label::new("op", op),
-            ]
-        )
+        ::metrics::counter!(LAYER_ERRORS_TOTAL, self.op_labels(op))
     }
 
     /// A histogram of the duration of operation `op` on this layer.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn op_histogram(&self, op: &'static str) -> Histogram {
-        ::metrics::histogram!(
-            OP_DURATION_SECONDS,
-            vec![
-                Label::new("cache", self.cache.clone()),
-                Label::new("layer", self.layer),
-                Label::new("op", op),
-            ]
-        )
+        ::metrics::histogram!(OP_DURATION_SECONDS, self.op_labels(op))
     }
 
     pub(crate) fn fill(&self, stats: &mut Stats) {
