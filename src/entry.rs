@@ -105,6 +105,20 @@ impl<V> Entry<V> {
         self.value
     }
 
+    /// The value and the same lifetimes around `()`.
+    pub(crate) fn split(self) -> (V, Entry<()>) {
+        (
+            self.value,
+            Entry {
+                value: (),
+                created_ms: self.created_ms,
+                fresh_until_ms: self.fresh_until_ms,
+                stale_until_ms: self.stale_until_ms,
+                load_duration: self.load_duration,
+            },
+        )
+    }
+
     /// The same lifetimes around another value.
     pub fn map<U>(self, f: impl FnOnce(V) -> U) -> Entry<U> {
         Entry {

@@ -84,6 +84,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A value serialized fine but does not decode back with the same format (for example a
+    /// `#[serde(skip_serializing_if)]` field or a `serde_json::Value` under postcard). It was not
+    /// stored: a self-describing format (the default, MessagePack) reads such types back.
+    #[error("the value does not read back from its serialized form, so it was not stored (use a self-describing format such as the default MessagePack, or fix the type)")]
+    RoundTrip {
+        /// Which format failed to read the value back, and why.
+        #[source]
+        source: BoxError,
+    },
+
     /// A value is larger than the configured limit.
     #[error("value of {len} bytes exceeds the limit of {max} bytes")]
     ValueTooLarge {
@@ -185,6 +195,32 @@ pub enum DecodeErrorKind {
     /// The serde format rejected the payload (for example a changed struct).
     #[error("deserialization failed")]
     Deserialize,
+    /// The frame was written with another schema id (see `CodecBuilder::schema`).
+    #[error("written with schema {found}, this codec reads schema {expected}")]
+    SchemaMismatch {
+        /// The schema this codec reads.
+        expected: u32,
+        /// The schema in the frame.
+        found: u32,
+    },
+}
+
+impl DecodeErrorKind {
+    /// Whether the frame is intact but was written by another deployment: another frame version,
+    /// format, dictionary, schema or value type, or a larger size limit. Such a value is a miss
+    /// for this reader but may still be read by another replica, so it is not deleted. Corrupted
+    /// frames (truncated, not starting with the frame magic that every version writes, bad
+    /// checksum, lengths that do not add up, failed decompression) are not foreign.
+    pub fn is_foreign(&self) -> bool {
+        !matches!(
+            self,
+            DecodeErrorKind::Truncated
+                | DecodeErrorKind::BadMagic
+                | DecodeErrorKind::LengthMismatch
+                | DecodeErrorKind::Decompress
+                | DecodeErrorKind::Checksum
+        )
+    }
 }
 
 impl Error {
@@ -192,6 +228,18 @@ impl Error {
         Error::Config {
             reason: reason.into(),
         }
+    }
+
+    /// Whether the error is a client-side refusal to store a value — too large
+    /// ([`Error::ValueTooLarge`]), not serializable ([`Error::Encode`]) or not readable back
+    /// ([`Error::RoundTrip`]) — rather than a failure of the layer. A refusal says nothing about
+    /// the layer's health: `Layered` never counts it against the circuit breaker and never
+    /// retries it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::ValueTooLarge { .. } | Error::Encode { .. } | Error::RoundTrip { .. }
+        )
     }
 
     #[cfg(feature = "redis")]

@@ -170,6 +170,85 @@ impl KeyBuilder {
         self
     }
 
+    /// Append a float in canonical form: the shortest text that reads back as the same `f64`, so
+    /// `0.7`, `0.70` and `7e-1` give one key; `-0.0` is written as `0`.
+    ///
+    /// ```
+    /// use layercache::KeyBuilder;
+    /// let a = KeyBuilder::new("chat").part_f64(0.70).build();
+    /// let b = KeyBuilder::new("chat").part_f64("0.7".parse().unwrap()).build();
+    /// assert_eq!(a, b);
+    /// assert_eq!(a.as_str(), "chat:v0:0.7");
+    /// ```
+    pub fn part_f64(mut self, part: f64) -> Self {
+        self.out.push(':');
+        let part = if part == 0.0 { 0.0 } else { part };
+        self.out.push_str(&part.to_string());
+        self
+    }
+
+    /// Append an `f32` in canonical form (its own shortest text, not that of the `f64` it
+    /// widens to: `0.7f32` is written `0.7`).
+    pub fn part_f32(mut self, part: f32) -> Self {
+        self.out.push(':');
+        let part = if part == 0.0 { 0.0 } else { part };
+        self.out.push_str(&part.to_string());
+        self
+    }
+
+    /// Append an optional text part: `None` is a marker no text part can produce, so a missing
+    /// value never collides with any present one (the empty string included).
+    ///
+    /// ```
+    /// use layercache::KeyBuilder;
+    /// let none = KeyBuilder::new("chat").part_opt(None::<&str>).build();
+    /// let empty = KeyBuilder::new("chat").part_opt(Some("")).build();
+    /// let literal = KeyBuilder::new("chat").part_opt(Some("#none")).build();
+    /// assert_ne!(none, empty);
+    /// assert_ne!(none, literal);
+    /// ```
+    pub fn part_opt<T: AsRef<str>>(self, part: Option<T>) -> Self {
+        match part {
+            Some(part) => self.part(part),
+            None => {
+                let mut this = self;
+                // A text part starting with `#` is escaped, and digests are hex: `#none` is ours.
+                this.out.push_str(":#none");
+                this
+            }
+        }
+    }
+
+    /// Append any `Serialize` value (a whole request: model, messages, temperature, tools) as
+    /// canonical JSON — object keys sorted, no whitespace, floats in shortest form — hashed with
+    /// BLAKE3. Two requests that serialize to equal JSON give the same key, whatever the field
+    /// order of their maps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`](crate::Error::Encode) when serde_json cannot represent the value (a map
+    /// with non-string keys, a float that is NaN or infinite).
+    ///
+    /// ```
+    /// use layercache::KeyBuilder;
+    /// use serde_json::json;
+    ///
+    /// let a = KeyBuilder::new("chat").part_json(&json!({"model": "gpt-4o", "temperature": 0.7}))?.build();
+    /// let b = KeyBuilder::new("chat").part_json(&json!({"temperature": 0.70, "model": "gpt-4o"}))?.build();
+    /// assert_eq!(a, b);
+    /// # Ok::<(), layercache::Error>(())
+    /// ```
+    pub fn part_json<T: serde::Serialize + ?Sized>(mut self, part: &T) -> crate::Result<Self> {
+        let value = serde_json::to_value(part).map_err(|e| crate::Error::Encode {
+            source: Box::new(e),
+        })?;
+        let mut canonical = String::new();
+        write_canonical(&mut canonical, &value);
+        self.out.push(':');
+        push_digest(&mut self.out, canonical.as_bytes());
+        Ok(self)
+    }
+
     /// Append binary data (always hashed: raw bytes are not key text).
     pub fn part_bytes(mut self, part: &[u8]) -> Self {
         self.out.push(':');
@@ -191,6 +270,42 @@ fn push_escaped(out: &mut String, part: &str) {
             out.push('\\');
         }
         out.push(c);
+    }
+}
+
+/// Canonical JSON text of `value`: object keys sorted by their UTF-8 bytes, no whitespace,
+/// numbers as serde_json writes them (shortest round-trip form for floats).
+fn write_canonical(out: &mut String, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => out.push_str(&Value::String(s.clone()).to_string()),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(out, v);
+            }
+            out.push('}');
+        }
     }
 }
 

@@ -38,8 +38,8 @@
 //! | [`cache`] | the object-safe [`Cache`] trait every layer implements, [`CacheExt`] |
 //! | [`entry`] | [`Entry`]: a value plus its fresh and stale deadlines |
 //! | [`memory`] | [`MemoryCache`], the in-process layer over moka (or quick_cache) |
-//! | [`layered`] | [`Layered`]: L1 + L2 with fail-safe, timeouts, early refresh, circuit breaker |
-//! | [`load`] | `get_or_load` with single-flight and detached loads; [`LoadingCache`], [`LoadOptions`] |
+//! | [`layered`] | [`Layered`]: L1 alone or L1 + L2, with the resilient `get_or_load` and an L2 circuit breaker |
+//! | [`load`] | the one `get_or_load` engine: single-flight, detached loads, [`LoadOptions`], [`Answer`] / [`Source`], [`GetOrLoad`], [`LoadingCache`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |
@@ -49,6 +49,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// A warning through `tracing` (feature `tracing`); nothing without it.
+#[cfg(feature = "tracing")]
+#[allow(unused_macros)]
+macro_rules! log_warn {
+    ($($arg:tt)*) => { ::tracing::warn!($($arg)*) };
+}
+#[cfg(not(feature = "tracing"))]
+#[allow(unused_macros)]
+macro_rules! log_warn {
+    ($($arg:tt)*) => {};
+}
+/// An info line through `tracing` (feature `tracing`); nothing without it.
+#[cfg(feature = "tracing")]
+#[allow(unused_macros)]
+macro_rules! log_info {
+    ($($arg:tt)*) => { ::tracing::info!($($arg)*) };
+}
+#[cfg(not(feature = "tracing"))]
+#[allow(unused_macros)]
+macro_rules! log_info {
+    ($($arg:tt)*) => {};
+}
+#[allow(unused_imports)]
+pub(crate) use {log_info, log_warn};
 
 pub mod cache;
 mod clock;
@@ -65,7 +90,7 @@ pub mod metrics;
 pub mod redis;
 
 /// The README's examples, compiled and run as doctests (they use the default features).
-#[cfg(all(doctest, feature = "redis", feature = "postcard"))]
+#[cfg(all(doctest, feature = "redis", feature = "msgpack"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
@@ -76,7 +101,7 @@ pub use crate::error::{BoxError, DecodeErrorKind, Error, Result, SharedError};
 pub use crate::key::{CacheKey, KeyBuilder};
 pub use crate::layered::{LayerHealth, Layered, LayeredBuilder, WarmReport};
 pub use crate::load::breaker::{BreakerConfig, CircuitState};
-pub use crate::load::{LoadOptions, LoadingCache};
+pub use crate::load::{Answer, GetOrLoad, LoadOptions, LoadingCache, Source};
 pub use crate::memory::{Engine, MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;
 #[cfg(feature = "redis")]

@@ -31,7 +31,7 @@ fn reply() -> impl Strategy<Value = Reply> {
 }
 
 fn codec(compress: bool) -> Codec<Postcard> {
-    let builder = Codec::builder().max_value_bytes(1 << 20);
+    let builder = Codec::with_format(Postcard).max_value_bytes(1 << 20);
     let builder = if compress {
         builder.compress_above(64)
     } else {

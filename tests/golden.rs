@@ -16,7 +16,10 @@ fn decode(name: &str) -> layercache::Result<Entry<(String, u32)>> {
         .join("tests/golden")
         .join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    Codec::builder().build().expect("codec").decode(&bytes)
+    Codec::with_format(layercache::codec::Postcard)
+        .build()
+        .expect("codec")
+        .decode(&bytes)
 }
 
 #[test]
@@ -59,7 +62,7 @@ fn the_current_encoder_still_writes_the_v1_plain_frame() {
         UNIX_EPOCH + Duration::from_millis(FRESH_MS),
         UNIX_EPOCH + Duration::from_millis(STALE_MS),
     );
-    let bytes = Codec::builder()
+    let bytes = Codec::with_format(layercache::codec::Postcard)
         .no_compression()
         .build()
         .expect("codec")

@@ -102,7 +102,7 @@ fn counters_match_what_the_test_did() {
             assert!(r.is_err());
             expected_misses += 1;
         }
-        // Ten concurrent callers on one cold key: 1 load, 9 coalesced, 10 misses.
+        // Ten concurrent callers on one cold key: 1 load, 1 miss, 9 joined (not misses).
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let (cache, calls) = (cache.clone(), loader_calls.clone());
@@ -123,8 +123,8 @@ fn counters_match_what_the_test_did() {
             .collect();
         for t in tasks {
             t.await.expect("no panic").expect("ok");
-            expected_misses += 1;
         }
+        expected_misses += 1;
     });
 
     let (counters, histograms) = snapshot(&recorder);
@@ -136,15 +136,24 @@ fn counters_match_what_the_test_did() {
     };
     let hits = count(
         REQUESTS_TOTAL,
-        &[("cache", "m"), ("layer", "memory"), ("result", "hit")],
+        &[("cache", "m"), ("layer", "l1"), ("result", "hit")],
     );
     let misses = count(
         REQUESTS_TOTAL,
-        &[("cache", "m"), ("layer", "memory"), ("result", "miss")],
+        &[("cache", "m"), ("layer", "none"), ("result", "miss")],
+    );
+    let joined = count(
+        REQUESTS_TOTAL,
+        &[("cache", "m"), ("layer", "none"), ("result", "joined")],
     );
     assert_eq!(hits, expected_hits);
     assert_eq!(misses, expected_misses);
-    assert_eq!(hits + misses, 5 * 20 + 2 + 10, "hits + misses = requests");
+    assert_eq!(joined, 9);
+    assert_eq!(
+        hits + misses + joined,
+        5 * 20 + 2 + 10,
+        "each answer counted once"
+    );
 
     let ok = count(LOADS_TOTAL, &[("cache", "m"), ("outcome", "ok")]);
     let err = count(LOADS_TOTAL, &[("cache", "m"), ("outcome", "error")]);
@@ -169,7 +178,8 @@ fn counters_match_what_the_test_did() {
         ),
         (hits, misses, 23, 2, 9)
     );
-    assert!((stats.hit_ratio() - hits as f64 / (hits + misses) as f64).abs() < 1e-12);
+    assert_eq!(stats.requests(), 5 * 20 + 2 + 10);
+    assert!((stats.hit_ratio() - hits as f64 / stats.requests() as f64).abs() < 1e-12);
 }
 
 #[tokio::test]
@@ -279,28 +289,33 @@ fn layered_attributes_requests_per_layer_and_counts_fail_safe() {
             &[("cache", cache), ("layer", layer), ("result", result)],
         )
     };
-    // Per layer. "a": L1 miss + L2 hit, then an L1 hit. "b": L1 miss + L2 miss, then L1 stale +
-    // L2 stale.
-    assert_eq!(
-        (req("m1", "memory", "hit"), req("m2", "memory", "hit")),
-        (1, 1)
-    );
-    assert_eq!(
-        (req("m1", "memory", "miss"), req("m2", "memory", "miss")),
-        (2, 1)
-    );
-    assert_eq!(
-        (req("m1", "memory", "stale"), req("m2", "memory", "stale")),
-        (1, 1)
-    );
-    // The front: two hits, one miss, one stale answer — one per call.
+    // The layers inside the stack are read without counting: no answer is counted twice.
+    for layer in ["m1", "m2"] {
+        for result in ["hit", "miss", "stale", "joined"] {
+            for position in ["l1", "none", "memory"] {
+                assert_eq!(
+                    req(layer, position, result),
+                    0,
+                    "{layer} {position} {result}"
+                );
+            }
+        }
+    }
+    // The front, once per call, by the layer that answered. "a": an L2 hit, then an L1 hit.
+    // "b": a miss (loaded), then a stale answer (fail-safe).
     assert_eq!(
         (
-            req("lay", "layered", "hit"),
-            req("lay", "layered", "miss"),
-            req("lay", "layered", "stale")
+            req("lay", "l1", "hit"),
+            req("lay", "l2", "hit"),
+            req("lay", "none", "miss"),
+            req("lay", "l1", "stale") + req("lay", "l2", "stale")
         ),
-        (2, 1, 1)
+        (1, 1, 1, 1)
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.l2_hits, stats.misses, stats.stale_hits),
+        (2, 1, 1, 1)
     );
     assert_eq!(
         count(LOADS_TOTAL, &[("cache", "lay"), ("outcome", "fail_safe")]),

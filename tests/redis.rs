@@ -117,9 +117,15 @@ async fn an_entry_is_gone_from_redis_after_its_lifetime() {
     assert_eq!(server.cli(&["exists", "t:stale"]).trim(), "0");
 }
 
+fn flipped_copy(bytes: &[u8], bit: usize) -> Vec<u8> {
+    let mut flipped = bytes.to_vec();
+    flipped[bit / 8] ^= 1 << (bit % 8);
+    flipped
+}
+
 #[cfg(all(feature = "postcard", feature = "zstd"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_bytes_are_a_miss_and_are_deleted() {
+async fn bad_bytes_are_a_miss_and_corrupted_ones_are_deleted() {
     let server = RedisServer::start();
     let cache = default_cache(&server).await;
     let raw = raw_client(&server.url()).await;
@@ -164,11 +170,17 @@ async fn bad_bytes_are_a_miss_and_are_deleted() {
             "{name}"
         );
         let exists: i64 = raw.exists(&key).await.expect("exists");
-        assert_eq!(exists, 0, "{name}: the bad key was deleted");
+        // An intact frame of another format may be read by another deployment: kept.
+        let expected = i64::from(name == "other-format");
+        assert_eq!(
+            exists, expected,
+            "{name}: corrupted keys are deleted, foreign ones kept"
+        );
     }
 
     // Every single-bit flip of the compressed frame.
-    let (mut misses, mut identical) = (0, 0);
+    use layercache::Error;
+    let (mut misses, mut identical, mut foreign_kept) = (0, 0, 0u64);
     for bit in 0..valid.len() * 8 {
         let mut flipped = valid.clone();
         flipped[bit / 8] ^= 1 << (bit % 8);
@@ -179,8 +191,21 @@ async fn bad_bytes_are_a_miss_and_are_deleted() {
         match cache.get("flip").await.expect("never an error") {
             None => {
                 misses += 1;
+                // Corruption the frame proves (checksum, lengths, magic) is deleted; a flip that
+                // makes the header name another version, format or size is a miss left in place
+                // (it reads as another deployment's value).
+                let foreign =
+                    match ValueCodec::<ChatReply>::decode(&codec, &flipped_copy(&valid, bit)) {
+                        Err(Error::Decode { kind, .. }) => kind.is_foreign(),
+                        other => panic!("bit {bit}: a miss must be a decode error, got {other:?}"),
+                    };
                 let exists: i64 = raw.exists("t:flip").await.expect("exists");
-                assert_eq!(exists, 0, "bit {bit}: deleted");
+                assert_eq!(
+                    exists,
+                    i64::from(foreign),
+                    "bit {bit}: deleted unless foreign"
+                );
+                foreign_kept += u64::from(foreign);
             }
             Some(got) => {
                 assert_eq!(got.value(), original.value(), "bit {bit}: never wrong data");
@@ -188,7 +213,7 @@ async fn bad_bytes_are_a_miss_and_are_deleted() {
             }
         }
     }
-    println!("{} bit flips through Redis: {misses} misses (key deleted), {identical} decoded to the original", valid.len() * 8);
+    println!("{} bit flips through Redis: {misses} misses ({foreign_kept} of them foreign-looking, kept), {identical} decoded to the original", valid.len() * 8);
     let stats = cache.stats();
     assert_eq!(
         stats.errors,
@@ -303,18 +328,41 @@ async fn builder_errors_are_clear() {
         .build()
         .await;
     assert!(matches!(zero, Err(Error::Config { .. })));
-    // Nothing listens on port 1: the connect error arrives within the connect timeout.
+    // Nothing listens on port 1: not a configuration error. The cache starts without Redis
+    // within the connect timeout, and its commands fail at once (a `Layered` in front serves).
     let started = std::time::Instant::now();
     let down = RedisCache::<ChatReply>::builder()
         .url("redis://127.0.0.1:1")
         .connect_timeout(Duration::from_millis(300))
         .build()
+        .await
+        .expect("an unreachable server does not fail the build");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let read = down.get("k").await;
+    assert!(matches!(read, Err(Error::Redis { .. })), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // A wrong password is a configuration error: build fails fast, naming the connect step.
+    let server = RedisServer::start();
+    server.cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"]);
+    let started = std::time::Instant::now();
+    let url = format!("redis://:wrong-pass@127.0.0.1:{}", server.port);
+    let denied = RedisCache::<ChatReply>::builder()
+        .url(&url)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
         .await;
     assert!(
-        matches!(down, Err(Error::Redis { op: "connect", .. })),
-        "{down:?}"
+        matches!(denied, Err(Error::Redis { op: "connect", .. })),
+        "{denied:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let good = format!("redis://:s3cret-pass@127.0.0.1:{}", server.port);
+    RedisCache::<ChatReply>::builder()
+        .url(&good)
+        .build()
+        .await
+        .expect("the right password connects");
 }
 
 #[cfg(feature = "postcard")]

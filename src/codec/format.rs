@@ -53,7 +53,11 @@ pub trait Format: Debug + Send + Sync + 'static {
     fn deserialize<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, BoxError>;
 }
 
-/// [postcard](https://docs.rs/postcard): compact and fast; the default. Format id 1.
+/// [postcard](https://docs.rs/postcard): compact and fast, but **not self-describing**. Format id 1.
+///
+/// postcard cannot read back `#[serde(skip_serializing_if)]` fields, `serde_json::Value`,
+/// internally tagged or untagged enums, or `#[serde(flatten)]`. Use it only for types known to
+/// suit it; a [`Codec`](super::Codec) refuses at write time a value that does not read back.
 #[cfg(feature = "postcard")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postcard;
@@ -111,7 +115,8 @@ impl Format for Json {
     }
 }
 
-/// MessagePack via rmp-serde (structs as maps, so other languages see field names). Format id 3.
+/// MessagePack via rmp-serde, with structs as maps of field names: self-describing, so it reads
+/// back everything serde expresses, and other languages can read it. The default. Format id 3.
 #[cfg(feature = "msgpack")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessagePack;
@@ -140,7 +145,7 @@ impl Format for MessagePack {
 /// bincode 2.0.x (standard configuration), to read values written by older services. Format id 4.
 ///
 /// bincode is unmaintained upstream: its last release, 3.0.0, is a `compile_error!`, and
-/// RUSTSEC-2025-0141 marks it unmaintained. Prefer [`Postcard`] for new data.
+/// RUSTSEC-2025-0141 marks it unmaintained. Use [`MessagePack`] (the default) for new data.
 #[cfg(feature = "bincode")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bincode;

@@ -4,16 +4,20 @@
 //! offset size field
 //!      0    2 magic "LC"
 //!      2    1 frame version (1)
-//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary; other bits must be 0
+//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary, bit 2 schema id; others must be 0
 //!      4    1 format id (see `Format::id`)
 //!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
 //!     13    8 stale_until, ms since the Unix epoch
 //!     21    4 load duration of the value, ms (0 = unknown)
 //!     25    4 dictionary id (0 = none)
 //!     29    4 raw length: bytes of the serialized value before compression
-//!     33    8 checksum: xxh3-64 of bytes 0..33 followed by the raw serialized value
-//!     41    … payload: the serialized value, zstd-compressed when bit 0 is set
+//!     33    8 checksum: xxh3-64 of bytes 0..33, the schema id if present, and the raw value
+//!     41    4 schema id, only when flag bit 2 is set (see `CodecBuilder::schema`)
+//! 41/45     … payload: the serialized value, zstd-compressed when bit 0 is set
 //! ```
+//!
+//! The schema id is optional so that a codec with the default schema (0) writes exactly the
+//! frames earlier versions wrote (golden files in `tests/golden/` prove it).
 //!
 //! The checksum covers the header as well as the value, so a flipped bit in a deadline is caught
 //! as surely as one in the payload. (zstd without a content checksum decodes many corrupted frames
@@ -28,7 +32,10 @@ pub(crate) const CHECKED_LEN: usize = 33;
 
 pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
 pub(crate) const FLAG_DICTIONARY: u8 = 0b10;
-pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY;
+pub(crate) const FLAG_SCHEMA: u8 = 0b100;
+pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA;
+/// Bytes the schema id adds after the header when [`FLAG_SCHEMA`] is set.
+pub(crate) const SCHEMA_LEN: usize = 4;
 
 /// The parsed fixed part of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,10 +87,22 @@ impl Header {
     }
 }
 
-/// xxh3-64 over the checked header bytes and the raw serialized value.
-pub(crate) fn checksum(header: &[u8; HEADER_LEN], raw: &[u8]) -> u64 {
+/// xxh3-64 over the checked header bytes, the schema id (when the frame has one) and the raw
+/// serialized value.
+pub(crate) fn checksum(header: &[u8; HEADER_LEN], schema: Option<u32>, raw: &[u8]) -> u64 {
     let mut h = Xxh3::new();
     h.update(&header[..CHECKED_LEN]);
+    if let Some(schema) = schema {
+        h.update(&schema.to_le_bytes());
+    }
     h.update(raw);
     h.digest()
+}
+
+#[cfg(feature = "redis")]
+/// The raw (serialized, uncompressed) length a frame declares, if `bytes` starts like a frame.
+pub(crate) fn declared_raw_len(bytes: &[u8]) -> Option<u32> {
+    let field = bytes.get(29..33)?;
+    (bytes.get(0..2)? == MAGIC)
+        .then(|| u32::from_le_bytes([field[0], field[1], field[2], field[3]]))
 }

@@ -177,6 +177,14 @@ impl Breaker {
         }
     }
 
+    /// Report a call that was allowed but said nothing about the layer's health (a value the
+    /// client refused to send): a probe slot it held is freed for the next call.
+    pub(crate) fn neutral(&self, allowed: Allow) {
+        if self.config.enabled && allowed == Allow::Probe {
+            self.lock().probe_started = None;
+        }
+    }
+
     /// Report how a call that was allowed went.
     pub(crate) fn record(&self, allowed: Allow, ok: bool) {
         if !self.config.enabled || allowed == Allow::No {

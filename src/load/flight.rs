@@ -1,13 +1,20 @@
-//! Single-flight: at most one load per key at a time, shared by every caller that asks meanwhile.
+//! Single-flight: at most one flight per key at a time, shared by every caller that asks meanwhile.
 //!
-//! The load runs on its own tokio task, detached from the callers' futures. Each caller (the one
-//! that started the load included) only *waits* for the result on a `watch` channel — or does not
-//! wait at all (a background refresh) — so dropping any caller, even the first, neither cancels
-//! the load nor stalls the others. The loader itself runs on a further task so that a panic in it
-//! is caught by tokio and turned into an error.
+//! A flight covers everything a missing key costs: the second look at L1, the L2 read, the load
+//! and the writes. So a stampede of callers on a cold key makes one L2 read and at most one load;
+//! every caller but the first joins the flight.
 //!
-//! The table entry for a key is removed by a drop guard owned by the load task, so it goes away on
-//! every outcome: success, error, panic, and the task being dropped by a shutting-down runtime.
+//! The flight runs on its own tokio task, detached from the callers' futures. Each caller (the one
+//! that started it included) only *waits* for the result on a `watch` channel — or does not wait
+//! at all (a background refresh) — so dropping any caller, even the first, neither cancels the
+//! load nor stalls the others. The loader itself runs on a further task so that a panic in it is
+//! caught by tokio and turned into an error.
+//!
+//! While the loader runs, the flight publishes the stale value it found (if any), so a waiter with
+//! fail-safe can answer with it at its soft timeout even when its own L1 had nothing.
+//!
+//! The table entry for a key is removed by a drop guard owned by the flight task, so it goes away
+//! on every outcome: success, error, panic, and the task being dropped by a shutting-down runtime.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,92 +25,108 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{watch, Semaphore};
 
-use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result, SharedError};
+use crate::load::answer::{Origin, Source};
 use crate::metrics::{LoadMetrics, Stats};
 
-/// Where a flight stores what it loaded.
+/// The layers a flight reads and writes.
 #[async_trait]
 pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
-    /// A second look before paying for a load (uncounted).
+    /// A second look at L1 before paying for a load (uncounted).
     async fn recheck(&self, key: &str) -> Option<Entry<V>>;
+    /// The L2 entry for `key`, if there is an L2 and it answers (uncounted). A fresh one answers
+    /// the flight (and is copied into L1 by the target).
+    async fn read_l2(&self, key: &str) -> Option<Entry<V>>;
+    /// Copy an entry read from L2 into L1.
+    async fn backfill(&self, key: &str, entry: Entry<V>);
     /// Store before the waiters are answered (fast, local layers).
     async fn store_before_answer(&self, key: &str, entry: Entry<V>);
     /// Store after the waiters are answered (slow, remote layers); the flight stays in the table
     /// meanwhile, so new callers get the value at once instead of loading again.
     async fn store_after_answer(&self, key: &str, entry: Entry<V>);
+    /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
+    /// loader is not called again before then.
+    async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64);
 }
 
-/// Any [`Cache`] as a load target: re-check with `peek`, store with `set` before answering.
-pub(crate) struct CacheTarget<S>(pub(crate) S);
-
-#[async_trait]
-impl<V, S> LoadTarget<V> for CacheTarget<S>
-where
-    V: Send + Sync + 'static,
-    S: Cache<V> + 'static,
-{
-    async fn recheck(&self, key: &str) -> Option<Entry<V>> {
-        self.0.peek(key).await.ok().flatten()
-    }
-    async fn store_before_answer(&self, key: &str, entry: Entry<V>) {
-        // A failed write must not cost the callers the value they paid for; the layer has
-        // counted its error.
-        let _ = self.0.set(key, entry).await;
-    }
-    async fn store_after_answer(&self, _key: &str, _entry: Entry<V>) {}
-}
-
-/// Turns a loaded value (and the load's duration) into the entry to store, or `None`.
-pub(crate) type MakeEntry<V> = Box<dyn FnOnce(&V, Duration) -> Option<Entry<V>> + Send>;
+/// Turns a loaded value (and the load's duration) into the entry to store (or `None` to return
+/// the value without storing it) and whether it is a negative entry.
+pub(crate) type MakeEntry<V> = Box<dyn FnOnce(&V, Duration) -> (Option<Entry<V>>, bool) + Send>;
 
 /// How a loaded value becomes an entry, and the rules around the load.
 pub(crate) struct LoadSpec<V> {
-    /// The entry to store for a loaded value (given the load's duration), or `None` to return
-    /// the value without storing it.
     pub(crate) make_entry: MakeEntry<V>,
-    /// A re-checked entry only counts if it is fresh and fresher than this (ms since the epoch):
-    /// a refresh must not be satisfied by the very entry it is refreshing.
+    /// A found entry only answers the flight if it is fresh and fresher than this (ms since the
+    /// epoch): a refresh must not be satisfied by the very entry it is refreshing.
     pub(crate) fresher_than_ms: u64,
     /// Limits concurrent loads of the cache, when set.
     pub(crate) limit: Option<Arc<Semaphore>>,
+    /// The stale entry the starting caller found in L1, if any.
+    pub(crate) stale: Option<Entry<V>>,
+    /// With fail-safe on: how long a stale value is served after the loader failed.
+    pub(crate) fail_safe_throttle: Option<Duration>,
+    /// The span the loader runs in (the starting caller's).
+    #[cfg(feature = "tracing")]
+    pub(crate) span: tracing::Span,
+}
+
+/// A value a flight produced, with where it came from.
+#[derive(Clone)]
+pub(crate) struct Resolved<V> {
+    pub(crate) entry: Entry<V>,
+    pub(crate) source: Source,
 }
 
 /// What every waiter of one flight receives. Cloned once per waiter.
 #[derive(Clone)]
 enum Outcome<V> {
-    Value(V),
+    Value(Resolved<V>),
     Loader(SharedError),
     Panicked(Arc<str>),
     Cancelled,
 }
 
-type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
+/// The state of a flight as its waiters see it.
+#[derive(Clone)]
+struct Slot<V> {
+    /// The stale value found so far, if any (kept after the flight is done, for fail-safe).
+    stale: Option<(Entry<V>, Origin)>,
+    /// The result, once there is one.
+    done: Option<Outcome<V>>,
+}
+
+type Channel<V> = watch::Receiver<Slot<V>>;
 
 struct Flight<V> {
     id: u64,
-    rx: Slot<V>,
+    rx: Channel<V>,
 }
 
-/// A handle on a running flight; [`Waiter::wait`] resolves to its value or shared error.
-pub(crate) struct Waiter<V>(Slot<V>);
+/// A handle on a running flight.
+pub(crate) struct Waiter<V>(Channel<V>);
 
 impl<V: Clone> Waiter<V> {
-    pub(crate) async fn wait(mut self) -> Result<V> {
-        let outcome = match self.0.wait_for(Option::is_some).await {
-            Ok(slot) => slot.clone(),
-            // The load task was dropped before answering (runtime shutdown).
+    /// The flight's result: a value with its source, or the shared error.
+    pub(crate) async fn wait(&mut self) -> Result<Resolved<V>> {
+        let outcome = match self.0.wait_for(|s| s.done.is_some()).await {
+            Ok(slot) => slot.done.clone().unwrap_or(Outcome::Cancelled),
+            // The flight task was dropped before answering (runtime shutdown).
             Err(_) => return Err(Error::LoadCancelled),
         };
         match outcome {
-            Some(Outcome::Value(v)) => Ok(v),
-            Some(Outcome::Loader(e)) => Err(Error::Loader(e)),
-            Some(Outcome::Panicked(message)) => Err(Error::LoaderPanicked {
+            Outcome::Value(resolved) => Ok(resolved),
+            Outcome::Loader(e) => Err(Error::Loader(e)),
+            Outcome::Panicked(message) => Err(Error::LoaderPanicked {
                 message: message.to_string(),
             }),
-            Some(Outcome::Cancelled) | None => Err(Error::LoadCancelled),
+            Outcome::Cancelled => Err(Error::LoadCancelled),
         }
+    }
+
+    /// The stale value the flight found, if it published one.
+    pub(crate) fn stale(&self) -> Option<(Entry<V>, Origin)> {
+        self.0.borrow().stale.clone()
     }
 }
 
@@ -163,12 +186,12 @@ impl<V> Flights<V> {
         self.completed.load(Ordering::Acquire)
     }
 
-    /// Number of loads currently running.
+    /// Number of flights currently running.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// Whether a load for `key` is running.
+    /// Whether a flight for `key` is running.
     pub(crate) fn is_loading(&self, key: &str) -> bool {
         self.lock().contains_key(key)
     }
@@ -178,7 +201,7 @@ impl<V> Flights<V> {
     }
 }
 
-/// Whether [`Flights::start_or_join`] started a load or joined a running one.
+/// Whether [`Flights::start_or_join`] started a flight or joined a running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Joined {
     Started,
@@ -189,7 +212,7 @@ impl<V> Flights<V>
 where
     V: Clone + Send + Sync + 'static,
 {
-    /// Join the load running for `key`, or start one on a detached task.
+    /// Join the flight running for `key`, or start one on a detached task.
     pub(crate) fn start_or_join<T, F, Fut, E>(
         self: &Arc<Self>,
         target: Arc<T>,
@@ -210,7 +233,11 @@ where
         if let Some(flight) = table.get(key) {
             return Ok((Waiter(flight.rx.clone()), Joined::Joined));
         }
-        let (tx, rx) = watch::channel(None);
+        let initial = Slot {
+            stale: spec.stale.clone().map(|e| (e, Origin::L1)),
+            done: None,
+        };
+        let (tx, rx) = watch::channel(initial);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = Arc::from(key);
         table.insert(Arc::clone(&key), Flight { id, rx: rx.clone() });
@@ -220,18 +247,33 @@ where
             key,
             id,
         };
-        // A caller can miss the cache just before an earlier flight for this key stored its
-        // value, and get here just after that flight left the table. Only then is a second look
-        // needed before paying for a load (and always for a refresh, which must not load twice).
+        // A caller can miss L1 just before an earlier flight for this key stored its value, and
+        // get here just after that flight left the table. Only then is a second look at L1
+        // needed before reading L2 and paying for a load (and always for a refresh).
         let recheck = self.generation() != generation || spec.fresher_than_ms > 0;
         runtime.spawn(run_flight(guard, tx, target, recheck, loader, spec));
         Ok((Waiter(rx), Joined::Started))
     }
 }
 
+/// The better of two stale candidates: the one usable for longer.
+fn later<V>(
+    a: Option<(Entry<V>, Origin)>,
+    b: Option<(Entry<V>, Origin)>,
+) -> Option<(Entry<V>, Origin)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0.stale_until_ms() > a.0.stale_until_ms() {
+            b
+        } else {
+            a
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
 async fn run_flight<V, T, F, Fut, E>(
     guard: FlightGuard<V>,
-    tx: watch::Sender<Option<Outcome<V>>>,
+    tx: watch::Sender<Slot<V>>,
     target: Arc<T>,
     recheck: bool,
     loader: F,
@@ -243,13 +285,36 @@ async fn run_flight<V, T, F, Fut, E>(
     Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
+    let answers =
+        |entry: &Entry<V>| entry.is_fresh() && entry.fresh_until_ms() > spec.fresher_than_ms;
+    let finish = |tx: &watch::Sender<Slot<V>>, outcome: Outcome<V>| {
+        tx.send_modify(|slot| slot.done = Some(outcome));
+    };
+    let done = |tx: &watch::Sender<Slot<V>>, entry: Entry<V>, source| {
+        finish(tx, Outcome::Value(Resolved { entry, source }));
+    };
     if recheck {
         if let Some(entry) = target.recheck(&guard.key).await {
-            if entry.is_fresh() && entry.fresh_until_ms() > spec.fresher_than_ms {
+            if answers(&entry) {
                 drop(guard);
-                tx.send_replace(Some(Outcome::Value(entry.into_value())));
+                done(&tx, entry, Source::L1Hit);
                 return;
             }
+        }
+    }
+    let mut stale = spec.stale.clone().map(|e| (e, Origin::L1));
+    if let Some(entry) = target.read_l2(&guard.key).await {
+        if answers(&entry) {
+            target.backfill(&guard.key, entry.clone()).await;
+            guard.flights.completed.fetch_add(1, Ordering::Release);
+            drop(guard);
+            done(&tx, entry, Source::L2Hit);
+            return;
+        }
+        if entry.is_usable() {
+            stale = later(stale, Some((entry, Origin::L2)));
+            let published = stale.clone();
+            tx.send_modify(|slot| slot.stale = published);
         }
     }
 
@@ -260,34 +325,59 @@ async fn run_flight<V, T, F, Fut, E>(
         None => None,
     };
     let started = Instant::now();
-    // The loader runs on its own task so that tokio catches a panic in it (or in the closure call).
-    let joined = tokio::spawn(async move { loader().await.map_err(Into::into) }).await;
+    // The loader runs on its own task so that tokio catches a panic in it (or in the closure
+    // call), inside the span of the caller that started it.
+    let load = async move { loader().await.map_err(Into::into) };
+    #[cfg(feature = "tracing")]
+    let load = tracing::Instrument::instrument(load, spec.span.clone());
+    let joined = tokio::spawn(load).await;
     let took = started.elapsed();
     drop(_permit);
     let flights = Arc::clone(&guard.flights);
     match joined {
         Ok(Ok(value)) => {
             flights.metrics.load_ok(took);
-            let entry = (spec.make_entry)(&value, took);
-            if let Some(entry) = &entry {
-                target.store_before_answer(&guard.key, entry.clone()).await;
-                flights.completed.fetch_add(1, Ordering::Release);
-            }
-            tx.send_replace(Some(Outcome::Value(value)));
-            if let Some(entry) = entry {
-                target.store_after_answer(&guard.key, entry).await;
+            let (entry, negative) = (spec.make_entry)(&value, took);
+            let source = if negative {
+                Source::Negative
+            } else {
+                Source::Loaded
+            };
+            match entry {
+                Some(entry) => {
+                    target.store_before_answer(&guard.key, entry.clone()).await;
+                    flights.completed.fetch_add(1, Ordering::Release);
+                    done(&tx, entry.clone(), source);
+                    target.store_after_answer(&guard.key, entry).await;
+                }
+                None => {
+                    // Not admitted: answered, not stored.
+                    done(&tx, Entry::new(value, Duration::ZERO), source);
+                }
             }
             drop(guard);
         }
         Ok(Err(err)) => {
             flights.metrics.load_error(took);
+            if let (Some(throttle), Some((stale, _))) = (spec.fail_safe_throttle, &stale) {
+                let until = crate::entry::now_ms()
+                    .saturating_add(throttle.as_millis() as u64)
+                    .min(stale.stale_until_ms());
+                target.throttle(&guard.key, stale.clone(), until).await;
+            }
             // Leave the table first, so that a caller who sees this error and calls again starts
             // afresh.
             drop(guard);
-            tx.send_replace(Some(Outcome::Loader(SharedError::new(err))));
+            finish(&tx, Outcome::Loader(SharedError::new(err)));
         }
         Err(join) => {
             flights.metrics.load_error(took);
+            if let (Some(throttle), Some((stale, _))) = (spec.fail_safe_throttle, &stale) {
+                let until = crate::entry::now_ms()
+                    .saturating_add(throttle.as_millis() as u64)
+                    .min(stale.stale_until_ms());
+                target.throttle(&guard.key, stale.clone(), until).await;
+            }
             let outcome = if join.is_panic() {
                 let payload = join.into_panic();
                 let message: Arc<str> = if let Some(s) = payload.downcast_ref::<&str>() {
@@ -302,7 +392,7 @@ async fn run_flight<V, T, F, Fut, E>(
                 Outcome::Cancelled
             };
             drop(guard);
-            tx.send_replace(Some(outcome));
+            finish(&tx, outcome);
         }
     }
 }

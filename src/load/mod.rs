@@ -1,7 +1,28 @@
-//! Cache-aside loading: `get_or_load` with single-flight, on any [`Cache`].
+//! Cache-aside loading: one `get_or_load` contract for every cache.
 //!
-//! [`MemoryCache`](crate::MemoryCache) has `get_or_load` built in. [`LoadingCache`] adds it to any
-//! other [`Cache`] (a custom layer, an `Arc<dyn Cache<V>>`).
+//! [`Layered`](crate::Layered) (memory-only with `Layered::single`, or memory + Redis),
+//! [`MemoryCache`](crate::MemoryCache) and [`LoadingCache`] (any [`Cache`]) all run the same
+//! engine, so every [`LoadOptions`] setting — lifetime, jitter, fail-safe, soft and hard
+//! timeouts, early refresh — means the same on each; options that contradict each other are
+//! rejected with [`Error::Config`](crate::Error::Config), never ignored. Code that should work
+//! with any of them is written against the [`GetOrLoad`] trait.
+//!
+//! # Single-flight
+//!
+//! Callers of one missing key share one *flight*: the L2 read, the load and the writes. A
+//! stampede of a thousand callers on a cold key makes one L2 read and one load; the first caller
+//! is counted as a miss, the others as `joined` (never as misses).
+//!
+//! # Which lifetime wins
+//!
+//! * A loaded value is fresh for the call's `ttl`, else the cache's `default_options` ttl, else
+//!   the `MemoryCache`'s `time_to_live` (for its own `get_or_load`), else [`DEFAULT_TTL`]; plus
+//!   a random part of `jitter`. With fail-safe it stays usable as a stale fallback for
+//!   `max_stale` more.
+//! * In L1, a `Layered`'s `l1_ttl` caps how long the value counts as fresh; a `MemoryCache`'s
+//!   `time_to_live` / `time_to_idle` cap how long it is kept at all.
+//! * In Redis, the key expires at the entry's stale deadline.
+//! * A value copied from L2 into L1 keeps the lifetime it has *left*.
 //!
 //! # Loads are detached
 //!
@@ -50,8 +71,10 @@
 //! # }
 //! ```
 
+pub mod answer;
 pub mod breaker;
 mod flight;
+mod front;
 
 use std::fmt;
 use std::future::Future;
@@ -61,20 +84,30 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub(crate) use self::flight::{CacheTarget, Flights, Joined, LoadSpec, LoadTarget, Waiter};
+pub use self::answer::{Answer, Source};
+pub(crate) use self::flight::Flights;
 use crate::cache::Cache;
 use crate::entry::Entry;
-use crate::error::{BoxError, Result};
+use crate::error::{BoxError, Error, Result};
+use crate::layered::Layered;
 use crate::metrics::Stats;
 
 /// Lifetime given to loaded values when neither the call nor the cache sets one: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// Per-call settings for `get_or_load`. Anything left unset falls back to the cache's defaults
-/// (set with the builder's `default_options`), and then to the built-in default.
+/// (set with the builder's `default_options`), and then to the built-in default. Every setting
+/// is honoured by every cache that has `get_or_load`.
 ///
-/// [`MemoryCache`](crate::MemoryCache) and [`LoadingCache`] use only the lifetime; the resilience
-/// settings (fail-safe, timeouts, early refresh) apply to [`Layered`](crate::Layered).
+/// | setting | default | effect |
+/// |---|---|---|
+/// | `ttl` | cache default, else [`DEFAULT_TTL`] (1 h) | how long a loaded value is fresh |
+/// | `jitter` | none | up to this much extra lifetime, at random |
+/// | `fail_safe` | off | keep values as stale fallbacks this long; serve them when the loader fails |
+/// | `fail_safe_throttle` | [`DEFAULT_FAIL_SAFE_THROTTLE`] (30 s) | after a fail-safe answer, wait this long before loading again |
+/// | `soft_timeout` | none | with a stale value at hand, answer with it after this long |
+/// | `hard_timeout` | none | never wait longer: stale value (fail-safe) or [`Error::Timeout`](crate::Error::Timeout) |
+/// | `early_refresh` / `xfetch` | off | refresh in the background before expiry |
 ///
 /// ```
 /// use std::time::Duration;
@@ -268,6 +301,68 @@ impl LoadOptions {
         self
     }
 
+    /// Check that the settings fit together: an early-refresh fraction strictly between 0 and 1,
+    /// a positive finite XFetch beta, a non-zero hard timeout, a soft timeout only with
+    /// fail-safe (it answers with a stale value) and shorter than the hard timeout.
+    /// `get_or_load` checks each call's options (over the cache's defaults) the same way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::LoadOptions;
+    ///
+    /// assert!(LoadOptions::new().with_early_refresh(1.5).validate().is_err());
+    /// assert!(LoadOptions::new().with_soft_timeout(Duration::from_millis(100)).validate().is_err());
+    /// assert!(LoadOptions::new()
+    ///     .with_fail_safe(Duration::from_secs(60))
+    ///     .with_soft_timeout(Duration::from_millis(100))
+    ///     .validate()
+    ///     .is_ok());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.validate_over(&LoadOptions::default())
+    }
+
+    /// [`validate`](Self::validate) of these options with unset fields taken from `defaults`,
+    /// without building the merged options (this runs on every hit).
+    #[inline]
+    pub(crate) fn validate_over(&self, defaults: &LoadOptions) -> Result<()> {
+        if let Some(f) = self.early_refresh.get() {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::config(format!(
+                    "early_refresh must be a fraction strictly between 0 and 1, not {f}"
+                )));
+            }
+        }
+        if let Some(beta) = self.xfetch_beta.get() {
+            if !(beta > 0.0 && beta.is_finite()) {
+                return Err(Error::config(format!(
+                    "the XFetch beta must be positive and finite, not {beta}"
+                )));
+            }
+        }
+        let hard = self.hard_timeout.or(defaults.hard_timeout).get();
+        if hard.is_some_and(|h| h.is_zero()) {
+            return Err(Error::config("hard_timeout must be greater than zero"));
+        }
+        if let Some(soft) = self.soft_timeout.or(defaults.soft_timeout).get() {
+            if !self.max_stale.or(defaults.max_stale).is_some() {
+                return Err(Error::config(
+                    "a soft timeout answers with a stale value: also set with_fail_safe(..)",
+                ));
+            }
+            if hard.is_some_and(|h| soft >= h) {
+                return Err(Error::config(
+                    "soft_timeout must be shorter than hard_timeout",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The lifetime set on these options, if any.
     pub fn time_to_live(&self) -> Option<Duration> {
         self.ttl.get()
@@ -311,45 +406,7 @@ pub(crate) fn random_unit() -> f64 {
     (bits as f64 + 1.0) / (1u64 << 53) as f64
 }
 
-/// The shared miss path of `get_or_load` for single-layer caches: join or start the load and
-/// wait for it.
-///
-/// Boxed on purpose: the load's state machine is large, and keeping it out of the caller's future
-/// keeps the hit path (which never reaches here) small and cheap to move. `generation` is
-/// [`Flights::generation`] read before the lookup that missed.
-pub(crate) fn load_missing<'a, V, S, F, Fut, E>(
-    flights: &'a Arc<Flights<V>>,
-    store: S,
-    generation: u64,
-    key: &'a str,
-    loader: F,
-    ttl: Duration,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<V>> + Send + 'a>>
-where
-    V: Clone + Send + Sync + 'static,
-    S: Cache<V> + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    Box::pin(async move {
-        let spec = LoadSpec {
-            make_entry: Box::new(move |value: &V, took| {
-                Some(Entry::new(value.clone(), ttl).with_load_duration(took))
-            }),
-            fresher_than_ms: 0,
-            limit: None,
-        };
-        let (waiter, joined) =
-            flights.start_or_join(Arc::new(CacheTarget(store)), key, generation, loader, spec)?;
-        if joined == Joined::Joined {
-            flights.metrics.coalesced();
-        }
-        waiter.wait().await
-    })
-}
-
-/// Adds `get_or_load` (single-flight, detached loads, metrics) to any [`Cache`].
+/// Adds `get_or_load` — the same engine and options as [`Layered`] — to any [`Cache`].
 ///
 /// ```
 /// use std::sync::Arc;
@@ -370,21 +427,19 @@ where
 /// ```
 pub struct LoadingCache<C, V> {
     inner: Arc<C>,
-    flights: Arc<Flights<V>>,
-    default_ttl: Duration,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    front: Layered<V>,
 }
 
 impl<C, V> fmt::Debug for LoadingCache<C, V>
 where
     C: fmt::Debug,
+    V: Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadingCache")
             .field("inner", &self.inner)
-            .field("default_ttl", &self.default_ttl)
-            .finish_non_exhaustive()
+            .field("front", &self.front)
+            .finish()
     }
 }
 
@@ -396,21 +451,44 @@ where
     /// Wrap `cache`. Metrics are labelled with `cache.name()`; values loaded without an explicit
     /// lifetime live for [`DEFAULT_TTL`].
     pub fn new(cache: C) -> Self {
-        let flights = Arc::new(Flights::new(cache.name()));
-        LoadingCache {
-            inner: Arc::new(cache),
-            flights,
-            default_ttl: DEFAULT_TTL,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
+        let inner = Arc::new(cache);
+        let front = Self::front(&inner, LoadOptions::default());
+        LoadingCache { inner, front }
+    }
+
+    /// The loading front over `inner` (default options already checked).
+    fn front(inner: &Arc<C>, defaults: LoadOptions) -> Layered<V> {
+        let name = match inner.name() {
+            "" => "loading",
+            name => name,
+        };
+        Layered::single(Arc::clone(inner))
+            .name(name)
+            .default_options(defaults)
+            .assemble()
+    }
+
+    /// Wrap `cache` with default options for every call (each call's options override them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when [`LoadOptions::validate`] rejects `defaults`.
+    pub fn with_options(cache: C, defaults: LoadOptions) -> Result<Self> {
+        defaults.validate()?;
+        let inner = Arc::new(cache);
+        let front = Self::front(&inner, defaults);
+        Ok(LoadingCache { inner, front })
     }
 
     /// Lifetime of loaded values when the call does not set one.
     #[must_use]
-    pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl;
-        self
+    pub fn with_default_ttl(self, ttl: Duration) -> Self {
+        let defaults = self.front.inner.defaults.clone().with_ttl(ttl);
+        let front = Self::front(&self.inner, defaults);
+        LoadingCache {
+            inner: self.inner,
+            front,
+        }
     }
 
     /// The wrapped cache.
@@ -419,9 +497,14 @@ where
     }
 
     /// The value under `key` if it is fresh; otherwise run `loader` once — however many callers
-    /// ask at the same time — store its value and return it to all of them.
+    /// ask at the same time — store its value and return it to all of them. Every
+    /// [`LoadOptions`] setting applies, as on [`Layered::get_or_load`].
     ///
     /// See the [module docs](crate::load) for how the loader may capture data.
+    ///
+    /// # Errors
+    ///
+    /// As [`Layered::get_or_load`].
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
@@ -433,35 +516,142 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let generation = self.flights.generation();
-        // A failing layer is treated as a miss: the loader can still answer.
-        if let Ok(Some(entry)) = self.inner.get(key).await {
-            if entry.is_fresh() {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.into_value());
-            }
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let ttl = options.resolve_ttl(self.default_ttl);
-        let store = Arc::clone(&self.inner);
-        load_missing(&self.flights, store, generation, key, loader, ttl).await
+        self.front.get_or_load(key, loader, options).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with the answer's [`Source`] and lifetimes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Layered::get_or_load`].
+    pub async fn get_or_load_answer<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Answer<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.front.get_or_load_answer(key, loader, options).await
     }
 
     /// Loads running right now.
     pub fn pending_loads(&self) -> usize {
-        self.flights.len()
+        self.front.pending_loads()
     }
 
-    /// Counters since creation: lookups made by `get_or_load`, loads and coalesced callers.
+    /// Counters since creation: answers of `get_or_load`, loads and joined callers.
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            ..Stats::default()
-        };
-        self.flights.fill(&mut stats);
-        stats
+        self.front.stats()
     }
+}
+
+/// What every cache with a `get_or_load` offers — [`Layered`], [`MemoryCache`](crate::MemoryCache)
+/// and [`LoadingCache`] — so that code can be written once against any of them.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercache::{GetOrLoad, Layered, LoadOptions, MemoryCache};
+///
+/// async fn reply<C: GetOrLoad<String>>(cache: &C, prompt: &str) -> layercache::Result<String> {
+///     let prompt = prompt.to_owned();
+///     cache
+///         .get_or_load(&format!("chat:{prompt}"), move || async move {
+///             Ok::<_, std::io::Error>(format!("echo {prompt}"))
+///         }, LoadOptions::ttl(Duration::from_secs(60)))
+///         .await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> layercache::Result<()> {
+/// let memory = MemoryCache::builder().build()?;
+/// assert_eq!(reply(&memory, "hi").await?, "echo hi");
+/// let layered = Layered::single(MemoryCache::builder().build()?).build()?;
+/// assert_eq!(reply(&layered, "hi").await?, "echo hi");
+/// # Ok(())
+/// # }
+/// ```
+pub trait GetOrLoad<V>: Send + Sync
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// See [`Layered::get_or_load`].
+    fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> impl Future<Output = Result<V>> + Send
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static;
+
+    /// See [`Layered::get_or_load_answer`].
+    fn get_or_load_answer<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> impl Future<Output = Result<Answer<V>>> + Send
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static;
+
+    /// The cache's counters.
+    fn stats(&self) -> Stats;
+}
+
+macro_rules! impl_get_or_load {
+    ($(impl[$($gen:tt)*] for $ty:ty where [$($bounds:tt)*];)*) => {$(
+        impl<$($gen)*> GetOrLoad<V> for $ty
+        where
+            V: Clone + Send + Sync + 'static,
+            $($bounds)*
+        {
+            fn get_or_load<F, Fut, E>(
+                &self,
+                key: &str,
+                loader: F,
+                options: LoadOptions,
+            ) -> impl Future<Output = Result<V>> + Send
+            where
+                F: FnOnce() -> Fut + Send + 'static,
+                Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+                E: Into<BoxError> + 'static,
+            {
+                <$ty>::get_or_load(self, key, loader, options)
+            }
+
+            fn get_or_load_answer<F, Fut, E>(
+                &self,
+                key: &str,
+                loader: F,
+                options: LoadOptions,
+            ) -> impl Future<Output = Result<Answer<V>>> + Send
+            where
+                F: FnOnce() -> Fut + Send + 'static,
+                Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+                E: Into<BoxError> + 'static,
+            {
+                <$ty>::get_or_load_answer(self, key, loader, options)
+            }
+
+            fn stats(&self) -> Stats {
+                <$ty>::stats(self)
+            }
+        }
+    )*};
+}
+
+impl_get_or_load! {
+    impl[V] for Layered<V> where [];
+    impl[V] for crate::memory::MemoryCache<V> where [];
+    impl[C, V] for LoadingCache<C, V> where [C: Cache<V> + 'static,];
 }
 
 #[async_trait]

@@ -28,8 +28,9 @@ use self::store::{weight, Backend, Store, Weigher};
 use crate::cache::{Cache, CacheGet};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
-use crate::load::{self, Flights, LoadOptions, DEFAULT_TTL};
-use crate::metrics::{LayerMetrics, Stats};
+use crate::layered::Layered;
+use crate::load::{Answer, LoadOptions, DEFAULT_TTL};
+use crate::metrics::{Counted, FrontMetrics, Stats};
 
 /// Entry capacity used when the builder sets neither `max_entries` nor `max_bytes`.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
@@ -68,20 +69,24 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 /// ```
 pub struct MemoryCache<V> {
     inner: Arc<Inner<V>>,
+    /// The `get_or_load` front over this cache (the same engine as [`Layered`]'s). `None` only
+    /// in the handle that front itself holds, so the two never keep each other alive.
+    front: Option<Layered<V>>,
 }
 
 struct Inner<V> {
     store: Store<V>,
     name: Arc<str>,
     default_ttl: Duration,
-    metrics: LayerMetrics,
-    flights: Arc<Flights<V>>,
+    /// Shared with the front: each answer, of `get` or `get_or_load`, counted once.
+    metrics: Arc<FrontMetrics>,
 }
 
 impl<V> Clone for MemoryCache<V> {
     fn clone(&self) -> Self {
         MemoryCache {
             inner: Arc::clone(&self.inner),
+            front: self.front.clone(),
         }
     }
 }
@@ -114,11 +119,11 @@ where
         // The store returns only entries still usable at `now` (exact to the millisecond, whatever
         // the engine's own expiry did); what is left is fresh or stale.
         let found = inner.store.get(key, now);
-        match &found {
-            Some(entry) if entry.is_fresh_at(now) => inner.metrics.hit(),
-            Some(_) => inner.metrics.stale(),
-            None => inner.metrics.miss(),
-        }
+        inner.metrics.count(match &found {
+            Some(entry) if entry.is_fresh_at(now) => Counted::L1Hit,
+            Some(_) => Counted::L1Stale,
+            None => Counted::Miss,
+        });
         found
     }
 
@@ -128,8 +133,32 @@ where
         self.inner.store.get(key, now)
     }
 
+    /// The front that runs `get_or_load` (a temporary one for the front's own handle, which
+    /// never calls it).
+    fn front(&self) -> std::borrow::Cow<'_, Layered<V>> {
+        match &self.front {
+            Some(front) => std::borrow::Cow::Borrowed(front),
+            None => std::borrow::Cow::Owned(self.make_front()),
+        }
+    }
+
+    fn make_front(&self) -> Layered<V> {
+        let bare = MemoryCache {
+            inner: Arc::clone(&self.inner),
+            front: None,
+        };
+        Layered::single(bare)
+            .name(&*self.inner.name)
+            .default_options(LoadOptions::ttl(self.inner.default_ttl))
+            .shared_metrics(Arc::clone(&self.inner.metrics))
+            .assemble()
+    }
+
     /// The value under `key` if it is fresh; otherwise run `loader` once — however many callers
     /// ask at the same time — store its value and return it to all of them.
+    ///
+    /// The same engine as [`Layered::get_or_load`], so every [`LoadOptions`] setting applies:
+    /// fail-safe, soft and hard timeouts, early refresh, jitter.
     ///
     /// * The loader runs detached: if the caller that started it is dropped, the others still get
     ///   the value, and it is cached.
@@ -139,6 +168,10 @@ where
     ///   [`DEFAULT_TTL`].
     ///
     /// See the [`load`](crate::load#loads-are-detached) module docs for passing borrowed request data to the loader.
+    ///
+    /// # Errors
+    ///
+    /// As [`Layered::get_or_load`].
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
@@ -150,35 +183,45 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let generation = self.inner.flights.generation();
-        if let Some(entry) = self.lookup_at(key, now_ms()) {
-            if entry.is_fresh() {
-                return Ok(entry.into_value());
-            }
-        }
-        let ttl = options.resolve_ttl(self.inner.default_ttl);
-        load::load_missing(
-            &self.inner.flights,
-            self.clone(),
-            generation,
-            key,
-            loader,
-            ttl,
-        )
-        .await
+        self.front().get_or_load(key, loader, options).await
     }
 
-    /// Counters since the cache was built.
+    /// [`get_or_load`](Self::get_or_load) with the answer's [`Source`](crate::Source) and
+    /// lifetimes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Layered::get_or_load`].
+    pub async fn get_or_load_answer<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Answer<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.front().get_or_load_answer(key, loader, options).await
+    }
+
+    /// Counters since the cache was built: every answer of `get` and `get_or_load` once, loads,
+    /// joined callers, timeouts and fail-safe answers.
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats::default();
-        self.inner.metrics.fill(&mut stats);
-        self.inner.flights.fill(&mut stats);
-        stats
+        match &self.front {
+            Some(front) => front.stats(),
+            None => {
+                let mut stats = Stats::default();
+                self.inner.metrics.fill(&mut stats);
+                stats
+            }
+        }
     }
 
     /// Loads running right now (0 when idle).
     pub fn pending_loads(&self) -> usize {
-        self.inner.flights.len()
+        self.front.as_ref().map_or(0, Layered::pending_loads)
     }
 
     /// Number of entries (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
@@ -417,14 +460,19 @@ where
                 })))
             }
         };
-        Ok(MemoryCache {
+        let bare = MemoryCache {
             inner: Arc::new(Inner {
                 store,
-                metrics: LayerMetrics::new(&name, "memory"),
-                flights: Arc::new(Flights::new(&name)),
+                metrics: Arc::new(FrontMetrics::new(&name, false)),
                 default_ttl: self.time_to_live.unwrap_or(DEFAULT_TTL),
                 name,
             }),
+            front: None,
+        };
+        let front = bare.make_front();
+        Ok(MemoryCache {
+            inner: bare.inner,
+            front: Some(front),
         })
     }
 }

@@ -8,13 +8,35 @@
 //! Every cache also keeps its own counters, readable with `stats()` whether or not a recorder is
 //! installed.
 
+// `LayerMetrics` serves the Redis layer only.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use ::metrics::{Counter, Histogram, Label, Unit};
 
 use self::local::Local;
 
 mod local;
 
-/// `layercache_requests_total{cache,layer,result=hit|miss|stale}`: lookups per layer and result.
+/// `layercache_requests_total{cache,layer,result}`: answers, each counted once.
+///
+/// For a cache with a loading front (`Layered`, `MemoryCache`, `LoadingCache`) every `get` and
+/// `get_or_load` answer is one increment of one of these series:
+///
+/// | `layer` | `result` | meaning |
+/// |---|---|---|
+/// | `l1` / `l2` | `hit` | a fresh value from that layer |
+/// | `l1` / `l2` | `stale` | a stale value from that layer (fail-safe, soft timeout, or a plain `get`) |
+/// | `none` | `miss` | no usable value: the caller ran the loader (or, for a plain `get`, got nothing) |
+/// | `none` | `joined` | the caller waited for a load another caller had started |
+///
+/// The layers inside a stack are read without counting, so a stack never counts one answer
+/// twice. A `RedisCache` used on its own counts its own `get`s under `layer="redis"` (series
+/// that appear on first use, so a Redis layer inside a stack adds none).
+///
+/// Hit ratio over 5 minutes: `sum(rate(layercache_requests_total{cache="chat",result="hit"}[5m]))
+/// / sum(rate(layercache_requests_total{cache="chat"}[5m]))`; served without a load:
+/// `1 - sum(rate(layercache_requests_total{cache="chat",result="miss"}[5m])) /
+/// sum(rate(layercache_requests_total{cache="chat"}[5m]))`.
 pub const REQUESTS_TOTAL: &str = "layercache_requests_total";
 /// `layercache_loads_total{cache,outcome=ok|error|timeout|fail_safe}`: `ok` and `error` count
 /// loader runs; `timeout` counts callers that stopped waiting for a load, and `fail_safe` callers
@@ -28,12 +50,14 @@ pub const COALESCED_TOTAL: &str = "layercache_coalesced_total";
 pub const LAYER_ERRORS_TOTAL: &str = "layercache_layer_errors_total";
 /// `layercache_op_duration_seconds{cache,layer,op}`: histogram of layer operation time.
 pub const OP_DURATION_SECONDS: &str = "layercache_op_duration_seconds";
-/// `layercache_value_bytes{cache,stage=encoded|stored}`: histogram of value sizes.
+/// `layercache_value_bytes{cache,stage=encoded|stored}`: histogram of value sizes written to a
+/// byte layer: `encoded` is the serialized value, `stored` the frame sent (after compression).
 pub const VALUE_BYTES: &str = "layercache_value_bytes";
 /// `layercache_circuit_open{cache,layer}`: gauge, 1 while a layer's circuit breaker is open.
 pub const CIRCUIT_OPEN: &str = "layercache_circuit_open";
 
-/// A point-in-time copy of a cache's counters.
+/// A point-in-time copy of a cache's counters. Each answer of a loading front is counted exactly
+/// once, in `hits`, `stale_hits`, `misses` or `coalesced`.
 ///
 /// ```
 /// # use layercache::MemoryCache;
@@ -45,17 +69,20 @@ pub const CIRCUIT_OPEN: &str = "layercache_circuit_open";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Lookups answered with a fresh value.
+    /// Answers with a fresh value from a layer (L1 or L2).
     pub hits: u64,
-    /// Lookups that found nothing usable.
+    /// Of `hits`, those answered by L2.
+    pub l2_hits: u64,
+    /// Answers that found nothing usable (and, in `get_or_load`, ran the loader).
     pub misses: u64,
-    /// Lookups that found a stale (expired but still kept) value.
+    /// Answers with a stale (expired but still kept) value.
     pub stale_hits: u64,
     /// Loader invocations (each counts once however many callers waited on it).
     pub loads: u64,
     /// Loader invocations that failed (returned an error or panicked).
     pub load_errors: u64,
-    /// Callers that waited on a load another caller had started, instead of loading themselves.
+    /// Callers that waited on a load another caller had started, instead of loading themselves
+    /// (answers of their own: not counted in `misses`).
     pub coalesced: u64,
     /// Failed layer operations (connection errors, timeouts, values that failed to decode).
     pub errors: u64,
@@ -66,19 +93,30 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// All lookups: hits, stale hits and misses.
+    /// All answers: hits, stale hits, misses and joined callers.
     pub fn requests(&self) -> u64 {
-        self.hits + self.misses + self.stale_hits
+        self.hits + self.misses + self.stale_hits + self.coalesced
     }
 
-    /// Fresh hits as a fraction of all lookups; 0 when there were none.
+    /// Fresh hits as a fraction of all answers; 0 when there were none.
     pub fn hit_ratio(&self) -> f64 {
+        ratio(self.hits, self.requests())
+    }
+
+    /// Answers that cost no load of their own (hits, stale hits and joined callers) as a
+    /// fraction of all answers; 0 when there were none. This is the share of upstream calls
+    /// (and their cost) the cache saved.
+    pub fn served_from_cache_ratio(&self) -> f64 {
         let requests = self.requests();
-        if requests == 0 {
-            0.0
-        } else {
-            self.hits as f64 / requests as f64
-        }
+        ratio(requests - self.misses, requests)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 
@@ -97,19 +135,93 @@ fn describe() {
     );
     ::metrics::describe_counter!(LAYER_ERRORS_TOTAL, Unit::Count, "Failed layer operations");
     ::metrics::describe_histogram!(OP_DURATION_SECONDS, Unit::Seconds, "Layer operation time");
+    ::metrics::describe_histogram!(
+        VALUE_BYTES,
+        Unit::Bytes,
+        "Sizes of values written to a byte layer: serialized (encoded) and as stored (stored)"
+    );
 }
 
-/// The `layercache_circuit_open{cache,layer}` gauge.
-pub(crate) fn circuit_gauge(cache: &str, layer: &str) -> ::metrics::Gauge {
+/// Where an answer of a loading front came from, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    L1Hit,
+    L2Hit,
+    L1Stale,
+    L2Stale,
+    Miss,
+    Joined,
+}
+
+/// Answer counters of one loading front (`Layered`, and the fronts of `MemoryCache` and
+/// `LoadingCache`): one series per kind of answer, registered when the cache is built — only
+/// those that can occur (no L2 series without an L2).
+#[derive(Debug)]
+pub(crate) struct FrontMetrics {
+    /// Indexed by `Counted as usize`; `None` where the series cannot occur.
+    requests: [Option<Counter>; 6],
+    local: Local<6>,
+}
+
+impl FrontMetrics {
+    pub(crate) fn new(cache: &str, has_l2: bool) -> Self {
+        describe();
+        let series = |layer: &'static str, result: &'static str| {
+            Some(::metrics::counter!(
+                REQUESTS_TOTAL,
+                "cache" => cache.to_owned(),
+                "layer" => layer,
+                "result" => result
+            ))
+        };
+        FrontMetrics {
+            requests: [
+                series("l1", "hit"),
+                if has_l2 { series("l2", "hit") } else { None },
+                series("l1", "stale"),
+                if has_l2 { series("l2", "stale") } else { None },
+                series("none", "miss"),
+                series("none", "joined"),
+            ],
+            local: Local::default(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn count(&self, what: Counted) {
+        let i = what as usize;
+        if let Some(counter) = &self.requests[i] {
+            counter.increment(1);
+        }
+        self.local.incr(i);
+    }
+
+    pub(crate) fn fill(&self, stats: &mut Stats) {
+        let get = |c: Counted| self.local.get(c as usize);
+        stats.l2_hits = get(Counted::L2Hit);
+        stats.hits = get(Counted::L1Hit).wrapping_add(stats.l2_hits);
+        stats.stale_hits = get(Counted::L1Stale).wrapping_add(get(Counted::L2Stale));
+        stats.misses = get(Counted::Miss);
+    }
+}
+
+/// The `layercache_circuit_open{cache,layer}` gauge, or a no-op one where the layer does not
+/// exist (no series for it).
+pub(crate) fn circuit_gauge(cache: &str, layer: &str, exists: bool) -> ::metrics::Gauge {
+    if !exists {
+        return ::metrics::Gauge::noop();
+    }
     ::metrics::describe_gauge!(CIRCUIT_OPEN, "1 while a layer's circuit breaker is open");
     ::metrics::gauge!(CIRCUIT_OPEN, "cache" => cache.to_owned(), "layer" => layer.to_owned())
 }
 
-/// Request counters of one layer of one cache.
+/// Request counters of one layer used on its own (a `RedisCache`'s direct `get`s). The series
+/// are registered on first use — with the recorder current on that thread — so a layer that is
+/// only read by a stack (uncounted) adds no always-zero series.
 #[derive(Debug)]
 pub(crate) struct LayerMetrics {
     /// `layercache_requests_total` handles, indexed by [`HIT`], [`MISS`], [`STALE`].
-    requests: [Counter; 3],
+    requests: std::sync::OnceLock<[Counter; 3]>,
     /// Their local twins, read by `stats()`.
     local: Local<3>,
     cache: String,
@@ -123,16 +235,8 @@ const STALE: usize = 2;
 impl LayerMetrics {
     pub(crate) fn new(cache: &str, layer: &'static str) -> Self {
         describe();
-        let requests = ["hit", "miss", "stale"].map(|result| {
-            ::metrics::counter!(
-                REQUESTS_TOTAL,
-                "cache" => cache.to_owned(),
-                "layer" => layer,
-                "result" => result
-            )
-        });
         LayerMetrics {
-            requests,
+            requests: std::sync::OnceLock::new(),
             local: Local::default(),
             cache: cache.to_owned(),
             layer,
@@ -141,7 +245,17 @@ impl LayerMetrics {
 
     #[inline]
     fn count(&self, which: usize) {
-        self.requests[which].increment(1);
+        let requests = self.requests.get_or_init(|| {
+            ["hit", "miss", "stale"].map(|result| {
+                ::metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "cache" => self.cache.clone(),
+                    "layer" => self.layer,
+                    "result" => result
+                )
+            })
+        });
+        requests[which].increment(1);
         self.local.incr(which);
     }
 

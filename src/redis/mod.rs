@@ -1,8 +1,8 @@
 //! [`RedisCache`]: the shared layer, over [fred](https://docs.rs/fred) — single server, pool,
 //! cluster or sentinel.
 //!
-//! Values are stored as `frame(compress(serialize(value)))` by a [`ValueCodec`] (postcard + zstd by
-//! default). Redis's own expiry is set to the entry's *stale* deadline, so a value kept for
+//! Values are stored as `frame(compress(serialize(value)))` by a [`ValueCodec`] (MessagePack +
+//! zstd by default). Redis's own expiry is set to the entry's *stale* deadline, so a value kept for
 //! fail-safe is still there when the loader fails.
 //!
 //! # Safe defaults
@@ -125,10 +125,11 @@ enum Op {
     SetMany,
     Invalidate,
     Decode,
+    Encode,
 }
 
 impl Op {
-    const ALL: [Op; 7] = [
+    const ALL: [Op; 8] = [
         Op::Get,
         Op::Set,
         Op::Delete,
@@ -136,7 +137,13 @@ impl Op {
         Op::SetMany,
         Op::Invalidate,
         Op::Decode,
+        Op::Encode,
     ];
+
+    /// Whether the operation is a Redis command (timed), not a local step.
+    fn is_command(self) -> bool {
+        !matches!(self, Op::Decode | Op::Encode)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -147,6 +154,7 @@ impl Op {
             Op::SetMany => "set_many",
             Op::Invalidate => "invalidate",
             Op::Decode => "decode",
+            Op::Encode => "encode",
         }
     }
 }
@@ -154,7 +162,9 @@ impl Op {
 /// Handles made once at build time, per operation.
 struct OpMetrics {
     errors: Vec<Counter>,
-    durations: Vec<Histogram>,
+    /// `None` for local steps (decode, encode), which are not timed.
+    durations: Vec<Option<Histogram>>,
+    encoded_bytes: Histogram,
     stored_bytes: Histogram,
     error_total: AtomicU64,
 }
@@ -168,8 +178,9 @@ impl OpMetrics {
                 .collect(),
             durations: Op::ALL
                 .iter()
-                .map(|op| layer.op_histogram(op.name()))
+                .map(|op| op.is_command().then(|| layer.op_histogram(op.name())))
                 .collect(),
+            encoded_bytes: metrics::histogram!(VALUE_BYTES, "cache" => cache.to_owned(), "stage" => "encoded"),
             stored_bytes: metrics::histogram!(VALUE_BYTES, "cache" => cache.to_owned(), "stage" => "stored"),
             error_total: AtomicU64::new(0),
         }
@@ -181,7 +192,17 @@ impl OpMetrics {
     }
 
     fn took(&self, op: Op, started: Instant) {
-        self.durations[op as usize].record(started.elapsed().as_secs_f64());
+        if let Some(histogram) = &self.durations[op as usize] {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Record the sizes of a frame about to be stored: serialized and as sent.
+    fn sizes(&self, frame: &[u8]) {
+        if let Some(raw) = crate::codec::declared_raw_len(frame) {
+            self.encoded_bytes.record(f64::from(raw));
+        }
+        self.stored_bytes.record(frame.len() as f64);
     }
 }
 
@@ -208,6 +229,8 @@ pub struct RedisCache<V> {
 }
 
 struct Inner<V> {
+    /// Held while the cache exists; a background connect loop stops when it goes.
+    _alive: Arc<()>,
     pool: Pool,
     clustered: bool,
     prefix: String,
@@ -252,12 +275,13 @@ impl<V> fmt::Debug for RedisCache<V> {
     }
 }
 
-#[cfg(feature = "postcard")]
+#[cfg(feature = "msgpack")]
 impl<V> RedisCache<V>
 where
     V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    /// A builder with the default codec (postcard, zstd above 1 KiB when the `zstd` feature is on).
+    /// A builder with the default codec (MessagePack with field names, zstd above 1 KiB when the
+    /// `zstd` feature is on, every write verified to read back).
     pub fn builder() -> RedisCacheBuilder<V> {
         RedisCacheBuilder::with_codec(crate::codec::Codec::default())
     }
@@ -322,13 +346,22 @@ where
     }
 
     /// Decode `bytes` read from `full_key`. A value that does not decode (or is already past its
-    /// stale deadline) is a miss; one that does not decode is also counted and deleted.
+    /// stale deadline) is a miss; one that does not decode is also counted, and deleted when it
+    /// is corrupted — not when it is intact but foreign (another format, schema or crate
+    /// version: another deployment may still read it).
     async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
         match self.inner.codec.decode(bytes) {
             Ok(entry) if entry.is_usable_at(now_ms()) => Some(entry),
             Ok(_) => None,
-            Err(_) => {
+            Err(e) => {
                 self.inner.ops.error(Op::Decode);
+                let corrupted = match &e {
+                    Error::Decode { kind, .. } => !kind.is_foreign(),
+                    _ => false,
+                };
+                if !corrupted {
+                    return None;
+                }
                 let _ = self
                     .client(self.writer_for(key))
                     .with_options(&self.inner.options)
@@ -475,6 +508,45 @@ where
     }
 }
 
+/// Whether a failure to connect is a mistake in the settings (bad URL, wrong password, TLS), so
+/// that `build` must fail, rather than a server that is not reachable yet.
+fn is_fatal(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    let message = error.details().to_ascii_lowercase();
+    matches!(
+        error.kind(),
+        ErrorKind::Auth
+            | ErrorKind::Config
+            | ErrorKind::Url
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+    ) || message.contains("wrongpass")
+        || message.contains("noauth")
+        || message.contains("invalid password")
+        || message.contains("invalid username")
+}
+
+/// Connect `pool` once the server is reachable: retry every 100 ms (each try bounded by the
+/// connect timeout) until connected or the cache is dropped.
+async fn connect_in_background(pool: Pool, alive: std::sync::Weak<()>, connect_timeout: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if alive.upgrade().is_none() {
+            let _ = pool.quit().await;
+            return;
+        }
+        let tried = tokio::time::timeout(connect_timeout, async {
+            pool.init().await?;
+            pool.wait_for_connect().await
+        })
+        .await;
+        if matches!(tried, Ok(Ok(()))) {
+            crate::log_info!("layercache: Redis is reachable now; the cache uses it");
+            return;
+        }
+    }
+}
+
 fn key_hash(key: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
@@ -553,8 +625,8 @@ where
             .inner
             .codec
             .encode(&entry)
-            .inspect_err(|_| self.inner.ops.error(Op::Set))?;
-        self.inner.ops.stored_bytes.record(bytes.len() as f64);
+            .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
+        self.inner.ops.sizes(&bytes);
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
@@ -691,8 +763,8 @@ where
                     .inner
                     .codec
                     .encode(entry)
-                    .inspect_err(|_| self.inner.ops.error(Op::SetMany))?;
-                self.inner.ops.stored_bytes.record(bytes.len() as f64);
+                    .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
+                self.inner.ops.sizes(&bytes);
                 let _: () = pipeline
                     .set(
                         full,
@@ -822,7 +894,7 @@ where
         self
     }
 
-    /// Store values with `codec` (default: postcard + zstd above 1 KiB).
+    /// Store values with `codec` (default: MessagePack + zstd above 1 KiB, writes verified).
     pub fn codec(mut self, codec: impl ValueCodec<V> + 'static) -> Self {
         self.codec = Arc::new(codec);
         self
@@ -830,11 +902,16 @@ where
 
     /// Connect and build the cache.
     ///
+    /// A server that cannot be reached (connection refused, no answer within the connect
+    /// timeout) does not fail the build: the cache starts without it — every command fails at
+    /// once, so a [`Layered`](crate::Layered) in front serves from L1 and the loader — keeps
+    /// connecting in the background every 100 ms, and logs one warning (feature `tracing`).
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`)
-    /// for a URL fred cannot parse; [`Error::Redis`] (op `connect`) when no connection could be
-    /// made within the connect timeout.
+    /// for a URL fred cannot parse; [`Error::Redis`] (op `connect`) for a server that refuses the
+    /// credentials or the connection settings.
     pub async fn build(self) -> Result<RedisCache<V>> {
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1"));
@@ -896,14 +973,30 @@ where
                 format!("could not connect within {:?}", self.connect_timeout),
             )),
         };
+        let alive = Arc::new(());
         if let Some(source) = failure {
-            // Close the half-made connections in the background: quitting a pool whose server
-            // does not answer can itself take a command timeout, and the caller was promised an
-            // answer within the connect timeout.
-            tokio::spawn(async move {
-                let _ = pool.quit().await;
-            });
-            return Err(Error::redis("connect", source));
+            if is_fatal(&source) {
+                // Close the half-made connections in the background: quitting a pool whose
+                // server does not answer can itself take a command timeout, and the caller was
+                // promised an answer within the connect timeout.
+                tokio::spawn(async move {
+                    let _ = pool.quit().await;
+                });
+                return Err(Error::redis("connect", source));
+            }
+            // Unreachable for now (refused, timed out): start anyway and keep connecting in the
+            // background. Until then every command fails at once, which a `Layered` in front
+            // treats as an L2 outage (circuit open; L1 and the loader serve).
+            crate::log_warn!(
+                cache = self.name.as_str(),
+                error = %source,
+                "layercache: Redis is unreachable at start-up; the cache starts without it and keeps connecting in the background"
+            );
+            tokio::spawn(connect_in_background(
+                pool.clone(),
+                Arc::downgrade(&alive),
+                self.connect_timeout,
+            ));
         }
 
         let options = Options {
@@ -924,6 +1017,7 @@ where
         let ops = OpMetrics::new(&metrics, &self.name);
         Ok(RedisCache {
             inner: Arc::new(Inner {
+                _alive: alive,
                 pool,
                 clustered,
                 prefix,

@@ -1,0 +1,182 @@
+//! The L2 side of a [`Layered`](super::Layered) stack: every call through the circuit breaker,
+//! writes that could not reach L2 remembered and caught up, and client-side refusals kept apart
+//! from outages.
+//!
+//! A refusal — a value too large for L2's codec, one that cannot be serialized, or one that would
+//! not read back ([`Error::is_refusal`]) — says nothing about L2's health: it never counts
+//! against the breaker, never enters the catch-up queue, and is reported once per cache (a
+//! `tracing` warning with the `tracing` feature); a `RedisCache` counts each one in
+//! `layercache_layer_errors_total{op="encode"}`. One refused key in a catch-up batch never fails
+//! the rest: the batch is retried key by key.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use super::Inner;
+use crate::cache::Cache;
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::load::breaker::Allow;
+
+/// Most keys remembered for writing to L2 after an outage; beyond it, later keys are dropped
+/// (they reach L2 on their next load).
+pub(super) const MAX_PENDING: usize = 10_000;
+/// Keys written to L2 per batch when catching up after an outage.
+const FLUSH_BATCH: usize = 100;
+
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Run `op` against L2 if there is one and the breaker allows, reporting the outcome to the
+    /// breaker (a refusal is neither a success nor a failure).
+    pub(super) async fn via_l2<T, Fut>(
+        self: &Arc<Self>,
+        op: impl FnOnce(Arc<dyn Cache<V>>) -> Fut,
+    ) -> Option<Result<T>>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let l2 = self.l2.as_ref()?;
+        let allowed = self.breaker.allow();
+        if allowed == Allow::No {
+            return None;
+        }
+        let result = op(Arc::clone(l2)).await;
+        match &result {
+            Err(e) if e.is_refusal() => {
+                self.breaker.neutral(allowed);
+                self.refused(e);
+            }
+            _ => {
+                self.breaker.record(allowed, result.is_ok());
+                if result.is_ok() {
+                    self.flush_pending_soon();
+                }
+            }
+        }
+        Some(result)
+    }
+
+    /// Report the first refusal of this cache (the layer counts each one).
+    pub(super) fn refused(&self, error: &Error) {
+        if !self.refusal_reported.swap(true, Ordering::Relaxed) {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                cache = &*self.name,
+                error = %error,
+                source = ?std::error::Error::source(error).map(ToString::to_string),
+                "layercache: L2 refused a value; it was not stored there (reported once per cache, each refusal is counted by the layer)"
+            );
+            #[cfg(not(feature = "tracing"))]
+            let _ = error;
+        }
+    }
+
+    /// Read `key` from L2 without counting; a failing or open L2 is a miss.
+    pub(crate) async fn read_l2(self: &Arc<Self>, key: &str) -> Option<Entry<V>> {
+        self.via_l2(|l2| async move { l2.peek(key).await })
+            .await
+            .and_then(|r| r.ok())
+            .flatten()
+            .filter(Entry::is_usable)
+    }
+
+    /// Write `entry` to L2, or remember the key for later if L2 is unavailable. Returns the
+    /// refusal, if L2's codec refused the value (it is then not remembered).
+    pub(crate) async fn write_l2(self: &Arc<Self>, key: &str, entry: Entry<V>) -> Option<Error> {
+        self.l2.as_ref()?;
+        let written = self
+            .via_l2(|l2| async move { l2.set(key, entry).await })
+            .await;
+        match written {
+            Some(Ok(())) => None,
+            Some(Err(e)) if e.is_refusal() => Some(e),
+            _ => {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                if pending.len() < MAX_PENDING {
+                    pending.insert(Arc::from(key));
+                }
+                None
+            }
+        }
+    }
+
+    /// After a successful L2 call: if writes are pending, start one task to catch them up.
+    fn flush_pending_soon(self: &Arc<Self>) {
+        let has_pending = !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        if !has_pending || self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.flushing.store(false, Ordering::Release);
+            return;
+        };
+        let inner = Arc::clone(self);
+        runtime.spawn(async move {
+            inner.flush_pending().await;
+            inner.flushing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Copy pending keys' current L1 entries to L2, a batch at a time; stop at the first failure
+    /// of L2 (the keys stay pending). A batch refused as a whole is retried key by key, so one
+    /// refused value never holds back the others; refused keys are dropped.
+    async fn flush_pending(self: &Arc<Self>) {
+        let Some(l2) = self.l2.clone() else {
+            return;
+        };
+        loop {
+            let batch: Vec<Arc<str>> = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let batch: Vec<Arc<str>> = pending.iter().take(FLUSH_BATCH).cloned().collect();
+                for key in &batch {
+                    pending.remove(key);
+                }
+                batch
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let mut entries = Vec::with_capacity(batch.len());
+            for key in &batch {
+                if let Ok(Some(entry)) = self.l1.peek(key).await {
+                    entries.push((Arc::clone(key), entry));
+                }
+            }
+            let allowed = self.breaker.allow();
+            if allowed == Allow::No {
+                self.requeue(batch);
+                return;
+            }
+            let all: Vec<(&str, Entry<V>)> =
+                entries.iter().map(|(k, e)| (&**k, e.clone())).collect();
+            match l2.set_many(all).await {
+                Ok(()) => self.breaker.record(allowed, true),
+                Err(e) if e.is_refusal() => {
+                    self.breaker.neutral(allowed);
+                    // One by one: the refused keys are dropped, the rest written (or remembered
+                    // again if L2 fails meanwhile).
+                    for (key, entry) in entries {
+                        let _ = self.write_l2(&key, entry).await;
+                    }
+                }
+                Err(_) => {
+                    self.breaker.record(allowed, false);
+                    self.requeue(batch);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn requeue(&self, batch: Vec<Arc<str>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.extend(batch);
+    }
+}

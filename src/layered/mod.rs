@@ -1,0 +1,575 @@
+//! [`Layered`]: the cache users hold — a fast local L1 (memory), optionally in front of a shared
+//! L2 (Redis), with the one resilient `get_or_load` in front of both.
+//!
+//! * **Memory-only or memory + Redis is one builder line**: [`Layered::single`] builds a cache
+//!   with L1 alone, [`Layered::builder`] (or `single(..).l2(..)`) one with L2 too. Both have the
+//!   same type, the same `get_or_load`, the same options and metrics.
+//! * **Read**: L1, then L2. An L2 hit is copied into L1 with the lifetime it has *left* (never a
+//!   fresh full one), capped by the builder's `l1_ttl`.
+//! * **Write**: L2, then L1. `delete` removes from L2 first, then L1, so a concurrent read cannot
+//!   copy the old value back into L1.
+//! * **Resilience** (per call through [`LoadOptions`], with cache-wide defaults): fail-safe stale
+//!   values with a throttle, soft and hard loader timeouts, early refresh (fixed fraction or
+//!   XFetch), negative caching and admission, a limit on concurrent loads. See [`crate::load`].
+//! * **Circuit breaker** on L2: after repeated failures L2 is skipped (L1 and the loader still
+//!   serve) until a probe succeeds. [`Layered::health`] reports each layer's state. Values L2's
+//!   codec refuses (too large, not encodable) are not failures: see [`Error::is_refusal`].
+//!
+//! L2 failures never reach the caller of `get` or `get_or_load`: a failing L2 is a miss. Loaded
+//! values are written to L1 before the waiting callers are answered and to L2 just after, so a
+//! hung L2 costs a caller at most one L2 timeout (its read), never two. Writes that could not
+//! reach L2 (open circuit, errors) are remembered (up to 10,000 keys) and copied from L1 to L2 as
+//! soon as L2 answers again.
+//!
+//! Both layers are `Arc<dyn Cache<V>>`, so any cache composes — a `Layered` is itself a
+//! [`Cache`], and three-level stacks nest.
+
+mod l2;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use crate::cache::{Cache, CacheGet};
+use crate::entry::{now_ms, Entry};
+use crate::error::{BoxError, Error, Result};
+use crate::load::breaker::{Breaker, BreakerConfig, CircuitState};
+use crate::load::{Flights, LoadOptions, DEFAULT_TTL};
+use crate::memory::MemoryCache;
+use crate::metrics::{circuit_gauge, Counted, FrontMetrics, Stats};
+
+pub(crate) type Predicate<V> = Arc<dyn Fn(&V) -> bool + Send + Sync>;
+
+/// The state of one layer, as reported by [`Layered::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerHealth {
+    /// The layer's name ([`Cache::name`]).
+    pub name: String,
+    /// `"l1"` or `"l2"`.
+    pub position: &'static str,
+    /// The circuit breaker's state (always closed for L1, which has none).
+    pub circuit: CircuitState,
+}
+
+impl LayerHealth {
+    /// Whether the layer is being used (its circuit is closed).
+    pub fn is_up(&self) -> bool {
+        self.circuit == CircuitState::Closed
+    }
+}
+
+/// What [`Layered::warm`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// Keys that were loaded.
+    pub loaded: usize,
+    /// Keys skipped because they were already fresh in the cache.
+    pub skipped: usize,
+    /// Keys whose load failed.
+    pub failed: usize,
+}
+
+/// An L1 cache, optionally in front of an L2, with a resilient, single-flight `get_or_load`.
+/// Cloning is cheap.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercache::{Layered, LoadOptions, MemoryCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> layercache::Result<()> {
+/// // Any two caches: here two memory layers (in production, memory + Redis).
+/// let l1 = MemoryCache::<String>::builder().name("l1").build()?;
+/// let l2 = MemoryCache::<String>::builder().name("l2").build()?;
+/// let cache = Layered::builder(l1, l2)
+///     .name("chat")
+///     .l1_ttl(Duration::from_secs(60))
+///     .default_options(LoadOptions::ttl(Duration::from_secs(3600)).with_fail_safe(Duration::from_secs(86_400)))
+///     .max_concurrent_loads(8)
+///     .build()?;
+///
+/// let answer = cache
+///     .get_or_load("q:1", || async { Ok::<_, std::io::Error>("42".to_string()) }, LoadOptions::default())
+///     .await?;
+/// assert_eq!(answer, "42");
+///
+/// // Memory only: the same type, the same get_or_load.
+/// let local = Layered::single(MemoryCache::<String>::builder().build()?).name("chat").build()?;
+/// # let _ = local;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Layered<V> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) l1: Arc<dyn Cache<V>>,
+    /// L1 again when it is a [`MemoryCache`]: looked up directly, without a dynamic call or a
+    /// future, sharing the request's clock reading.
+    pub(crate) l1_memory: Option<MemoryCache<V>>,
+    pub(crate) l2: Option<Arc<dyn Cache<V>>>,
+    pub(crate) name: Arc<str>,
+    pub(crate) l1_ttl: Option<Duration>,
+    /// The builder's default options, with the lifetime always set.
+    pub(crate) defaults: LoadOptions,
+    pub(crate) breaker: Breaker,
+    pub(crate) flights: Arc<Flights<V>>,
+    pub(crate) limit: Option<Arc<Semaphore>>,
+    pub(crate) admit: Option<Predicate<V>>,
+    pub(crate) negative: Option<(Predicate<V>, Duration)>,
+    pub(crate) metrics: Arc<FrontMetrics>,
+    /// Keys whose L2 write was skipped (open circuit) or failed; written from L1 to L2 once L2
+    /// answers again. Bounded by `l2::MAX_PENDING`.
+    pending: Mutex<HashSet<Arc<str>>>,
+    flushing: AtomicBool,
+    /// Whether a refusal of L2 has been reported (once per cache).
+    refusal_reported: AtomicBool,
+}
+
+impl<V> Clone for Layered<V> {
+    fn clone(&self) -> Self {
+        Layered {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> fmt::Debug for Layered<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layered")
+            .field("name", &self.inner.name)
+            .field("l1", &self.inner.l1.name())
+            .field("l2", &self.inner.l2.as_ref().map(|l2| l2.name().to_owned()))
+            .field("l2_circuit", &self.inner.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// The entry as L1 keeps it: fresh no longer than `l1_ttl` from now.
+    pub(crate) fn for_l1(&self, entry: Entry<V>) -> Entry<V> {
+        match self.l1_ttl {
+            Some(ttl) => entry.cap_fresh_ms(now_ms().saturating_add(ttl.as_millis() as u64)),
+            None => entry,
+        }
+    }
+
+    /// L1's entry for `key` at `now`, uncounted (the front counts its answers itself).
+    pub(crate) async fn read_l1(&self, key: &str, now: u64) -> Option<Entry<V>> {
+        match &self.l1_memory {
+            Some(memory) => memory.peek_at(key, now),
+            None => self.l1.peek(key).await.ok().flatten(),
+        }
+    }
+
+    /// L1, then L2 (unless L1 is fresh); an L2 entry fresher than L1's is copied into L1. The
+    /// layer that answered comes along. Not counted.
+    pub(crate) async fn lookup_at(
+        self: &Arc<Self>,
+        key: &str,
+        now: u64,
+    ) -> Option<(Entry<V>, crate::load::answer::Origin)> {
+        use crate::load::answer::Origin;
+        let l1 = self.read_l1(key, now).await;
+        if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+            return l1.map(|e| (e, Origin::L1));
+        }
+        let l2 = self.read_l2(key).await;
+        match (l1, l2) {
+            (Some(l1), Some(l2)) if l1.fresh_until_ms() >= l2.fresh_until_ms() => {
+                Some((l1, Origin::L1))
+            }
+            (_, Some(l2)) => {
+                let _ = self.l1.set(key, self.for_l1(l2.clone())).await;
+                Some((l2, Origin::L2))
+            }
+            (l1, None) => l1.map(|e| (e, Origin::L1)),
+        }
+    }
+
+    /// Count a plain `get`'s answer.
+    fn count_get(&self, found: &Option<(Entry<V>, crate::load::answer::Origin)>, now: u64) {
+        use crate::load::answer::Origin;
+        self.metrics.count(match found {
+            Some((e, Origin::L1)) if e.is_fresh_at(now) => Counted::L1Hit,
+            Some((e, Origin::L2)) if e.is_fresh_at(now) => Counted::L2Hit,
+            Some((_, Origin::L1)) => Counted::L1Stale,
+            Some((_, Origin::L2)) => Counted::L2Stale,
+            None => Counted::Miss,
+        });
+    }
+}
+
+impl<V> Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder for `l1` in front of `l2` (any caches; `Arc<dyn Cache<V>>` works too). The same
+    /// as `Layered::single(l1).l2(l2)`.
+    pub fn builder(l1: impl Cache<V> + 'static, l2: impl Cache<V> + 'static) -> LayeredBuilder<V> {
+        Self::single(l1).l2(l2)
+    }
+
+    /// A builder for a cache with `l1` alone (memory-only): the same `get_or_load`, options and
+    /// metrics as a two-layer stack. Add an L2 with [`LayeredBuilder::l2`].
+    ///
+    /// ```
+    /// use layercache::{Layered, MemoryCache};
+    ///
+    /// # async fn demo(redis_url: Option<String>) -> layercache::Result<()> {
+    /// let l1 = MemoryCache::<String>::builder().max_entries(100_000).build()?;
+    /// let mut builder = Layered::single(l1).name("chat");
+    /// # #[cfg(all(feature = "redis", feature = "msgpack"))]
+    /// if let Some(url) = redis_url {
+    ///     builder = builder.l2(layercache::RedisCache::builder().url(url).build().await?);
+    /// }
+    /// let cache: Layered<String> = builder.build()?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn single(l1: impl Cache<V> + 'static) -> LayeredBuilder<V> {
+        let l1_memory = (&l1 as &dyn std::any::Any)
+            .downcast_ref::<MemoryCache<V>>()
+            .cloned();
+        LayeredBuilder {
+            l1: Arc::new(l1),
+            l1_memory,
+            l2: None,
+            name: "layered".into(),
+            l1_ttl: None,
+            defaults: LoadOptions::default(),
+            breaker: BreakerConfig::default(),
+            max_concurrent_loads: None,
+            admit: None,
+            negative: None,
+            metrics: None,
+        }
+    }
+
+    /// The state of each layer: L1, then L2 (if any) with its circuit breaker.
+    pub fn health(&self) -> Vec<LayerHealth> {
+        let mut health = vec![LayerHealth {
+            name: self.inner.l1.name().to_owned(),
+            position: "l1",
+            circuit: CircuitState::Closed,
+        }];
+        if let Some(l2) = &self.inner.l2 {
+            health.push(LayerHealth {
+                name: l2.name().to_owned(),
+                position: "l2",
+                circuit: self.inner.breaker.state(),
+            });
+        }
+        health
+    }
+
+    /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
+    /// `coalesced`), plus loads, timeouts and fail-safe answers.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        self.inner.metrics.fill(&mut stats);
+        self.inner.flights.fill(&mut stats);
+        stats
+    }
+
+    /// Flights (L2 reads and loads of missing keys) running right now (0 when idle).
+    pub fn pending_loads(&self) -> usize {
+        self.inner.flights.len()
+    }
+
+    /// Keys written to L1 but not yet to L2 (because L2 was unavailable); they are written to L2
+    /// automatically once it answers again.
+    pub fn pending_l2_writes(&self) -> usize {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time, with
+    /// `loader(key)`. Fails only if it cannot start (no runtime); failed loads are counted.
+    pub async fn warm<I, K, F, Fut, E>(
+        &self,
+        keys: I,
+        loader: F,
+        concurrency: usize,
+        options: LoadOptions,
+    ) -> Result<WarmReport>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+        F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut report = WarmReport::default();
+        for key in keys {
+            let key = key.as_ref().to_owned();
+            if self
+                .inner
+                .lookup_at(&key, now_ms())
+                .await
+                .is_some_and(|(e, _)| e.is_fresh())
+            {
+                report.skipped += 1;
+                continue;
+            }
+            let permit = Arc::clone(&permits).acquire_owned().await;
+            let (cache, loader, options) = (self.clone(), loader.clone(), options.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let k = key.clone();
+                cache
+                    .get_or_load(&key, move || loader(k), options)
+                    .await
+                    .is_ok()
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(true) => report.loaded += 1,
+                _ => report.failed += 1,
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl<V> Cache<V> for Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// L1, then L2 when L1 has no fresh entry. With a [`MemoryCache`] as L1 a fresh L1 hit is
+    /// answered in place (no allocation, one clock read). Counted once, by this cache.
+    fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
+        let inner = &self.inner;
+        let now = now_ms();
+        if let Some(memory) = &inner.l1_memory {
+            let l1 = memory.peek_at(key, now);
+            if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+                inner.metrics.count(Counted::L1Hit);
+                return CacheGet::ready(Ok(l1));
+            }
+            if inner.l2.is_none() {
+                let found = l1.map(|e| (e, crate::load::answer::Origin::L1));
+                inner.count_get(&found, now);
+                return CacheGet::ready(Ok(found.map(|(e, _)| e)));
+            }
+        }
+        CacheGet::new(async move {
+            let found = inner.lookup_at(key, now).await;
+            inner.count_get(&found, now);
+            Ok(found.map(|(e, _)| e))
+        })
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
+        Ok(self.inner.lookup_at(key, now_ms()).await.map(|(e, _)| e))
+    }
+
+    /// L2, then L1. An L2 failure (or an open circuit) is not returned: the value is in L1, the
+    /// failure is counted by L2's metrics, and the key is written to L2 when L2 is back. A value
+    /// L2 refuses to store is not an outage: a value too large for L2 is kept in L1 only (counted
+    /// and reported once); a value L2 cannot encode, or that would not read back
+    /// ([`Error::Encode`], [`Error::RoundTrip`]), is an error and is stored nowhere.
+    async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        let inner = &self.inner;
+        if let Some(refused) = inner.write_l2(key, entry.clone()).await {
+            if !matches!(refused, Error::ValueTooLarge { .. }) {
+                return Err(refused);
+            }
+        }
+        inner.l1.set(key, inner.for_l1(entry)).await
+    }
+
+    /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
+    /// reached: the value may then survive in L2 (and other processes' L1s).
+    async fn delete(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
+        inner.l1.delete(key).await?;
+        match (l2, &inner.l2) {
+            (Some(result), _) => result,
+            (None, None) => Ok(()),
+            (None, Some(l2)) => Err(Error::CircuitOpen {
+                layer: l2.name().to_owned(),
+            }),
+        }
+    }
+}
+
+/// Builds a [`Layered`] cache; see [`Layered::builder`] and [`Layered::single`].
+#[must_use]
+pub struct LayeredBuilder<V> {
+    l1: Arc<dyn Cache<V>>,
+    l1_memory: Option<MemoryCache<V>>,
+    l2: Option<Arc<dyn Cache<V>>>,
+    name: String,
+    l1_ttl: Option<Duration>,
+    defaults: LoadOptions,
+    breaker: BreakerConfig,
+    max_concurrent_loads: Option<usize>,
+    admit: Option<Predicate<V>>,
+    negative: Option<(Predicate<V>, Duration)>,
+    /// Counters shared with a `MemoryCache` whose front this is.
+    metrics: Option<Arc<FrontMetrics>>,
+}
+
+impl<V: Send + Sync + 'static> fmt::Debug for LayeredBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayeredBuilder")
+            .field("name", &self.name)
+            .field("l1", &self.l1.name())
+            .field("l2", &self.l2.as_ref().map(|l2| l2.name().to_owned()))
+            .field("l1_ttl", &self.l1_ttl)
+            .field("defaults", &self.defaults)
+            .field("breaker", &self.breaker)
+            .field("max_concurrent_loads", &self.max_concurrent_loads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> LayeredBuilder<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Put `l2` behind L1 (replacing an L2 set before).
+    pub fn l2(mut self, l2: impl Cache<V> + 'static) -> Self {
+        self.l2 = Some(Arc::new(l2));
+        self
+    }
+
+    /// The cache's name in metric labels (`cache="…"`). Default `"layered"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Keep values in L1 at most this long before checking L2 again (default: as long as the
+    /// value is fresh). Short L1 lifetimes bound how long a process serves a value another
+    /// process has replaced.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// Defaults for every `get_or_load` call (each call's options override them field by
+    /// field). Without a lifetime here or in the call, loaded values live for
+    /// [`DEFAULT_TTL`](crate::load::DEFAULT_TTL).
+    pub fn default_options(mut self, options: LoadOptions) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// The L2 circuit breaker (default: open after 5 failures in 10 s, probe after 1 s).
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Run at most this many loads at once (across all keys), to protect a rate-limited API.
+    pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
+        self.max_concurrent_loads = Some(loads);
+        self
+    }
+
+    /// Store a loaded value only if `admit` says so (it is still returned to the callers): for
+    /// example, not an AI reply cut off by a length limit, or a refusal.
+    pub fn admit(mut self, admit: impl Fn(&V) -> bool + Send + Sync + 'static) -> Self {
+        self.admit = Some(Arc::new(admit));
+        self
+    }
+
+    /// Negative caching: values for which `is_negative` holds (a `None`, a not-found) are stored
+    /// with their own, usually shorter, lifetime `ttl`, and without a stale period.
+    pub fn negative(
+        mut self,
+        is_negative: impl Fn(&V) -> bool + Send + Sync + 'static,
+        ttl: Duration,
+    ) -> Self {
+        self.negative = Some((Arc::new(is_negative), ttl));
+        self
+    }
+
+    /// Count answers into `metrics` (a `MemoryCache`'s own counters).
+    pub(crate) fn shared_metrics(mut self, metrics: Arc<FrontMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Build the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero, or
+    /// default options that [`LoadOptions::validate`] rejects.
+    pub fn build(self) -> Result<Layered<V>> {
+        if self.name.is_empty() {
+            return Err(Error::config("the cache name must not be empty"));
+        }
+        if self.l1_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("l1_ttl must be greater than zero"));
+        }
+        if self.max_concurrent_loads == Some(0) {
+            return Err(Error::config("max_concurrent_loads must be at least 1"));
+        }
+        self.defaults.validate()?;
+        Ok(self.assemble())
+    }
+
+    /// Build without checking the settings (the caller knows they are valid).
+    pub(crate) fn assemble(self) -> Layered<V> {
+        let mut defaults = self.defaults;
+        if defaults.time_to_live().is_none() {
+            defaults = defaults.with_ttl(DEFAULT_TTL);
+        }
+        let has_l2 = self.l2.is_some();
+        let gauge = circuit_gauge(&self.name, "l2", has_l2);
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| Arc::new(FrontMetrics::new(&self.name, has_l2)));
+        Layered {
+            inner: Arc::new(Inner {
+                metrics,
+                flights: Arc::new(Flights::new(&self.name)),
+                breaker: Breaker::new(self.breaker, gauge),
+                limit: self
+                    .max_concurrent_loads
+                    .map(|n| Arc::new(Semaphore::new(n))),
+                name: Arc::from(self.name),
+                l1: self.l1,
+                l1_memory: self.l1_memory,
+                l2: self.l2,
+                l1_ttl: self.l1_ttl,
+                defaults,
+                admit: self.admit,
+                negative: self.negative,
+                pending: Mutex::new(HashSet::new()),
+                flushing: AtomicBool::new(false),
+                refusal_reported: AtomicBool::new(false),
+            }),
+        }
+    }
+}

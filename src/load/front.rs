@@ -1,0 +1,362 @@
+//! The one `get_or_load` engine. [`Layered`] runs it over its layers; `MemoryCache` and
+//! `LoadingCache` run it over a single layer, so every `LoadOptions` setting means the same on
+//! every cache.
+//!
+//! The hit path (a fresh value in a memory L1, no early refresh configured) is answered in place:
+//! no allocation, one clock reading. Everything else — L2, loads, fail-safe — lives in one boxed
+//! future that only misses pay for.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::answer::{Answer, Origin, Source};
+use super::flight::{Joined, LoadSpec, LoadTarget, Resolved, Waiter};
+use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
+use crate::entry::{now_ms, Entry};
+use crate::error::{BoxError, Error, Result};
+use crate::layered::{Inner, Layered};
+use crate::metrics::Counted;
+
+/// Where a flight of a [`Layered`] reads and stores: L1 before answering, L2 after.
+struct Target<V>(Arc<Inner<V>>);
+
+#[async_trait]
+impl<V> LoadTarget<V> for Target<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    async fn recheck(&self, key: &str) -> Option<Entry<V>> {
+        // Only L1: every flight writes L1 before it answers.
+        self.0.read_l1(key, now_ms()).await
+    }
+    async fn read_l2(&self, key: &str) -> Option<Entry<V>> {
+        self.0.read_l2(key).await
+    }
+    async fn backfill(&self, key: &str, entry: Entry<V>) {
+        let _ = self.0.l1.set(key, self.0.for_l1(entry)).await;
+    }
+    async fn store_before_answer(&self, key: &str, entry: Entry<V>) {
+        let _ = self.0.l1.set(key, self.0.for_l1(entry)).await;
+    }
+    async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
+        // A refusal has been counted and reported by `write_l2`; the callers have their value.
+        let _ = self.0.write_l2(key, entry).await;
+    }
+    async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
+        let _ = self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await;
+    }
+}
+
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Whether a fresh hit should start a background refresh.
+    fn due_for_refresh(&self, entry: &Entry<V>, options: &LoadOptions, now: u64) -> bool {
+        let fresh_until = entry.fresh_until_ms();
+        if let Some(fraction) = options.early_refresh.get() {
+            let ttl = options.resolve_ttl(super::DEFAULT_TTL).as_millis() as f64;
+            let refresh_at = fresh_until as f64 - (1.0 - fraction) * ttl;
+            if now as f64 >= refresh_at {
+                return true;
+            }
+        }
+        if let (Some(beta), Some(delta)) = (options.xfetch_beta.get(), entry.load_duration()) {
+            // XFetch: refresh when now − Δ·β·ln(u) ≥ expiry, u uniform in (0, 1].
+            let delta_ms = delta.as_secs_f64() * 1000.0;
+            if now as f64 - delta_ms * beta * random_unit().ln() >= fresh_until as f64 {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn spec(
+        &self,
+        options: &LoadOptions,
+        fresher_than_ms: u64,
+        stale: Option<Entry<V>>,
+    ) -> LoadSpec<V> {
+        let ttl = options.resolve_ttl(super::DEFAULT_TTL);
+        let jitter = options
+            .jitter
+            .get()
+            .map_or(Duration::ZERO, |j| j.mul_f64(random_unit()));
+        let max_stale = options.max_stale.get();
+        let admit = self.admit.clone();
+        let negative = self.negative.clone();
+        LoadSpec {
+            make_entry: Box::new(move |value: &V, took| {
+                let (entry, is_negative) = match &negative {
+                    Some((is_negative, negative_ttl)) if is_negative(value) => {
+                        (Entry::new(value.clone(), *negative_ttl), true)
+                    }
+                    _ => {
+                        if admit.as_ref().is_some_and(|admit| !admit(value)) {
+                            return (None, false);
+                        }
+                        let entry = Entry::new(value.clone(), ttl + jitter);
+                        let entry = match max_stale {
+                            Some(max_stale) => entry.with_max_stale(max_stale),
+                            None => entry,
+                        };
+                        (entry, false)
+                    }
+                };
+                (Some(entry.with_load_duration(took)), is_negative)
+            }),
+            fresher_than_ms,
+            limit: self.limit.clone(),
+            stale,
+            fail_safe_throttle: max_stale.map(|_| {
+                options
+                    .fail_safe_throttle
+                    .get()
+                    .unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE)
+            }),
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::current(),
+        }
+    }
+}
+
+impl<V> Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// The value under `key` if it is fresh in L1 or L2; otherwise run `loader` once — however
+    /// many callers ask at the same time — store its value in every layer and return it.
+    ///
+    /// With the options (per call, over the builder's defaults): a stale value is returned when
+    /// the loader fails or times out (fail-safe), or when the soft timeout passes; a hard timeout
+    /// bounds the wait; a hit past the early-refresh point starts one background refresh. See
+    /// [`crate::load`] for the whole contract, and [`get_or_load_answer`](Self::get_or_load_answer)
+    /// to learn how the call was answered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] / [`Error::LoaderPanicked`] when the load fails and no stale value can be
+    /// served; [`Error::Timeout`] when the hard timeout passes first; [`Error::Config`] when the
+    /// options contradict each other ([`LoadOptions::validate`]). L2 failures are never returned:
+    /// a failing L2 is a miss.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        match self.hit_in_place(key, &options) {
+            Ok(Some(entry)) => Ok(entry.into_value()),
+            Ok(None) => Box::pin(self.resolve(key, loader, options))
+                .await
+                .map(Answer::into_value),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`get_or_load`](Self::get_or_load), answering with the value's [`Source`] (L1 hit, L2 hit,
+    /// loaded, joined, fail-safe, soft timeout, negative) and its entry's lifetimes: for an
+    /// `x-cache` header, counting tokens saved, or telling a stale answer from a fresh one.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    pub async fn get_or_load_answer<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Answer<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        match self.hit_in_place(key, &options) {
+            Ok(Some(entry)) => Ok(Answer::new(entry, Source::L1Hit)),
+            Ok(None) => Box::pin(self.resolve(key, loader, options)).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A fresh memory-L1 hit that needs no refresh check, counted; `None` for everything else.
+    #[inline]
+    fn hit_in_place(&self, key: &str, options: &LoadOptions) -> Result<Option<Entry<V>>> {
+        let inner = &self.inner;
+        options.validate_over(&inner.defaults)?;
+        let Some(memory) = &inner.l1_memory else {
+            return Ok(None);
+        };
+        if options.refreshes() || inner.defaults.refreshes() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        match memory.peek_at(key, now) {
+            Some(entry) if entry.is_fresh_at(now) => {
+                inner.metrics.count(Counted::L1Hit);
+                Ok(Some(entry))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Everything past an in-place hit.
+    async fn resolve<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Answer<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let inner = &self.inner;
+        let generation = inner.flights.generation();
+        let now = now_ms();
+        let options = options.or(&inner.defaults);
+        let l1 = match inner.read_l1(key, now).await {
+            Some(entry) if entry.is_fresh_at(now) => {
+                inner.metrics.count(Counted::L1Hit);
+                if inner.due_for_refresh(&entry, &options, now) && !inner.flights.is_loading(key) {
+                    let spec = inner.spec(&options, entry.fresh_until_ms(), None);
+                    let target = Arc::new(Target(Arc::clone(inner)));
+                    // Started and left running; this caller does not wait for it.
+                    let _ = inner
+                        .flights
+                        .start_or_join(target, key, generation, loader, spec);
+                }
+                return Ok(Answer::new(entry, Source::L1Hit));
+            }
+            other => other,
+        };
+        let fail_safe = options.max_stale.is_some();
+        let own_stale = l1.filter(|e| fail_safe && e.is_usable());
+        let spec = inner.spec(&options, 0, own_stale.clone());
+        let target = Arc::new(Target(Arc::clone(inner)));
+        let (waiter, joined) = inner
+            .flights
+            .start_or_join(target, key, generation, loader, spec)?;
+        self.await_flight(waiter, joined, own_stale, &options).await
+    }
+
+    /// Wait for a flight within the options' timeouts, falling back to a stale value where
+    /// fail-safe allows; count the answer.
+    async fn await_flight(
+        &self,
+        mut waiter: Waiter<V>,
+        joined: Joined,
+        own_stale: Option<Entry<V>>,
+        options: &LoadOptions,
+    ) -> Result<Answer<V>> {
+        let inner = &self.inner;
+        let fail_safe = options.max_stale.is_some();
+        let stale = |waiter: &Waiter<V>| -> Option<(Entry<V>, Origin)> {
+            if !fail_safe {
+                return None;
+            }
+            let own = own_stale.clone().map(|e| (e, Origin::L1));
+            let theirs = waiter.stale();
+            let best = match (own, theirs) {
+                (Some(a), Some(b)) => Some(if b.0.stale_until_ms() > a.0.stale_until_ms() {
+                    b
+                } else {
+                    a
+                }),
+                (a, b) => a.or(b),
+            };
+            best.filter(|(e, _)| e.is_usable())
+        };
+        let serve_stale = |(entry, origin): (Entry<V>, Origin), source: Source| {
+            inner.metrics.count(match origin {
+                Origin::L1 => Counted::L1Stale,
+                Origin::L2 => Counted::L2Stale,
+            });
+            Ok(Answer::new(entry, source))
+        };
+        let no_answer = || match joined {
+            Joined::Started => inner.metrics.count(Counted::Miss),
+            Joined::Joined => {
+                inner.metrics.count(Counted::Joined);
+                inner.flights.metrics.coalesced();
+            }
+        };
+
+        let started = Instant::now();
+        let soft = options.soft_timeout.get().filter(|_| fail_safe);
+        let hard = options.hard_timeout.get();
+        let mut result = None;
+        if let Some(soft) = soft {
+            match tokio::time::timeout(soft, waiter.wait()).await {
+                Ok(r) => result = Some(r),
+                Err(_) => {
+                    if let Some(found) = stale(&waiter) {
+                        // The load goes on in the background and will update the layers.
+                        inner.flights.metrics.timeout();
+                        return serve_stale(found, Source::SoftTimeout);
+                    }
+                }
+            }
+        }
+        let result = match result {
+            Some(r) => r,
+            None => match hard {
+                Some(hard) => {
+                    let left = hard.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, waiter.wait()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            inner.flights.metrics.timeout();
+                            if let Some(found) = stale(&waiter) {
+                                inner.flights.metrics.fail_safe();
+                                return serve_stale(found, Source::FailSafe);
+                            }
+                            no_answer();
+                            return Err(Error::Timeout { after: hard });
+                        }
+                    }
+                }
+                None => waiter.wait().await,
+            },
+        };
+        match result {
+            Ok(Resolved { entry, source }) => {
+                let source = match (source, joined) {
+                    (Source::Loaded | Source::Negative, Joined::Joined) => Source::Joined,
+                    (source, _) => source,
+                };
+                match source {
+                    Source::L1Hit => inner.metrics.count(Counted::L1Hit),
+                    Source::L2Hit => inner.metrics.count(Counted::L2Hit),
+                    Source::Joined => {
+                        inner.metrics.count(Counted::Joined);
+                        inner.flights.metrics.coalesced();
+                    }
+                    _ => inner.metrics.count(Counted::Miss),
+                }
+                Ok(Answer::new(entry, source))
+            }
+            Err(err) => match stale(&waiter) {
+                Some(found) => {
+                    // The loader failed: serve the stale value; the flight keeps it in L1 for
+                    // the throttle period before the loader is tried again.
+                    inner.flights.metrics.fail_safe();
+                    serve_stale(found, Source::FailSafe)
+                }
+                None => {
+                    no_answer();
+                    Err(err)
+                }
+            },
+        }
+    }
+}
