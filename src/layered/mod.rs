@@ -483,7 +483,7 @@ where
         self
     }
 
-    /// The L2 circuit breaker (default: open after 5 failures in 10 s, probe after 1 s).
+    /// The L2 circuit breaker (default: open after 5 failures in 10 s, probe after 500 ms).
     pub fn breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = config;
         self

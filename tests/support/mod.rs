@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod frames;
+pub mod openai;
 #[cfg(feature = "redis")]
 pub mod proxy;
 #[cfg(feature = "redis")]

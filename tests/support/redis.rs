@@ -70,6 +70,21 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// A free port for a server that is not started yet: `restart()` starts it. For tests of a
+    /// client that comes up before its server.
+    pub fn not_started() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("layercache-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        RedisServer {
+            port,
+            child: None,
+            dir,
+            extra: Vec::new(),
+        }
+    }
+
     /// Start a server with extra `--option value` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let port = free_port();

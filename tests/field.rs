@@ -1,0 +1,412 @@
+//! The field setup a new user builds: OpenAI-shaped replies cached in memory + a real Redis,
+//! shared by replicas; a value too large for L2; a stampede on a cold key; Redis down at start-up.
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layercache::codec::{Codec, Format};
+use layercache::{
+    Cache, CircuitState, Entry, Error, KeyBuilder, Layered, LoadOptions, MemoryCache, RedisCache,
+    Source,
+};
+use support::openai::{completion, ChatCompletion};
+use support::redis::RedisServer;
+
+const PROMPTS: u64 = 30;
+
+fn key(i: u64) -> String {
+    KeyBuilder::new("chat")
+        .version(1)
+        .part(format!(
+            "prompt number {i}: summarise the customer's ticket"
+        ))
+        .part_f64(0.7)
+        .build()
+        .to_string()
+}
+
+/// One replica: its own L1, the shared Redis (namespace `chat`), `codec` for L2.
+async fn replica<F: Format>(
+    url: &str,
+    codec: Codec<F>,
+) -> (Layered<ChatCompletion>, RedisCache<ChatCompletion>) {
+    let l2 = RedisCache::builder_with_codec(codec)
+        .url(url)
+        .namespace("chat")
+        .build()
+        .await
+        .expect("redis");
+    let l1 = MemoryCache::builder()
+        .max_entries(10_000)
+        .build()
+        .expect("l1");
+    let cache = Layered::builder(l1, l2.clone())
+        .name("chat")
+        .build()
+        .expect("layered");
+    (cache, l2)
+}
+
+/// Replica A answers every prompt (loading each once); replica B, started later against the same
+/// Redis, answers them all from Redis: no load, no decode error.
+async fn second_replica_reads_what_the_first_wrote<F: Format + Clone>(format: F) {
+    let server = RedisServer::start();
+    let codec = || Codec::with_format(format.clone()).build().expect("codec");
+    let (a, _) = replica(&server.url(), codec()).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let ask = |cache: Layered<ChatCompletion>, i: u64, loads: Arc<AtomicUsize>| async move {
+        cache
+            .get_or_load_answer(
+                &key(i),
+                move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(completion(i))
+                },
+                LoadOptions::ttl(Duration::from_secs(3600)),
+            )
+            .await
+            .expect("answer")
+    };
+    for i in 0..PROMPTS {
+        let answer = ask(a.clone(), i, loads.clone()).await;
+        assert_eq!(answer.source, Source::Loaded);
+        assert_eq!(answer.value, completion(i));
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), PROMPTS as usize);
+    // L2 writes follow the answers: wait until they are all done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.pending_loads() > 0 {
+        assert!(Instant::now() < deadline, "L2 writes still running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let (b, b_l2) = replica(&server.url(), codec()).await;
+    let b_loads = Arc::new(AtomicUsize::new(0));
+    for i in 0..PROMPTS {
+        let answer = ask(b.clone(), i, b_loads.clone()).await;
+        assert_eq!(answer.source, Source::L2Hit, "prompt {i}");
+        assert_eq!(answer.value, completion(i), "prompt {i} read back intact");
+    }
+    let name = format.name();
+    println!(
+        "{name}: replica B made {} upstream calls and counted {} decode errors for {PROMPTS} prompts",
+        b_loads.load(Ordering::SeqCst),
+        b_l2.stats().errors
+    );
+    assert_eq!(b_loads.load(Ordering::SeqCst), 0, "{name}: no extra loads");
+    assert_eq!(b_l2.stats().errors, 0, "{name}: no decode errors");
+    assert_eq!(b.stats().l2_hits, PROMPTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_replies_cross_replicas_with_the_default_format() {
+    second_replica_reads_what_the_first_wrote(layercache::codec::DefaultFormat::default()).await;
+}
+
+#[cfg(feature = "json")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_replies_cross_replicas_as_json() {
+    second_replica_reads_what_the_first_wrote(layercache::codec::Json).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_replies_cross_replicas_with_the_default_builder() {
+    // RedisCache::builder() without a codec: what the README shows.
+    let server = RedisServer::start();
+    let l2 = RedisCache::<ChatCompletion>::builder()
+        .url(server.url())
+        .namespace("d")
+        .build()
+        .await
+        .expect("redis");
+    for i in 0..PROMPTS {
+        l2.set(&key(i), Entry::new(completion(i), Duration::from_secs(60)))
+            .await
+            .expect("set");
+        let back = l2.get(&key(i)).await.expect("get").expect("present");
+        assert_eq!(back.value(), &completion(i));
+    }
+    assert_eq!(l2.stats().errors, 0);
+}
+
+/// A type the format cannot read back fails at its first write, with a clear error, and never
+/// reaches Redis — through the layer and through a stack.
+#[cfg(feature = "postcard")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_cannot_round_trip_is_refused_at_the_first_write() {
+    use fred::prelude::KeysInterface;
+    let server = RedisServer::start();
+    let postcard = || {
+        Codec::with_format(layercache::codec::Postcard)
+            .build()
+            .expect("codec")
+    };
+    let (stack, l2) = replica(&server.url(), postcard()).await;
+    let raw = support::redis::raw_client(&server.url()).await;
+
+    let refused = l2
+        .set("direct", Entry::new(completion(0), Duration::from_secs(60)))
+        .await;
+    let message = match &refused {
+        Err(e @ Error::RoundTrip { .. }) => {
+            assert!(e.is_refusal());
+            format!(
+                "{e}: {}",
+                std::error::Error::source(e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+        }
+        other => panic!("expected a round-trip refusal, got {other:?}"),
+    };
+    println!("refusal: {message}");
+    assert!(message.contains("postcard"), "names the format: {message}");
+    let exists: i64 = raw.exists("chat:direct").await.expect("exists");
+    assert_eq!(exists, 0, "never written to Redis");
+
+    // Through the stack: `set` reports it; `get_or_load` still answers, L2 stays healthy.
+    let set = stack
+        .set(
+            "via-stack",
+            Entry::new(completion(0), Duration::from_secs(60)),
+        )
+        .await;
+    assert!(matches!(set, Err(Error::RoundTrip { .. })), "{set:?}");
+    for i in 0..20 {
+        let v = stack
+            .get_or_load(
+                &format!("k{i}"),
+                move || async move { Ok::<_, std::io::Error>(completion(i)) },
+                LoadOptions::ttl(Duration::from_secs(60)),
+            )
+            .await
+            .expect("answered from the loader");
+        assert_eq!(v, completion(i));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack.pending_loads() > 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let keys = server.cli(&["DBSIZE"]);
+    assert_eq!(keys.trim(), "0", "nothing unreadable was written");
+    assert_eq!(
+        stack.health()[1].circuit,
+        CircuitState::Closed,
+        "not an outage"
+    );
+    assert_eq!(
+        stack.pending_l2_writes(),
+        0,
+        "refusals are not queued for catch-up"
+    );
+}
+
+/// One value over the codec's limit must not switch Redis off: the circuit stays closed and
+/// every normal value reaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_value_is_skipped_for_l2_not_an_outage() {
+    use fred::prelude::KeysInterface;
+    let server = RedisServer::start();
+    let codec = Codec::<layercache::codec::DefaultFormat>::builder()
+        .max_value_bytes(1024)
+        .no_compression()
+        .build()
+        .expect("codec");
+    let l2 = RedisCache::<String>::builder_with_codec(codec)
+        .url(server.url())
+        .namespace("o")
+        .build()
+        .await
+        .expect("redis");
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+        .name("o")
+        .build()
+        .expect("layered");
+    let raw = support::redis::raw_client(&server.url()).await;
+
+    let big = cache
+        .get_or_load(
+            "big",
+            || async { Ok::<_, std::io::Error>("x".repeat(4096)) },
+            LoadOptions::ttl(Duration::from_secs(60)),
+        )
+        .await
+        .expect("the caller still gets the big value");
+    assert_eq!(big.len(), 4096);
+    cache
+        .set(
+            "big-set",
+            Entry::new("y".repeat(4096), Duration::from_secs(60)),
+        )
+        .await
+        .expect("a value too large for L2 is kept in L1, not an error");
+
+    let (mut samples, mut open) = (0, 0);
+    for i in 0..86 {
+        cache
+            .get_or_load(
+                &format!("n{i}"),
+                move || async move { Ok::<_, std::io::Error>(format!("normal value {i}")) },
+                LoadOptions::ttl(Duration::from_secs(60)),
+            )
+            .await
+            .expect("load");
+        samples += 1;
+        if cache.health()[1].circuit != CircuitState::Closed {
+            open += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut present = 0;
+        for i in 0..86 {
+            let exists: i64 = raw.exists(format!("o:n{i}")).await.expect("exists");
+            present += exists;
+        }
+        if present == 86 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {present} of 86 normal values reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("oversized value: circuit open in {open} of {samples} samples; 86 of 86 normal values in Redis");
+    assert_eq!(open, 0, "the circuit never opened");
+    assert_eq!(cache.pending_l2_writes(), 0, "nothing queued for catch-up");
+    assert!(l2.stats().errors >= 2, "each refusal counted by the layer");
+    assert_eq!(
+        cache
+            .get("big-set")
+            .await
+            .expect("get")
+            .map(|e| e.into_value().len()),
+        Some(4096),
+        "kept in L1"
+    );
+}
+
+/// `INFO commandstats` calls of `command` on `server`.
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
+            rest.split(',').next()?.trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A thousand callers of one cold key: one L2 read, one load; one miss and 999 joined callers,
+/// exactly, in `Stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_makes_one_l2_read_and_one_load() {
+    const CALLERS: usize = 1000;
+    let server = RedisServer::start();
+    let (cache, _) = replica(&server.url(), Codec::builder().build().expect("codec")).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(CALLERS));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+            tokio::spawn(async move {
+                gate.wait().await;
+                cache
+                    .get_or_load_answer(
+                        "cold",
+                        move || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Ok::<_, std::io::Error>(completion(7))
+                        },
+                        LoadOptions::ttl(Duration::from_secs(60)),
+                    )
+                    .await
+                    .expect("answer")
+                    .source
+            })
+        })
+        .collect();
+    let mut sources = std::collections::HashMap::new();
+    for task in tasks {
+        *sources.entry(task.await.expect("no panic")).or_insert(0) += 1;
+    }
+    let gets = command_calls(&server, "get");
+    println!(
+        "stampede of {CALLERS}: {gets} GETs, {} loads, sources {sources:?}",
+        loads.load(Ordering::SeqCst)
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load");
+    assert_eq!(gets, 1, "one L2 read");
+    assert_eq!(sources.get(&Source::Loaded), Some(&1));
+    assert_eq!(sources.get(&Source::Joined), Some(&(CALLERS - 1)));
+    let stats = cache.stats();
+    assert_eq!((stats.misses, stats.coalesced, stats.hits), (1, 999, 0));
+    assert_eq!(stats.requests(), CALLERS as u64);
+}
+
+/// Redis stopped while the cache is built: it serves from L1 and the loader with no caller error,
+/// and uses Redis within a second of Redis coming up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
+    use fred::prelude::KeysInterface;
+    let mut server = RedisServer::not_started();
+    let started = Instant::now();
+    let l2 = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("late")
+        .build()
+        .await
+        .expect("Redis down at start-up is not a build error");
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+        .name("late")
+        .build()
+        .expect("layered");
+    println!("built without Redis in {:?}", started.elapsed());
+    let ask = |i: u64| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(
+                    &format!("k{i}"),
+                    move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
+                    LoadOptions::ttl(Duration::from_secs(60)),
+                )
+                .await
+                .expect("no caller error while Redis is down")
+        }
+    };
+    for i in 0..20 {
+        assert_eq!(ask(i).await, format!("v{i}"));
+        assert_eq!(ask(i).await, format!("v{i}"), "L1 serves");
+    }
+
+    server.restart();
+    let up = Instant::now();
+    let raw = support::redis::raw_client(&server.url()).await;
+    let mut i = 100;
+    let took = loop {
+        ask(i).await;
+        let exists: i64 = raw.exists(format!("late:k{i}")).await.expect("exists");
+        if exists == 1 {
+            break up.elapsed();
+        }
+        assert!(up.elapsed() < Duration::from_secs(5), "Redis never used");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("Redis used {took:?} after it came up");
+    assert!(
+        took < Duration::from_secs(1),
+        "used within a second: {took:?}"
+    );
+}
