@@ -107,3 +107,103 @@ fn long_parts_with_a_shared_prefix_do_not_collide() {
     assert_ne!(a, b);
     assert_eq!(a.len(), "n:v0:#".len() + 64);
 }
+
+#[test]
+fn floats_have_one_canonical_form() {
+    let k = |t: f64| KeyBuilder::new("chat").part_f64(t).build();
+    assert_eq!(k(0.7), k("0.70".parse().expect("float")));
+    assert_eq!(k(0.7), k(7e-1));
+    assert_eq!(k(0.0), k(-0.0), "negative zero is zero");
+    assert_ne!(k(0.7), k(0.70000001));
+    assert_eq!(k(0.7).as_str(), "chat:v0:0.7");
+    assert_eq!(k(1.0).as_str(), "chat:v0:1");
+    // An f32 keeps its own shortest form, not that of the f64 it widens to.
+    assert_eq!(
+        KeyBuilder::new("chat").part_f32(0.7).build().as_str(),
+        "chat:v0:0.7"
+    );
+}
+
+#[test]
+fn optional_parts_never_collide() {
+    let k = |p: Option<&str>| KeyBuilder::new("chat").part_opt(p).build();
+    let keys = [k(None), k(Some("")), k(Some("none")), k(Some("#none"))];
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    assert_eq!(
+        k(Some("gpt-4o")),
+        KeyBuilder::new("chat").part("gpt-4o").build()
+    );
+}
+
+#[test]
+fn serialized_requests_are_keyed_canonically() {
+    use serde::Serialize;
+    use serde_json::json;
+
+    #[derive(Serialize)]
+    struct Message<'a> {
+        role: &'a str,
+        content: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Request<'a> {
+        model: &'a str,
+        temperature: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_tokens: Option<u32>,
+        messages: Vec<Message<'a>>,
+        metadata: std::collections::HashMap<&'a str, &'a str>,
+    }
+    let request = |temperature: f64, order: &[(&'static str, &'static str)]| Request {
+        model: "gpt-4o",
+        temperature,
+        max_tokens: None,
+        messages: vec![Message {
+            role: "user",
+            content: PROMPT,
+        }],
+        metadata: order.iter().copied().collect(),
+    };
+    let key = |r: &Request<'_>| {
+        KeyBuilder::new("chat")
+            .part_json(r)
+            .expect("serializable")
+            .build()
+    };
+    // Map order (a HashMap's iteration order differs between processes) and 0.7 vs 0.70 do not
+    // change the key; a different temperature does.
+    let a = key(&request(0.7, &[("user", "u1"), ("team", "t1")]));
+    let b = key(&request(
+        "0.70".parse().expect("float"),
+        &[("team", "t1"), ("user", "u1")],
+    ));
+    assert_eq!(a, b);
+    assert_ne!(a, key(&request(0.8, &[("user", "u1"), ("team", "t1")])));
+    // The same JSON written by hand, keys in another order: the same key.
+    let by_hand = json!({
+        "temperature": 0.7,
+        "metadata": {"team": "t1", "user": "u1"},
+        "model": "gpt-4o",
+        "messages": [{"content": PROMPT, "role": "user"}],
+    });
+    assert_eq!(
+        a,
+        KeyBuilder::new("chat")
+            .part_json(&by_hand)
+            .expect("json")
+            .build()
+    );
+    // The request text never appears in the key.
+    assert!(!a.as_str().contains("assistant"));
+    assert!(a.as_str().starts_with("chat:v0:#"));
+    // A value serde_json cannot represent is an error, not a panic.
+    let bad: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+    assert!(matches!(
+        KeyBuilder::new("chat").part_json(&bad),
+        Err(layercache::Error::Encode { .. })
+    ));
+}

@@ -335,3 +335,90 @@ fn layered_attributes_requests_per_layer_and_counts_fail_safe() {
         .collect();
     assert_eq!(gauges.len(), 1, "the L2 circuit gauge is registered");
 }
+
+/// A stampede through a stack: the recorder and `Stats` both say 1 miss and 999 joined, exactly,
+/// and the layers inside the stack count nothing (no answer counted twice).
+#[test]
+fn a_stampede_is_one_miss_and_999_joined_in_the_recorder() {
+    use layercache::Layered;
+    const CALLERS: usize = 1000;
+    let recorder = DebuggingRecorder::new();
+    let cache = metrics::with_local_recorder(&recorder, || {
+        let l1 = MemoryCache::<String>::builder()
+            .name("s1")
+            .build()
+            .expect("l1");
+        let l2 = MemoryCache::<String>::builder()
+            .name("s2")
+            .build()
+            .expect("l2");
+        Layered::builder(l1, l2)
+            .name("stampede")
+            .build()
+            .expect("layered")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let calls = Arc::new(AtomicU64::new(0));
+    runtime.block_on(async {
+        let gate = Arc::new(tokio::sync::Barrier::new(CALLERS));
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    cache
+                        .get_or_load(
+                            "cold",
+                            move || async move {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                Ok::<_, std::io::Error>("v".to_string())
+                            },
+                            LoadOptions::ttl(Duration::from_secs(60)),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("no panic").expect("ok");
+        }
+    });
+    let (counters, _) = snapshot(&recorder);
+    let req = |cache: &str, layer: &str, result: &str| {
+        counters
+            .get(&(
+                REQUESTS_TOTAL.to_owned(),
+                labels(&[("cache", cache), ("layer", layer), ("result", result)]),
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(req("stampede", "none", "miss"), 1);
+    assert_eq!(req("stampede", "none", "joined"), (CALLERS - 1) as u64);
+    let total: u64 = counters
+        .iter()
+        .filter(|((name, _), _)| name == REQUESTS_TOTAL)
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(
+        total, CALLERS as u64,
+        "every answer counted once, in one series"
+    );
+    assert_eq!(
+        counters
+            .get(&(COALESCED_TOTAL.to_owned(), labels(&[("cache", "stampede")])))
+            .copied(),
+        Some((CALLERS - 1) as u64)
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.coalesced, stats.hits, stats.loads),
+        (1, (CALLERS - 1) as u64, 0, 1)
+    );
+}

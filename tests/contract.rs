@@ -1,0 +1,340 @@
+//! One `get_or_load` contract: the same `LoadOptions` suite — hard and soft timeouts, fail-safe,
+//! early refresh, invalid options, answer sources — runs against every cache that offers
+//! `get_or_load`, through the `GetOrLoad` trait: `MemoryCache`, `Layered::single`, `Layered` over
+//! two memory layers, `LoadingCache`, and (with the `redis` feature) `Layered` over a real Redis.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layercache::{Error, GetOrLoad, Layered, LoadOptions, LoadingCache, MemoryCache, Source};
+
+type Reply = String;
+
+#[derive(Debug)]
+struct Down;
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("provider down")
+    }
+}
+impl std::error::Error for Down {}
+
+/// A loader that counts its calls, takes `delay`, and answers `value` (or fails with `None`).
+fn loader(
+    calls: &Arc<AtomicUsize>,
+    value: Option<&str>,
+    delay: Duration,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Down>> + Send>>
+       + Send
+       + 'static {
+    let calls = Arc::clone(calls);
+    let value = value.map(str::to_owned);
+    move || {
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            value.ok_or(Down)
+        })
+    }
+}
+
+/// Let `d` of wall-clock time pass (entry lifetimes are wall-clock deadlines).
+async fn let_pass(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+async fn suite<C: GetOrLoad<Reply> + 'static>(name: &str, cache: C) {
+    let cache = Arc::new(cache);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ttl = LoadOptions::ttl(Duration::from_secs(60));
+
+    // Sources: loaded, then a hit.
+    let a = cache
+        .get_or_load_answer(
+            "src",
+            loader(&calls, Some("v"), Duration::ZERO),
+            ttl.clone(),
+        )
+        .await
+        .expect("load");
+    assert_eq!(
+        (a.source, a.value.as_str()),
+        (Source::Loaded, "v"),
+        "{name}"
+    );
+    let b = cache
+        .get_or_load_answer(
+            "src",
+            loader(&calls, Some("x"), Duration::ZERO),
+            ttl.clone(),
+        )
+        .await
+        .expect("hit");
+    assert_eq!(b.source, Source::L1Hit, "{name}");
+    assert!(b.source.is_hit() && !b.source.is_stale());
+
+    // Hard timeout, no stale value: an error within the limit, never the slow value's wait.
+    let started = Instant::now();
+    let hard = cache
+        .get_or_load(
+            "hard",
+            loader(&calls, Some("slow"), Duration::from_secs(2)),
+            ttl.clone().with_hard_timeout(Duration::from_millis(100)),
+        )
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(hard, Err(Error::Timeout { .. })),
+        "{name}: {hard:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "{name}: hard timeout honoured ({took:?})"
+    );
+
+    // Fail-safe: a stale value is served when the loader fails, and the loader is throttled.
+    let short = LoadOptions::ttl(Duration::from_millis(50))
+        .with_fail_safe(Duration::from_secs(60))
+        .with_fail_safe_throttle(Duration::from_secs(30));
+    cache
+        .get_or_load(
+            "fs",
+            loader(&calls, Some("old"), Duration::ZERO),
+            short.clone(),
+        )
+        .await
+        .expect("load");
+    let_pass(Duration::from_millis(80)).await;
+    let before = calls.load(Ordering::SeqCst);
+    let failed = cache
+        .get_or_load_answer("fs", loader(&calls, None, Duration::ZERO), short.clone())
+        .await
+        .expect("fail-safe answers");
+    assert_eq!(
+        (failed.source, failed.value.as_str()),
+        (Source::FailSafe, "old"),
+        "{name}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "{name}: the loader was tried"
+    );
+    let throttled = cache
+        .get_or_load("fs", loader(&calls, None, Duration::ZERO), short.clone())
+        .await
+        .expect("served during the throttle");
+    assert_eq!(throttled, "old", "{name}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "{name}: throttled, not called again"
+    );
+
+    // Soft timeout: with a stale value, answer with it when the load is slow; the load goes on
+    // and lands in the cache.
+    let soft = LoadOptions::ttl(Duration::from_millis(50))
+        .with_fail_safe(Duration::from_secs(60))
+        .with_soft_timeout(Duration::from_millis(100))
+        .with_hard_timeout(Duration::from_secs(5));
+    cache
+        .get_or_load(
+            "soft",
+            loader(&calls, Some("s1"), Duration::ZERO),
+            soft.clone(),
+        )
+        .await
+        .expect("load");
+    let_pass(Duration::from_millis(80)).await;
+    let started = Instant::now();
+    let quick = cache
+        .get_or_load_answer(
+            "soft",
+            loader(&calls, Some("s2"), Duration::from_millis(600)),
+            soft.clone(),
+        )
+        .await
+        .expect("stale at the soft timeout");
+    assert_eq!(
+        (quick.source, quick.value.as_str()),
+        (Source::SoftTimeout, "s1"),
+        "{name}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "{name}: did not wait for the load"
+    );
+    let fresh = LoadOptions::ttl(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = cache
+            .get_or_load(
+                "soft",
+                loader(&calls, Some("unused"), Duration::ZERO),
+                fresh.clone(),
+            )
+            .await
+            .expect("get");
+        if v == "s2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the background load never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Early refresh: a hit past 50 % of the lifetime answers at once and refreshes in the
+    // background, exactly once.
+    let early = LoadOptions::ttl(Duration::from_millis(400)).with_early_refresh(0.5);
+    cache
+        .get_or_load(
+            "early",
+            loader(&calls, Some("e1"), Duration::ZERO),
+            early.clone(),
+        )
+        .await
+        .expect("load");
+    let_pass(Duration::from_millis(250)).await;
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        let v = cache
+            .get_or_load(
+                "early",
+                loader(&refreshes, Some("e2"), Duration::from_millis(50)),
+                early.clone(),
+            )
+            .await
+            .expect("hit");
+        assert!(v == "e1" || v == "e2", "{name}: {v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = cache
+            .get_or_load(
+                "early",
+                loader(&calls, Some("unused"), Duration::ZERO),
+                LoadOptions::new(),
+            )
+            .await
+            .expect("get");
+        if v == "e2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the early refresh never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1, "{name}: one refresh");
+
+    // Options that cannot be honoured are errors, never ignored.
+    for bad in [
+        LoadOptions::new().with_soft_timeout(Duration::from_millis(10)),
+        LoadOptions::new().with_early_refresh(1.5),
+        LoadOptions::new().with_xfetch(-1.0),
+        LoadOptions::new().with_hard_timeout(Duration::ZERO),
+        LoadOptions::new()
+            .with_fail_safe(Duration::from_secs(1))
+            .with_soft_timeout(Duration::from_secs(2))
+            .with_hard_timeout(Duration::from_secs(1)),
+    ] {
+        let r = cache
+            .get_or_load(
+                "src",
+                loader(&calls, Some("v"), Duration::ZERO),
+                bad.clone(),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(Error::Config { .. })),
+            "{name}: {bad:?} → {r:?}"
+        );
+    }
+
+    // Concurrent callers of a cold key: one load, the rest joined.
+    let joined_calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, gate, ttl) = (Arc::clone(&cache), Arc::clone(&gate), ttl.clone());
+            let load = loader(&joined_calls, Some("j"), Duration::from_millis(300));
+            tokio::spawn(async move {
+                gate.wait().await;
+                cache.get_or_load_answer("joined", load, ttl).await
+            })
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for task in tasks {
+        sources.push(task.await.expect("no panic").expect("answer").source);
+    }
+    assert_eq!(joined_calls.load(Ordering::SeqCst), 1, "{name}");
+    assert_eq!(
+        sources.iter().filter(|s| **s == Source::Loaded).count(),
+        1,
+        "{name}"
+    );
+    assert_eq!(
+        sources.iter().filter(|s| **s == Source::Joined).count(),
+        19,
+        "{name}: {sources:?}"
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        stats.requests(),
+        stats.hits + stats.misses + stats.stale_hits + stats.coalesced,
+        "{name}"
+    );
+}
+
+fn memory() -> MemoryCache<Reply> {
+    support::memory_builder().build().expect("memory")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_cache_honours_every_option() {
+    suite("MemoryCache", memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_only_layered_honours_every_option() {
+    suite(
+        "Layered::single",
+        Layered::single(memory()).build().expect("layered"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_memory_layers_honour_every_option() {
+    let cache = Layered::builder(memory(), memory())
+        .build()
+        .expect("layered");
+    suite("Layered(memory, memory)", cache).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_cache_honours_every_option() {
+    let layer: Arc<dyn layercache::Cache<Reply>> = Arc::new(memory());
+    suite("LoadingCache", LoadingCache::new(layer)).await;
+}
+
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_redis_honour_every_option() {
+    let server = support::redis::RedisServer::start();
+    let l2 = layercache::RedisCache::builder()
+        .url(server.url())
+        .namespace("contract")
+        .build()
+        .await
+        .expect("redis");
+    let cache = Layered::builder(memory(), l2).build().expect("layered");
+    suite("Layered(memory, redis)", cache).await;
+}
