@@ -12,7 +12,9 @@
 //!   writes with moka and fred: moka get, fred GET, zstd + postcard decode, moka insert) vs
 //!   `layered`, both on the L2-hit path (L1 is cleared before each timed call).
 //! * `l2_hit` (feature `redis`): `raw_fred` (a fred `GET` plus the same decode) vs `layered`
-//!   (`RedisCache::get` through `Arc<dyn Cache<V>>`), on the same ~1 KB value bytes.
+//!   (`RedisCache::get` through `Arc<dyn Cache<V>>`, the default MessagePack codec), on the same
+//!   ~1 KB value bytes; `layered_postcard` and `layered_json` read the same value written in
+//!   those formats.
 //! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`.
 //!
 //! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
@@ -349,7 +351,7 @@ fn l2_hit(c: &mut Criterion) {
     let rt = runtime();
     let server = redis_support::RedisServer::start();
     let value = chat::reply(1, 1024);
-    let (ours, raw, codec) = rt.block_on(async {
+    let (ours, others, raw, codec) = rt.block_on(async {
         let ours: Arc<dyn Cache<chat::ChatReply>> = Arc::new(
             RedisCache::builder()
                 .url(server.url())
@@ -361,9 +363,46 @@ fn l2_hit(c: &mut Criterion) {
         ours.set("k", Entry::new(value.clone(), Duration::from_secs(3600)))
             .await
             .expect("set");
+        let mut others: Vec<(&'static str, Arc<dyn Cache<chat::ChatReply>>)> = Vec::new();
+        let postcard = Codec::with_format(layercache::codec::Postcard)
+            .build()
+            .expect("codec");
+        others.push((
+            "layered_postcard",
+            Arc::new(
+                RedisCache::builder_with_codec(postcard)
+                    .url(server.url())
+                    .namespace("bench-postcard")
+                    .build()
+                    .await
+                    .expect("connect"),
+            ),
+        ));
+        #[cfg(feature = "json")]
+        others.push((
+            "layered_json",
+            Arc::new(
+                RedisCache::builder_with_codec(
+                    Codec::with_format(layercache::codec::Json)
+                        .build()
+                        .expect("codec"),
+                )
+                .url(server.url())
+                .namespace("bench-json")
+                .build()
+                .await
+                .expect("connect"),
+            ),
+        ));
+        for (_, cache) in &others {
+            cache
+                .set("k", Entry::new(value.clone(), Duration::from_secs(3600)))
+                .await
+                .expect("set");
+        }
         let raw = redis_support::raw_client(&server.url()).await;
         let codec = Codec::builder().build().expect("codec");
-        (ours, raw, codec)
+        (ours, others, raw, codec)
     });
 
     let mut group = c.benchmark_group("l2_hit");
@@ -379,6 +418,12 @@ fn l2_hit(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(ours.get("k").await.expect("get").expect("present")) })
     });
+    for (id, cache) in &others {
+        group.bench_function(*id, |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(cache.get("k").await.expect("get").expect("present")) })
+        });
+    }
     group.finish();
     drop(server);
 }

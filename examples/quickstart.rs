@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layercache::{KeyBuilder, LoadOptions, MemoryCache};
+use layercache::{KeyBuilder, Layered, LoadOptions, MemoryCache, Source};
 use serde::{Deserialize, Serialize};
 
 const WORKERS: usize = 8;
@@ -138,77 +138,43 @@ where
 }
 
 /// The cache: memory alone, or — with `REDIS_URL` set — memory (L1) in front of Redis (L2).
-#[derive(Clone)]
-enum ChatCache {
-    Memory(MemoryCache<ChatReply>),
-    #[cfg(feature = "redis")]
-    Layered(layercache::Layered<ChatReply>),
-}
-
-impl ChatCache {
-    async fn connect() -> Result<(Self, String), Box<dyn std::error::Error>> {
-        let memory = MemoryCache::<ChatReply>::builder()
-            .name("chat-l1")
-            .max_bytes(64 << 20)
-            .weigher(|reply| reply.text.len())
-            .build()?;
+/// Either way it is one `Layered`: adding Redis is one builder line.
+async fn connect() -> Result<(Layered<ChatReply>, String), Box<dyn std::error::Error>> {
+    let memory = MemoryCache::<ChatReply>::builder()
+        .name("chat-l1")
+        .max_bytes(64 << 20)
+        .weigher(|reply| reply.text.len())
+        .build()?;
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let mut builder = Layered::single(memory)
+        .name("chat")
+        .l1_ttl(Duration::from_secs(60))
+        // Serve a stale reply for up to a day if the model API fails.
+        .default_options(LoadOptions::new().with_fail_safe(Duration::from_secs(86_400)));
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let mut where_ = "memory".to_string();
+    if let Ok(url) = std::env::var("REDIS_URL") {
         #[cfg(feature = "redis")]
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            let redis = layercache::RedisCache::<ChatReply>::builder()
+        {
+            builder = builder.l2(layercache::RedisCache::<ChatReply>::builder()
                 .name("chat-l2")
                 .url(&url)
                 .namespace("quickstart:v1")
                 .build()
-                .await?;
-            let layered = layercache::Layered::builder(memory, redis)
-                .name("chat")
-                .l1_ttl(Duration::from_secs(60))
-                // Serve a stale reply for up to a day if the model API fails.
-                .default_options(LoadOptions::new().with_fail_safe(Duration::from_secs(86_400)))
-                .build()?;
-            return Ok((
-                ChatCache::Layered(layered),
-                format!("memory (L1) + Redis at {url} (L2, namespace quickstart:v1)"),
-            ));
+                .await?);
+            where_ = format!("memory (L1) + Redis at {url} (L2, namespace quickstart:v1)");
         }
         #[cfg(not(feature = "redis"))]
-        if std::env::var_os("REDIS_URL").is_some() {
-            println!(
-                "note: REDIS_URL is set but this build has no `redis` feature; using memory.\n"
-            );
-        }
-        Ok((ChatCache::Memory(memory), "memory".to_string()))
+        println!(
+            "note: REDIS_URL={url} is set but this build has no `redis` feature; using memory.\n"
+        );
     }
-
-    async fn get_or_load<F, Fut>(
-        &self,
-        key: &str,
-        loader: F,
-        options: LoadOptions,
-    ) -> layercache::Result<ChatReply>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<ChatReply, ApiError>> + Send + 'static,
-    {
-        match self {
-            ChatCache::Memory(cache) => cache.get_or_load(key, loader, options).await,
-            #[cfg(feature = "redis")]
-            ChatCache::Layered(cache) => cache.get_or_load(key, loader, options).await,
-        }
-    }
-
-    fn stats(&self) -> layercache::Stats {
-        match self {
-            ChatCache::Memory(cache) => cache.stats(),
-            #[cfg(feature = "redis")]
-            ChatCache::Layered(cache) => cache.stats(),
-        }
-    }
+    Ok((builder.build()?, where_))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (cache, where_) = ChatCache::connect().await?;
+    let (cache, where_) = connect().await?;
 
     // 1. Without a cache: every request pays for a model call.
     let direct = Arc::new(SimulatedLlm::default());
@@ -231,8 +197,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (api, c) = (Arc::clone(&cached_api), cache.clone());
     let failures = Arc::new(AtomicU64::new(0));
     let failed = Arc::clone(&failures);
+    // How each request was answered, by `Source` (what an `x-cache` header would say).
+    let sources = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        &'static str,
+        u64,
+    >::new()));
+    let seen = Arc::clone(&sources);
     let cached = run(move |prompt: String| {
-        let (api, cache, failed) = (Arc::clone(&api), c.clone(), Arc::clone(&failed));
+        let (api, cache, failed, seen) = (
+            Arc::clone(&api),
+            c.clone(),
+            Arc::clone(&failed),
+            Arc::clone(&seen),
+        );
         async move {
             let key = KeyBuilder::new("chat")
                 .version(1)
@@ -240,15 +217,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .part(&prompt)
                 .build();
             let loaded = cache
-                .get_or_load(
+                .get_or_load_answer(
                     &key,
                     move || async move { api.chat(&prompt).await },
                     LoadOptions::ttl(Duration::from_secs(3600)),
                 )
                 .await;
-            if let Err(e) = loaded {
-                failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("call failed: {e}");
+            match loaded {
+                Ok(answer) => {
+                    let source: Source = answer.source;
+                    if let Ok(mut seen) = seen.lock() {
+                        *seen.entry(source.as_str()).or_default() += 1;
+                    }
+                }
+                Err(e) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("call failed: {e}");
+                }
             }
         }
     })
@@ -292,13 +277,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "  cache: {} hits, {} misses (hit ratio {:.1}%), {} loads, {} callers coalesced onto another's load, {} failures",
+        "  cache: {} hits, {} joined another caller's load, {} misses; served from cache {:.1}% (hit ratio {:.1}%), {} loads, {} failures",
         stats.hits,
+        stats.coalesced,
         stats.misses,
+        stats.served_from_cache_ratio() * 100.0,
         stats.hit_ratio() * 100.0,
         stats.loads,
-        stats.coalesced,
         failures.load(Ordering::Relaxed),
     );
+    if let Ok(sources) = sources.lock() {
+        let list: Vec<String> = sources.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("  answers by source: {}", list.join(", "));
+    }
     Ok(())
 }

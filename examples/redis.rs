@@ -25,8 +25,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
 
     // Every option, with its default in the comment.
-    let codec = Codec::builder() // postcard
+    let codec = Codec::builder() // MessagePack with field names (reads back any serde type)
         .compress_above(2048) // 1 KiB
+        .schema(1) // 0: bump when the value type changes incompatibly
+        .verify_writes(true) // true: a value that would not read back is refused at write
         .zstd_level(3) // 3
         .max_value_bytes(8 << 20) // 64 MiB
         .build()?;

@@ -17,12 +17,19 @@ GROUPS = [
     ("l1_hit_parallel", "raw_moka/8", "layered/8", "L1 hits from 8 tasks on a multi-thread runtime"),
     ("l1_hit_parallel", "raw_moka/2", "layered/2", "L1 hits from 2 tasks on a multi-thread runtime"),
     ("get_or_load_hit", "moka_try_get_with", "layered", "get_or_load on a warm key vs moka try_get_with"),
-    ("l2_hit", "raw_fred", "layered", "L2 hit: fred GET + the same decode vs RedisCache::get"),
+    ("l2_hit", "raw_fred", "layered", "L2 hit: fred GET + the same decode vs RedisCache::get (default MessagePack)"),
+    ("l2_hit", "raw_fred", "layered_postcard", "L2 hit of the same value written as postcard"),
+    ("l2_hit", "raw_fred", "layered_json", "L2 hit of the same value written as JSON"),
     ("hand_rolled_aside", "moka_fred_by_hand", "layered", "L2-hit path: hand-written moka+fred cache-aside vs Layered"),
     ("batch_get_100", "sequential_get", "get_many", "100 keys: sequential gets vs one get_many"),
     ("get_or_load_hit", "moka_try_get_with", "layered_quick_cache", "get_or_load on a warm key, quick_cache engine"),
     ("codec_4k", "postcard", "postcard_zstd", "encode+decode of a 4 KB chat reply: postcard vs postcard+zstd"),
     ("codec_4k", "postcard", "postcard_zstd_dict", "the same with a zstd dictionary trained on other replies"),
+    ("codec_4k", "postcard", "msgpack", "MessagePack with field names (the default format) vs postcard (target ≤ 2.0)"),
+    ("codec_4k", "postcard", "json", "JSON vs postcard"),
+    ("codec_4k", "postcard_zstd", "msgpack_zstd", "MessagePack + zstd vs postcard + zstd"),
+    ("codec_4k", "postcard_zstd", "json_zstd", "JSON + zstd vs postcard + zstd"),
+    ("codec_4k", "postcard_zstd", "default", "the default codec (MessagePack + zstd + write check) vs postcard + zstd"),
 ]
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "criterion")
@@ -115,12 +122,15 @@ def main():
     if sizes:
         print("\nStored size of chat replies (mean of 100; the dictionary is trained on 300 *other*")
         print("replies of the same kind, written by `benches/codec.rs`):\n")
-        print("| reply | framed postcard | + zstd | + zstd with dictionary | dictionary / plain zstd |")
-        print("|---|---|---|---|---|")
+        print("| reply | framed postcard | + zstd | + zstd with dictionary | dictionary / plain zstd "
+              "| MessagePack | + zstd | JSON | + zstd |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for label, row in sizes.items():
             plain, zstd, d = row["postcard"], row["zstd"], row["zstd_dict"]
+            extra = " | ".join(f"{row[k]} B" if k in row else "—"
+                               for k in ("msgpack", "msgpack_zstd", "json", "json_zstd"))
             print(f"| ~{label.upper().replace('K', ' KB')} | {plain} B | {zstd} B ({plain / zstd:.2}×) "
-                  f"| {d} B ({plain / d:.2}×) | {d / zstd:.2} |")
+                  f"| {d} B ({plain / d:.2}×) | {d / zstd:.2} | {extra} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")

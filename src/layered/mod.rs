@@ -477,7 +477,7 @@ where
 
     /// Defaults for every `get_or_load` call (each call's options override them field by
     /// field). Without a lifetime here or in the call, loaded values live for
-    /// [`DEFAULT_TTL`](crate::load::DEFAULT_TTL).
+    /// [`DEFAULT_TTL`].
     pub fn default_options(mut self, options: LoadOptions) -> Self {
         self.defaults = options;
         self

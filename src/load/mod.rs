@@ -1,10 +1,10 @@
 //! Cache-aside loading: one `get_or_load` contract for every cache.
 //!
-//! [`Layered`](crate::Layered) (memory-only with `Layered::single`, or memory + Redis),
+//! [`Layered`] (memory-only with `Layered::single`, or memory + Redis),
 //! [`MemoryCache`](crate::MemoryCache) and [`LoadingCache`] (any [`Cache`]) all run the same
 //! engine, so every [`LoadOptions`] setting — lifetime, jitter, fail-safe, soft and hard
 //! timeouts, early refresh — means the same on each; options that contradict each other are
-//! rejected with [`Error::Config`](crate::Error::Config), never ignored. Code that should work
+//! rejected with [`Error::Config`], never ignored. Code that should work
 //! with any of them is written against the [`GetOrLoad`] trait.
 //!
 //! # Single-flight
@@ -106,7 +106,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// | `fail_safe` | off | keep values as stale fallbacks this long; serve them when the loader fails |
 /// | `fail_safe_throttle` | [`DEFAULT_FAIL_SAFE_THROTTLE`] (30 s) | after a fail-safe answer, wait this long before loading again |
 /// | `soft_timeout` | none | with a stale value at hand, answer with it after this long |
-/// | `hard_timeout` | none | never wait longer: stale value (fail-safe) or [`Error::Timeout`](crate::Error::Timeout) |
+/// | `hard_timeout` | none | never wait longer: stale value (fail-safe) or [`Error::Timeout`] |
 /// | `early_refresh` / `xfetch` | off | refresh in the background before expiry |
 ///
 /// ```
@@ -279,7 +279,7 @@ impl LoadOptions {
     }
 
     /// Never wait longer than this for a load: return the stale value if there is one (fail-safe
-    /// on), else [`Error::Timeout`](crate::Error::Timeout). The load goes on and may still be
+    /// on), else [`Error::Timeout`]. The load goes on and may still be
     /// cached.
     pub fn with_hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = OptDuration::some(timeout);
