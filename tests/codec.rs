@@ -278,3 +278,93 @@ fn dictionaries_help_small_values_and_are_checked() {
         DecodeErrorKind::DictionaryMismatch { .. }
     ));
 }
+
+#[cfg(feature = "msgpack")]
+#[test]
+fn a_schema_id_travels_in_the_frame_and_a_mismatch_is_foreign() {
+    let entry = Entry::new(("reply".to_string(), 7u32), Duration::from_secs(60));
+    let v0 = Codec::builder().no_compression().build().expect("codec");
+    let v1 = Codec::builder()
+        .no_compression()
+        .schema(1)
+        .build()
+        .expect("codec");
+    let v2 = Codec::builder()
+        .no_compression()
+        .schema(2)
+        .build()
+        .expect("codec");
+    let plain = v0.encode(&entry).expect("encode");
+    let with_schema = v1.encode(&entry).expect("encode");
+    assert_eq!(with_schema.len(), plain.len() + 4, "4 bytes of schema id");
+    assert_eq!(plain[3] & 0b100, 0, "schema 0 writes no schema field");
+    assert_eq!(with_schema[3] & 0b100, 0b100);
+    let back: Entry<(String, u32)> = v1.decode(&with_schema).expect("same schema");
+    assert_eq!(back.value(), entry.value());
+    for (reader, bytes) in [(&v2, &with_schema), (&v1, &plain), (&v0, &with_schema)] {
+        match ValueCodec::<(String, u32)>::decode(reader, bytes) {
+            Err(Error::Decode { kind, .. }) => {
+                assert!(
+                    matches!(*kind, DecodeErrorKind::SchemaMismatch { .. }),
+                    "{kind:?}"
+                );
+                assert!(
+                    kind.is_foreign(),
+                    "another deployment's value, not corruption"
+                );
+            }
+            other => panic!("expected a schema mismatch, got {other:?}"),
+        }
+    }
+    // The schema id is covered by the checksum: a flipped schema bit is not misread.
+    let mut flipped = with_schema.clone();
+    flipped[41] ^= 0b11; // schema 1 → 2
+    assert!(ValueCodec::<(String, u32)>::decode(&v2, &flipped).is_err());
+}
+
+#[cfg(feature = "postcard")]
+#[test]
+fn a_value_that_does_not_read_back_is_refused_at_write() {
+    use layercache::codec::Postcard;
+    #[derive(serde::Serialize, serde::Deserialize, Debug)]
+    struct Reply {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refusal: Option<String>,
+    }
+    let codec = Codec::with_format(Postcard).build().expect("codec");
+    let fine = Entry::new(
+        Reply {
+            text: "a".into(),
+            refusal: Some("b".into()),
+        },
+        Duration::from_secs(60),
+    );
+    assert!(codec.encode(&fine).is_ok(), "present options read back");
+    let skipped = Entry::new(
+        Reply {
+            text: "a".into(),
+            refusal: None,
+        },
+        Duration::from_secs(60),
+    );
+    let err = codec
+        .encode(&skipped)
+        .expect_err("a skipped field does not read back");
+    assert!(
+        matches!(err, Error::RoundTrip { .. }) && err.is_refusal(),
+        "{err:?}"
+    );
+    // Without the check (an explicit choice) the bytes are produced — and do not decode.
+    let unchecked = Codec::with_format(Postcard)
+        .verify_writes(false)
+        .build()
+        .expect("codec");
+    let bytes = unchecked.encode(&skipped).expect("encodes");
+    assert!(ValueCodec::<Reply>::decode(&unchecked, &bytes).is_err());
+    let value: Entry<serde_json::Value> = Entry::new(
+        serde_json::json!({"a": [1, {"b": null}]}),
+        Duration::from_secs(60),
+    );
+    assert!(matches!(codec.encode(&value), Err(Error::RoundTrip { .. })));
+}
