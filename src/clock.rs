@@ -57,6 +57,40 @@ fn duration_ms(d: Duration) -> u64 {
         .saturating_add(u64::from(d.subsec_millis()))
 }
 
+/// A start time for measuring how long something takes, read from the calibrated counter
+/// when it is ready (a few ns) and from `std::time::Instant` until then.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stopwatch {
+    Ticks(u64),
+    Std(std::time::Instant),
+}
+
+impl Stopwatch {
+    /// Now.
+    #[inline]
+    pub(crate) fn start() -> Self {
+        match CLOCK.get() {
+            Some(clock) => Stopwatch::Ticks(clock.clock.raw()),
+            None => {
+                calibrate_in_background();
+                Stopwatch::Std(std::time::Instant::now())
+            }
+        }
+    }
+
+    /// Nanoseconds since [`start`](Self::start).
+    #[inline]
+    pub(crate) fn elapsed_ns(self) -> u64 {
+        match self {
+            Stopwatch::Ticks(start) => match CLOCK.get() {
+                Some(clock) => clock.ticks_to_ns(clock.clock.raw().saturating_sub(start)),
+                None => 0,
+            },
+            Stopwatch::Std(start) => u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// Start quanta's calibration on its own thread, once per process.
 #[cold]
 fn calibrate_in_background() {
@@ -90,6 +124,8 @@ struct Anchored {
     /// One multiplication instead of quanta's (not inlined) tick-to-nanosecond conversion and a
     /// division.
     ms_per_tick: u64,
+    /// Nanoseconds per tick as a 32.32 fixed-point number.
+    ns_per_tick: u64,
     /// Wall-clock ms minus monotonic ms since `origin` (wrapping), as of the last anchoring.
     offset_ms: AtomicU64,
     /// The monotonic ms at which to anchor again.
@@ -100,11 +136,15 @@ impl Anchored {
     fn new() -> Self {
         let clock = quanta::Clock::new();
         let origin = clock.raw();
-        let ms_per_tick = ms_per_tick(clock.delta_as_nanos(0, TICKS_SAMPLE));
+        let sample_ns = clock.delta_as_nanos(0, TICKS_SAMPLE);
+        let ms_per_tick = ms_per_tick(sample_ns);
+        // sample_ns / 2^40 ticks, with 32 fractional bits.
+        let ns_per_tick = sample_ns >> 8;
         let anchored = Anchored {
             clock,
             origin,
             ms_per_tick,
+            ns_per_tick,
             offset_ms: AtomicU64::new(0),
             next_anchor_ms: AtomicU64::new(0),
         };
@@ -121,6 +161,11 @@ impl Anchored {
             return self.anchor(mono);
         }
         mono.wrapping_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(self.ns_per_tick)) >> 32) as u64
     }
 
     /// Read the wall clock, record its offset from `mono`, and return it.
@@ -172,6 +217,17 @@ mod tests {
         assert!(day.abs_diff(86_400_000) <= 1, "{day}");
         // A slow counter cannot overflow the scale.
         assert_eq!(ms_per_tick(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn the_stopwatch_agrees_with_instant() {
+        let anchored = Anchored::new();
+        let t0 = anchored.clock.raw();
+        let std0 = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let ours = anchored.ticks_to_ns(anchored.clock.raw() - t0);
+        let theirs = std0.elapsed().as_nanos() as u64;
+        assert!(ours.abs_diff(theirs) < 2_000_000, "{ours} vs {theirs}");
     }
 
     #[test]

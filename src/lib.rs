@@ -41,6 +41,7 @@
 //! | [`layered`] | [`Layered`]: L1 alone or L1 + L2, with the resilient `get_or_load` and an L2 circuit breaker |
 //! | [`load`] | the one `get_or_load` engine: single-flight, detached loads, [`LoadOptions`], [`Answer`] / [`Source`], [`GetOrLoad`], [`LoadingCache`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
+//! | [`instrument`] | [`Timer`](instrument::Timer) for any call (durations, outcomes, in-flight, streams); [`LatencyHistogram`](instrument::LatencyHistogram) percentiles without a recorder |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |
 //! | [`metrics`] | metric names, and the [`Stats`] snapshot |
@@ -80,6 +81,7 @@ mod clock;
 pub mod codec;
 pub mod entry;
 pub mod error;
+pub mod instrument;
 pub mod key;
 pub mod layered;
 pub mod load;
@@ -105,7 +107,7 @@ pub use crate::load::{Answer, GetOrLoad, LoadOptions, LoadingCache, Source};
 pub use crate::memory::{Engine, MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;
 #[cfg(feature = "redis")]
-pub use crate::redis::{Reconnect, RedisCache, RedisCacheBuilder};
+pub use crate::redis::{Reconnect, RedisCache, RedisCacheBuilder, RedisOp};
 
 /// The fred crate, re-exported for [`RedisCacheBuilder::config`] and error inspection.
 #[cfg(feature = "redis")]

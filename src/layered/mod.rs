@@ -285,6 +285,13 @@ where
         stats
     }
 
+    /// Loader run times (successful and failed) since the cache was built, without any
+    /// recorder: count, mean, max and percentiles. [`LatencySnapshot`](crate::instrument::LatencySnapshot)
+    /// values from several caches or replicas merge.
+    pub fn load_latency(&self) -> crate::instrument::LatencySnapshot {
+        self.inner.flights.metrics.latency.snapshot()
+    }
+
     /// Flights (L2 reads and loads of missing keys) running right now (0 when idle).
     pub fn pending_loads(&self) -> usize {
         self.inner.flights.len()

@@ -538,6 +538,11 @@ where
         self.front.get_or_load_answer(key, loader, options).await
     }
 
+    /// Loader run times since creation (see [`Layered::load_latency`]).
+    pub fn load_latency(&self) -> crate::instrument::LatencySnapshot {
+        self.front.load_latency()
+    }
+
     /// Loads running right now.
     pub fn pending_loads(&self) -> usize {
         self.front.pending_loads()

@@ -219,6 +219,11 @@ where
         }
     }
 
+    /// Loader run times since the cache was built (see [`Layered::load_latency`]).
+    pub fn load_latency(&self) -> crate::instrument::LatencySnapshot {
+        self.front().load_latency()
+    }
+
     /// Loads running right now (0 when idle).
     pub fn pending_loads(&self) -> usize {
         self.front.as_ref().map_or(0, Layered::pending_loads)

@@ -13,10 +13,10 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots owned by one live thread each (tokio's workers, the application's threads).
-const OWNED: usize = 16;
+pub(crate) const OWNED: usize = 16;
 
 /// The slot every thread without an owned one shares, incremented atomically.
-const SHARED: usize = OWNED;
+pub(crate) const SHARED: usize = OWNED;
 
 /// Bit `i` set: slot `i` is owned by a live thread.
 static CLAIMED: AtomicU32 = AtomicU32::new(0);
@@ -62,12 +62,12 @@ thread_local! {
 /// This thread's slot; [`SHARED`] once its own is given back (counting from a thread-local
 /// destructor at thread exit).
 #[inline]
-fn slot() -> usize {
+pub(crate) fn slot() -> usize {
     SLOT.try_with(|claim| claim.0).unwrap_or(SHARED)
 }
 
 /// `K` counters, kept per thread.
-pub(super) struct Local<const K: usize> {
+pub(crate) struct Local<const K: usize> {
     slots: Box<[Slot<K>; OWNED + 1]>,
 }
 
@@ -88,8 +88,13 @@ impl<const K: usize> Default for Local<K> {
 impl<const K: usize> Local<K> {
     /// Add one to counter `which` (`< K`).
     #[inline]
-    pub(super) fn incr(&self, which: usize) {
-        let slot = slot();
+    pub(crate) fn incr(&self, which: usize) {
+        self.incr_at(slot(), which);
+    }
+
+    /// [`incr`](Self::incr) with this thread's [`slot`] already looked up.
+    #[inline]
+    pub(crate) fn incr_at(&self, slot: usize, which: usize) {
         let cell = &self.slots[slot].0[which];
         if slot == SHARED {
             cell.fetch_add(1, Ordering::Relaxed);
@@ -103,7 +108,7 @@ impl<const K: usize> Local<K> {
     }
 
     /// The total of counter `which` over all threads.
-    pub(super) fn get(&self, which: usize) -> u64 {
+    pub(crate) fn get(&self, which: usize) -> u64 {
         self.slots
             .iter()
             .map(|slot| slot.0[which].load(Ordering::Relaxed))

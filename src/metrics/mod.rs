@@ -15,7 +15,7 @@ use ::metrics::{Counter, Histogram, Label, Unit};
 
 use self::local::Local;
 
-mod local;
+pub(crate) mod local;
 
 /// `layercache_requests_total{cache,layer,result}`: answers, each counted once.
 ///
@@ -312,6 +312,8 @@ pub(crate) struct LoadMetrics {
     /// Their local twins, read by `stats()`.
     local: Local<5>,
     duration: Histogram,
+    /// Loader run times, readable without a recorder.
+    pub(crate) latency: crate::instrument::LatencyHistogram,
 }
 
 const OK: usize = 0;
@@ -334,6 +336,7 @@ impl LoadMetrics {
             ],
             local: Local::default(),
             duration: ::metrics::histogram!(LOAD_DURATION_SECONDS, "cache" => cache.to_owned()),
+            latency: crate::instrument::LatencyHistogram::new(),
         }
     }
 
@@ -345,11 +348,13 @@ impl LoadMetrics {
     pub(crate) fn load_ok(&self, took: std::time::Duration) {
         self.count(OK);
         self.duration.record(took.as_secs_f64());
+        self.latency.record(took);
     }
 
     pub(crate) fn load_error(&self, took: std::time::Duration) {
         self.count(ERROR);
         self.duration.record(took.as_secs_f64());
+        self.latency.record(took);
     }
 
     /// A caller gave up waiting (soft or hard timeout).

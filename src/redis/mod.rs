@@ -116,6 +116,37 @@ impl Reconnect {
     }
 }
 
+/// A Redis command kind of a [`RedisCache`], for [`RedisCache::op_latency`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RedisOp {
+    /// `GET` of one key.
+    Get,
+    /// `SET` of one key.
+    Set,
+    /// `UNLINK` of one key.
+    Delete,
+    /// `MGET` batches.
+    GetMany,
+    /// Pipelined `SET` batches.
+    SetMany,
+    /// `SCAN` + `UNLINK` of a prefix.
+    Invalidate,
+}
+
+impl RedisOp {
+    fn op(self) -> Op {
+        match self {
+            RedisOp::Get => Op::Get,
+            RedisOp::Set => Op::Set,
+            RedisOp::Delete => Op::Delete,
+            RedisOp::GetMany => Op::GetMany,
+            RedisOp::SetMany => Op::SetMany,
+            RedisOp::Invalidate => Op::Invalidate,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Op {
     Get,
@@ -164,6 +195,8 @@ struct OpMetrics {
     errors: Vec<Counter>,
     /// `None` for local steps (decode, encode), which are not timed.
     durations: Vec<Option<Histogram>>,
+    /// The same durations, readable without a recorder.
+    latency: Vec<crate::instrument::LatencyHistogram>,
     encoded_bytes: Histogram,
     stored_bytes: Histogram,
     error_total: AtomicU64,
@@ -180,6 +213,10 @@ impl OpMetrics {
                 .iter()
                 .map(|op| op.is_command().then(|| layer.op_histogram(op.name())))
                 .collect(),
+            latency: Op::ALL
+                .iter()
+                .map(|_| crate::instrument::LatencyHistogram::new())
+                .collect(),
             encoded_bytes: metrics::histogram!(VALUE_BYTES, "cache" => cache.to_owned(), "stage" => "encoded"),
             stored_bytes: metrics::histogram!(VALUE_BYTES, "cache" => cache.to_owned(), "stage" => "stored"),
             error_total: AtomicU64::new(0),
@@ -193,7 +230,9 @@ impl OpMetrics {
 
     fn took(&self, op: Op, started: Instant) {
         if let Some(histogram) = &self.durations[op as usize] {
-            histogram.record(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            histogram.record(took.as_secs_f64());
+            self.latency[op as usize].record(took);
         }
     }
 
@@ -395,6 +434,12 @@ where
             Some(_) => self.inner.metrics.stale(),
             None => self.inner.metrics.miss(),
         }
+    }
+
+    /// How long commands of kind `op` took since the cache was built (failed and timed-out ones
+    /// included), without any recorder: count, mean, max and percentiles.
+    pub fn op_latency(&self, op: RedisOp) -> crate::instrument::LatencySnapshot {
+        self.inner.ops.latency[op.op() as usize].snapshot()
     }
 
     /// Delete every key of this cache (within its namespace) that starts with `prefix`, using

@@ -1,0 +1,532 @@
+//! Time any call: the model call behind the cache, a SQL query, an HTTP handler.
+//!
+//! A [`Timer`] is built once per kind of call (a name and static labels) and then wraps each
+//! call's future with [`Timer::time`]. It records:
+//!
+//! * the duration into a [`LatencyHistogram`] of its own (percentiles without any recorder:
+//!   [`Timer::snapshot`]) and into `layercache_call_duration_seconds{call,outcome,…}` through
+//!   the `metrics` facade;
+//! * the outcome: `ok`, `error` (for a `Result` output), `cancelled` (a future dropped before it
+//!   finished — counted once, never lost), or a kind of error of your own (`timeout`,
+//!   `rate_limited`, …) chosen by [`TimerBuilder::classify`];
+//! * the calls in flight, in `layercache_calls_in_flight{call}` and [`Timer::in_flight`].
+//!
+//! Streams (LLM token streams) are timed with [`Timer::time_stream`]: time to the first item
+//! (`layercache_call_first_item_seconds`) and the whole duration.
+//!
+//! ```
+//! use std::time::Duration;
+//! use layercache::instrument::Timer;
+//!
+//! #[derive(Debug)]
+//! enum LlmError { RateLimited, Other }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let timer = Timer::builder("chat_completion")
+//!     .label("model", "gpt-4o")
+//!     .classify(&["rate_limited"], |e: &LlmError| match e {
+//!         LlmError::RateLimited => Some("rate_limited"),
+//!         LlmError::Other => None, // plain "error"
+//!     })
+//!     .build();
+//!
+//! let reply: Result<String, LlmError> = timer.time(async { Ok("hi".to_string()) }).await;
+//! assert_eq!(reply.unwrap(), "hi");
+//! let _ = timer.time(async { Err::<String, _>(LlmError::RateLimited) }).await;
+//!
+//! let counts = timer.counts();
+//! assert_eq!((counts.ok, counts.error, counts.cancelled), (1, 0, 0));
+//! assert_eq!(counts.kinds, vec![("rate_limited", 1)]);
+//! assert_eq!(timer.snapshot().count(), 2);
+//! assert_eq!(timer.in_flight(), 0);
+//! # }
+//! ```
+//!
+//! # Exporting real histograms to Prometheus
+//!
+//! `metrics-exporter-prometheus` exports histograms as *summaries* unless it is given bucket
+//! boundaries, and summaries cannot be aggregated across replicas. Give it buckets that reach
+//! LLM-length calls — [`LLM_BUCKETS_SECONDS`] goes from 5 ms to 10 minutes (the defaults of
+//! other crates stop at 10 s):
+//!
+//! ```text
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//! PrometheusBuilder::new()
+//!     .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), layercache::instrument::LLM_BUCKETS_SECONDS)?
+//!     .install()?;
+//! ```
+//!
+//! `examples/observability.rs` serves `/metrics` that way.
+
+mod histogram;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use ::metrics::{Gauge, Histogram, Label};
+use futures_core::Stream;
+
+pub use self::histogram::{LatencyHistogram, LatencySnapshot};
+use crate::clock::Stopwatch;
+use crate::metrics::local::{self, Local};
+
+/// `layercache_call_duration_seconds{call,outcome,…}`: histogram of timed calls' durations.
+pub const CALL_DURATION_SECONDS: &str = "layercache_call_duration_seconds";
+/// `layercache_calls_in_flight{call,…}`: gauge of timed calls running now.
+pub const CALLS_IN_FLIGHT: &str = "layercache_calls_in_flight";
+/// `layercache_call_first_item_seconds{call,…}`: histogram of the time a timed stream took to
+/// yield its first item.
+pub const CALL_FIRST_ITEM_SECONDS: &str = "layercache_call_first_item_seconds";
+
+/// Bucket boundaries (seconds) for calls that may take minutes, such as LLM requests: 5 ms to
+/// 10 min. Use them for every `_seconds` histogram (see the [module docs](self)).
+pub const LLM_BUCKETS_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+/// Local counter slots: ok, error, cancelled, started, classified (finished = the outcomes).
+const OK: usize = 0;
+const ERROR: usize = 1;
+const CANCELLED: usize = 2;
+const STARTED: usize = 3;
+const CLASSIFIED: usize = 4;
+
+type Classifier = Box<dyn Fn(&dyn Any) -> Option<&'static str> + Send + Sync>;
+
+/// Times calls of one kind; see the [module docs](self). Cloning is cheap and shares the
+/// counters.
+#[derive(Clone)]
+pub struct Timer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    labels: Vec<Label>,
+    histogram: LatencyHistogram,
+    first_item: LatencyHistogram,
+    local: Local<5>,
+    /// Facade handles for `ok`, `error`, `cancelled`.
+    durations: [Histogram; 3],
+    first_item_seconds: Histogram,
+    in_flight: Gauge,
+    classify: Option<Classifier>,
+    /// Error kinds from the classifier: their facade histogram and count, registered on first use.
+    kinds: Mutex<Vec<(&'static str, Histogram, u64)>>,
+}
+
+impl fmt::Debug for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timer")
+            .field("name", &self.inner.name)
+            .field("in_flight", &self.in_flight())
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Calls a [`Timer`] has seen, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallCounts {
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed with an error the classifier did not name.
+    pub error: u64,
+    /// Calls dropped before they finished.
+    pub cancelled: u64,
+    /// Calls that failed with an error the classifier named, by kind.
+    pub kinds: Vec<(&'static str, u64)>,
+}
+
+/// How a timed call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Error,
+    Kind(&'static str),
+}
+
+/// Outputs a [`Timer`] can tell success from failure in: `Result` (and `Option`: `None` is an
+/// error).
+pub trait CallResult {
+    #[doc(hidden)]
+    fn failure(&self) -> Option<&dyn Any>;
+}
+
+impl<T, E: 'static> CallResult for Result<T, E> {
+    fn failure(&self) -> Option<&dyn Any> {
+        self.as_ref().err().map(|e| e as &dyn Any)
+    }
+}
+
+impl<T> CallResult for Option<T> {
+    fn failure(&self) -> Option<&dyn Any> {
+        match self {
+            Some(_) => None,
+            None => Some(&()),
+        }
+    }
+}
+
+impl Timer {
+    /// A builder for a timer of calls named `call` (the `call` label).
+    pub fn builder(call: impl Into<String>) -> TimerBuilder {
+        TimerBuilder {
+            call: call.into(),
+            labels: Vec::new(),
+            kinds: Vec::new(),
+            classify: None,
+        }
+    }
+
+    /// A timer with no extra labels and no classifier.
+    pub fn new(call: impl Into<String>) -> Timer {
+        Self::builder(call).build()
+    }
+
+    /// The call's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Run `call` and record its duration and outcome (`ok`, `error`, a classified kind, or
+    /// `cancelled` if the returned future is dropped first). The clock starts at the first poll.
+    pub fn time<'a, F>(&'a self, call: F) -> impl Future<Output = F::Output> + 'a
+    where
+        F: Future + 'a,
+        F::Output: CallResult,
+    {
+        let inner = &*self.inner;
+        async move {
+            let guard = Running::start(inner);
+            let output = call.await;
+            let outcome = match output.failure() {
+                None => Outcome::Ok,
+                Some(error) => inner.classified(error),
+            };
+            guard.finish(outcome);
+            output
+        }
+    }
+
+    /// Like [`time`](Self::time) for a call whose output is not a `Result`: it is `ok` when it
+    /// finishes, `cancelled` when dropped first.
+    pub fn time_infallible<'a, F>(&'a self, call: F) -> impl Future<Output = F::Output> + 'a
+    where
+        F: Future + 'a,
+    {
+        let inner = &*self.inner;
+        async move {
+            let guard = Running::start(inner);
+            let output = call.await;
+            guard.finish(Outcome::Ok);
+            output
+        }
+    }
+
+    /// Time a stream (an LLM token stream): the time to its first item and its whole duration,
+    /// ending when the stream ends (`ok`) or is dropped first (`cancelled`).
+    pub fn time_stream<S>(&self, stream: S) -> TimedStream<S>
+    where
+        S: Stream,
+    {
+        TimedStream {
+            stream: Box::pin(stream),
+            timer: self.clone(),
+            state: StreamState::NotStarted,
+        }
+    }
+
+    /// Durations of every finished call so far (all outcomes), without any recorder.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        self.inner.histogram.snapshot()
+    }
+
+    /// Durations so far, leaving the timer's histogram empty (for "the last minute" figures).
+    pub fn take(&self) -> LatencySnapshot {
+        self.inner.histogram.take()
+    }
+
+    /// Times to the first item of timed streams.
+    pub fn first_item_snapshot(&self) -> LatencySnapshot {
+        self.inner.first_item.snapshot()
+    }
+
+    /// Calls running now.
+    pub fn in_flight(&self) -> u64 {
+        let local = &self.inner.local;
+        let finished = [OK, ERROR, CANCELLED, CLASSIFIED]
+            .iter()
+            .map(|&i| local.get(i))
+            .fold(0u64, u64::wrapping_add);
+        local.get(STARTED).saturating_sub(finished)
+    }
+
+    /// Calls so far, by outcome.
+    pub fn counts(&self) -> CallCounts {
+        let local = &self.inner.local;
+        CallCounts {
+            ok: local.get(OK),
+            error: local.get(ERROR),
+            cancelled: local.get(CANCELLED),
+            kinds: self
+                .inner
+                .kinds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|(_, _, n)| *n > 0)
+                .map(|(kind, _, n)| (*kind, *n))
+                .collect(),
+        }
+    }
+}
+
+impl Inner {
+    fn classified(&self, error: &dyn Any) -> Outcome {
+        match self.classify.as_ref().and_then(|c| c(error)) {
+            Some(kind) => Outcome::Kind(kind),
+            None => Outcome::Error,
+        }
+    }
+
+    #[inline]
+    fn record(&self, outcome: Option<Outcome>, ns: u64) {
+        // Looked up here, not at the start: the call may have moved to another thread.
+        let slot = local::slot();
+        self.histogram.record_at(slot, ns);
+        let seconds = ns as f64 * 1e-9;
+        match outcome {
+            Some(Outcome::Ok) => {
+                self.durations[0].record(seconds);
+                self.local.incr_at(slot, OK);
+            }
+            Some(Outcome::Error) => {
+                self.durations[1].record(seconds);
+                self.local.incr_at(slot, ERROR);
+            }
+            None => {
+                self.durations[2].record(seconds);
+                self.local.incr_at(slot, CANCELLED);
+            }
+            Some(Outcome::Kind(kind)) => {
+                let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+                match kinds.iter_mut().find(|(k, ..)| *k == kind) {
+                    Some((_, histogram, n)) => {
+                        histogram.record(seconds);
+                        *n += 1;
+                    }
+                    None => {
+                        let histogram = duration_histogram(&self.labels, kind);
+                        histogram.record(seconds);
+                        kinds.push((kind, histogram, 1));
+                    }
+                }
+                drop(kinds);
+                self.local.incr_at(slot, CLASSIFIED);
+            }
+        }
+        self.in_flight.decrement(1.0);
+    }
+}
+
+/// A call in progress: records `cancelled` if dropped before [`finish`](Running::finish).
+struct Running<'a> {
+    inner: &'a Inner,
+    started: Stopwatch,
+    done: bool,
+}
+
+impl<'a> Running<'a> {
+    #[inline]
+    fn start(inner: &'a Inner) -> Self {
+        inner.local.incr(STARTED);
+        inner.in_flight.increment(1.0);
+        Running {
+            inner,
+            started: Stopwatch::start(),
+            done: false,
+        }
+    }
+
+    #[inline]
+    fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.inner.record(Some(outcome), self.started.elapsed_ns());
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.record(None, self.started.elapsed_ns());
+        }
+    }
+}
+
+fn duration_histogram(labels: &[Label], outcome: &'static str) -> Histogram {
+    let mut labels = labels.to_vec();
+    labels.push(Label::new("outcome", outcome));
+    ::metrics::histogram!(CALL_DURATION_SECONDS, labels)
+}
+
+/// Builds a [`Timer`]; see [`Timer::builder`].
+#[must_use]
+pub struct TimerBuilder {
+    call: String,
+    labels: Vec<(String, String)>,
+    kinds: Vec<&'static str>,
+    classify: Option<Classifier>,
+}
+
+impl fmt::Debug for TimerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimerBuilder")
+            .field("call", &self.call)
+            .field("labels", &self.labels)
+            .field("kinds", &self.kinds)
+            .field("classify", &self.classify.as_ref().map(|_| "fn"))
+            .finish()
+    }
+}
+
+impl TimerBuilder {
+    /// Add a static label to every metric of this timer (for example `model = gpt-4o`).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// Name kinds of errors: `classify(&error)` returns the `outcome` label for it, one of
+    /// `kinds` (for example `"timeout"` or `"rate_limited"`), or `None` for a plain `"error"`.
+    /// Only errors of type `E` are shown to it; others are plain errors. The kinds' series are
+    /// registered when the timer is built (a kind not in `kinds` still counts, its series
+    /// registered when it first occurs).
+    pub fn classify<E: 'static>(
+        mut self,
+        kinds: &[&'static str],
+        classify: impl Fn(&E) -> Option<&'static str> + Send + Sync + 'static,
+    ) -> Self {
+        self.kinds = kinds.to_vec();
+        self.classify = Some(Box::new(move |error: &dyn Any| {
+            error.downcast_ref::<E>().and_then(&classify)
+        }));
+        self
+    }
+
+    /// Build the timer, registering its metrics with the recorder installed now.
+    pub fn build(self) -> Timer {
+        ::metrics::describe_histogram!(
+            CALL_DURATION_SECONDS,
+            ::metrics::Unit::Seconds,
+            "Duration of timed calls, by outcome"
+        );
+        ::metrics::describe_gauge!(CALLS_IN_FLIGHT, "Timed calls running now");
+        ::metrics::describe_histogram!(
+            CALL_FIRST_ITEM_SECONDS,
+            ::metrics::Unit::Seconds,
+            "Time a timed stream took to yield its first item"
+        );
+        let mut labels = vec![Label::new("call", self.call.clone())];
+        labels.extend(self.labels.into_iter().map(|(k, v)| Label::new(k, v)));
+        let mut kinds: Vec<(&'static str, Histogram, u64)> = Vec::new();
+        for kind in self.kinds {
+            if !kinds.iter().any(|(k, ..)| *k == kind) {
+                kinds.push((kind, duration_histogram(&labels, kind), 0));
+            }
+        }
+        Timer {
+            inner: Arc::new(Inner {
+                durations: [
+                    duration_histogram(&labels, "ok"),
+                    duration_histogram(&labels, "error"),
+                    duration_histogram(&labels, "cancelled"),
+                ],
+                first_item_seconds: ::metrics::histogram!(CALL_FIRST_ITEM_SECONDS, labels.clone()),
+                in_flight: ::metrics::gauge!(CALLS_IN_FLIGHT, labels.clone()),
+                name: Arc::from(self.call),
+                labels,
+                histogram: LatencyHistogram::new(),
+                first_item: LatencyHistogram::new(),
+                local: Local::default(),
+                classify: self.classify,
+                kinds: Mutex::new(kinds),
+            }),
+        }
+    }
+}
+
+enum StreamState {
+    NotStarted,
+    Running { started: Stopwatch, first: bool },
+    Done,
+}
+
+/// A stream timed by [`Timer::time_stream`]: yields the inner stream's items unchanged.
+pub struct TimedStream<S> {
+    stream: Pin<Box<S>>,
+    timer: Timer,
+    state: StreamState,
+}
+
+impl<S> fmt::Debug for TimedStream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedStream")
+            .field("timer", &self.timer.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Stream> Stream for TimedStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let StreamState::NotStarted = this.state {
+            let inner = &this.timer.inner;
+            inner.local.incr(STARTED);
+            inner.in_flight.increment(1.0);
+            this.state = StreamState::Running {
+                started: Stopwatch::start(),
+                first: true,
+            };
+        }
+        let polled = this.stream.as_mut().poll_next(cx);
+        if let (Poll::Ready(item), StreamState::Running { started, first }) =
+            (&polled, &mut this.state)
+        {
+            let inner = &this.timer.inner;
+            if *first && item.is_some() {
+                *first = false;
+                let ns = started.elapsed_ns();
+                inner.first_item.record_ns(ns);
+                inner.first_item_seconds.record(ns as f64 * 1e-9);
+            }
+            if item.is_none() {
+                let ns = started.elapsed_ns();
+                this.state = StreamState::Done;
+                inner.record(Some(Outcome::Ok), ns);
+            }
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.stream.size_hint()
+    }
+}
+
+impl<S> Drop for TimedStream<S> {
+    fn drop(&mut self) {
+        if let StreamState::Running { started, .. } = self.state {
+            self.timer.inner.record(None, started.elapsed_ns());
+        }
+    }
+}
