@@ -10,9 +10,10 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use layercache::instrument::LatencyHistogram;
 use layercache::{Cache, KeyBuilder, Layered, LoadOptions, MemoryCache};
 
 const WORKERS: u64 = 8;
@@ -54,9 +55,10 @@ impl FlakyProvider {
     }
 }
 
+/// Request latencies in a lock-free histogram (percentiles without sorting by hand).
 #[derive(Debug, Default)]
 struct Report {
-    latencies: Mutex<Vec<Duration>>,
+    latencies: LatencyHistogram,
     errors: AtomicU64,
     requests: AtomicU64,
 }
@@ -67,18 +69,11 @@ impl Report {
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(mut l) = self.latencies.lock() {
-            l.push(took);
-        }
+        self.latencies.record(took);
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        let mut l = self.latencies.lock().map(|l| l.clone()).unwrap_or_default();
-        l.sort();
-        if l.is_empty() {
-            return Duration::ZERO;
-        }
-        l[((l.len() - 1) as f64 * p).round() as usize]
+        self.latencies.snapshot().quantile(p)
     }
 }
 
@@ -212,8 +207,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         with.percentile(1.0)
     );
     println!(
-        "\n  cache: {} fresh hits, {} stale answers ({} fail-safe, {} timeouts), {} misses, {} loads ({} failed)",
-        stats.hits, stats.stale_hits, stats.fail_safe, stats.timeouts, stats.misses, stats.loads, stats.load_errors
+        "\n  cache: {} fresh hits, {} stale answers ({} fail-safe, {} timeouts), {} joined another caller's load, {} misses, {} loads ({} failed)",
+        stats.hits, stats.stale_hits, stats.fail_safe, stats.timeouts, stats.coalesced, stats.misses, stats.loads, stats.load_errors
+    );
+    let loads = cache.load_latency();
+    println!(
+        "  provider calls made by the cache: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        loads.p50(),
+        loads.p99(),
+        loads.max()
     );
     Ok(())
 }

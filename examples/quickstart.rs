@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use layercache::instrument::{LatencySnapshot, Timer};
 use layercache::{KeyBuilder, Layered, LoadOptions, MemoryCache, Source};
 use serde::{Deserialize, Serialize};
 
@@ -99,42 +100,30 @@ fn workload(worker: usize) -> Vec<String> {
         .collect()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-async fn run<F, Fut>(call: F) -> Vec<Duration>
+/// Run the workload through `call`, each request timed by a `Timer` named `name`; the timer's
+/// histogram gives the percentiles (no sorting by hand).
+async fn run<F, Fut>(name: &str, call: F) -> LatencySnapshot
 where
     F: Fn(String) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    let timer = Timer::new(name);
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let call = call.clone();
+            let (call, timer) = (call.clone(), timer.clone());
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(REQUESTS_PER_WORKER);
                 for prompt in workload(w) {
-                    let start = Instant::now();
-                    call(prompt).await;
-                    latencies.push(start.elapsed());
+                    timer.time_infallible(call(prompt)).await;
                 }
-                latencies
             })
         })
         .collect();
-    let mut all = Vec::new();
     for worker in workers {
-        match worker.await {
-            Ok(latencies) => all.extend(latencies),
-            Err(e) => eprintln!("worker failed: {e}"),
+        if let Err(e) = worker.await {
+            eprintln!("worker failed: {e}");
         }
     }
-    all.sort();
-    all
+    timer.snapshot()
 }
 
 /// The cache: memory alone, or — with `REDIS_URL` set — memory (L1) in front of Redis (L2).
@@ -180,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let direct = Arc::new(SimulatedLlm::default());
     let started = Instant::now();
     let api = Arc::clone(&direct);
-    let uncached = run(move |prompt: String| {
+    let uncached = run("uncached", move |prompt: String| {
         let api = Arc::clone(&api);
         async move {
             if let Err(e) = api.chat(&prompt).await {
@@ -203,7 +192,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         u64,
     >::new()));
     let seen = Arc::clone(&sources);
-    let cached = run(move |prompt: String| {
+    let cached = run("cached", move |prompt: String| {
         let (api, cache, failed, seen) = (
             Arc::clone(&api),
             c.clone(),
@@ -263,13 +252,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  p50 latency            {:>13.1?}  {:>13.1?}",
-        percentile(&uncached, 0.50),
-        percentile(&cached, 0.50)
+        uncached.p50(),
+        cached.p50()
     );
     println!(
         "  p95 latency            {:>13.1?}  {:>13.1?}",
-        percentile(&uncached, 0.95),
-        percentile(&cached, 0.95)
+        uncached.p95(),
+        cached.p95()
     );
     println!(
         "  wall time              {:>13.1?}  {:>13.1?}",

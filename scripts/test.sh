@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Works on a fresh machine: installs what the tests need
-# when it is missing and it can (redis-server and redis-cli from Debian's packages, as root).
+# when it is missing and it can (redis-server, redis-cli and prometheus from Debian's packages,
+# as root).
 #
-#   scripts/test.sh            fmt check, clippy -D warnings, docs, tests (all features, and none)
+#   scripts/test.sh            fmt check, clippy -D warnings, docs, tests (all features, and none),
+#                              and the observability check against a real Prometheus
 #
 # Environment:
 #   SKIP_LINT=1                skip fmt/clippy/doc (quick local runs)
@@ -49,4 +51,6 @@ log "memory and load tests on the quick_cache engine"
 LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation
 log "tests, no default features"
 cargo test --no-default-features
+log "observability: the example scraped by a real Prometheus, rules and dashboard names checked"
+scripts/observability_test.sh
 log "all tests passed"
