@@ -73,8 +73,22 @@ macro_rules! log_info {
 macro_rules! log_info {
     ($($arg:tt)*) => {};
 }
+/// `$future` inside the span `$span` (feature `tracing`); the bare future without it. The span
+/// expression is not evaluated without the feature.
+#[cfg(feature = "tracing")]
+macro_rules! traced {
+    ($span:expr, $future:expr) => {
+        ::tracing::Instrument::instrument($future, $span)
+    };
+}
+#[cfg(not(feature = "tracing"))]
+macro_rules! traced {
+    ($span:expr, $future:expr) => {
+        $future
+    };
+}
 #[allow(unused_imports)]
-pub(crate) use {log_info, log_warn};
+pub(crate) use {log_info, log_warn, traced};
 
 pub mod cache;
 mod clock;

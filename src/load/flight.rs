@@ -138,6 +138,9 @@ pub(crate) struct Flights<V> {
     /// completed since its caller looked.
     completed: AtomicU64,
     pub(crate) metrics: LoadMetrics,
+    /// The cache's name, for spans.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    name: Arc<str>,
 }
 
 impl<V> std::fmt::Debug for Flights<V> {
@@ -171,6 +174,7 @@ impl<V> Flights<V> {
             next_id: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             metrics: LoadMetrics::new(cache_name),
+            name: Arc::from(cache_name),
         }
     }
 
@@ -328,9 +332,26 @@ async fn run_flight<V, T, F, Fut, E>(
     // The loader runs on its own task so that tokio catches a panic in it (or in the closure
     // call), inside the span of the caller that started it.
     let load = async move { loader().await.map_err(Into::into) };
+    // The load runs in a span of its own, a child of the span of the caller that started it.
     #[cfg(feature = "tracing")]
-    let load = tracing::Instrument::instrument(load, spec.span.clone());
+    let load_span = tracing::debug_span!(
+        parent: &spec.span,
+        "layercache.load",
+        cache = %guard.flights.name,
+        outcome = tracing::field::Empty,
+    );
+    let load = crate::traced!(load_span.clone(), load);
     let joined = tokio::spawn(load).await;
+    #[cfg(feature = "tracing")]
+    load_span.record(
+        "outcome",
+        match &joined {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(e) if e.is_panic() => "panicked",
+            Err(_) => "cancelled",
+        },
+    );
     let took = started.elapsed();
     drop(_permit);
     let flights = Arc::clone(&guard.flights);

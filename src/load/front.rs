@@ -155,7 +155,7 @@ where
     {
         match self.hit_in_place(key, &options) {
             Ok(Some(entry)) => Ok(entry.into_value()),
-            Ok(None) => Box::pin(self.resolve(key, loader, options))
+            Ok(None) => Box::pin(self.resolve_traced(key, loader, options))
                 .await
                 .map(Answer::into_value),
             Err(e) => Err(e),
@@ -182,7 +182,7 @@ where
     {
         match self.hit_in_place(key, &options) {
             Ok(Some(entry)) => Ok(Answer::new(entry, Source::L1Hit)),
-            Ok(None) => Box::pin(self.resolve(key, loader, options)).await,
+            Ok(None) => Box::pin(self.resolve_traced(key, loader, options)).await,
             Err(e) => Err(e),
         }
     }
@@ -202,10 +202,80 @@ where
         match memory.peek_at(key, now) {
             Some(entry) if entry.is_fresh_at(now) => {
                 inner.metrics.count(Counted::L1Hit);
+                // A disabled span costs one check of a cached flag.
+                #[cfg(feature = "tracing")]
+                let _span = tracing::debug_span!(
+                    "layercache.get_or_load",
+                    cache = %inner.name,
+                    source = "l1_hit",
+                    layer = "l1",
+                    joined = false,
+                    outcome = "ok",
+                )
+                .entered();
                 Ok(Some(entry))
             }
             _ => Ok(None),
         }
+    }
+
+    /// [`resolve`](Self::resolve) in a `layercache.get_or_load` span (feature `tracing`) that
+    /// records how the call was answered.
+    async fn resolve_traced<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Answer<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        #[cfg(feature = "tracing")]
+        {
+            use tracing::field::Empty;
+            let span = tracing::debug_span!(
+                "layercache.get_or_load",
+                cache = %self.inner.name,
+                source = Empty,
+                layer = Empty,
+                joined = Empty,
+                outcome = Empty,
+            );
+            let result =
+                tracing::Instrument::instrument(self.resolve(key, loader, options), span.clone())
+                    .await;
+            match &result {
+                Ok(answer) => {
+                    span.record("source", answer.source.as_str());
+                    span.record(
+                        "layer",
+                        match answer.source {
+                            Source::L1Hit => "l1",
+                            Source::L2Hit => "l2",
+                            Source::FailSafe | Source::SoftTimeout => "stale",
+                            _ => "loader",
+                        },
+                    );
+                    span.record("joined", answer.source == Source::Joined);
+                    span.record("outcome", "ok");
+                }
+                Err(e) => {
+                    span.record(
+                        "outcome",
+                        match e {
+                            Error::Timeout { .. } => "timeout",
+                            Error::Config { .. } => "config",
+                            _ => "error",
+                        },
+                    );
+                }
+            }
+            result
+        }
+        #[cfg(not(feature = "tracing"))]
+        self.resolve(key, loader, options).await
     }
 
     /// Everything past an in-place hit.

@@ -416,16 +416,24 @@ where
         let full = self.full_key(key);
         let started = Instant::now();
         let index = self.reader_for(key);
-        let read: std::result::Result<Option<Bytes>, _> = self
-            .client(index)
-            .with_options(&self.inner.options)
-            .get(&full)
-            .await;
+        let read: std::result::Result<Option<Bytes>, _> = crate::traced!(
+            self.op_span(Op::Get),
+            self.client(index)
+                .with_options(&self.inner.options)
+                .get(&full)
+        )
+        .await;
         self.inner.ops.took(Op::Get, started);
         match read.map_err(|e| self.failed(Op::Get, index, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
             None => Ok(None),
         }
+    }
+
+    /// A `layercache.redis` span for one command of kind `op`.
+    #[cfg(feature = "tracing")]
+    fn op_span(&self, op: Op) -> tracing::Span {
+        tracing::debug_span!("layercache.redis", cache = %self.inner.name, op = op.name())
     }
 
     fn count(&self, entry: &Option<Entry<V>>) {
@@ -675,17 +683,17 @@ where
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
-        let written: std::result::Result<(), _> = self
-            .client(index)
-            .with_options(&self.inner.options)
-            .set(
+        let written: std::result::Result<(), _> = crate::traced!(
+            self.op_span(Op::Set),
+            self.client(index).with_options(&self.inner.options).set(
                 full.as_str(),
                 Bytes::from(bytes),
                 Some(Expiration::PX(ttl_ms as i64)),
                 None,
                 false,
             )
-            .await;
+        )
+        .await;
         self.inner.ops.took(Op::Set, started);
         written.map_err(|e| self.failed(Op::Set, index, e))
     }
@@ -694,11 +702,13 @@ where
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
-        let deleted: std::result::Result<i64, _> = self
-            .client(index)
-            .with_options(&self.inner.options)
-            .unlink(full.as_str())
-            .await;
+        let deleted: std::result::Result<i64, _> = crate::traced!(
+            self.op_span(Op::Delete),
+            self.client(index)
+                .with_options(&self.inner.options)
+                .unlink(full.as_str())
+        )
+        .await;
         self.inner.ops.took(Op::Delete, started);
         deleted
             .map(|_| ())
@@ -749,10 +759,10 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::GetMany, e))?;
             }
-            let round_replies: Vec<Value> = pipeline
-                .all()
-                .await
-                .map_err(|e| self.failed(Op::GetMany, index, e))?;
+            let round_replies: Vec<Value> =
+                crate::traced!(self.op_span(Op::GetMany), pipeline.all())
+                    .await
+                    .map_err(|e| self.failed(Op::GetMany, index, e))?;
             if round_replies.len() != round.len() {
                 return Err(self.redis_error(
                     Op::GetMany,
@@ -821,7 +831,9 @@ where
                     .await
                     .map_err(|e| self.redis_error(Op::SetMany, e))?;
             }
-            for result in pipeline.try_all::<Value>().await {
+            for result in
+                crate::traced!(self.op_span(Op::SetMany), pipeline.try_all::<Value>()).await
+            {
                 result.map_err(|e| self.failed(Op::SetMany, index, e))?;
             }
         }
