@@ -35,5 +35,9 @@ LAYERCACHE_BENCH_KEYS=1000 CRITERION_HOME="$PWD/target/criterion-1k" \
 cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 
 "${pin[@]}" cargo bench --all-features --bench codec -- "${args[@]}"
+# Instrumentation: single-thread groups pinned, the 8-thread histogram group unpinned.
+"${pin[@]}" cargo bench --all-features --bench instrument -- "${args[@]}" \
+    '^(instrument/|histogram_record/(hdrhistogram|ours)$)'
+cargo bench --all-features --bench instrument -- "${args[@]}" '^histogram_record/ours_8_threads$'
 python3 scripts/bench_report.py > BENCHMARKS.md
 cat BENCHMARKS.md
