@@ -41,6 +41,7 @@
 //! | [`layered`] | [`Layered`]: L1 alone or L1 + L2, with the resilient `get_or_load` and an L2 circuit breaker |
 //! | [`load`] | the one `get_or_load` engine: single-flight, detached loads, [`LoadOptions`], [`Answer`] / [`Source`], [`GetOrLoad`], [`LoadingCache`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
+//! | [`fleet`] | [`Backplane`](fleet::Backplane): cross-replica L1 invalidation over Redis pub/sub (feature `redis`) |
 //! | [`instrument`] | [`Timer`](instrument::Timer) for any call (durations, outcomes, in-flight, streams); [`LatencyHistogram`](instrument::LatencyHistogram) percentiles without a recorder |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |
@@ -95,6 +96,9 @@ mod clock;
 pub mod codec;
 pub mod entry;
 pub mod error;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 pub mod instrument;
 pub mod key;
 pub mod layered;

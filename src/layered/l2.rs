@@ -18,6 +18,7 @@ use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::load::breaker::Allow;
+use crate::load::L2Read;
 
 /// Most keys remembered for writing to L2 after an outage; beyond it, later keys are dropped
 /// (they reach L2 on their next load).
@@ -76,11 +77,19 @@ where
 
     /// Read `key` from L2 without counting; a failing or open L2 is a miss.
     pub(crate) async fn read_l2(self: &Arc<Self>, key: &str) -> Option<Entry<V>> {
-        self.via_l2(|l2| async move { l2.peek(key).await })
-            .await
-            .and_then(|r| r.ok())
-            .flatten()
-            .filter(Entry::is_usable)
+        match self.read_l2_state(key).await {
+            L2Read::Found(entry) => Some(entry),
+            L2Read::Missing | L2Read::Unavailable => None,
+        }
+    }
+
+    /// Read `key` from L2 without counting, telling a miss from no answer.
+    pub(crate) async fn read_l2_state(self: &Arc<Self>, key: &str) -> L2Read<V> {
+        match self.via_l2(|l2| async move { l2.peek(key).await }).await {
+            Some(Ok(Some(entry))) if entry.is_usable() => L2Read::Found(entry),
+            Some(Ok(_)) => L2Read::Missing,
+            Some(Err(_)) | None => L2Read::Unavailable,
+        }
     }
 
     /// Write `entry` to L2, or remember the key for later if L2 is unavailable. Returns the

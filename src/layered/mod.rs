@@ -133,6 +133,13 @@ pub(crate) struct Inner<V> {
     flushing: AtomicBool,
     /// Whether a refusal of L2 has been reported (once per cache).
     refusal_reported: AtomicBool,
+    /// Cross-replica invalidation, when set.
+    #[cfg(feature = "redis")]
+    pub(crate) backplane: Option<crate::fleet::Backplane>,
+    /// Bumped before each invalidation from the backplane is applied to L1. A copy from L2 into
+    /// L1 that raced with one is undone, so a value read just before an invalidation cannot
+    /// outlive it in L1.
+    evictions: std::sync::atomic::AtomicU64,
 }
 
 impl<V> Clone for Layered<V> {
@@ -166,6 +173,57 @@ where
         }
     }
 
+    /// The invalidation counter, read before an L2 read whose result may be copied into L1.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
+    /// take it out again if an invalidation came in meanwhile.
+    pub(crate) async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
+        let _ = self.l1.set(key, self.for_l1(entry)).await;
+        if self.epoch() != epoch {
+            let _ = self.l1.delete(key).await;
+        }
+    }
+
+    /// Whether L1 can be trusted on its own: always, unless a backplane has lost the fleet.
+    #[inline]
+    pub(crate) fn l1_trusted(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            return backplane.is_subscribed();
+        }
+        true
+    }
+
+    /// Tell the other replicas that `key` changed (with a backplane).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn announce_set(&self, key: &str) {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            backplane.announce(crate::fleet::backplane::Action::Set, key);
+        }
+    }
+
+    /// Tell the other replicas that `key` is gone or expired (with a backplane).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn announce_delete(&self, key: &str, expired: bool) {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            use crate::fleet::backplane::Action;
+            backplane.announce(
+                if expired {
+                    Action::Expire
+                } else {
+                    Action::Delete
+                },
+                key,
+            );
+        }
+    }
+
     /// L1's entry for `key` at `now`, uncounted (the front counts its answers itself).
     pub(crate) async fn read_l1(&self, key: &str, now: u64) -> Option<Entry<V>> {
         match &self.l1_memory {
@@ -184,15 +242,31 @@ where
         use crate::load::answer::Origin;
         let l1 = self.read_l1(key, now).await;
         if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
-            return l1.map(|e| (e, Origin::L1));
+            if self.l1_trusted() {
+                return l1.map(|e| (e, Origin::L1));
+            }
+            // Not trusted on its own: L2 decides; L1 answers only when L2 cannot.
+            let epoch = self.epoch();
+            return match self.read_l2_state(key).await {
+                crate::load::L2Read::Found(l2) => {
+                    self.backfill(key, l2.clone(), epoch).await;
+                    Some((l2, Origin::L2))
+                }
+                crate::load::L2Read::Missing => {
+                    let _ = self.l1.delete(key).await;
+                    None
+                }
+                crate::load::L2Read::Unavailable => l1.map(|e| (e, Origin::L1)),
+            };
         }
+        let epoch = self.epoch();
         let l2 = self.read_l2(key).await;
         match (l1, l2) {
             (Some(l1), Some(l2)) if l1.fresh_until_ms() >= l2.fresh_until_ms() => {
                 Some((l1, Origin::L1))
             }
             (_, Some(l2)) => {
-                let _ = self.l1.set(key, self.for_l1(l2.clone())).await;
+                self.backfill(key, l2.clone(), epoch).await;
                 Some((l2, Origin::L2))
             }
             (l1, None) => l1.map(|e| (e, Origin::L1)),
@@ -256,6 +330,8 @@ where
             admit: None,
             negative: None,
             metrics: None,
+            #[cfg(feature = "redis")]
+            backplane: None,
         }
     }
 
@@ -273,7 +349,54 @@ where
                 circuit: self.inner.breaker.state(),
             });
         }
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.inner.backplane {
+            health.push(LayerHealth {
+                name: backplane.channel().to_owned(),
+                position: "backplane",
+                circuit: if backplane.is_subscribed() {
+                    CircuitState::Closed
+                } else {
+                    CircuitState::Open
+                },
+            });
+        }
         health
+    }
+
+    /// Mark `key` expired: it stops being fresh in L1 and L2 but stays usable as a fail-safe
+    /// fallback until its stale deadline; with a backplane, every replica marks its L1 copy the
+    /// same way. The next `get_or_load` loads it again.
+    ///
+    /// # Errors
+    ///
+    /// The L2 error when L2 could not be read or written.
+    pub async fn expire(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        let now = now_ms();
+        if let Some(entry) = inner.read_l1(key, now).await {
+            let _ = inner.l1.set(key, entry.cap_fresh_ms(now)).await;
+        }
+        let mut result = Ok(());
+        if inner.l2.is_some() {
+            if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
+                match read {
+                    Ok(Some(entry)) => {
+                        let entry = entry.cap_fresh_ms(now);
+                        if let Some(Err(e)) = inner
+                            .via_l2(|l2| async move { l2.set(key, entry).await })
+                            .await
+                        {
+                            result = Err(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        inner.announce_delete(key, true);
+        result
     }
 
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
@@ -373,7 +496,7 @@ where
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
         let inner = &self.inner;
         let now = now_ms();
-        if let Some(memory) = &inner.l1_memory {
+        if let Some(memory) = inner.l1_memory.as_ref().filter(|_| inner.l1_trusted()) {
             let l1 = memory.peek_at(key, now);
             if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
                 inner.metrics.count(Counted::L1Hit);
@@ -408,7 +531,9 @@ where
                 return Err(refused);
             }
         }
-        inner.l1.set(key, inner.for_l1(entry)).await
+        let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+        inner.announce_set(key);
+        stored
     }
 
     /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
@@ -416,6 +541,7 @@ where
     async fn delete(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
+        inner.announce_delete(key, false);
         inner.l1.delete(key).await?;
         match (l2, &inner.l2) {
             (Some(result), _) => result,
@@ -442,6 +568,8 @@ pub struct LayeredBuilder<V> {
     negative: Option<(Predicate<V>, Duration)>,
     /// Counters shared with a `MemoryCache` whose front this is.
     metrics: Option<Arc<FrontMetrics>>,
+    #[cfg(feature = "redis")]
+    backplane: Option<crate::fleet::Backplane>,
 }
 
 impl<V: Send + Sync + 'static> fmt::Debug for LayeredBuilder<V> {
@@ -520,6 +648,17 @@ where
         self
     }
 
+    /// Keep this replica's L1 in step with the fleet's: changes made here are announced on
+    /// `backplane`, and changes announced by other replicas evict the key from this L1 (see
+    /// [`crate::fleet`] for the guarantees and the bound on lost messages). L1 must be a
+    /// [`MemoryCache`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn backplane(mut self, backplane: crate::fleet::Backplane) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
     /// Count answers into `metrics` (a `MemoryCache`'s own counters).
     pub(crate) fn shared_metrics(mut self, metrics: Arc<FrontMetrics>) -> Self {
         self.metrics = Some(metrics);
@@ -530,8 +669,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero, or
-    /// default options that [`LoadOptions::validate`] rejects.
+    /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero,
+    /// default options that [`LoadOptions::validate`] rejects, or a backplane over an L1 that is
+    /// not a [`MemoryCache`]; [`Error::NoRuntime`] for a backplane outside a tokio runtime.
     pub fn build(self) -> Result<Layered<V>> {
         if self.name.is_empty() {
             return Err(Error::config("the cache name must not be empty"));
@@ -543,6 +683,19 @@ where
             return Err(Error::config("max_concurrent_loads must be at least 1"));
         }
         self.defaults.validate()?;
+        #[cfg(feature = "redis")]
+        if self.backplane.is_some() {
+            if self.l1_memory.is_none() {
+                return Err(Error::config(
+                    "a backplane needs a MemoryCache as L1 (it drops all of L1 after a gap in the subscription)",
+                ));
+            }
+            let runtime =
+                tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
+            let cache = self.assemble();
+            runtime.spawn(apply_events(Arc::downgrade(&cache.inner)));
+            return Ok(cache);
+        }
         Ok(self.assemble())
     }
 
@@ -576,7 +729,53 @@ where
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
                 refusal_reported: AtomicBool::new(false),
+                #[cfg(feature = "redis")]
+                backplane: self.backplane,
+                evictions: std::sync::atomic::AtomicU64::new(0),
             }),
+        }
+    }
+}
+
+/// Apply the backplane's events to L1 until the cache is dropped.
+#[cfg(feature = "redis")]
+async fn apply_events<V>(inner: std::sync::Weak<Inner<V>>)
+where
+    V: Clone + Send + Sync + 'static,
+{
+    use crate::fleet::backplane::Event;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = match inner
+        .upgrade()
+        .and_then(|i| i.backplane.as_ref().map(|b| b.events()))
+    {
+        Some(events) => events,
+        None => return,
+    };
+    loop {
+        let event = events.recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let Some(memory) = &inner.l1_memory else {
+            return;
+        };
+        // Before the eviction itself: see `Inner::backfill`.
+        inner
+            .evictions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match event {
+            Ok(Event::Evict(key)) => {
+                let _ = memory.delete(&key).await;
+            }
+            Ok(Event::Expire(key)) => {
+                let now = now_ms();
+                if let Some(entry) = memory.peek_at(&key, now) {
+                    let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
+                }
+            }
+            Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => memory.invalidate_all(),
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -30,16 +30,28 @@ use crate::error::{BoxError, Error, Result, SharedError};
 use crate::load::answer::{Origin, Source};
 use crate::metrics::{LoadMetrics, Stats};
 
+/// What an L2 read found.
+pub(crate) enum L2Read<V> {
+    /// An entry that is still usable.
+    Found(Entry<V>),
+    /// L2 answered: nothing usable there.
+    Missing,
+    /// No answer: no L2, an open circuit, or an error.
+    Unavailable,
+}
+
 /// The layers a flight reads and writes.
 #[async_trait]
 pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// A second look at L1 before paying for a load (uncounted).
     async fn recheck(&self, key: &str) -> Option<Entry<V>>;
-    /// The L2 entry for `key`, if there is an L2 and it answers (uncounted). A fresh one answers
-    /// the flight (and is copied into L1 by the target).
-    async fn read_l2(&self, key: &str) -> Option<Entry<V>>;
-    /// Copy an entry read from L2 into L1.
-    async fn backfill(&self, key: &str, entry: Entry<V>);
+    /// The L2 entry for `key` (uncounted). A fresh one answers the flight (and is copied into
+    /// L1 by the target).
+    async fn read_l2(&self, key: &str) -> L2Read<V>;
+    /// A reading of the L1 invalidation counter, taken before an L2 read.
+    fn epoch(&self) -> u64;
+    /// Copy an entry read from L2 into L1, unless an invalidation since `epoch` may make it old.
+    async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64);
     /// Store before the waiters are answered (fast, local layers).
     async fn store_before_answer(&self, key: &str, entry: Entry<V>);
     /// Store after the waiters are answered (slow, remote layers); the flight stays in the table
@@ -64,6 +76,9 @@ pub(crate) struct LoadSpec<V> {
     pub(crate) limit: Option<Arc<Semaphore>>,
     /// The stale entry the starting caller found in L1, if any.
     pub(crate) stale: Option<Entry<V>>,
+    /// A fresh L1 entry not trusted on its own (the backplane could not hear the fleet): it
+    /// answers only when L2 cannot.
+    pub(crate) l1_backup: Option<Entry<V>>,
     /// With fail-safe on: how long a stale value is served after the loader failed.
     pub(crate) fail_safe_throttle: Option<Duration>,
     /// The span the loader runs in (the starting caller's).
@@ -307,19 +322,30 @@ async fn run_flight<V, T, F, Fut, E>(
         }
     }
     let mut stale = spec.stale.clone().map(|e| (e, Origin::L1));
-    if let Some(entry) = target.read_l2(&guard.key).await {
-        if answers(&entry) {
-            target.backfill(&guard.key, entry.clone()).await;
-            guard.flights.completed.fetch_add(1, Ordering::Release);
-            drop(guard);
-            done(&tx, entry, Source::L2Hit);
-            return;
+    let epoch = target.epoch();
+    match target.read_l2(&guard.key).await {
+        L2Read::Found(entry) => {
+            if answers(&entry) {
+                target.backfill(&guard.key, entry.clone(), epoch).await;
+                guard.flights.completed.fetch_add(1, Ordering::Release);
+                drop(guard);
+                done(&tx, entry, Source::L2Hit);
+                return;
+            }
+            if entry.is_usable() {
+                stale = later(stale, Some((entry, Origin::L2)));
+                let published = stale.clone();
+                tx.send_modify(|slot| slot.stale = published);
+            }
         }
-        if entry.is_usable() {
-            stale = later(stale, Some((entry, Origin::L2)));
-            let published = stale.clone();
-            tx.send_modify(|slot| slot.stale = published);
+        L2Read::Unavailable => {
+            if let Some(entry) = spec.l1_backup.clone().filter(|e| answers(e)) {
+                drop(guard);
+                done(&tx, entry, Source::L1Hit);
+                return;
+            }
         }
+        L2Read::Missing => {}
     }
 
     // Waiting for a permit is part of the load: the callers' timeouts apply to it.

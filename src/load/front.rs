@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::answer::{Answer, Origin, Source};
-use super::flight::{Joined, LoadSpec, LoadTarget, Resolved, Waiter};
+use super::flight::{Joined, L2Read, LoadSpec, LoadTarget, Resolved, Waiter};
 use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
@@ -32,11 +32,14 @@ where
         // Only L1: every flight writes L1 before it answers.
         self.0.read_l1(key, now_ms()).await
     }
-    async fn read_l2(&self, key: &str) -> Option<Entry<V>> {
-        self.0.read_l2(key).await
+    async fn read_l2(&self, key: &str) -> L2Read<V> {
+        self.0.read_l2_state(key).await
     }
-    async fn backfill(&self, key: &str, entry: Entry<V>) {
-        let _ = self.0.l1.set(key, self.0.for_l1(entry)).await;
+    fn epoch(&self) -> u64 {
+        self.0.epoch()
+    }
+    async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
+        self.0.backfill(key, entry, epoch).await;
     }
     async fn store_before_answer(&self, key: &str, entry: Entry<V>) {
         let _ = self.0.l1.set(key, self.0.for_l1(entry)).await;
@@ -44,6 +47,7 @@ where
     async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
         let _ = self.0.write_l2(key, entry).await;
+        self.0.announce_set(key);
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         let _ = self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await;
@@ -79,6 +83,7 @@ where
         options: &LoadOptions,
         fresher_than_ms: u64,
         stale: Option<Entry<V>>,
+        l1_backup: Option<Entry<V>>,
     ) -> LoadSpec<V> {
         let ttl = options.resolve_ttl(super::DEFAULT_TTL);
         let jitter = options
@@ -111,6 +116,7 @@ where
             fresher_than_ms,
             limit: self.limit.clone(),
             stale,
+            l1_backup,
             fail_safe_throttle: max_stale.map(|_| {
                 options
                     .fail_safe_throttle
@@ -195,7 +201,7 @@ where
         let Some(memory) = &inner.l1_memory else {
             return Ok(None);
         };
-        if options.refreshes() || inner.defaults.refreshes() {
+        if options.refreshes() || inner.defaults.refreshes() || !inner.l1_trusted() {
             return Ok(None);
         }
         let now = now_ms();
@@ -294,11 +300,18 @@ where
         let generation = inner.flights.generation();
         let now = now_ms();
         let options = options.or(&inner.defaults);
+        let trusted = inner.l1_trusted();
+        let mut l1_backup = None;
         let l1 = match inner.read_l1(key, now).await {
+            // Not trusted on its own: L2 decides, L1 answers only when L2 cannot.
+            Some(entry) if entry.is_fresh_at(now) && !trusted => {
+                l1_backup = Some(entry);
+                None
+            }
             Some(entry) if entry.is_fresh_at(now) => {
                 inner.metrics.count(Counted::L1Hit);
                 if inner.due_for_refresh(&entry, &options, now) && !inner.flights.is_loading(key) {
-                    let spec = inner.spec(&options, entry.fresh_until_ms(), None);
+                    let spec = inner.spec(&options, entry.fresh_until_ms(), None, None);
                     let target = Arc::new(Target(Arc::clone(inner)));
                     // Started and left running; this caller does not wait for it.
                     let _ = inner
@@ -311,7 +324,7 @@ where
         };
         let fail_safe = options.max_stale.is_some();
         let own_stale = l1.filter(|e| fail_safe && e.is_usable());
-        let spec = inner.spec(&options, 0, own_stale.clone());
+        let spec = inner.spec(&options, 0, own_stale.clone(), l1_backup);
         let target = Arc::new(Target(Arc::clone(inner)));
         let (waiter, joined) = inner
             .flights

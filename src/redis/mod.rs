@@ -270,6 +270,8 @@ pub struct RedisCache<V> {
 struct Inner<V> {
     /// Held while the cache exists; a background connect loop stops when it goes.
     _alive: Arc<()>,
+    /// How the pool was built, for the backplane's own connections.
+    setup: Setup,
     pool: Pool,
     clustered: bool,
     prefix: String,
@@ -444,6 +446,53 @@ where
         }
     }
 
+    /// A [`Backplane`](crate::fleet::Backplane) on this cache's server and namespace (channel
+    /// `layercache:backplane:v1:<namespace>`), with connections of its own: a subscriber and a
+    /// publisher. Give it to [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] (op `connect`) when its connections cannot be made within the connect
+    /// timeout, (op `subscribe`) when the subscription fails.
+    pub async fn backplane(&self) -> Result<crate::fleet::Backplane> {
+        let setup = &self.inner.setup;
+        let subscriber = setup
+            .builder()
+            .build_subscriber_client()
+            .map_err(|e| Error::redis("config", e))?;
+        let publisher = setup
+            .builder()
+            .build()
+            .map_err(|e| Error::redis("config", e))?;
+        let connected = tokio::time::timeout(setup.connect_timeout, async {
+            subscriber.init().await?;
+            publisher.init().await?;
+            Ok::<(), fred::error::Error>(())
+        })
+        .await;
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::redis("connect", e)),
+            Err(_) => {
+                return Err(Error::redis(
+                    "connect",
+                    fred::error::Error::new(
+                        fred::error::ErrorKind::Timeout,
+                        "the backplane could not connect within the connect timeout",
+                    ),
+                ))
+            }
+        }
+        let namespace = self.inner.prefix.trim_end_matches(':');
+        let channel = format!(
+            "layercache:backplane:v{}:{namespace}",
+            crate::fleet::backplane::WIRE
+        );
+        crate::fleet::Backplane::start(channel, publisher, subscriber)
+            .await
+            .map_err(|e| Error::redis("subscribe", e))
+    }
+
     /// How long commands of kind `op` took since the cache was built (failed and timed-out ones
     /// included), without any recorder: count, mean, max and percentiles.
     pub fn op_latency(&self, op: RedisOp) -> crate::instrument::LatencySnapshot {
@@ -558,6 +607,27 @@ where
         self.inner.metrics.fill(&mut stats);
         stats.errors = self.inner.ops.error_total.load(Ordering::Relaxed);
         stats
+    }
+}
+
+/// The settings a client of this cache is built from.
+#[derive(Clone)]
+struct Setup {
+    config: Config,
+    policy: ReconnectPolicy,
+    connection: ConnectionConfig,
+    performance: PerformanceConfig,
+    connect_timeout: Duration,
+}
+
+impl Setup {
+    fn builder(&self) -> fred::types::Builder {
+        let mut builder = fred::types::Builder::from_config(self.config.clone());
+        builder
+            .set_policy(self.policy.clone())
+            .set_connection_config(self.connection.clone())
+            .set_performance_config(self.performance.clone());
+        builder
     }
 }
 
@@ -1010,10 +1080,15 @@ where
             default_command_timeout: self.command_timeout,
             ..PerformanceConfig::default()
         };
-        let pool = fred::types::Builder::from_config(config)
-            .set_policy(self.reconnect.to_fred())
-            .set_connection_config(connection)
-            .set_performance_config(performance)
+        let setup = Setup {
+            config,
+            policy: self.reconnect.to_fred(),
+            connection,
+            performance,
+            connect_timeout: self.connect_timeout,
+        };
+        let pool = setup
+            .builder()
             .build_pool(self.pool_size)
             .map_err(|source| Error::redis("config", source))?;
 
@@ -1075,6 +1150,7 @@ where
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 _alive: alive,
+                setup,
                 pool,
                 clustered,
                 prefix,

@@ -2,6 +2,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod chat;
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+pub mod fleet;
 pub mod frames;
 pub mod openai;
 #[cfg(feature = "redis")]

@@ -1,0 +1,202 @@
+//! A fleet of replicas as separate OS processes (this test binary run again as a replica, see
+//! `support::fleet`) sharing one real `redis-server`: invalidations cross processes through the backplane,
+//! and a lost subscription or a Redis restart never lets a replica serve an invalidated value
+//! for longer than the documented bound.
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use layercache::fleet::TRUST_WINDOW;
+use layercache::{Cache, CacheExt, Layered};
+use support::fleet::{unix_nanos, Replica, REPLICA_ENV};
+use support::redis::RedisServer;
+
+/// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
+/// other tests as a child process; without the environment variable it does nothing.
+#[test]
+fn fleet_replica_process() {
+    let Ok(spec) = std::env::var(REPLICA_ENV) else {
+        return;
+    };
+    let (url, namespace) = spec.split_once(' ').expect("url and namespace");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(support::fleet::replica(url, namespace))
+        .expect("replica");
+}
+
+async fn replica_here(url: &str, namespace: &str) -> Layered<String> {
+    support::fleet::replica_cache(url, namespace)
+        .await
+        .expect("replica")
+}
+
+/// `value` is in the replicas' L1s; `change` replaces it; every replica reports when it stopped
+/// seeing `value`. Returns each replica's visibility time.
+async fn measure(
+    a: &Layered<String>,
+    replicas: &mut [Replica],
+    key: &str,
+    value: &str,
+    change: impl std::future::Future<Output = ()>,
+) -> Vec<Duration> {
+    a.set_value(key, value.to_owned(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    for r in replicas.iter_mut() {
+        r.send(&format!("watch {key} {value}"));
+    }
+    for r in replicas.iter_mut() {
+        assert_eq!(r.read(), "armed", "the replica saw {value}");
+    }
+    let started = unix_nanos();
+    change.await;
+    replicas
+        .iter_mut()
+        .map(|r| {
+            let answer = r.read();
+            let seen: Option<u128> = answer.strip_prefix("changed ").and_then(|n| n.parse().ok());
+            let Some(seen) = seen else {
+                let state = r.ask("state");
+                let now = r.ask(&format!("get {key}"));
+                panic!(
+                    "{key}: no change from {value} seen ({answer}); replica: {state}, reads {now}"
+                );
+            };
+            Duration::from_nanos(seen.saturating_sub(started) as u64)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_cross_four_processes() {
+    let changes: usize = std::env::var("LAYERCACHE_FLEET_CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let server = RedisServer::start();
+    let a = replica_here(&server.url(), "f4").await;
+    let mut others: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&server.url(), "f4"))
+        .collect();
+    let mut times = Vec::with_capacity(changes * 3);
+    for i in 0..changes {
+        let key = format!("k{}", i % 10);
+        let value = format!("v{i}");
+        let kind = i % 3;
+        let a2 = a.clone();
+        let key2 = key.clone();
+        times.extend(
+            measure(&a, &mut others, &key, &value, async move {
+                match kind {
+                    0 => a2
+                        .set_value(&key2, format!("w{i}"), Duration::from_secs(600))
+                        .await
+                        .expect("overwrite"),
+                    1 => a2.delete(&key2).await.expect("delete"),
+                    _ => a2.expire(&key2).await.expect("expire"),
+                }
+            })
+            .await,
+        );
+    }
+    times.sort();
+    let (p50, p99, max) = (
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+    );
+    println!(
+        "{} changes (overwrite, delete, expire) seen by 3 other processes: visibility p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        changes
+    );
+    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    assert!(
+        max < TRUST_WINDOW + Duration::from_millis(500),
+        "max {max:?}"
+    );
+    // A replica ignores its own messages: its L1 keeps what it wrote.
+    a.set_value("own", "mine".into(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    assert_eq!(
+        a.get_value("own").await.expect("get").as_deref(),
+        Some("mine")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_or_a_restart_stays_within_the_bound() {
+    let mut server = RedisServer::start();
+    let a = replica_here(&server.url(), "fb").await;
+    let mut others = vec![Replica::start(&server.url(), "fb")];
+
+    // The subscription connections are killed; a change made meanwhile is seen within the bound.
+    let killed = server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    println!("CLIENT KILL TYPE pubsub: {}", killed.trim());
+    let a2 = a.clone();
+    let took = measure(&a, &mut others, "k", "before-kill", async move {
+        a2.set_value("k", "after-kill".into(), Duration::from_secs(600))
+            .await
+            .expect("set");
+    })
+    .await;
+    println!("after killing the subscriptions: change seen after {took:?}");
+    assert!(
+        took[0] < TRUST_WINDOW + Duration::from_millis(500),
+        "{took:?}"
+    );
+
+    // Redis restarts (data gone); A writes again once Redis is back: the other replica must not
+    // keep serving its L1 copy beyond the bound.
+    assert_eq!(others[0].ask("get r"), "none");
+    a.set_value("r", "old".into(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while others[0].ask("get r") != "val old" {
+        assert!(Instant::now() < deadline, "the replica never saw r");
+    }
+    others[0].send("watch r old");
+    assert_eq!(others[0].read(), "armed");
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        let _ = a
+            .set_value("r", "new".into(), Duration::from_secs(600))
+            .await;
+        if server.cli(&["EXISTS", "fb:r"]).trim() == "1" {
+            break unix_nanos();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A could not write after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let answer = others[0].read();
+    let seen: u128 = answer
+        .strip_prefix("changed ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no change seen: {answer}"));
+    let late = Duration::from_nanos(seen.saturating_sub(written) as u64);
+    println!("after a Redis restart: the new value was seen {late:?} after it was written");
+    assert!(late < TRUST_WINDOW + Duration::from_millis(500), "{late:?}");
+    // The backplane recovers by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while others[0].ask("state") != "subscribed true" {
+        assert!(Instant::now() < deadline, "the backplane did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
