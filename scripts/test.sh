@@ -48,7 +48,7 @@ fi
 log "tests, all features"
 cargo test --all-features
 log "memory and load tests on the quick_cache engine"
-LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation
+LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation --test contract
 log "tests, no default features"
 cargo test --no-default-features
 log "observability: the example scraped by a real Prometheus, rules and dashboard names checked"
