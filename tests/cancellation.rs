@@ -168,11 +168,13 @@ async fn cancelled_callers_leave_nothing_behind() {
     // A leak per call would show in absolute terms: half of the calls ran between the two
     // readings, and anything a call leaves behind (a flight, a waiter, an entry) is 200 bytes or
     // more, so ≥ 10 MiB at the CI size. A percentage of a ~14 MiB RSS is allocator noise under
-    // load (+5.9 % seen with a second test process running).
+    // load (+5.9 % seen with a second test process running; once 2.3 MiB, 47 bytes per call,
+    // against a usual 0.2–0.3 MiB). The 1M-call soak (`LAYERCACHE_CANCEL_SOAK_CALLS`) is the
+    // finer check.
     let grown = rss_at_end.saturating_sub(rss_at_half);
     let per_call = grown as f64 / (calls / 2) as f64;
     assert!(
-        per_call < 40.0,
+        per_call < 80.0,
         "RSS grew {grown} bytes ({:.2} %, {per_call:.1} bytes per call) between the second and the last quarter",
         growth * 100.0
     );
