@@ -237,7 +237,28 @@ async fn a_soft_timeout_answers_stale_and_the_load_finishes_in_both_layers() {
     assert_eq!(v, "old");
     assert!(took < Duration::from_millis(150), "{took:?}");
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The load goes on in the background: wait (with a deadline) for it to land in L1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .l1
+        .peek("k")
+        .await
+        .expect("peek")
+        .map(Entry::into_value)
+        .as_deref()
+        != Some("new")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the background load never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // L2 is written just after L1.
+    while s.cache.pending_loads() > 0 {
+        assert!(Instant::now() < deadline, "the L2 write never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(
         s.l1.get_value("k").await.expect("l1").as_deref(),
         Some("new"),
@@ -283,8 +304,12 @@ async fn a_hard_timeout_without_a_stale_value_is_an_error_at_the_limit() {
         took >= Duration::from_millis(300) && took < Duration::from_millis(380),
         "{took:?}"
     );
-    // The load went on and was cached.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The load went on and was cached: wait for it (with a deadline), uncounted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.l1.peek("cold").await.expect("peek").is_none() {
+        assert!(Instant::now() < deadline, "the load never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         s.cache.get_value("cold").await.expect("get").as_deref(),
         Some("slow")
