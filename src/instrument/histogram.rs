@@ -169,7 +169,7 @@ impl LatencyHistogram {
     }
 
     /// Everything recorded since the histogram was made.
-    fn total(&self) -> LatencySnapshot {
+    pub(crate) fn total(&self) -> LatencySnapshot {
         let mut buckets = vec![0u64; BUCKETS].into_boxed_slice();
         let (mut sum_ns, mut max_ns) = (0u64, 0u64);
         for shard in self.shards.iter().filter_map(OnceLock::get) {

@@ -90,12 +90,12 @@ pub const LLM_BUCKETS_SECONDS: &[f64] = &[
     600.0,
 ];
 
-/// Local counter slots: ok, error, cancelled, started, classified (finished = the outcomes).
-const OK: usize = 0;
-const ERROR: usize = 1;
-const CANCELLED: usize = 2;
-const STARTED: usize = 3;
-const CLASSIFIED: usize = 4;
+/// Local counter slots. Calls that succeeded are not counted apart: they are the histogram's
+/// count less the others, which keeps one store off the common path.
+const ERROR: usize = 0;
+const CANCELLED: usize = 1;
+const STARTED: usize = 2;
+const CLASSIFIED: usize = 3;
 
 type Classifier = Box<dyn Fn(&dyn Any) -> Option<&'static str> + Send + Sync>;
 
@@ -111,7 +111,7 @@ struct Inner {
     labels: Vec<Label>,
     histogram: LatencyHistogram,
     first_item: LatencyHistogram,
-    local: Local<5>,
+    local: Local<4>,
     /// Facade handles for `ok`, `error`, `cancelled`.
     durations: [Histogram; 3],
     first_item_seconds: Histogram,
@@ -207,11 +207,10 @@ impl Timer {
         async move {
             let guard = Running::start(inner);
             let output = call.await;
-            let outcome = match output.failure() {
-                None => Outcome::Ok,
-                Some(error) => inner.classified(error),
-            };
-            guard.finish(outcome);
+            match output.failure() {
+                None => guard.finish_ok(),
+                Some(error) => guard.finish(inner.classified(error)),
+            }
             output
         }
     }
@@ -226,7 +225,7 @@ impl Timer {
         async move {
             let guard = Running::start(inner);
             let output = call.await;
-            guard.finish(Outcome::Ok);
+            guard.finish_ok();
             output
         }
     }
@@ -261,21 +260,22 @@ impl Timer {
 
     /// Calls running now.
     pub fn in_flight(&self) -> u64 {
-        let local = &self.inner.local;
-        let finished = [OK, ERROR, CANCELLED, CLASSIFIED]
-            .iter()
-            .map(|&i| local.get(i))
-            .fold(0u64, u64::wrapping_add);
-        local.get(STARTED).saturating_sub(finished)
+        let finished = self.inner.histogram.total().count();
+        self.inner.local.get(STARTED).saturating_sub(finished)
     }
 
     /// Calls so far, by outcome.
     pub fn counts(&self) -> CallCounts {
         let local = &self.inner.local;
+        let (error, cancelled) = (local.get(ERROR), local.get(CANCELLED));
+        let failed = error
+            .wrapping_add(cancelled)
+            .wrapping_add(local.get(CLASSIFIED));
         CallCounts {
-            ok: local.get(OK),
-            error: local.get(ERROR),
-            cancelled: local.get(CANCELLED),
+            // Every finished call is in the histogram (whatever was taken from it).
+            ok: self.inner.histogram.total().count().saturating_sub(failed),
+            error,
+            cancelled,
             kinds: self
                 .inner
                 .kinds
@@ -297,17 +297,26 @@ impl Inner {
         }
     }
 
+    /// Record a call that succeeded: the common path, kept small.
     #[inline]
-    fn record(&self, outcome: Option<Outcome>, ns: u64) {
+    fn record_ok(&self, ns: u64) {
         // Looked up here, not at the start: the call may have moved to another thread.
+        self.histogram.record_at(local::slot(), ns);
+        self.durations[0].record(ns as f64 * 1e-9);
+        self.in_flight.decrement(1.0);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record(&self, outcome: Option<Outcome>, ns: u64) {
+        if let Some(Outcome::Ok) = outcome {
+            return self.record_ok(ns);
+        }
         let slot = local::slot();
         self.histogram.record_at(slot, ns);
         let seconds = ns as f64 * 1e-9;
         match outcome {
-            Some(Outcome::Ok) => {
-                self.durations[0].record(seconds);
-                self.local.incr_at(slot, OK);
-            }
+            Some(Outcome::Ok) => {}
             Some(Outcome::Error) => {
                 self.durations[1].record(seconds);
                 self.local.incr_at(slot, ERROR);
@@ -337,11 +346,10 @@ impl Inner {
     }
 }
 
-/// A call in progress: records `cancelled` if dropped before [`finish`](Running::finish).
+/// A call in progress: records `cancelled` if dropped before it finishes.
 struct Running<'a> {
     inner: &'a Inner,
     started: Stopwatch,
-    done: bool,
 }
 
 impl<'a> Running<'a> {
@@ -352,22 +360,28 @@ impl<'a> Running<'a> {
         Running {
             inner,
             started: Stopwatch::start(),
-            done: false,
         }
     }
 
     #[inline]
-    fn finish(mut self, outcome: Outcome) {
-        self.done = true;
-        self.inner.record(Some(outcome), self.started.elapsed_ns());
+    fn finish_ok(self) {
+        let (inner, ns) = (self.inner, self.started.elapsed_ns());
+        // Finished: not a cancellation (the guard owns nothing that needs dropping).
+        std::mem::forget(self);
+        inner.record_ok(ns);
+    }
+
+    #[inline]
+    fn finish(self, outcome: Outcome) {
+        let (inner, ns) = (self.inner, self.started.elapsed_ns());
+        std::mem::forget(self);
+        inner.record(Some(outcome), ns);
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.inner.record(None, self.started.elapsed_ns());
-        }
+        self.inner.record(None, self.started.elapsed_ns());
     }
 }
 
