@@ -200,3 +200,115 @@ async fn a_lost_subscription_or_a_restart_stays_within_the_bound() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The sum of Redis's per-command call counts for `commands` (from `INFO commandstats`).
+fn calls(server: &RedisServer, commands: &[&str]) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            commands.contains(&name).then_some(())?;
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Run one stampede on every replica at once; the total loader runs and errors.
+fn stampede_all(replicas: &mut [Replica], prefix: &str, lease: bool) -> (u64, u64) {
+    let command = format!("stampede {prefix} 100 25 300 {}", u8::from(lease));
+    for r in replicas.iter_mut() {
+        r.send(&command);
+    }
+    let (mut loads, mut errors) = (0, 0);
+    for r in replicas.iter_mut() {
+        let answer = r.read();
+        let n: Vec<u64> = answer.split(' ').filter_map(|x| x.parse().ok()).collect();
+        assert_eq!(n.len(), 2, "{answer}");
+        loads += n[0];
+        errors += n[1];
+    }
+    (loads, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_lease_loads_each_cold_key_once() {
+    let server = RedisServer::start();
+    let mut replicas: Vec<Replica> = (0..4)
+        .map(|_| Replica::start(&server.url(), "fl"))
+        .collect();
+    // 4 processes × 100 cold keys × 25 concurrent callers per key per process.
+    let (with, errors) = stampede_all(&mut replicas, "leased", true);
+    assert_eq!(errors, 0);
+    let (without, errors_without) = stampede_all(&mut replicas, "unleased", false);
+    assert_eq!(errors_without, 0);
+    let leases: Vec<String> = replicas.iter_mut().map(|r| r.ask("leases")).collect();
+    println!(
+        "fleet_stampede: 4 processes × 100 cold keys × 25 callers: {with} loads with the lease, \
+         {without} without; per replica: {leases:?}"
+    );
+    assert!(with <= 100, "{with} loads with the lease");
+    assert!(with >= 100, "every key was loaded: {with}");
+    assert!(without > with, "{without} loads without the lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_replicas_are_woken_not_polling() {
+    let server = RedisServer::start();
+    let mut replicas: Vec<Replica> = (0..4)
+        .map(|_| Replica::start(&server.url(), "fw"))
+        .collect();
+    let watched = ["get", "eval", "evalsha", "set", "pttl", "exists", "del"];
+    let before = calls(&server, &watched);
+    // One replica loads for 2 s; three others ask meanwhile and wait for its value.
+    replicas[0].send("hold slow 2000");
+    assert_eq!(replicas[0].read(), "loading");
+    for r in replicas[1..].iter_mut() {
+        r.send("load slow");
+    }
+    for r in replicas[1..].iter_mut() {
+        assert_eq!(r.read(), "val held served");
+    }
+    assert_eq!(replicas[0].read(), "done");
+    let used = calls(&server, &watched) - before;
+    let by_command: Vec<String> = watched
+        .iter()
+        .map(|c| format!("{c} {}", calls(&server, &[c])))
+        .collect();
+    println!("commands since the server started: {by_command:?}");
+    println!(
+        "a 2 s load with 3 replicas waiting: {used} Redis commands in all (reads, lease tries, \
+         the lease's extension and release, the write)"
+    );
+    // 4 L2 reads, 4 lease tries (EVAL, with the SET and PTTL inside counted too), 3 reads after
+    // the wake, an extension and a release (EVAL, GET, PEXPIRE/DEL), the write: about 25.
+    // Polling every 10 ms for 2 s would be hundreds; nothing here grows with the wait.
+    assert!(used <= 30, "{used} commands during the wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_replaced_after_its_lease_expires() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(600);
+    let mut holder = Replica::start_with(&server.url(), "fk", Some(lease));
+    let mut other = Replica::start_with(&server.url(), "fk", Some(lease));
+    holder.send("hold orphan 60000");
+    assert_eq!(holder.read(), "loading");
+    let killed_at = Instant::now();
+    holder.kill();
+    let answer = other.ask("load orphan");
+    let took = killed_at.elapsed();
+    println!(
+        "lease holder killed mid-load: another replica loaded after {took:?} (lease {lease:?})"
+    );
+    assert!(
+        answer.starts_with("val loaded-by-") && answer.ends_with(" loaded"),
+        "{answer}"
+    );
+    assert!(took < lease * 3, "{took:?}");
+    let leases = other.ask("leases");
+    assert!(leases.contains("holder_lost 1"), "{leases}");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fred::bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::entry::now_ms;
 
@@ -35,6 +35,8 @@ pub(crate) enum Action {
     Expire = 3,
     Clear = 4,
     Heartbeat = 5,
+    /// A lease holder is done (loaded or failed): replicas waiting for the key look again.
+    Released = 6,
 }
 
 impl Action {
@@ -45,6 +47,7 @@ impl Action {
             3 => Action::Expire,
             4 => Action::Clear,
             5 => Action::Heartbeat,
+            6 => Action::Released,
             _ => return None,
         })
     }
@@ -84,7 +87,7 @@ fn decode(bytes: &[u8]) -> Option<(u128, Action, &str)> {
 }
 
 /// A random 128-bit instance id (not secret: it only tells replicas apart).
-fn instance_id() -> u128 {
+pub(crate) fn instance_id() -> u128 {
     let state = std::collections::hash_map::RandomState::new();
     let mut a = state.build_hasher();
     a.write_u128(u128::from(now_ms()) << 32 | u128::from(std::process::id()));
@@ -107,6 +110,20 @@ pub struct BackplaneState {
     pub received: u64,
     /// Times the whole L1 was dropped because messages could have been missed.
     pub resyncs: u64,
+    /// Messages ignored: not of our wire version, garbled, or lost because this replica fell
+    /// behind (which drops its L1, see [`resyncs`](Self::resyncs)).
+    pub dropped: u64,
+    /// Fleet leases this replica won (it loaded the key for the fleet).
+    pub leases_won: u64,
+    /// Loads this replica did not run because another replica held the lease and its value
+    /// arrived.
+    pub lease_waits: u64,
+    /// Waits for another replica's value that ended without it: this replica loaded after all
+    /// (the holder's load failed or outlasted the wait).
+    pub lease_timeouts: u64,
+    /// Waits that ended because the holder vanished (its lease expired unreleased), after which
+    /// this replica took the lease over.
+    pub lease_holders_lost: u64,
 }
 
 /// Cross-replica L1 invalidation over Redis pub/sub. Made by
@@ -118,12 +135,18 @@ pub struct Backplane {
 }
 
 pub(crate) struct Shared {
-    id: u128,
+    pub(crate) id: u128,
+    pub(crate) namespace: String,
     channel: String,
-    publisher: Client,
+    pub(crate) publisher: Client,
     subscriber: SubscriberClient,
-    /// Latest action per key, waiting to be published.
-    outbox: Mutex<HashMap<Arc<str>, Action>>,
+    /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
+    /// `released` message for the key arrives.
+    pub(crate) waiters: Mutex<HashMap<Arc<str>, (watch::Sender<u64>, usize)>>,
+    pub(crate) counters: Counters,
+    /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
+    /// own, so that it never replaces a change (which must reach every replica).
+    outbox: Mutex<HashMap<(Arc<str>, bool), Action>>,
     wake: Notify,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
@@ -133,6 +156,71 @@ pub(crate) struct Shared {
     publish_failures: AtomicU64,
     received: AtomicU64,
     resyncs: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Lease counters, and the facade handles of every backplane series.
+pub(crate) struct Counters {
+    pub(crate) leases_won: AtomicU64,
+    pub(crate) lease_waits: AtomicU64,
+    pub(crate) lease_timeouts: AtomicU64,
+    pub(crate) lease_holders_lost: AtomicU64,
+    published: ::metrics::Counter,
+    publish_failed: ::metrics::Counter,
+    received: ::metrics::Counter,
+    dropped: ::metrics::Counter,
+    subscribed: ::metrics::Gauge,
+    pub(crate) lease: [::metrics::Counter; 4],
+}
+
+impl Counters {
+    fn new(namespace: &str) -> Self {
+        use crate::metrics::{BACKPLANE_MESSAGES_TOTAL, BACKPLANE_SUBSCRIBED, LEASES_TOTAL};
+        crate::metrics::describe_fleet();
+        let ns = namespace.to_owned();
+        let message = |event: &'static str| ::metrics::counter!(BACKPLANE_MESSAGES_TOTAL, "namespace" => ns.clone(), "event" => event);
+        let lease = |result: &'static str| ::metrics::counter!(LEASES_TOTAL, "namespace" => ns.clone(), "result" => result);
+        Counters {
+            leases_won: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
+            lease_timeouts: AtomicU64::new(0),
+            lease_holders_lost: AtomicU64::new(0),
+            published: message("published"),
+            publish_failed: message("publish_failed"),
+            received: message("received"),
+            dropped: message("dropped"),
+            subscribed: ::metrics::gauge!(BACKPLANE_SUBSCRIBED, "namespace" => ns.clone()),
+            lease: [
+                lease("won"),
+                lease("waited"),
+                lease("timed_out"),
+                lease("holder_lost"),
+            ],
+        }
+    }
+}
+
+impl Shared {
+    fn set_trusted(&self, trusted: bool) -> bool {
+        let was = self.trusted.swap(trusted, Ordering::AcqRel);
+        self.counters
+            .subscribed
+            .set(if trusted { 1.0 } else { 0.0 });
+        was
+    }
+
+    fn drop_message(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.counters.dropped.increment(1);
+    }
+
+    /// Wake the flights waiting for another replica's value of `key`.
+    fn wake(&self, key: &str) {
+        let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((tx, _)) = waiters.get(key) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
 }
 
 impl fmt::Debug for Backplane {
@@ -159,6 +247,7 @@ impl Drop for Shared {
 impl Backplane {
     /// Start a backplane on `channel` with connected `publisher` and `subscriber` clients.
     pub(crate) async fn start(
+        namespace: &str,
         channel: String,
         publisher: Client,
         subscriber: SubscriberClient,
@@ -166,9 +255,12 @@ impl Backplane {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             id: instance_id(),
+            namespace: namespace.to_owned(),
             channel,
             publisher,
             subscriber,
+            waiters: Mutex::new(HashMap::new()),
+            counters: Counters::new(namespace),
             outbox: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             events,
@@ -178,7 +270,9 @@ impl Backplane {
             publish_failures: AtomicU64::new(0),
             received: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
+        shared.counters.subscribed.set(1.0);
         let messages = shared.subscriber.message_rx();
         let reconnects = shared.subscriber.reconnect_rx();
         shared.subscriber.subscribe(shared.channel.as_str()).await?;
@@ -212,6 +306,11 @@ impl Backplane {
             publish_failures: s.publish_failures.load(Ordering::Relaxed),
             received: s.received.load(Ordering::Relaxed),
             resyncs: s.resyncs.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            leases_won: s.counters.leases_won.load(Ordering::Relaxed),
+            lease_waits: s.counters.lease_waits.load(Ordering::Relaxed),
+            lease_timeouts: s.counters.lease_timeouts.load(Ordering::Relaxed),
+            lease_holders_lost: s.counters.lease_holders_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -222,7 +321,7 @@ impl Backplane {
             .outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        outbox.insert(Arc::from(key), action);
+        outbox.insert((Arc::from(key), action == Action::Released), action);
         drop(outbox);
         self.shared.wake.notify_one();
     }
@@ -246,16 +345,18 @@ async fn receive(
         };
         match message {
             Ok(message) => {
-                let Some(bytes) = message.value.as_bytes() else {
+                let Some((source, action, key)) = message.value.as_bytes().and_then(decode) else {
+                    s.drop_message();
                     continue;
                 };
-                let Some((source, action, key)) = decode(bytes) else {
-                    continue;
-                };
+                if matches!(action, Action::Set | Action::Delete | Action::Released) {
+                    // Flights of this process wait too (another cache on this backplane).
+                    s.wake(key);
+                }
                 if source == s.id {
                     if action == Action::Heartbeat {
                         s.last_heard_ms.store(now_ms(), Ordering::Release);
-                        if !s.trusted.swap(true, Ordering::AcqRel) {
+                        if !s.set_trusted(true) {
                             // Messages may have been missed while we could not hear: start over.
                             s.resyncs.fetch_add(1, Ordering::Relaxed);
                             let _ = s.events.send(Event::ClearAll);
@@ -264,16 +365,19 @@ async fn receive(
                     continue;
                 }
                 let event = match action {
-                    Action::Heartbeat => continue,
+                    Action::Heartbeat | Action::Released => continue,
                     Action::Set | Action::Delete => Event::Evict(Arc::from(key)),
                     Action::Expire => Event::Expire(Arc::from(key)),
                     Action::Clear => Event::ClearAll,
                 };
                 s.received.fetch_add(1, Ordering::Relaxed);
+                s.counters.received.increment(1);
                 let _ = s.events.send(event);
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
                 // Messages were dropped on our side: anything may have been missed.
+                s.dropped.fetch_add(lost, Ordering::Relaxed);
+                s.counters.dropped.increment(lost);
                 s.resyncs.fetch_add(1, Ordering::Relaxed);
                 let _ = s.events.send(Event::ClearAll);
             }
@@ -295,7 +399,7 @@ async fn distrust_on_reconnect(
         };
         match event {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                s.trusted.store(false, Ordering::Release);
+                s.set_trusted(false);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -309,18 +413,20 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            let batch: Vec<(Arc<str>, Action)> = {
+            let batch: Vec<((Arc<str>, bool), Action)> = {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 outbox.drain().collect()
             };
             let mut failed = false;
             for (key, action) in batch {
-                let message = encode(s.id, action, &key);
+                let message = encode(s.id, action, &key.0);
                 let sent: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
                 if sent.is_ok() {
                     s.published.fetch_add(1, Ordering::Relaxed);
+                    s.counters.published.increment(1);
                 } else {
                     s.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    s.counters.publish_failed.increment(1);
                     failed = true;
                     let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                     // A newer action for the key, queued meanwhile, wins.
@@ -354,7 +460,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>) {
         let _: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
         if silent_for > TRUST_WINDOW.as_millis() as u64 {
-            s.trusted.store(false, Ordering::Release);
+            s.set_trusted(false);
         }
     }
 }

@@ -43,5 +43,8 @@
 //!   the master like any client).
 
 pub mod backplane;
+mod lease;
 
 pub use self::backplane::{Backplane, BackplaneState, HEARTBEAT, TRUST_WINDOW};
+pub(crate) use self::lease::{Attempt, Held, WaitOutcome};
+pub use self::lease::{DEFAULT_LEASE_TTL, MAX_LEASE_WAIT};

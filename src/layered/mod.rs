@@ -24,6 +24,8 @@
 //! Both layers are `Arc<dyn Cache<V>>`, so any cache composes — a `Layered` is itself a
 //! [`Cache`], and three-level stacks nest.
 
+#[cfg(feature = "redis")]
+mod fleet;
 mod l2;
 
 use std::collections::HashSet;
@@ -136,6 +138,9 @@ pub(crate) struct Inner<V> {
     /// Cross-replica invalidation, when set.
     #[cfg(feature = "redis")]
     pub(crate) backplane: Option<crate::fleet::Backplane>,
+    /// How long a fleet lease lasts unless extended.
+    #[cfg(feature = "redis")]
+    pub(crate) lease_ttl: Duration,
     /// Bumped before each invalidation from the backplane is applied to L1. A copy from L2 into
     /// L1 that raced with one is undone, so a value read just before an invalidation cannot
     /// outlive it in L1.
@@ -332,6 +337,8 @@ where
             metrics: None,
             #[cfg(feature = "redis")]
             backplane: None,
+            #[cfg(feature = "redis")]
+            lease_ttl: None,
         }
     }
 
@@ -362,6 +369,14 @@ where
             });
         }
         health
+    }
+
+    /// The backplane this replica shares changes on, if any: its state and counters (messages,
+    /// leases) are there.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn backplane(&self) -> Option<&crate::fleet::Backplane> {
+        self.inner.backplane.as_ref()
     }
 
     /// Mark `key` expired: it stops being fresh in L1 and L2 but stays usable as a fail-safe
@@ -570,6 +585,8 @@ pub struct LayeredBuilder<V> {
     metrics: Option<Arc<FrontMetrics>>,
     #[cfg(feature = "redis")]
     backplane: Option<crate::fleet::Backplane>,
+    #[cfg(feature = "redis")]
+    lease_ttl: Option<Duration>,
 }
 
 impl<V: Send + Sync + 'static> fmt::Debug for LayeredBuilder<V> {
@@ -659,6 +676,17 @@ where
         self
     }
 
+    /// How long a fleet lease lasts unless its holder extends it (default
+    /// [`DEFAULT_LEASE_TTL`](crate::fleet::DEFAULT_LEASE_TTL), 5 s; the holder extends it every
+    /// third of this while its load runs). It bounds how long the fleet waits for a replica
+    /// that died mid-load. Needs a [`backplane`](Self::backplane).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
     /// Count answers into `metrics` (a `MemoryCache`'s own counters).
     pub(crate) fn shared_metrics(mut self, metrics: Arc<FrontMetrics>) -> Self {
         self.metrics = Some(metrics);
@@ -671,7 +699,8 @@ where
     ///
     /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero,
     /// default options that [`LoadOptions::validate`] rejects, or a backplane over an L1 that is
-    /// not a [`MemoryCache`]; [`Error::NoRuntime`] for a backplane outside a tokio runtime.
+    /// not a [`MemoryCache`], a lease lifetime without a backplane or under 30 ms;
+    /// [`Error::NoRuntime`] for a backplane outside a tokio runtime.
     pub fn build(self) -> Result<Layered<V>> {
         if self.name.is_empty() {
             return Err(Error::config("the cache name must not be empty"));
@@ -683,6 +712,19 @@ where
             return Err(Error::config("max_concurrent_loads must be at least 1"));
         }
         self.defaults.validate()?;
+        #[cfg(feature = "redis")]
+        if let Some(ttl) = self.lease_ttl {
+            if self.backplane.is_none() {
+                return Err(Error::config(
+                    "lease_ttl needs a backplane: the fleet lease works through it",
+                ));
+            }
+            if ttl < Duration::from_millis(30) {
+                return Err(Error::config(format!(
+                    "lease_ttl must be at least 30 ms, not {ttl:?}"
+                )));
+            }
+        }
         #[cfg(feature = "redis")]
         if self.backplane.is_some() {
             if self.l1_memory.is_none() {
@@ -731,6 +773,8 @@ where
                 refusal_reported: AtomicBool::new(false),
                 #[cfg(feature = "redis")]
                 backplane: self.backplane,
+                #[cfg(feature = "redis")]
+                lease_ttl: self.lease_ttl.unwrap_or(crate::fleet::DEFAULT_LEASE_TTL),
                 evictions: std::sync::atomic::AtomicU64::new(0),
             }),
         }

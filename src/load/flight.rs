@@ -40,6 +40,20 @@ pub(crate) enum L2Read<V> {
     Unavailable,
 }
 
+/// A lease on a key held for the fleet (cross-process single-flight), released when dropped.
+pub(crate) trait LeaseGuard: Send {
+    /// The value was stored and announced: the waiting replicas are woken by that.
+    fn stored(&mut self);
+}
+
+/// What the fleet lease step decided.
+pub(crate) enum FleetLease<V> {
+    /// Load here (with the lease, when one was won).
+    Load(Option<Box<dyn LeaseGuard>>),
+    /// Another replica loaded the value meanwhile; it was read from L2 (and copied into L1).
+    Found(Entry<V>),
+}
+
 /// The layers a flight reads and writes.
 #[async_trait]
 pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
@@ -60,6 +74,10 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
     /// loader is not called again before then.
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64);
+    /// Before a load that L2 could not answer: with a fleet backplane, win the key's lease or
+    /// wait for the replica that holds it. A found entry answers only if fresh and fresher than
+    /// `fresher_than_ms`.
+    async fn fleet_lease(&self, key: &str, fresher_than_ms: u64) -> FleetLease<V>;
 }
 
 /// Turns a loaded value (and the load's duration) into the entry to store (or `None` to return
@@ -81,6 +99,8 @@ pub(crate) struct LoadSpec<V> {
     pub(crate) l1_backup: Option<Entry<V>>,
     /// With fail-safe on: how long a stale value is served after the loader failed.
     pub(crate) fail_safe_throttle: Option<Duration>,
+    /// Whether to take the fleet's lease before loading (with a backplane).
+    pub(crate) lease: bool,
     /// The span the loader runs in (the starting caller's).
     #[cfg(feature = "tracing")]
     pub(crate) span: tracing::Span,
@@ -323,6 +343,7 @@ async fn run_flight<V, T, F, Fut, E>(
     }
     let mut stale = spec.stale.clone().map(|e| (e, Origin::L1));
     let epoch = target.epoch();
+    let mut l2_answered = true;
     match target.read_l2(&guard.key).await {
         L2Read::Found(entry) => {
             if answers(&entry) {
@@ -339,6 +360,7 @@ async fn run_flight<V, T, F, Fut, E>(
             }
         }
         L2Read::Unavailable => {
+            l2_answered = false;
             if let Some(entry) = spec.l1_backup.clone().filter(|e| answers(e)) {
                 drop(guard);
                 done(&tx, entry, Source::L1Hit);
@@ -346,6 +368,21 @@ async fn run_flight<V, T, F, Fut, E>(
             }
         }
         L2Read::Missing => {}
+    }
+
+    // One replica of the fleet loads; the others wait for its value (never without L2: the
+    // lease is for efficiency, and a replica that cannot reach Redis loads on its own).
+    let mut lease = None;
+    if spec.lease && l2_answered {
+        match target.fleet_lease(&guard.key, spec.fresher_than_ms).await {
+            FleetLease::Found(entry) => {
+                guard.flights.completed.fetch_add(1, Ordering::Release);
+                drop(guard);
+                done(&tx, entry, Source::L2Hit);
+                return;
+            }
+            FleetLease::Load(held) => lease = held,
+        }
     }
 
     // Waiting for a permit is part of the load: the callers' timeouts apply to it.
@@ -396,12 +433,16 @@ async fn run_flight<V, T, F, Fut, E>(
                     flights.completed.fetch_add(1, Ordering::Release);
                     done(&tx, entry.clone(), source);
                     target.store_after_answer(&guard.key, entry).await;
+                    if let Some(lease) = &mut lease {
+                        lease.stored();
+                    }
                 }
                 None => {
                     // Not admitted: answered, not stored.
                     done(&tx, Entry::new(value, Duration::ZERO), source);
                 }
             }
+            drop(lease);
             drop(guard);
         }
         Ok(Err(err)) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::answer::{Answer, Origin, Source};
-use super::flight::{Joined, L2Read, LoadSpec, LoadTarget, Resolved, Waiter};
+use super::flight::{FleetLease, Joined, L2Read, LoadSpec, LoadTarget, Resolved, Waiter};
 use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
@@ -51,6 +51,14 @@ where
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         let _ = self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await;
+    }
+    #[cfg(feature = "redis")]
+    async fn fleet_lease(&self, key: &str, fresher_than_ms: u64) -> FleetLease<V> {
+        self.0.fleet_lease(key, fresher_than_ms).await
+    }
+    #[cfg(not(feature = "redis"))]
+    async fn fleet_lease(&self, _key: &str, _fresher_than_ms: u64) -> FleetLease<V> {
+        FleetLease::Load(None)
     }
 }
 
@@ -117,6 +125,7 @@ where
             limit: self.limit.clone(),
             stale,
             l1_backup,
+            lease: options.lease.unwrap_or(true),
             fail_safe_throttle: max_stale.map(|_| {
                 options
                     .fail_safe_throttle

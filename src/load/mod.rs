@@ -85,7 +85,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::answer::{Answer, Source};
-pub(crate) use self::flight::{Flights, L2Read};
+pub(crate) use self::flight::{FleetLease, Flights, L2Read, LeaseGuard};
 use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result};
@@ -135,6 +135,7 @@ pub struct LoadOptions {
     pub(crate) hard_timeout: OptDuration,
     pub(crate) early_refresh: OptF64,
     pub(crate) xfetch_beta: OptF64,
+    pub(crate) lease: Option<bool>,
 }
 
 /// An optional [`Duration`] in 8 bytes: whole nanoseconds, `u64::MAX` for none. Durations of
@@ -301,6 +302,18 @@ impl LoadOptions {
         self
     }
 
+    /// Whether a load may take the fleet's lease (default `true`). With a
+    /// [backplane](crate::LayeredBuilder::backplane), a key that neither L1 nor L2 holds is
+    /// loaded by one replica of the fleet while the others wait for its value (woken by the
+    /// backplane, never polling Redis; see [`crate::fleet`]). `false` loads here at once, as
+    /// without a backplane — for a call whose result must not come from another replica's
+    /// load, or that is cheap enough not to wait for one. Without a backplane it changes
+    /// nothing.
+    pub fn with_fleet_lease(mut self, lease: bool) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
     /// Check that the settings fit together: an early-refresh fraction strictly between 0 and 1,
     /// a positive finite XFetch beta, a non-zero hard timeout, a soft timeout only with
     /// fail-safe (it answers with a stale value) and shorter than the hard timeout.
@@ -389,6 +402,7 @@ impl LoadOptions {
             hard_timeout: self.hard_timeout.or(defaults.hard_timeout),
             early_refresh: self.early_refresh.or(defaults.early_refresh),
             xfetch_beta: self.xfetch_beta.or(defaults.xfetch_beta),
+            lease: self.lease.or(defaults.lease),
         }
     }
 }

@@ -56,6 +56,19 @@ pub const VALUE_BYTES: &str = "layercache_value_bytes";
 /// `layercache_circuit_open{cache,layer}`: gauge, 1 while a layer's circuit breaker is open.
 pub const CIRCUIT_OPEN: &str = "layercache_circuit_open";
 
+/// `layercache_backplane_messages_total{namespace,event=published|publish_failed|received|dropped}`:
+/// backplane messages: changes this replica published (and publish attempts that failed, which
+/// are retried), changes received from other replicas, and messages dropped (foreign, garbled,
+/// or lost because the replica fell behind).
+pub const BACKPLANE_MESSAGES_TOTAL: &str = "layercache_backplane_messages_total";
+/// `layercache_backplane_subscribed{namespace}`: gauge, 1 while the replica hears the backplane
+/// (its L1 is trusted), 0 while it does not.
+pub const BACKPLANE_SUBSCRIBED: &str = "layercache_backplane_subscribed";
+/// `layercache_leases_total{namespace,result=won|waited|timed_out|holder_lost}`: cross-process
+/// single-flight: leases won (this replica loaded for the fleet), loads saved by waiting for
+/// another replica's value, waits that ended without it, and holders that vanished.
+pub const LEASES_TOTAL: &str = "layercache_leases_total";
+
 /// A point-in-time copy of a cache's counters. Each answer of a loading front is counted exactly
 /// once, in `hits`, `stale_hits`, `misses` or `coalesced`.
 ///
@@ -139,6 +152,24 @@ fn describe() {
         VALUE_BYTES,
         Unit::Bytes,
         "Sizes of values written to a byte layer: serialized (encoded) and as stored (stored)"
+    );
+}
+
+/// Describe the fleet series (once per backplane; the recorder keeps the last).
+pub(crate) fn describe_fleet() {
+    ::metrics::describe_counter!(
+        BACKPLANE_MESSAGES_TOTAL,
+        Unit::Count,
+        "Backplane messages published, failed, received and dropped"
+    );
+    ::metrics::describe_gauge!(
+        BACKPLANE_SUBSCRIBED,
+        "1 while the replica hears the backplane (L1 trusted)"
+    );
+    ::metrics::describe_counter!(
+        LEASES_TOTAL,
+        Unit::Count,
+        "Cross-process single-flight leases by result"
     );
 }
 

@@ -488,7 +488,7 @@ where
             "layercache:backplane:v{}:{namespace}",
             crate::fleet::backplane::WIRE
         );
-        crate::fleet::Backplane::start(channel, publisher, subscriber)
+        crate::fleet::Backplane::start(namespace, channel, publisher, subscriber)
             .await
             .map_err(|e| Error::redis("subscribe", e))
     }

@@ -9,6 +9,10 @@
 //! | `set KEY VALUE` / `del KEY` | `ok` |
 //! | `watch KEY VALUE` | `armed` once `get` returns VALUE, then `changed NANOS` (Unix time) when it no longer does, or `timeout` after 10 s |
 //! | `state` | `subscribed true` or `subscribed false` |
+//! | `stampede PREFIX KEYS CALLERS LOAD_MS LEASE` | `loads N errors E`: `CALLERS` concurrent `get_or_load`s on each of `KEYS` cold keys `PREFIX0…`, each load taking `LOAD_MS`, with the fleet lease when `LEASE` is 1 |
+//! | `hold KEY LOAD_MS` | `loading` when its load starts, `done` when it ends |
+//! | `load KEY` | `val VALUE` (and whether this process loaded it: `loaded` or `served`), or `error …` |
+//! | `leases` | `won W waited S timed_out T holder_lost L` |
 
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -21,20 +25,79 @@ pub const PREFIX: &str = "@@ ";
 /// The environment variable that turns the test binary into a replica.
 pub const REPLICA_ENV: &str = "LAYERCACHE_FLEET_REPLICA";
 
+/// A replica's cache: memory L1, Redis L2, the backplane; `namespace` may end with
+/// ` LEASE_MS` to set the lease lifetime.
 pub async fn replica_cache(
     url: &str,
     namespace: &str,
 ) -> Result<Layered<String>, Box<dyn std::error::Error>> {
+    let (namespace, lease) = match namespace.split_once(' ') {
+        Some((ns, ms)) => (ns, Some(Duration::from_millis(ms.parse()?))),
+        None => (namespace, None),
+    };
     let l2 = RedisCache::<String>::builder()
         .url(url)
         .namespace(namespace)
         .build()
         .await?;
     let backplane = l2.backplane().await?;
-    Ok(Layered::builder(MemoryCache::builder().build()?, l2)
+    let builder = Layered::builder(MemoryCache::builder().build()?, l2)
         .name("fleet")
-        .backplane(backplane)
-        .build()?)
+        .backplane(backplane);
+    Ok(match lease {
+        Some(ttl) => builder.lease_ttl(ttl),
+        None => builder,
+    }
+    .build()?)
+}
+
+/// The backplane's counters of `cache`.
+pub fn backplane_state(cache: &Layered<String>) -> layercache::fleet::BackplaneState {
+    cache.backplane().map(|b| b.state()).unwrap_or_default()
+}
+
+/// `callers` concurrent loads of each of `keys` cold keys; (loader runs, errors).
+pub async fn stampede(
+    cache: &Layered<String>,
+    prefix: &str,
+    keys: usize,
+    callers: usize,
+    load: Duration,
+    lease: bool,
+) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..keys {
+        for _ in 0..callers {
+            let (cache, loads) = (cache.clone(), Arc::clone(&loads));
+            let key = format!("{prefix}{k}");
+            tasks.spawn(async move {
+                let options =
+                    layercache::LoadOptions::ttl(Duration::from_secs(600)).with_fleet_lease(lease);
+                let value = format!("value of {key}");
+                cache
+                    .get_or_load(
+                        &key,
+                        move || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(load).await;
+                            Ok::<_, std::io::Error>(value)
+                        },
+                        options,
+                    )
+                    .await
+            });
+        }
+    }
+    let mut errors = 0;
+    while let Some(done) = tasks.join_next().await {
+        if !matches!(done, Ok(Ok(_))) {
+            errors += 1;
+        }
+    }
+    (loads.load(Ordering::SeqCst), errors)
 }
 
 pub fn unix_nanos() -> u128 {
@@ -112,6 +175,71 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                     .iter()
                     .any(|h| h.position == "backplane" && h.is_up())
             )),
+            ["stampede", prefix, rest] => {
+                let n: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+                let [keys, callers, load_ms, lease] = n[..] else {
+                    say(format!("error bad stampede: {line}"));
+                    continue;
+                };
+                let (loads, errors) = stampede(
+                    &cache,
+                    prefix,
+                    keys as usize,
+                    callers as usize,
+                    Duration::from_millis(load_ms),
+                    lease == 1,
+                )
+                .await;
+                say(format!("loads {loads} errors {errors}"));
+            }
+            ["hold", key, ms] => {
+                let ms: u64 = ms.parse().unwrap_or(1000);
+                let key = (*key).to_owned();
+                let options = layercache::LoadOptions::ttl(Duration::from_secs(600));
+                let _ = cache
+                    .get_or_load(
+                        &key,
+                        move || async move {
+                            say("loading".into());
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            Ok::<_, std::io::Error>("held".to_string())
+                        },
+                        options,
+                    )
+                    .await;
+                say("done".into());
+            }
+            ["load", key] => {
+                let loaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = std::sync::Arc::clone(&loaded);
+                let options = layercache::LoadOptions::ttl(Duration::from_secs(600));
+                let got = cache
+                    .get_or_load(
+                        key,
+                        || async move {
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                            Ok::<_, std::io::Error>(format!("loaded-by-{}", std::process::id()))
+                        },
+                        options,
+                    )
+                    .await;
+                let how = if loaded.load(std::sync::atomic::Ordering::SeqCst) {
+                    "loaded"
+                } else {
+                    "served"
+                };
+                say(match got {
+                    Ok(v) => format!("val {v} {how}"),
+                    Err(e) => format!("error {e}"),
+                });
+            }
+            ["leases"] => {
+                let s = backplane_state(&cache);
+                say(format!(
+                    "won {} waited {} timed_out {} holder_lost {}",
+                    s.leases_won, s.lease_waits, s.lease_timeouts, s.lease_holders_lost
+                ));
+            }
             _ => say(format!("error unknown command: {line}")),
         }
     }
@@ -129,6 +257,15 @@ impl Replica {
     /// Start this test binary as a replica of `namespace` on `url` (the test named
     /// `fleet_replica_process` must call [`replica`] when [`REPLICA_ENV`] is set).
     pub fn start(url: &str, namespace: &str) -> Replica {
+        Self::start_with(url, namespace, None)
+    }
+
+    /// [`start`](Self::start) with a lease lifetime.
+    pub fn start_with(url: &str, namespace: &str, lease: Option<Duration>) -> Replica {
+        let spec = match lease {
+            Some(ttl) => format!("{url} {namespace} {}", ttl.as_millis()),
+            None => format!("{url} {namespace}"),
+        };
         let exe = std::env::current_exe().expect("test binary");
         let mut child = Command::new(exe)
             .args([
@@ -137,7 +274,7 @@ impl Replica {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(REPLICA_ENV, format!("{url} {namespace}"))
+            .env(REPLICA_ENV, spec)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -178,6 +315,14 @@ impl Replica {
     pub fn ask(&mut self, command: &str) -> String {
         self.send(command);
         self.read()
+    }
+}
+
+impl Replica {
+    /// Kill the process (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,95 @@
+//! The fleet lease step of a [`Layered`](super::Layered) flight (feature `redis`): see
+//! [`crate::fleet`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Inner;
+use crate::entry::Entry;
+use crate::fleet::{Attempt, Held, WaitOutcome, MAX_LEASE_WAIT};
+use crate::load::{FleetLease, L2Read, LeaseGuard};
+
+/// How long after a lease's expiry a waiter looks again (clock and delivery slack).
+const EXPIRY_SLACK: Duration = Duration::from_millis(20);
+
+impl LeaseGuard for Held {
+    fn stored(&mut self) {
+        Held::stored(self);
+    }
+}
+
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Win the lease on `key` (then load here), or wait for the replica that holds it and serve
+    /// its value from L2. Loads here whenever the backplane or Redis cannot help.
+    pub(crate) async fn fleet_lease(
+        self: &Arc<Self>,
+        key: &str,
+        fresher_than_ms: u64,
+    ) -> FleetLease<V> {
+        let Some(backplane) = &self.backplane else {
+            return FleetLease::Load(None);
+        };
+        // A replica that cannot hear the fleet would not be woken: it loads on its own.
+        if !backplane.is_subscribed() {
+            return FleetLease::Load(None);
+        }
+        let answers = |e: &Entry<V>| e.is_fresh() && e.fresh_until_ms() > fresher_than_ms;
+        let deadline = Instant::now() + MAX_LEASE_WAIT;
+        // Listen before trying, so a value announced in between is not missed.
+        let mut watch = backplane.watch(key);
+        let mut waited = false;
+        loop {
+            match backplane.try_lease(key, self.lease_ttl).await {
+                Attempt::Unavailable => {
+                    if waited {
+                        backplane.count_wait(WaitOutcome::TimedOut);
+                    }
+                    return FleetLease::Load(None);
+                }
+                Attempt::Won(mut held) => {
+                    if waited {
+                        backplane.count_wait(WaitOutcome::HolderLost);
+                    }
+                    // Another replica may have stored the value just before this one won.
+                    let epoch = self.epoch();
+                    if let L2Read::Found(entry) = self.read_l2_state(key).await {
+                        if answers(&entry) {
+                            held.stored();
+                            self.backfill(key, entry.clone(), epoch).await;
+                            return FleetLease::Found(entry);
+                        }
+                    }
+                    return FleetLease::Load(Some(Box::new(held)));
+                }
+                Attempt::Busy(remaining) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        backplane.count_wait(WaitOutcome::TimedOut);
+                        return FleetLease::Load(None);
+                    }
+                    waited = true;
+                    // Woken by the holder's message; past the lease's expiry, look again.
+                    watch
+                        .changed_within((remaining + EXPIRY_SLACK).min(deadline - now))
+                        .await;
+                    let epoch = self.epoch();
+                    match self.read_l2_state(key).await {
+                        L2Read::Found(entry) if answers(&entry) => {
+                            backplane.count_wait(WaitOutcome::Served);
+                            self.backfill(key, entry.clone(), epoch).await;
+                            return FleetLease::Found(entry);
+                        }
+                        L2Read::Unavailable => {
+                            backplane.count_wait(WaitOutcome::TimedOut);
+                            return FleetLease::Load(None);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
