@@ -142,7 +142,7 @@ pub(crate) struct Shared {
     subscriber: SubscriberClient,
     /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
     /// `released` message for the key arrives.
-    pub(crate) waiters: Mutex<HashMap<Arc<str>, (watch::Sender<u64>, usize)>>,
+    pub(crate) waiters: Mutex<HashMap<Arc<str>, Waiters>>,
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
@@ -158,6 +158,10 @@ pub(crate) struct Shared {
     resyncs: AtomicU64,
     dropped: AtomicU64,
 }
+
+/// The flights of this process waiting for messages about one key: a version bumped by each
+/// message, and how many watch it.
+pub(crate) type Waiters = (watch::Sender<u64>, usize);
 
 /// Lease counters, and the facade handles of every backplane series.
 pub(crate) struct Counters {
