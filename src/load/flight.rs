@@ -51,6 +51,7 @@ pub(crate) enum FleetLease<V> {
     /// Load here (with the lease, when one was won).
     Load(Option<Box<dyn LeaseGuard>>),
     /// Another replica loaded the value meanwhile; it was read from L2 (and copied into L1).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Found(Entry<V>),
 }
 

@@ -85,7 +85,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::answer::{Answer, Source};
-pub(crate) use self::flight::{FleetLease, Flights, L2Read, LeaseGuard};
+#[cfg(feature = "redis")]
+pub(crate) use self::flight::{FleetLease, LeaseGuard};
+pub(crate) use self::flight::{Flights, L2Read};
 use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result};
