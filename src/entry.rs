@@ -9,6 +9,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::tags::Tags;
+
 pub(crate) use crate::clock::{now_ms, to_ms};
 
 #[inline]
@@ -48,6 +50,7 @@ pub struct Entry<V> {
     fresh_until_ms: u64,
     stale_until_ms: u64,
     load_duration: Option<Duration>,
+    tags: Tags,
 }
 
 impl<V> Entry<V> {
@@ -61,6 +64,7 @@ impl<V> Entry<V> {
             fresh_until_ms: fresh,
             stale_until_ms: fresh,
             load_duration: None,
+            tags: Tags::default(),
         }
     }
 
@@ -78,6 +82,7 @@ impl<V> Entry<V> {
             fresh_until_ms,
             stale_until_ms: stale_until_ms.max(fresh_until_ms),
             load_duration: None,
+            tags: Tags::default(),
         }
     }
 
@@ -93,6 +98,59 @@ impl<V> Entry<V> {
     pub fn with_load_duration(mut self, took: Duration) -> Self {
         self.load_duration = Some(took);
         self
+    }
+
+    /// Tag the entry, replacing its tags (duplicates are dropped, order does not matter): see
+    /// [`crate::tags`]. A cache refuses to store more than [`MAX_TAGS`](crate::tags::MAX_TAGS)
+    /// tags or an empty or over-long one ([`Error::Config`](crate::Error::Config)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::Entry;
+    ///
+    /// let entry = Entry::new(1u32, Duration::from_secs(60)).with_tags(["user:7", "model:gpt-4o"]);
+    /// assert_eq!(entry.tags().collect::<Vec<_>>(), ["model:gpt-4o", "user:7"]);
+    /// ```
+    #[must_use]
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = Tags::new(tags);
+        self
+    }
+
+    /// The entry's tags, sorted.
+    pub fn tags(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tags.as_slice().iter().map(|t| &**t)
+    }
+
+    pub(crate) fn tag_set(&self) -> &Tags {
+        &self.tags
+    }
+
+    pub(crate) fn set_tags(&mut self, tags: Tags) {
+        self.tags = tags;
+    }
+
+    /// The same entry with its creation time set (as recorded by a store: a custom
+    /// [`ValueCodec`](crate::ValueCodec) that keeps it should restore it, since `clear()` and tag
+    /// invalidation compare it).
+    #[must_use]
+    pub fn with_created_at(self, created: SystemTime) -> Self {
+        self.with_created_ms(to_ms(created))
+    }
+
+    /// The same entry, created at `created_ms` (as recorded in a frame).
+    pub(crate) fn with_created_ms(mut self, created_ms: u64) -> Self {
+        self.created_ms = created_ms;
+        self
+    }
+
+    #[inline]
+    pub(crate) fn created_ms(&self) -> u64 {
+        self.created_ms
     }
 
     /// The cached value.
@@ -115,6 +173,7 @@ impl<V> Entry<V> {
                 fresh_until_ms: self.fresh_until_ms,
                 stale_until_ms: self.stale_until_ms,
                 load_duration: self.load_duration,
+                tags: self.tags,
             },
         )
     }
@@ -127,10 +186,15 @@ impl<V> Entry<V> {
             fresh_until_ms: self.fresh_until_ms,
             stale_until_ms: self.stale_until_ms,
             load_duration: self.load_duration,
+            tags: self.tags,
         }
     }
 
-    /// When this entry was created in this process.
+    /// When the value was created (loaded or set), as recorded with it: for a frame read from
+    /// Redis, the writer's clock. A frame written by a version of this crate without creation
+    /// times says the Unix epoch (so `clear()` and tag invalidations treat it as older than
+    /// themselves); a custom [`ValueCodec`](crate::ValueCodec) that does not record it says
+    /// when it was read.
     pub fn created_at(&self) -> SystemTime {
         from_ms(self.created_ms)
     }

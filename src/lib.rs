@@ -108,6 +108,7 @@ pub mod metrics;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod tags;
 
 /// The README's examples, compiled and run as doctests (they use the default features).
 #[cfg(all(doctest, feature = "redis", feature = "msgpack"))]

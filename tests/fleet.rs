@@ -47,9 +47,20 @@ async fn measure(
     value: &str,
     change: impl std::future::Future<Output = ()>,
 ) -> Vec<Duration> {
-    a.set_value(key, value.to_owned(), Duration::from_secs(600))
-        .await
-        .expect("set");
+    measure_tagged(a, replicas, key, value, None, change).await
+}
+
+/// [`measure`], the value carrying `tag`.
+async fn measure_tagged(
+    a: &Layered<String>,
+    replicas: &mut [Replica],
+    key: &str,
+    value: &str,
+    tag: Option<&str>,
+    change: impl std::future::Future<Output = ()>,
+) -> Vec<Duration> {
+    let entry = layercache::Entry::new(value.to_owned(), Duration::from_secs(600));
+    a.set(key, entry.with_tags(tag)).await.expect("set");
     for r in replicas.iter_mut() {
         r.send(&format!("watch {key} {value}"));
     }
@@ -91,25 +102,31 @@ async fn invalidations_cross_four_processes() {
         .map(|_| Replica::start(&server.url(), "f4"))
         .collect();
     let mut times = Vec::with_capacity(changes * 3);
+    let mut by_kind: [Vec<Duration>; 5] = Default::default();
     for i in 0..changes {
         let key = format!("k{}", i % 10);
         let value = format!("v{i}");
-        let kind = i % 3;
+        let kind = i % 5;
         let a2 = a.clone();
         let key2 = key.clone();
-        times.extend(
-            measure(&a, &mut others, &key, &value, async move {
-                match kind {
-                    0 => a2
-                        .set_value(&key2, format!("w{i}"), Duration::from_secs(600))
-                        .await
-                        .expect("overwrite"),
-                    1 => a2.delete(&key2).await.expect("delete"),
-                    _ => a2.expire(&key2).await.expect("expire"),
-                }
-            })
-            .await,
-        );
+        let tag = format!("tag{}", i % 7);
+        let tag2 = tag.clone();
+        let tagged = (kind == 3).then_some(tag.as_str());
+        let took = measure_tagged(&a, &mut others, &key, &value, tagged, async move {
+            match kind {
+                0 => a2
+                    .set_value(&key2, format!("w{i}"), Duration::from_secs(600))
+                    .await
+                    .expect("overwrite"),
+                1 => a2.delete(&key2).await.expect("delete"),
+                2 => a2.expire(&key2).await.expect("expire"),
+                3 => a2.invalidate_tag(&tag2).await.expect("invalidate_tag"),
+                _ => a2.clear().await.expect("clear"),
+            }
+        })
+        .await;
+        by_kind[kind].extend(took.iter().copied());
+        times.extend(took);
     }
     times.sort();
     let (p50, p99, max) = (
@@ -118,9 +135,22 @@ async fn invalidations_cross_four_processes() {
         times[times.len() - 1],
     );
     println!(
-        "{} changes (overwrite, delete, expire) seen by 3 other processes: visibility p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        "{} changes (overwrite, delete, expire, tag invalidation, clear) seen by 3 other processes: visibility p50 {p50:?}, p99 {p99:?}, max {max:?}",
         changes
     );
+    for (name, kind) in ["overwrite", "delete", "expire", "invalidate_tag", "clear"]
+        .iter()
+        .zip(by_kind.iter_mut())
+    {
+        kind.sort();
+        println!(
+            "  {name}: p50 {:?}, p99 {:?}, max {:?} ({} observations)",
+            percentile(kind, 0.5),
+            percentile(kind, 0.99),
+            kind[kind.len() - 1],
+            kind.len()
+        );
+    }
     assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
     assert!(
         max < TRUST_WINDOW + Duration::from_millis(500),
@@ -311,4 +341,73 @@ async fn a_killed_lease_holder_is_replaced_after_its_lease_expires() {
     assert!(took < lease * 3, "{took:?}");
     let leases = other.ask("leases");
     assert!(leases.contains("holder_lost 1"), "{leases}");
+}
+
+/// Ask until `want` comes back, at most `within`; the last answer.
+fn ask_until(r: &mut Replica, command: &str, want: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = r.ask(command);
+        if answer == want || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_reaches_every_process_in_constant_redis_commands() {
+    let server = RedisServer::start();
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&server.url(), "ft"))
+        .collect();
+    assert_eq!(replicas[0].ask("fill doc 10000 doc:9"), "ok");
+    assert_eq!(replicas[0].ask("fill other 100 doc:10"), "ok");
+    for r in replicas.iter_mut() {
+        assert_eq!(r.ask("fresh doc 10000"), "fresh 10000");
+    }
+    let watched = [
+        "eval", "evalsha", "get", "set", "mget", "del", "unlink", "scan", "keys",
+    ];
+    let (before, published_before) = (calls(&server, &watched), calls(&server, &["publish"]));
+    let started = Instant::now();
+    assert_eq!(replicas[0].ask("untag doc:9"), "ok");
+    let used = calls(&server, &watched) - before;
+    let published = calls(&server, &["publish"]) - published_before;
+    println!(
+        "invalidate_tag over 10,000 tagged entries on 3 processes: {used} key commands \
+         (one EVAL with its GET and SET), {published} PUBLISH (heartbeats included)"
+    );
+    assert!(used <= 3, "{used} commands");
+    for (i, r) in replicas.iter_mut().enumerate() {
+        let answer = ask_until(r, "fresh doc 10000", "fresh 0", Duration::from_secs(5));
+        assert_eq!(answer, "fresh 0", "replica {i}");
+        assert_eq!(
+            r.ask("fresh other 100"),
+            "fresh 100",
+            "another tag is untouched"
+        );
+    }
+    println!(
+        "every process was checked and serves none of the tagged entries {:?} after the invalidation",
+        started.elapsed()
+    );
+    // A process started afterwards reads the tag's time from Redis before serving.
+    let mut late = Replica::start(&server.url(), "ft");
+    assert_eq!(late.ask("fresh doc 100"), "fresh 0");
+    assert_eq!(late.ask("fresh other 100"), "fresh 100");
+
+    // clear(): everything, everywhere, in O(1) Redis writes.
+    let before = calls(&server, &watched);
+    assert_eq!(replicas[1].ask("clear"), "ok");
+    assert!(calls(&server, &watched) - before <= 3);
+    for r in replicas.iter_mut().chain(std::iter::once(&mut late)) {
+        assert_eq!(
+            ask_until(r, "fresh other 100", "fresh 0", Duration::from_secs(5)),
+            "fresh 0"
+        );
+    }
+    // New values after the clear are served as usual.
+    assert_eq!(replicas[2].ask("fill other 10 doc:10"), "ok");
+    assert_eq!(replicas[0].ask("fresh other 10"), "fresh 10");
 }

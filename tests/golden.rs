@@ -55,22 +55,56 @@ fn unknown_versions_and_magic_are_rejected() {
     }
 }
 
+const CREATED_MS: u64 = 1_799_999_000_000;
+
 #[test]
-fn the_current_encoder_still_writes_the_v1_plain_frame() {
+fn frames_without_metadata_read_as_created_at_the_epoch_and_untagged() {
+    let plain = decode("v1-postcard-plain.frame").expect("v1 plain");
+    assert_eq!(plain.created_at(), UNIX_EPOCH);
+    assert_eq!(plain.tags().count(), 0);
+}
+
+#[test]
+fn frames_with_metadata_still_decode() {
+    let meta = decode("v1-postcard-meta.frame").expect("v1 with metadata");
+    assert_eq!(meta.value(), &("hello".to_string(), 42));
+    assert_eq!(
+        meta.created_at(),
+        UNIX_EPOCH + Duration::from_millis(CREATED_MS)
+    );
+    assert_eq!(meta.tags().collect::<Vec<_>>(), ["doc:9", "user:1"]);
+    assert_eq!(
+        meta.stale_until(),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS)
+    );
+}
+
+#[test]
+fn the_current_encoder_still_writes_the_v1_metadata_frame() {
     let entry = Entry::with_deadlines(
         ("hello".to_string(), 42u32),
         UNIX_EPOCH + Duration::from_millis(FRESH_MS),
         UNIX_EPOCH + Duration::from_millis(STALE_MS),
-    );
+    )
+    .with_created_at(UNIX_EPOCH + Duration::from_millis(CREATED_MS))
+    .with_tags(["user:1", "doc:9"]);
     let bytes = Codec::with_format(layercache::codec::Postcard)
         .no_compression()
         .build()
         .expect("codec")
         .encode(&entry)
         .expect("encode");
+    if std::env::var_os("LAYERCACHE_WRITE_GOLDEN").is_some() {
+        std::fs::write(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden/v1-postcard-meta.frame"),
+            &bytes,
+        )
+        .expect("write golden");
+    }
     let golden = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/v1-postcard-plain.frame"),
+            .join("tests/golden/v1-postcard-meta.frame"),
     )
     .expect("read golden");
     assert_eq!(

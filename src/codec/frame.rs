@@ -13,11 +13,18 @@
 //!     29    4 raw length: bytes of the serialized value before compression
 //!     33    8 checksum: xxh3-64 of bytes 0..33, the schema id if present, and the raw value
 //!     41    4 schema id, only when flag bit 2 is set (see `CodecBuilder::schema`)
-//! 41/45     … payload: the serialized value, zstd-compressed when bit 0 is set
+//!      …      metadata, only when flag bit 3 is set:
+//!           8   created, ms since the Unix epoch
+//!           1   number of tags (at most 32)
+//!           …   each tag: 1 byte length, then its UTF-8 bytes (1 to 255)
+//!      …    … payload: the serialized value, zstd-compressed when bit 0 is set
 //! ```
 //!
-//! The schema id is optional so that a codec with the default schema (0) writes exactly the
-//! frames earlier versions wrote (golden files in `tests/golden/` prove it).
+//! The schema id is optional so that a codec with the default schema (0) writes the same
+//! header as earlier versions. The metadata block (creation time and tags, which `clear()`, tag
+//! invalidation and the safe catch-up after an L2 outage compare) is written on every frame since
+//! 0.2; frames without it (golden files in `tests/golden/` prove they still decode) read as
+//! created at the Unix epoch, untagged.
 //!
 //! The checksum covers the header as well as the value, so a flipped bit in a deadline is caught
 //! as surely as one in the payload. (zstd without a content checksum decodes many corrupted frames
@@ -33,7 +40,8 @@ pub(crate) const CHECKED_LEN: usize = 33;
 pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
 pub(crate) const FLAG_DICTIONARY: u8 = 0b10;
 pub(crate) const FLAG_SCHEMA: u8 = 0b100;
-pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA;
+pub(crate) const FLAG_META: u8 = 0b1000;
+pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META;
 /// Bytes the schema id adds after the header when [`FLAG_SCHEMA`] is set.
 pub(crate) const SCHEMA_LEN: usize = 4;
 
@@ -87,16 +95,49 @@ impl Header {
     }
 }
 
-/// xxh3-64 over the checked header bytes, the schema id (when the frame has one) and the raw
-/// serialized value.
-pub(crate) fn checksum(header: &[u8; HEADER_LEN], schema: Option<u32>, raw: &[u8]) -> u64 {
+/// xxh3-64 over the checked header bytes, the schema id (when the frame has one), the metadata
+/// block (when it has one) and the raw serialized value.
+pub(crate) fn checksum(
+    header: &[u8; HEADER_LEN],
+    schema: Option<u32>,
+    meta: &[u8],
+    raw: &[u8],
+) -> u64 {
     let mut h = Xxh3::new();
     h.update(&header[..CHECKED_LEN]);
     if let Some(schema) = schema {
         h.update(&schema.to_le_bytes());
     }
+    h.update(meta);
     h.update(raw);
     h.digest()
+}
+
+/// The metadata block: creation time and tags (validated by the caller: at most 32 tags of 1 to
+/// 255 bytes).
+pub(crate) fn write_meta(created_ms: u64, tags: &[Box<str>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    out.push(tags.len() as u8);
+    for tag in tags {
+        out.push(tag.len() as u8);
+        out.extend_from_slice(tag.as_bytes());
+    }
+}
+
+/// Parse a metadata block at the start of `bytes`: (created, tags, its length), or `None` if it
+/// is truncated or not UTF-8.
+pub(crate) fn read_meta(bytes: &[u8]) -> Option<(u64, Vec<String>, usize)> {
+    let created = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let count = *bytes.get(8)? as usize;
+    let mut at = 9;
+    let mut tags = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = *bytes.get(at)? as usize;
+        let tag = std::str::from_utf8(bytes.get(at + 1..at + 1 + len)?).ok()?;
+        tags.push(tag.to_owned());
+        at += 1 + len;
+    }
+    Some((created, tags, at))
 }
 
 #[cfg(feature = "redis")]

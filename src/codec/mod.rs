@@ -89,7 +89,8 @@ pub use self::format::Postcard;
 #[cfg(feature = "redis")]
 pub(crate) use self::frame::declared_raw_len;
 use self::frame::{
-    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_SCHEMA, HEADER_LEN, KNOWN_FLAGS, SCHEMA_LEN,
+    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, HEADER_LEN, KNOWN_FLAGS,
+    SCHEMA_LEN,
 };
 use crate::entry::Entry;
 use crate::error::{DecodeErrorKind, Error, Result};
@@ -212,8 +213,10 @@ impl<F: Format> Codec<F> {
         fresh_until_ms: u64,
         stale_until_ms: u64,
         load: Option<Duration>,
+        meta: (u64, &[Box<str>]),
         check: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<Vec<u8>> {
+        crate::tags::validate(meta.1)?;
         let mut raw = Vec::new();
         self.format
             .serialize(value, &mut raw)
@@ -231,8 +234,11 @@ impl<F: Format> Codec<F> {
         })?;
         let load_ms = load.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
         let schema = (self.schema != 0).then_some(self.schema);
+        let mut meta_block =
+            Vec::with_capacity(9 + meta.1.iter().map(|t| 1 + t.len()).sum::<usize>());
+        frame::write_meta(meta.0, meta.1, &mut meta_block);
         let mut header = Header {
-            flags: if schema.is_some() { FLAG_SCHEMA } else { 0 },
+            flags: FLAG_META | if schema.is_some() { FLAG_SCHEMA } else { 0 },
             format: self.format.id(),
             fresh_until_ms,
             stale_until_ms,
@@ -244,14 +250,16 @@ impl<F: Format> Codec<F> {
         let compressed = self.maybe_compress(&raw, &mut header)?;
         let mut head = [0u8; HEADER_LEN];
         header.write(&mut head);
-        header.checksum = frame::checksum(&head, schema, &raw);
+        header.checksum = frame::checksum(&head, schema, &meta_block, &raw);
         header.write(&mut head);
         let payload = compressed.as_deref().unwrap_or(&raw);
-        let mut out = Vec::with_capacity(HEADER_LEN + SCHEMA_LEN + payload.len());
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + SCHEMA_LEN + meta_block.len() + payload.len());
         out.extend_from_slice(&head);
         if let Some(schema) = schema {
             out.extend_from_slice(&schema.to_le_bytes());
         }
+        out.extend_from_slice(&meta_block);
         out.extend_from_slice(payload);
         Ok(out)
     }
@@ -284,8 +292,9 @@ impl<F: Format> Codec<F> {
         Ok(None)
     }
 
-    /// Check a frame and return its header and raw (decompressed, verified) payload.
-    fn open(&self, bytes: &[u8]) -> Result<(Header, Vec<u8>)> {
+    /// Check a frame and return its header, metadata (creation time and tags, if the frame has
+    /// them) and raw (decompressed, verified) payload.
+    fn open(&self, bytes: &[u8]) -> Result<(Header, Option<(u64, Vec<String>)>, Vec<u8>)> {
         let head: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -322,6 +331,13 @@ impl<F: Format> Codec<F> {
         } else {
             (None, &bytes[HEADER_LEN..])
         };
+        let (meta, meta_bytes, payload) = if header.flags & FLAG_META != 0 {
+            let (created, tags, len) = frame::read_meta(payload)
+                .ok_or_else(|| decode_error(DecodeErrorKind::Truncated))?;
+            (Some((created, tags)), &payload[..len], &payload[len..])
+        } else {
+            (None, &payload[..0], payload)
+        };
         let found_schema = schema.unwrap_or(0);
         if found_schema != self.schema {
             return Err(decode_error(DecodeErrorKind::SchemaMismatch {
@@ -340,10 +356,10 @@ impl<F: Format> Codec<F> {
             }
             payload.to_vec()
         };
-        if frame::checksum(head, schema, &raw) != header.checksum {
+        if frame::checksum(head, schema, meta_bytes, &raw) != header.checksum {
             return Err(decode_error(DecodeErrorKind::Checksum));
         }
-        Ok((header, raw))
+        Ok((header, meta, raw))
     }
 
     #[cfg(feature = "zstd")]
@@ -393,6 +409,7 @@ where
             entry.fresh_until_ms(),
             entry.stale_until_ms(),
             entry.load_duration(),
+            (entry.created_ms(), entry.tag_set().as_slice()),
             |raw| {
                 if verify {
                     format
@@ -413,7 +430,7 @@ where
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
-        let (header, raw) = self.open(bytes)?;
+        let (header, meta, raw) = self.open(bytes)?;
         let value: V = self
             .format
             .deserialize(&raw)
@@ -421,7 +438,18 @@ where
                 kind: Box::new(DecodeErrorKind::Deserialize),
                 source: Some(source),
             })?;
-        let entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);
+        let mut entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);
+        entry = match meta {
+            Some((created, tags)) => {
+                let mut entry = entry.with_created_ms(created);
+                if !tags.is_empty() {
+                    entry.set_tags(crate::tags::Tags::new(tags));
+                }
+                entry
+            }
+            // Written before frames carried a creation time: older than any invalidation.
+            None => entry.with_created_ms(0),
+        };
         Ok(if header.load_ms > 0 {
             entry.with_load_duration(Duration::from_millis(u64::from(header.load_ms)))
         } else {

@@ -37,6 +37,20 @@ pub(crate) enum Action {
     Heartbeat = 5,
     /// A lease holder is done (loaded or failed): replicas waiting for the key look again.
     Released = 6,
+    /// A tag was invalidated (the key is the tag, the timestamp its invalidation time).
+    Tag = 7,
+}
+
+impl Action {
+    /// Which outbox slot the action takes: changes of a key replace each other (latest wins),
+    /// but never a lease release or a tag invalidation of the same name.
+    fn class(self) -> u8 {
+        match self {
+            Action::Released => 1,
+            Action::Tag | Action::Clear => 2,
+            _ => 0,
+        }
+    }
 }
 
 impl Action {
@@ -48,6 +62,7 @@ impl Action {
             4 => Action::Clear,
             5 => Action::Heartbeat,
             6 => Action::Released,
+            7 => Action::Tag,
             _ => return None,
         })
     }
@@ -60,8 +75,12 @@ pub(crate) enum Event {
     Evict(Arc<str>),
     /// Another replica expired `key`: keep it only as a stale fallback.
     Expire(Arc<str>),
-    /// Anything may have been missed (or another replica cleared): drop all of L1.
+    /// Anything may have been missed: drop all of L1 and forget the tag times.
     ClearAll,
+    /// Another replica invalidated a tag at this time (ms).
+    Tag(Arc<str>, u64),
+    /// Another replica cleared the cache at this time (ms).
+    Clear(u64),
 }
 
 fn encode(id: u128, action: Action, key: &str) -> Bytes {
@@ -74,16 +93,19 @@ fn encode(id: u128, action: Action, key: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// (source, action, key) of a message, or `None` for anything not of our wire version.
-fn decode(bytes: &[u8]) -> Option<(u128, Action, &str)> {
+/// A message as read: (source, action, timestamp in ms, key).
+type Decoded<'a> = (u128, Action, u64, &'a str);
+
+/// A message, or `None` for anything not of our wire version.
+fn decode(bytes: &[u8]) -> Option<Decoded<'_>> {
     if bytes.len() < HEADER || bytes[0] != WIRE_VERSION {
         return None;
     }
     let action = Action::from_byte(bytes[1])?;
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&bytes[2..18]);
+    let id = u128::from_le_bytes(bytes[2..18].try_into().ok()?);
+    let ms = u64::from_le_bytes(bytes[18..26].try_into().ok()?);
     let key = std::str::from_utf8(&bytes[HEADER..]).ok()?;
-    Some((u128::from_le_bytes(id), action, key))
+    Some((id, action, ms, key))
 }
 
 /// A random 128-bit instance id (not secret: it only tells replicas apart).
@@ -146,7 +168,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
-    outbox: Mutex<HashMap<(Arc<str>, bool), Action>>,
+    outbox: Mutex<HashMap<(Arc<str>, u8), Action>>,
     wake: Notify,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
@@ -325,7 +347,7 @@ impl Backplane {
             .outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        outbox.insert((Arc::from(key), action == Action::Released), action);
+        outbox.insert((Arc::from(key), action.class()), action);
         drop(outbox);
         self.shared.wake.notify_one();
     }
@@ -349,7 +371,8 @@ async fn receive(
         };
         match message {
             Ok(message) => {
-                let Some((source, action, key)) = message.value.as_bytes().and_then(decode) else {
+                let Some((source, action, ms, key)) = message.value.as_bytes().and_then(decode)
+                else {
                     s.drop_message();
                     continue;
                 };
@@ -372,7 +395,8 @@ async fn receive(
                     Action::Heartbeat | Action::Released => continue,
                     Action::Set | Action::Delete => Event::Evict(Arc::from(key)),
                     Action::Expire => Event::Expire(Arc::from(key)),
-                    Action::Clear => Event::ClearAll,
+                    Action::Tag => Event::Tag(Arc::from(key), ms),
+                    Action::Clear => Event::Clear(ms),
                 };
                 s.received.fetch_add(1, Ordering::Relaxed);
                 s.counters.received.increment(1);
@@ -417,7 +441,7 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            let batch: Vec<((Arc<str>, bool), Action)> = {
+            let batch: Vec<((Arc<str>, u8), Action)> = {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 outbox.drain().collect()
             };
@@ -476,7 +500,9 @@ mod tests {
     #[test]
     fn messages_round_trip_and_foreign_bytes_are_ignored() {
         let bytes = encode(42, Action::Delete, "chat:v1:key");
-        assert_eq!(decode(&bytes), Some((42, Action::Delete, "chat:v1:key")));
+        let (id, action, ms, key) = decode(&bytes).expect("decodes");
+        assert_eq!((id, action, key), (42, Action::Delete, "chat:v1:key"));
+        assert!(ms > 0);
         let mut newer = bytes.to_vec();
         newer[0] = 2;
         assert_eq!(decode(&newer), None, "another wire version");

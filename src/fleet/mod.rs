@@ -44,6 +44,7 @@
 
 pub mod backplane;
 mod lease;
+mod tag_store;
 
 pub use self::backplane::{Backplane, BackplaneState, HEARTBEAT, TRUST_WINDOW};
 pub(crate) use self::lease::{Attempt, Held, WaitOutcome};

@@ -86,7 +86,9 @@ where
     /// Read `key` from L2 without counting, telling a miss from no answer.
     pub(crate) async fn read_l2_state(self: &Arc<Self>, key: &str) -> L2Read<V> {
         match self.via_l2(|l2| async move { l2.peek(key).await }).await {
-            Some(Ok(Some(entry))) if entry.is_usable() => L2Read::Found(entry),
+            Some(Ok(Some(entry))) if entry.is_usable() => {
+                L2Read::Found(self.checked(entry, true).await)
+            }
             Some(Ok(_)) => L2Read::Missing,
             Some(Err(_)) | None => L2Read::Unavailable,
         }

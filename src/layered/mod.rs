@@ -27,6 +27,7 @@
 #[cfg(feature = "redis")]
 mod fleet;
 mod l2;
+mod tags;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -141,6 +142,8 @@ pub(crate) struct Inner<V> {
     /// How long a fleet lease lasts unless extended.
     #[cfg(feature = "redis")]
     pub(crate) lease_ttl: Duration,
+    /// Invalidation times of tags (and of `clear`).
+    pub(crate) tag_times: crate::tags::TagTimes,
     /// Bumped before each invalidation from the backplane is applied to L1. A copy from L2 into
     /// L1 that raced with one is undone, so a value read just before an invalidation cannot
     /// outlive it in L1.
@@ -231,10 +234,12 @@ where
 
     /// L1's entry for `key` at `now`, uncounted (the front counts its answers itself).
     pub(crate) async fn read_l1(&self, key: &str, now: u64) -> Option<Entry<V>> {
-        match &self.l1_memory {
-            Some(memory) => memory.peek_at(key, now),
-            None => self.l1.peek(key).await.ok().flatten(),
-        }
+        let (entry, with_clear) = match &self.l1_memory {
+            // `clear` empties a memory L1 at once: only tags are checked.
+            Some(memory) => (memory.peek_at(key, now)?, false),
+            None => (self.l1.peek(key).await.ok().flatten()?, true),
+        };
+        Some(self.checked(entry, with_clear).await)
     }
 
     /// L1, then L2 (unless L1 is fresh); an L2 entry fresher than L1's is copied into L1. The
@@ -513,11 +518,14 @@ where
         let now = now_ms();
         if let Some(memory) = inner.l1_memory.as_ref().filter(|_| inner.l1_trusted()) {
             let l1 = memory.peek_at(key, now);
-            if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+            if l1
+                .as_ref()
+                .is_some_and(|e| e.is_fresh_at(now) && inner.tags_allow(e))
+            {
                 inner.metrics.count(Counted::L1Hit);
                 return CacheGet::ready(Ok(l1));
             }
-            if inner.l2.is_none() {
+            if inner.l2.is_none() && l1.as_ref().map_or(true, |e| e.tag_set().is_empty()) {
                 let found = l1.map(|e| (e, crate::load::answer::Origin::L1));
                 inner.count_get(&found, now);
                 return CacheGet::ready(Ok(found.map(|(e, _)| e)));
@@ -541,6 +549,7 @@ where
     /// ([`Error::Encode`], [`Error::RoundTrip`]), is an error and is stored nowhere.
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
         let inner = &self.inner;
+        crate::tags::validate(entry.tag_set().as_slice())?;
         if let Some(refused) = inner.write_l2(key, entry.clone()).await {
             if !matches!(refused, Error::ValueTooLarge { .. }) {
                 return Err(refused);
@@ -748,6 +757,10 @@ where
             defaults = defaults.with_ttl(DEFAULT_TTL);
         }
         let has_l2 = self.l2.is_some();
+        #[cfg(feature = "redis")]
+        let has_backplane = self.backplane.is_some();
+        #[cfg(not(feature = "redis"))]
+        let has_backplane = false;
         let gauge = circuit_gauge(&self.name, "l2", has_l2);
         let metrics = self
             .metrics
@@ -776,6 +789,7 @@ where
                 #[cfg(feature = "redis")]
                 lease_ttl: self.lease_ttl.unwrap_or(crate::fleet::DEFAULT_LEASE_TTL),
                 evictions: std::sync::atomic::AtomicU64::new(0),
+                tag_times: crate::tags::TagTimes::new(!has_backplane),
             }),
         }
     }
@@ -818,7 +832,15 @@ where
                     let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
                 }
             }
-            Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => memory.invalidate_all(),
+            Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
+                memory.invalidate_all();
+                inner.tag_times.forget();
+            }
+            Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
+            Ok(Event::Clear(ms)) => {
+                inner.tag_times.set(crate::tags::CLEAR, ms);
+                memory.invalidate_all();
+            }
             Err(RecvError::Closed) => return,
         }
     }

@@ -101,6 +101,7 @@ where
         let max_stale = options.max_stale.get();
         let admit = self.admit.clone();
         let negative = self.negative.clone();
+        let tags = options.tags();
         LoadSpec {
             make_entry: Box::new(move |value: &V, took| {
                 let (entry, is_negative) = match &negative {
@@ -119,13 +120,15 @@ where
                         (entry, false)
                     }
                 };
-                (Some(entry.with_load_duration(took)), is_negative)
+                let mut entry = entry.with_load_duration(took);
+                entry.set_tags(tags.clone());
+                (Some(entry), is_negative)
             }),
             fresher_than_ms,
             limit: self.limit.clone(),
             stale,
             l1_backup,
-            lease: options.lease.unwrap_or(true),
+            lease: options.lease(),
             fail_safe_throttle: max_stale.map(|_| {
                 options
                     .fail_safe_throttle
@@ -215,7 +218,7 @@ where
         }
         let now = now_ms();
         match memory.peek_at(key, now) {
-            Some(entry) if entry.is_fresh_at(now) => {
+            Some(entry) if entry.is_fresh_at(now) && inner.tags_allow(&entry) => {
                 inner.metrics.count(Counted::L1Hit);
                 // A disabled span costs one check of a cached flag.
                 #[cfg(feature = "tracing")]
@@ -317,7 +320,7 @@ where
                 l1_backup = Some(entry);
                 None
             }
-            Some(entry) if entry.is_fresh_at(now) => {
+            Some(entry) if entry.is_fresh_at(now) && inner.tags_allow(&entry) => {
                 inner.metrics.count(Counted::L1Hit);
                 if inner.due_for_refresh(&entry, &options, now) && !inner.flights.is_loading(key) {
                     let spec = inner.spec(&options, entry.fresh_until_ms(), None, None);

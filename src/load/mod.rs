@@ -93,6 +93,7 @@ use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result};
 use crate::layered::Layered;
 use crate::metrics::Stats;
+use crate::tags::Tags;
 
 /// Lifetime given to loaded values when neither the call nor the cache sets one: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -137,6 +138,14 @@ pub struct LoadOptions {
     pub(crate) hard_timeout: OptDuration,
     pub(crate) early_refresh: OptF64,
     pub(crate) xfetch_beta: OptF64,
+    /// Rarely set options (tags, the fleet lease), behind one pointer.
+    pub(crate) extra: Option<Arc<Extra>>,
+}
+
+/// The rarely set options of [`LoadOptions`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Extra {
+    pub(crate) tags: Option<Tags>,
     pub(crate) lease: Option<bool>,
 }
 
@@ -183,18 +192,19 @@ impl fmt::Debug for OptDuration {
     }
 }
 
-/// An optional `f64` in 8 bytes: NaN for none (a NaN setting is off, like none).
+/// An optional fraction or factor in 4 bytes (`f32` precision is plenty for these): NaN for
+/// none (a NaN setting is off, like none).
 #[derive(Clone, Copy)]
-pub(crate) struct OptF64(f64);
+pub(crate) struct OptF64(f32);
 
 impl OptF64 {
     fn some(x: f64) -> Self {
-        OptF64(x)
+        OptF64(x as f32)
     }
 
     #[inline]
     pub(crate) fn get(self) -> Option<f64> {
-        (!self.0.is_nan()).then_some(self.0)
+        (!self.0.is_nan()).then_some(f64::from(self.0))
     }
 
     #[inline]
@@ -213,7 +223,7 @@ impl OptF64 {
 
 impl Default for OptF64 {
     fn default() -> Self {
-        OptF64(f64::NAN)
+        OptF64(f32::NAN)
     }
 }
 
@@ -312,8 +322,44 @@ impl LoadOptions {
     /// load, or that is cheap enough not to wait for one. Without a backplane it changes
     /// nothing.
     pub fn with_fleet_lease(mut self, lease: bool) -> Self {
-        self.lease = Some(lease);
+        Arc::make_mut(self.extra.get_or_insert_with(Default::default)).lease = Some(lease);
         self
+    }
+
+    /// Tag every value this call loads (replacing tags set before; duplicates are dropped):
+    /// [`Layered::invalidate_tag`] expires them all at once, across the fleet. At most
+    /// [`MAX_TAGS`](crate::tags::MAX_TAGS) tags of 1 to 255 bytes (`get_or_load` fails with
+    /// [`Error::Config`] otherwise). See [`crate::tags`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::LoadOptions;
+    ///
+    /// let options = LoadOptions::ttl(Duration::from_secs(3600)).with_tags(["user:42", "model:gpt-4o"]);
+    /// assert!(options.validate().is_ok());
+    /// assert!(LoadOptions::new().with_tags([""]).validate().is_err());
+    /// ```
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Arc::make_mut(self.extra.get_or_insert_with(Default::default)).tags = Some(Tags::new(tags));
+        self
+    }
+
+    /// Whether loads may take the fleet lease.
+    #[inline]
+    pub(crate) fn lease(&self) -> bool {
+        self.extra.as_ref().and_then(|e| e.lease).unwrap_or(true)
+    }
+
+    /// The tags of loaded values.
+    pub(crate) fn tags(&self) -> Tags {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.tags.clone())
+            .unwrap_or_default()
     }
 
     /// Check that the settings fit together: an early-refresh fraction strictly between 0 and 1,
@@ -345,6 +391,9 @@ impl LoadOptions {
     /// without building the merged options (this runs on every hit).
     #[inline]
     pub(crate) fn validate_over(&self, defaults: &LoadOptions) -> Result<()> {
+        if let Some(tags) = self.extra.as_ref().and_then(|e| e.tags.as_ref()) {
+            crate::tags::validate(tags.as_slice())?;
+        }
         if let Some(f) = self.early_refresh.get() {
             if !(f > 0.0 && f < 1.0) {
                 return Err(Error::config(format!(
@@ -404,7 +453,13 @@ impl LoadOptions {
             hard_timeout: self.hard_timeout.or(defaults.hard_timeout),
             early_refresh: self.early_refresh.or(defaults.early_refresh),
             xfetch_beta: self.xfetch_beta.or(defaults.xfetch_beta),
-            lease: self.lease.or(defaults.lease),
+            extra: match (&self.extra, &defaults.extra) {
+                (Some(mine), Some(theirs)) => Some(Arc::new(Extra {
+                    tags: mine.tags.clone().or_else(|| theirs.tags.clone()),
+                    lease: mine.lease.or(theirs.lease),
+                })),
+                (mine, theirs) => mine.clone().or_else(|| theirs.clone()),
+            },
         }
     }
 }
@@ -742,7 +797,10 @@ mod tests {
         let merged = mine.or(&defaults);
         assert_eq!(merged.time_to_live(), Some(Duration::from_secs(5)));
         assert_eq!(merged.max_stale.get(), Some(Duration::from_secs(600)));
-        assert_eq!(merged.early_refresh.get(), Some(0.8));
+        assert!(merged
+            .early_refresh
+            .get()
+            .is_some_and(|f| (f - 0.8).abs() < 1e-6));
         assert_eq!(merged.xfetch_beta.get(), Some(1.0));
         assert_eq!(merged.hard_timeout.get(), None);
         assert!(merged.refreshes());

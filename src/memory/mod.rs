@@ -247,6 +247,16 @@ where
         self.inner.store.run_pending_tasks();
     }
 
+    /// Expire every entry tagged `tag` (see [`Layered::invalidate_tag`]): O(1), checked lazily
+    /// when an entry is read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty or over-long tag.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.front().invalidate_tag(tag).await
+    }
+
     /// Remove every entry.
     pub fn invalidate_all(&self) {
         self.inner.store.clear();
@@ -264,7 +274,26 @@ where
 
     #[inline]
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
-        CacheGet::ready(Ok(self.lookup_at(key, now_ms())))
+        let now = now_ms();
+        match &self.front {
+            // A tagged entry is checked against the tag times first (see `invalidate_tag`).
+            Some(front) => {
+                let found = self.peek_at(key, now).map(|e| {
+                    if e.tag_set().is_empty() {
+                        e
+                    } else {
+                        front.inner.checked_now(e)
+                    }
+                });
+                self.inner.metrics.count(match &found {
+                    Some(entry) if entry.is_fresh_at(now) => Counted::L1Hit,
+                    Some(_) => Counted::L1Stale,
+                    None => Counted::Miss,
+                });
+                CacheGet::ready(Ok(found))
+            }
+            None => CacheGet::ready(Ok(self.lookup_at(key, now))),
+        }
     }
 
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {

@@ -13,6 +13,9 @@
 //! | `hold KEY LOAD_MS` | `loading` when its load starts, `done` when it ends |
 //! | `load KEY` | `val VALUE` (and whether this process loaded it: `loaded` or `served`), or `error …` |
 //! | `leases` | `won W waited S timed_out T holder_lost L` |
+//! | `fill PREFIX N TAG` | `ok`: `get_or_load` of keys `PREFIX0…` with tag `TAG` |
+//! | `fresh PREFIX N` | `fresh K`: how many of those keys `get_value` returns |
+//! | `untag TAG` / `clear` | `ok` or `error …`: `invalidate_tag` / `clear` |
 
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -233,6 +236,49 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                     Err(e) => format!("error {e}"),
                 });
             }
+            ["fill", prefix, rest] => {
+                let Some((n, tag)) = rest.split_once(' ') else {
+                    say(format!("error bad fill: {line}"));
+                    continue;
+                };
+                let n: usize = n.parse().unwrap_or(0);
+                let options = layercache::LoadOptions::ttl(Duration::from_secs(600))
+                    .with_tags([tag])
+                    .with_fleet_lease(false);
+                let mut failed = 0;
+                for i in 0..n {
+                    let key = format!("{prefix}{i}");
+                    let got = cache
+                        .get_or_load(
+                            &key,
+                            move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
+                            options.clone(),
+                        )
+                        .await;
+                    failed += usize::from(got.is_err());
+                }
+                say(if failed == 0 {
+                    "ok".into()
+                } else {
+                    format!("error {failed} failed")
+                });
+            }
+            ["fresh", prefix, n] => {
+                let n: usize = n.parse().unwrap_or(0);
+                let mut fresh = 0;
+                for i in 0..n {
+                    fresh += usize::from(value(&cache, &format!("{prefix}{i}")).await.is_some());
+                }
+                say(format!("fresh {fresh}"));
+            }
+            ["untag", tag] => say(match cache.invalidate_tag(tag).await {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            }),
+            ["clear"] => say(match cache.clear().await {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            }),
             ["leases"] => {
                 let s = backplane_state(&cache);
                 say(format!(

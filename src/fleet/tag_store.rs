@@ -1,0 +1,54 @@
+//! Tag invalidation times in Redis (see [`crate::tags`]): one small key per invalidated tag,
+//! `layercache:tag:v1:{<namespace>}:<tag>`, holding the time in ms. The braces put every tag key
+//! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
+
+use fred::interfaces::{KeysInterface, LuaInterface};
+
+use super::backplane::{Action, Backplane};
+use crate::tags::CLEAR;
+
+/// Keep the later of the stored time and ours (replicas' clocks differ a little).
+const STORE_LATER: &str = "local t = tonumber(redis.call('GET', KEYS[1]) or '0') \
+     if tonumber(ARGV[1]) > t then redis.call('SET', KEYS[1], ARGV[1]) end return 1";
+
+impl Backplane {
+    fn tag_key(&self, tag: &str) -> String {
+        format!("layercache:tag:v1:{{{}}}:{tag}", self.shared.namespace)
+    }
+
+    /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `ms`, and announce it
+    /// to the fleet: one script call and one message, however many entries carry the tag.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        ms: u64,
+    ) -> Result<(), fred::error::Error> {
+        let _: i64 = self
+            .shared
+            .publisher
+            .eval(STORE_LATER, self.tag_key(tag), ms.to_string())
+            .await?;
+        self.announce(
+            if tag == CLEAR {
+                Action::Clear
+            } else {
+                Action::Tag
+            },
+            tag,
+        );
+        Ok(())
+    }
+
+    /// The stored invalidation times of `tags` (0: never invalidated).
+    pub(crate) async fn tag_times(
+        &self,
+        tags: &[Box<str>],
+    ) -> Result<Vec<u64>, fred::error::Error> {
+        let keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
+        let values: Vec<Option<String>> = self.shared.publisher.mget(keys).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect())
+    }
+}

@@ -1,0 +1,150 @@
+//! Tags and clear on a [`Layered`] cache: see [`crate::tags`].
+
+use super::{Inner, Layered};
+use crate::entry::{now_ms, Entry};
+use crate::error::{Error, Result};
+use crate::tags::{Check, CLEAR};
+
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Whether a fresh L1 entry may be served on the hit path as it is: untagged, or every tag
+    /// known and not invalidated since it was created. Two atomic loads for a tagged entry.
+    #[inline]
+    pub(crate) fn tags_allow(&self, entry: &Entry<V>) -> bool {
+        let tags = entry.tag_set();
+        tags.is_empty() || self.tag_times.check(tags, entry.created_ms(), false) == Check::Valid
+    }
+
+    /// [`checked`](Self::checked) without reading unknown times (they make the entry stale).
+    pub(crate) fn checked_now(&self, entry: Entry<V>) -> Entry<V> {
+        match self
+            .tag_times
+            .check(entry.tag_set(), entry.created_ms(), false)
+        {
+            Check::Valid => entry,
+            Check::Invalidated(ms) => entry.cap_fresh_ms(ms),
+            Check::Unknown => entry.cap_fresh_ms(now_ms()),
+        }
+    }
+
+    /// `entry` as the tag times see it: expired (fresh no longer, still a fail-safe fallback) if
+    /// one of its tags — or, with `with_clear`, the whole cache — was invalidated after it was
+    /// created. Tag times this replica does not know are read from Redis first; if they cannot
+    /// be, the entry is not served as fresh.
+    pub(crate) async fn checked(&self, entry: Entry<V>, with_clear: bool) -> Entry<V> {
+        let tags = entry.tag_set();
+        if tags.is_empty() && !with_clear {
+            return entry;
+        }
+        let mut check = self.tag_times.check(tags, entry.created_ms(), with_clear);
+        if check == Check::Unknown {
+            self.learn_tags(&entry, with_clear).await;
+            check = self
+                .tag_times
+                .check(entry.tag_set(), entry.created_ms(), with_clear);
+        }
+        match check {
+            Check::Valid => entry,
+            Check::Invalidated(ms) => entry.cap_fresh_ms(ms),
+            Check::Unknown => entry.cap_fresh_ms(now_ms()),
+        }
+    }
+
+    /// Read the unknown tag times of `entry` from Redis (through the backplane).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    async fn learn_tags(&self, entry: &Entry<V>, with_clear: bool) {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            let unknown = self.tag_times.unknown(entry.tag_set(), with_clear);
+            if unknown.is_empty() {
+                return;
+            }
+            if let Ok(times) = backplane.tag_times(&unknown).await {
+                self.tag_times.learn(unknown.into_iter().zip(times));
+            }
+        }
+    }
+
+    /// Record an invalidation of `tag` (or of everything, for [`CLEAR`]) at `ms`: in Redis and on
+    /// the backplane first when there is one, then here.
+    async fn invalidate_tag_at(&self, tag: &str, ms: u64) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            backplane
+                .invalidate_tag(tag, ms)
+                .await
+                .map_err(|e| Error::redis("invalidate_tag", e))?;
+        }
+        if self.l2.is_some() && !self.has_backplane() {
+            return Err(Error::config(
+                "invalidating a tag or clearing a cache with an L2 needs a backplane: the \
+                 invalidation time is kept in Redis and announced to every replica through it",
+            ));
+        }
+        self.tag_times.set(tag, ms);
+        Ok(())
+    }
+
+    fn has_backplane(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.backplane.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+}
+
+impl<V> Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Expire every entry tagged `tag` (with [`LoadOptions::with_tags`](crate::LoadOptions::with_tags)
+    /// or [`Entry::with_tags`]), in every layer and, with a backplane, on every replica: they
+    /// stop being fresh (the next `get_or_load` loads again) and stay usable as fail-safe
+    /// fallbacks until their stale deadline. O(1): one Redis script call and one backplane
+    /// message, however many entries carry the tag. See [`crate::tags`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty or over-long tag, or for a cache with an L2 but no
+    /// backplane (the invalidation could not reach L2's other readers); the Redis error when the
+    /// invalidation time could not be stored (nothing was invalidated then: call again).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Layered, LoadOptions, MemoryCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
+    /// let cache = Layered::single(MemoryCache::<String>::builder().build()?).build()?;
+    /// let options = LoadOptions::ttl(Duration::from_secs(3600)).with_tags(["user:42"]);
+    /// cache.get_or_load("q:1", || async { Ok::<_, std::io::Error>("a".to_string()) }, options.clone()).await?;
+    /// cache.invalidate_tag("user:42").await?;
+    /// // Expired: loaded again.
+    /// let again = cache.get_or_load("q:1", || async { Ok::<_, std::io::Error>("b".to_string()) }, options).await?;
+    /// assert_eq!(again, "b");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        crate::tags::validate(&[tag])?;
+        self.inner.invalidate_tag_at(tag, now_ms()).await
+    }
+
+    /// Expire every entry of the cache, in every layer and, with a backplane, on every replica,
+    /// in O(1) Redis writes: L1 is emptied (here and on the other replicas), and L2 entries
+    /// created before now are no longer fresh (still fail-safe fallbacks until their stale
+    /// deadline).
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_tag`](Self::invalidate_tag).
+    pub async fn clear(&self) -> Result<()> {
+        self.inner.invalidate_tag_at(CLEAR, now_ms()).await?;
+        if let Some(memory) = &self.inner.l1_memory {
+            memory.invalidate_all();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Tags: drop a group of entries at once, in O(1), across the fleet.
+//!
+//! An entry may carry a few tags (`LoadOptions::with_tags`, [`Entry::with_tags`]).
+//! [`Layered::invalidate_tag`](crate::Layered::invalidate_tag) does not look for the entries
+//! that carry the tag: it records the tag's *invalidation time* (in Redis with a fleet backplane,
+//! and announces it to every replica). An entry created at or before the invalidation time of
+//! one of its tags is expired from then on: no longer fresh, still usable as a fail-safe
+//! fallback until its stale deadline. [`Layered::clear`](crate::Layered::clear) does the same for
+//! every entry.
+//!
+//! Each replica keeps the times of the tags it has met, kept current by the backplane. An entry
+//! with a tag whose time this replica does not know yet (never met, or forgotten after the
+//! backplane lost messages) is not served as fresh before the time was read from Redis.
+//!
+//! The check costs nothing for untagged entries; a tagged entry remembers that it was found
+//! valid until any tag time changes, so its hits cost two atomic loads more.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::error::{Error, Result};
+
+/// The most tags an entry may carry.
+pub const MAX_TAGS: usize = 32;
+/// The longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 255;
+/// Tag times a replica remembers before it forgets them all (and reads them again as needed).
+const MAX_KNOWN: usize = 100_000;
+
+/// The clear time is kept as the time of this tag, which every entry carries implicitly (user
+/// tags are never empty).
+pub(crate) const CLEAR: &str = "";
+
+/// Check user tags: 1 to [`MAX_TAG_LEN`] bytes each, at most [`MAX_TAGS`].
+pub(crate) fn validate<S: AsRef<str>>(tags: &[S]) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::config(format!(
+            "an entry carries at most {MAX_TAGS} tags, not {}",
+            tags.len()
+        )));
+    }
+    for tag in tags {
+        let tag = tag.as_ref();
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(Error::config(format!(
+                "a tag is 1 to {MAX_TAG_LEN} bytes long, not {} ({tag:?})",
+                tag.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The tags of an entry, shared by its clones.
+pub(crate) struct TagSet {
+    tags: Box<[Box<str>]>,
+    /// 1 + the tag epoch at which the entry was last found valid (0: never).
+    checked: AtomicU64,
+}
+
+/// An entry's tags: none (the common case, free) or a shared set.
+#[derive(Clone, Default)]
+pub(crate) struct Tags(Option<Arc<TagSet>>);
+
+impl Tags {
+    pub(crate) fn new<I, S>(tags: I) -> Tags
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut tags: Vec<Box<str>> = tags
+            .into_iter()
+            .map(|t| t.into().into_boxed_str())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        if tags.is_empty() {
+            return Tags(None);
+        }
+        Tags(Some(Arc::new(TagSet {
+            tags: tags.into_boxed_slice(),
+            checked: AtomicU64::new(0),
+        })))
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Box<str>] {
+        self.0.as_ref().map_or(&[], |set| &set.tags)
+    }
+}
+
+impl PartialEq for Tags {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Tags {}
+
+impl fmt::Debug for Tags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// What the tag times say about an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// No tag of the entry was invalidated after it was created.
+    Valid,
+    /// A tag was invalidated at this time (ms), at or after the entry was created.
+    Invalidated(u64),
+    /// The time of some tag is not known here yet.
+    Unknown,
+}
+
+/// The invalidation times of the tags this replica has met.
+pub(crate) struct TagTimes {
+    /// Bumped after every change of a known time (and when all are forgotten).
+    epoch: AtomicU64,
+    times: RwLock<HashMap<Box<str>, u64>>,
+    /// Whether a tag not in `times` was never invalidated (no shared store: this process is the
+    /// only one that can invalidate), or its time must be read first.
+    local_only: bool,
+}
+
+impl fmt::Debug for TagTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagTimes")
+            .field("known", &self.read().len())
+            .field("local_only", &self.local_only)
+            .finish()
+    }
+}
+
+impl TagTimes {
+    pub(crate) fn new(local_only: bool) -> Self {
+        TagTimes {
+            epoch: AtomicU64::new(0),
+            times: RwLock::new(HashMap::new()),
+            local_only,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, u64>> {
+        self.times.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Check the tags of an entry created at `created_ms` (the clear time included when
+    /// `with_clear`).
+    #[inline]
+    pub(crate) fn check(&self, tags: &Tags, created_ms: u64, with_clear: bool) -> Check {
+        let set = match &tags.0 {
+            None if !with_clear => return Check::Valid,
+            None => None,
+            Some(set) => {
+                let epoch = self.epoch.load(Ordering::Acquire);
+                if !with_clear && set.checked.load(Ordering::Relaxed) == epoch.wrapping_add(1) {
+                    return Check::Valid;
+                }
+                Some((set, epoch))
+            }
+        };
+        self.check_slow(set, created_ms, with_clear)
+    }
+
+    #[cold]
+    fn check_slow(
+        &self,
+        set: Option<(&Arc<TagSet>, u64)>,
+        created_ms: u64,
+        with_clear: bool,
+    ) -> Check {
+        let times = self.read();
+        let mut latest = 0u64;
+        let clear = with_clear.then_some(CLEAR);
+        let tags = set
+            .iter()
+            .flat_map(|(set, _)| set.tags.iter().map(|t| &**t));
+        for tag in clear.into_iter().chain(tags) {
+            match times.get(tag) {
+                Some(&ms) => latest = latest.max(ms),
+                None if self.local_only => {}
+                None => return Check::Unknown,
+            }
+        }
+        drop(times);
+        if latest != 0 && latest >= created_ms {
+            return Check::Invalidated(latest);
+        }
+        if let (Some((set, epoch)), false) = (set, with_clear) {
+            set.checked.store(epoch.wrapping_add(1), Ordering::Relaxed);
+        }
+        Check::Valid
+    }
+
+    /// The tags of `tags` (and the clear tag when `with_clear`) whose times are not known.
+    pub(crate) fn unknown(&self, tags: &Tags, with_clear: bool) -> Vec<Box<str>> {
+        if self.local_only {
+            return Vec::new();
+        }
+        let times = self.read();
+        let clear = with_clear.then_some(CLEAR);
+        clear
+            .into_iter()
+            .chain(tags.as_slice().iter().map(|t| &**t))
+            .filter(|t| !times.contains_key(*t))
+            .map(Box::from)
+            .collect()
+    }
+
+    /// Record that `tag` was invalidated at `ms` (a later time known already wins).
+    pub(crate) fn set(&self, tag: &str, ms: u64) {
+        let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
+        if times.len() >= MAX_KNOWN && !times.contains_key(tag) {
+            times.clear();
+        }
+        let known = times.entry(Box::from(tag)).or_insert(0);
+        *known = (*known).max(ms);
+        drop(times);
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Record times read from the shared store (0: never invalidated).
+    pub(crate) fn learn(&self, found: impl IntoIterator<Item = (Box<str>, u64)>) {
+        let mut changed = false;
+        let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
+        for (tag, ms) in found {
+            if times.len() >= MAX_KNOWN && !times.contains_key(&tag) {
+                times.clear();
+                changed = true;
+            }
+            let known = times.entry(tag).or_insert(0);
+            if ms > *known {
+                *known = ms;
+                changed = true;
+            }
+        }
+        drop(times);
+        if changed {
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Forget every time (messages may have been missed): each is read again when needed.
+    pub(crate) fn forget(&self) {
+        if self.local_only {
+            return;
+        }
+        self.times
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_invalid_once_a_tag_is_invalidated_after_it_was_created() {
+        let times = TagTimes::new(false);
+        let tags = Tags::new(["user:1", "doc:9", "user:1"]);
+        assert_eq!(tags.as_slice().len(), 2);
+        assert_eq!(times.check(&tags, 100, false), Check::Unknown);
+        times.learn([(Box::from("user:1"), 0), (Box::from("doc:9"), 50)]);
+        assert_eq!(times.check(&tags, 100, false), Check::Valid);
+        assert_eq!(times.check(&tags, 100, false), Check::Valid, "cached");
+        times.set("doc:9", 150);
+        assert_eq!(times.check(&tags, 100, false), Check::Invalidated(150));
+        assert_eq!(times.check(&tags, 200, false), Check::Valid);
+        assert_eq!(times.check(&Tags::default(), 1, false), Check::Valid);
+        assert_eq!(times.check(&Tags::default(), 1, true), Check::Unknown);
+        times.set(CLEAR, 10);
+        assert_eq!(
+            times.check(&Tags::default(), 5, true),
+            Check::Invalidated(10)
+        );
+        times.forget();
+        assert_eq!(times.check(&tags, 200, false), Check::Unknown);
+        let local = TagTimes::new(true);
+        assert_eq!(local.check(&tags, 1, true), Check::Valid);
+    }
+
+    #[test]
+    fn tags_are_validated() {
+        assert!(validate(&["a"; MAX_TAGS]).is_ok());
+        assert!(validate(&["a"; MAX_TAGS + 1]).is_err());
+        assert!(validate(&[""]).is_err());
+        assert!(validate(&["x".repeat(MAX_TAG_LEN + 1)]).is_err());
+    }
+}
