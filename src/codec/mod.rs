@@ -102,6 +102,9 @@ pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
 /// zstd level used unless told otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// A frame's metadata block: creation time (ms) and tags.
+type Meta = (u64, Vec<String>);
+
 /// Encodes entries of `V` into framed bytes and back. Object safe, so a layer can hold
 /// `Arc<dyn ValueCodec<V>>`; [`Codec`] implements it for every serde type. Implement it yourself
 /// to take over the byte format entirely.
@@ -294,7 +297,7 @@ impl<F: Format> Codec<F> {
 
     /// Check a frame and return its header, metadata (creation time and tags, if the frame has
     /// them) and raw (decompressed, verified) payload.
-    fn open(&self, bytes: &[u8]) -> Result<(Header, Option<(u64, Vec<String>)>, Vec<u8>)> {
+    fn open(&self, bytes: &[u8]) -> Result<(Header, Option<Meta>, Vec<u8>)> {
         let head: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
