@@ -200,6 +200,7 @@ impl TagTimes {
         Check::Valid
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// The tags of `tags` (and the clear tag when `with_clear`) whose times are not known.
     pub(crate) fn unknown(&self, tags: &Tags, with_clear: bool) -> Vec<Box<str>> {
         if self.local_only {
@@ -227,6 +228,7 @@ impl TagTimes {
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Record times read from the shared store (0: never invalidated).
     pub(crate) fn learn(&self, found: impl IntoIterator<Item = (Box<str>, u64)>) {
         let mut changed = false;
@@ -248,6 +250,7 @@ impl TagTimes {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Forget every time (messages may have been missed): each is read again when needed.
     pub(crate) fn forget(&self) {
         if self.local_only {
