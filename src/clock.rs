@@ -39,6 +39,14 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// `SystemTime::now()` in milliseconds since the epoch.
+/// The wall clock in microseconds since the Unix epoch (creation and invalidation times, which
+/// are compared across processes and must tell apart events within one millisecond).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 pub(crate) fn system_ms() -> u64 {
     to_ms(SystemTime::now())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::tags::Tags;
 
-pub(crate) use crate::clock::{now_ms, to_ms};
+pub(crate) use crate::clock::{now_ms, now_us, to_ms};
 
 #[inline]
 fn from_ms(ms: u64) -> SystemTime {
@@ -46,7 +46,8 @@ fn duration_ms(d: Duration) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<V> {
     value: V,
-    created_ms: u64,
+    /// Microseconds since the Unix epoch.
+    created_us: u64,
     fresh_until_ms: u64,
     stale_until_ms: u64,
     load_duration: Option<Duration>,
@@ -60,7 +61,7 @@ impl<V> Entry<V> {
         let fresh = now.saturating_add(duration_ms(ttl));
         Entry {
             value,
-            created_ms: now,
+            created_us: now_us(),
             fresh_until_ms: fresh,
             stale_until_ms: fresh,
             load_duration: None,
@@ -78,7 +79,7 @@ impl<V> Entry<V> {
     pub(crate) fn from_ms(value: V, fresh_until_ms: u64, stale_until_ms: u64) -> Self {
         Entry {
             value,
-            created_ms: now_ms(),
+            created_us: now_us(),
             fresh_until_ms,
             stale_until_ms: stale_until_ms.max(fresh_until_ms),
             load_duration: None,
@@ -139,18 +140,22 @@ impl<V> Entry<V> {
     /// invalidation compare it).
     #[must_use]
     pub fn with_created_at(self, created: SystemTime) -> Self {
-        self.with_created_ms(to_ms(created))
+        let us = created
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.with_created_us(us)
     }
 
-    /// The same entry, created at `created_ms` (as recorded in a frame).
-    pub(crate) fn with_created_ms(mut self, created_ms: u64) -> Self {
-        self.created_ms = created_ms;
+    /// The same entry, created at `created_us` (µs since the epoch, as recorded in a frame).
+    pub(crate) fn with_created_us(mut self, created_us: u64) -> Self {
+        self.created_us = created_us;
         self
     }
 
+    /// When the value was created, in µs since the epoch.
     #[inline]
-    pub(crate) fn created_ms(&self) -> u64 {
-        self.created_ms
+    pub(crate) fn created_us(&self) -> u64 {
+        self.created_us
     }
 
     /// The cached value.
@@ -169,7 +174,7 @@ impl<V> Entry<V> {
             self.value,
             Entry {
                 value: (),
-                created_ms: self.created_ms,
+                created_us: self.created_us,
                 fresh_until_ms: self.fresh_until_ms,
                 stale_until_ms: self.stale_until_ms,
                 load_duration: self.load_duration,
@@ -182,7 +187,7 @@ impl<V> Entry<V> {
     pub fn map<U>(self, f: impl FnOnce(V) -> U) -> Entry<U> {
         Entry {
             value: f(self.value),
-            created_ms: self.created_ms,
+            created_us: self.created_us,
             fresh_until_ms: self.fresh_until_ms,
             stale_until_ms: self.stale_until_ms,
             load_duration: self.load_duration,
@@ -196,7 +201,9 @@ impl<V> Entry<V> {
     /// themselves); a custom [`ValueCodec`](crate::ValueCodec) that does not record it says
     /// when it was read.
     pub fn created_at(&self) -> SystemTime {
-        from_ms(self.created_ms)
+        UNIX_EPOCH
+            .checked_add(Duration::from_micros(self.created_us))
+            .unwrap_or(UNIX_EPOCH)
     }
 
     /// When the entry stops being fresh.

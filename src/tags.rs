@@ -114,7 +114,7 @@ impl fmt::Debug for Tags {
 pub(crate) enum Check {
     /// No tag of the entry was invalidated after it was created.
     Valid,
-    /// A tag was invalidated at this time (ms), at or after the entry was created.
+    /// A tag was invalidated at this time (µs since the epoch), at or after the entry was created.
     Invalidated(u64),
     /// The time of some tag is not known here yet.
     Unknown,
@@ -152,10 +152,10 @@ impl TagTimes {
         self.times.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Check the tags of an entry created at `created_ms` (the clear time included when
-    /// `with_clear`).
+    /// Check the tags of an entry created at `created_us` (µs since the epoch; the clear time
+    /// included when `with_clear`).
     #[inline]
-    pub(crate) fn check(&self, tags: &Tags, created_ms: u64, with_clear: bool) -> Check {
+    pub(crate) fn check(&self, tags: &Tags, created_us: u64, with_clear: bool) -> Check {
         let set = match &tags.0 {
             None if !with_clear => return Check::Valid,
             None => None,
@@ -167,14 +167,14 @@ impl TagTimes {
                 Some((set, epoch))
             }
         };
-        self.check_slow(set, created_ms, with_clear)
+        self.check_slow(set, created_us, with_clear)
     }
 
     #[cold]
     fn check_slow(
         &self,
         set: Option<(&Arc<TagSet>, u64)>,
-        created_ms: u64,
+        created_us: u64,
         with_clear: bool,
     ) -> Check {
         let times = self.read();
@@ -191,7 +191,7 @@ impl TagTimes {
             }
         }
         drop(times);
-        if latest != 0 && latest >= created_ms {
+        if latest != 0 && latest >= created_us {
             return Check::Invalidated(latest);
         }
         if let (Some((set, epoch)), false) = (set, with_clear) {
@@ -216,14 +216,15 @@ impl TagTimes {
             .collect()
     }
 
-    /// Record that `tag` was invalidated at `ms` (a later time known already wins).
-    pub(crate) fn set(&self, tag: &str, ms: u64) {
+    /// Record that `tag` was invalidated at `us` (µs since the epoch; a later time known already
+    /// wins).
+    pub(crate) fn set(&self, tag: &str, us: u64) {
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
         if times.len() >= MAX_KNOWN && !times.contains_key(tag) {
             times.clear();
         }
         let known = times.entry(Box::from(tag)).or_insert(0);
-        *known = (*known).max(ms);
+        *known = (*known).max(us);
         drop(times);
         self.epoch.fetch_add(1, Ordering::Release);
     }

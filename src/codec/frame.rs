@@ -14,7 +14,7 @@
 //!     33    8 checksum: xxh3-64 of bytes 0..33, the schema id if present, and the raw value
 //!     41    4 schema id, only when flag bit 2 is set (see `CodecBuilder::schema`)
 //!      …      metadata, only when flag bit 3 is set:
-//!           8   created, ms since the Unix epoch
+//!           8   created, µs since the Unix epoch
 //!           1   number of tags (at most 32)
 //!           …   each tag: 1 byte length, then its UTF-8 bytes (1 to 255)
 //!      …    … payload: the serialized value, zstd-compressed when bit 0 is set
@@ -115,8 +115,8 @@ pub(crate) fn checksum(
 
 /// The metadata block: creation time and tags (validated by the caller: at most 32 tags of 1 to
 /// 255 bytes).
-pub(crate) fn write_meta(created_ms: u64, tags: &[Box<str>], out: &mut Vec<u8>) {
-    out.extend_from_slice(&created_ms.to_le_bytes());
+pub(crate) fn write_meta(created_us: u64, tags: &[Box<str>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&created_us.to_le_bytes());
     out.push(tags.len() as u8);
     for tag in tags {
         out.push(tag.len() as u8);

@@ -102,7 +102,7 @@ pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
 /// zstd level used unless told otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
-/// A frame's metadata block: creation time (ms) and tags.
+/// A frame's metadata block: creation time (µs) and tags.
 type Meta = (u64, Vec<String>);
 
 /// Encodes entries of `V` into framed bytes and back. Object safe, so a layer can hold
@@ -412,7 +412,7 @@ where
             entry.fresh_until_ms(),
             entry.stale_until_ms(),
             entry.load_duration(),
-            (entry.created_ms(), entry.tag_set().as_slice()),
+            (entry.created_us(), entry.tag_set().as_slice()),
             |raw| {
                 if verify {
                     format
@@ -444,14 +444,14 @@ where
         let mut entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);
         entry = match meta {
             Some((created, tags)) => {
-                let mut entry = entry.with_created_ms(created);
+                let mut entry = entry.with_created_us(created);
                 if !tags.is_empty() {
                     entry.set_tags(crate::tags::Tags::new(tags));
                 }
                 entry
             }
             // Written before frames carried a creation time: older than any invalidation.
-            None => entry.with_created_ms(0),
+            None => entry.with_created_us(0),
         };
         Ok(if header.load_ms > 0 {
             entry.with_load_duration(Duration::from_millis(u64::from(header.load_ms)))

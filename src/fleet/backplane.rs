@@ -12,7 +12,7 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::{broadcast, watch, Notify};
 
-use crate::entry::now_ms;
+use crate::entry::{now_ms, now_us};
 
 pub(crate) const WIRE: u8 = WIRE_VERSION;
 
@@ -24,7 +24,8 @@ pub const TRUST_WINDOW: Duration = Duration::from_secs(1);
 
 /// The wire version, in every message and in the channel name.
 const WIRE_VERSION: u8 = 1;
-/// version(1) + action(1) + source(16) + timestamp(8).
+/// version(1) + action(1) + source(16) + timestamp(8: µs since the epoch; for `tag` and `clear`
+/// the invalidation time).
 const HEADER: usize = 26;
 
 /// What a message announces.
@@ -77,23 +78,23 @@ pub(crate) enum Event {
     Expire(Arc<str>),
     /// Anything may have been missed: drop all of L1 and forget the tag times.
     ClearAll,
-    /// Another replica invalidated a tag at this time (ms).
+    /// Another replica invalidated a tag at this time (µs).
     Tag(Arc<str>, u64),
-    /// Another replica cleared the cache at this time (ms).
+    /// Another replica cleared the cache at this time (µs).
     Clear(u64),
 }
 
-fn encode(id: u128, action: Action, key: &str) -> Bytes {
+fn encode(id: u128, action: Action, us: u64, key: &str) -> Bytes {
     let mut out = Vec::with_capacity(HEADER + key.len());
     out.push(WIRE_VERSION);
     out.push(action as u8);
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&now_ms().to_le_bytes());
+    out.extend_from_slice(&us.to_le_bytes());
     out.extend_from_slice(key.as_bytes());
     Bytes::from(out)
 }
 
-/// A message as read: (source, action, timestamp in ms, key).
+/// A message as read: (source, action, timestamp in µs since the epoch, key).
 type Decoded<'a> = (u128, Action, u64, &'a str);
 
 /// A message, or `None` for anything not of our wire version.
@@ -168,7 +169,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
-    outbox: Mutex<HashMap<(Arc<str>, u8), Action>>,
+    outbox: Mutex<HashMap<(Arc<str>, u8), (Action, u64)>>,
     wake: Notify,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
@@ -342,12 +343,17 @@ impl Backplane {
 
     /// Announce `action` on `key` (queued; never waits, never fails).
     pub(crate) fn announce(&self, action: Action, key: &str) {
+        self.announce_at(action, key, now_us());
+    }
+
+    /// [`announce`](Self::announce) with the time the message carries (µs since the epoch).
+    pub(crate) fn announce_at(&self, action: Action, key: &str, us: u64) {
         let mut outbox = self
             .shared
             .outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        outbox.insert((Arc::from(key), action.class()), action);
+        outbox.insert((Arc::from(key), action.class()), (action, us));
         drop(outbox);
         self.shared.wake.notify_one();
     }
@@ -441,13 +447,13 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            let batch: Vec<((Arc<str>, u8), Action)> = {
+            let batch: Vec<((Arc<str>, u8), (Action, u64))> = {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 outbox.drain().collect()
             };
             let mut failed = false;
-            for (key, action) in batch {
-                let message = encode(s.id, action, &key.0);
+            for (key, (action, us)) in batch {
+                let message = encode(s.id, action, us, &key.0);
                 let sent: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
                 if sent.is_ok() {
                     s.published.fetch_add(1, Ordering::Relaxed);
@@ -458,7 +464,7 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
                     failed = true;
                     let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                     // A newer action for the key, queued meanwhile, wins.
-                    outbox.entry(key).or_insert(action);
+                    outbox.entry(key).or_insert((action, us));
                 }
             }
             failed
@@ -483,7 +489,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>) {
         let Some(s) = shared.upgrade() else {
             return;
         };
-        let message = encode(s.id, Action::Heartbeat, "");
+        let message = encode(s.id, Action::Heartbeat, now_us(), "");
         // Bounded by the client's command timeout; a failure just means no heartbeat.
         let _: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
@@ -499,10 +505,8 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_foreign_bytes_are_ignored() {
-        let bytes = encode(42, Action::Delete, "chat:v1:key");
-        let (id, action, ms, key) = decode(&bytes).expect("decodes");
-        assert_eq!((id, action, key), (42, Action::Delete, "chat:v1:key"));
-        assert!(ms > 0);
+        let bytes = encode(42, Action::Delete, 7, "chat:v1:key");
+        assert_eq!(decode(&bytes), Some((42, Action::Delete, 7, "chat:v1:key")));
         let mut newer = bytes.to_vec();
         newer[0] = 2;
         assert_eq!(decode(&newer), None, "another wire version");

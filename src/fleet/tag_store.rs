@@ -1,5 +1,5 @@
 //! Tag invalidation times in Redis (see [`crate::tags`]): one small key per invalidated tag,
-//! `layercache:tag:v1:{<namespace>}:<tag>`, holding the time in ms. The braces put every tag key
+//! `layercache:tag:v1:{<namespace>}:<tag>`, holding the time in µs since the Unix epoch. The braces put every tag key
 //! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
 
 use fred::interfaces::{KeysInterface, LuaInterface};
@@ -16,25 +16,26 @@ impl Backplane {
         format!("layercache:tag:v1:{{{}}}:{tag}", self.shared.namespace)
     }
 
-    /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `ms`, and announce it
+    /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `us`, and announce it
     /// to the fleet: one script call and one message, however many entries carry the tag.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
-        ms: u64,
+        us: u64,
     ) -> Result<(), fred::error::Error> {
         let _: i64 = self
             .shared
             .publisher
-            .eval(STORE_LATER, self.tag_key(tag), ms.to_string())
+            .eval(STORE_LATER, self.tag_key(tag), us.to_string())
             .await?;
-        self.announce(
+        self.announce_at(
             if tag == CLEAR {
                 Action::Clear
             } else {
                 Action::Tag
             },
             tag,
+            us,
         );
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Tags and clear on a [`Layered`] cache: see [`crate::tags`].
 
 use super::{Inner, Layered};
-use crate::entry::{now_ms, Entry};
+use crate::entry::{now_us, Entry};
 use crate::error::{Error, Result};
 use crate::tags::{Check, CLEAR};
 
@@ -14,18 +14,18 @@ where
     #[inline]
     pub(crate) fn tags_allow(&self, entry: &Entry<V>) -> bool {
         let tags = entry.tag_set();
-        tags.is_empty() || self.tag_times.check(tags, entry.created_ms(), false) == Check::Valid
+        tags.is_empty() || self.tag_times.check(tags, entry.created_us(), false) == Check::Valid
     }
 
     /// [`checked`](Self::checked) without reading unknown times (they make the entry stale).
     pub(crate) fn checked_now(&self, entry: Entry<V>) -> Entry<V> {
         match self
             .tag_times
-            .check(entry.tag_set(), entry.created_ms(), false)
+            .check(entry.tag_set(), entry.created_us(), false)
         {
             Check::Valid => entry,
-            Check::Invalidated(ms) => entry.cap_fresh_ms(ms),
-            Check::Unknown => entry.cap_fresh_ms(now_ms()),
+            // Expired: no longer fresh, still a fail-safe fallback.
+            Check::Invalidated(_) | Check::Unknown => entry.cap_fresh_ms(0),
         }
     }
 
@@ -38,17 +38,17 @@ where
         if tags.is_empty() && !with_clear {
             return entry;
         }
-        let mut check = self.tag_times.check(tags, entry.created_ms(), with_clear);
+        let mut check = self.tag_times.check(tags, entry.created_us(), with_clear);
         if check == Check::Unknown {
             self.learn_tags(&entry, with_clear).await;
             check = self
                 .tag_times
-                .check(entry.tag_set(), entry.created_ms(), with_clear);
+                .check(entry.tag_set(), entry.created_us(), with_clear);
         }
         match check {
             Check::Valid => entry,
-            Check::Invalidated(ms) => entry.cap_fresh_ms(ms),
-            Check::Unknown => entry.cap_fresh_ms(now_ms()),
+            // Expired: no longer fresh, still a fail-safe fallback.
+            Check::Invalidated(_) | Check::Unknown => entry.cap_fresh_ms(0),
         }
     }
 
@@ -67,13 +67,14 @@ where
         }
     }
 
-    /// Record an invalidation of `tag` (or of everything, for [`CLEAR`]) at `ms`: in Redis and on
+    /// Record an invalidation of `tag` (or of everything, for [`CLEAR`]) at `us` (µs since the
+    /// epoch): in Redis and on
     /// the backplane first when there is one, then here.
-    async fn invalidate_tag_at(&self, tag: &str, ms: u64) -> Result<()> {
+    async fn invalidate_tag_at(&self, tag: &str, us: u64) -> Result<()> {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
             backplane
-                .invalidate_tag(tag, ms)
+                .invalidate_tag(tag, us)
                 .await
                 .map_err(|e| Error::redis("invalidate_tag", e))?;
         }
@@ -83,7 +84,7 @@ where
                  invalidation time is kept in Redis and announced to every replica through it",
             ));
         }
-        self.tag_times.set(tag, ms);
+        self.tag_times.set(tag, us);
         Ok(())
     }
 
@@ -129,7 +130,7 @@ where
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         crate::tags::validate(&[tag])?;
-        self.inner.invalidate_tag_at(tag, now_ms()).await
+        self.inner.invalidate_tag_at(tag, now_us()).await
     }
 
     /// Expire every entry of the cache, in every layer and, with a backplane, on every replica,
@@ -141,7 +142,7 @@ where
     ///
     /// As [`invalidate_tag`](Self::invalidate_tag).
     pub async fn clear(&self) -> Result<()> {
-        self.inner.invalidate_tag_at(CLEAR, now_ms()).await?;
+        self.inner.invalidate_tag_at(CLEAR, now_us()).await?;
         if let Some(memory) = &self.inner.l1_memory {
             memory.invalidate_all();
         }

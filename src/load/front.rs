@@ -120,7 +120,9 @@ where
                         (entry, false)
                     }
                 };
-                let mut entry = entry.with_load_duration(took);
+                // Created when the load started: a tag invalidated while it ran expires it.
+                let started_us = crate::entry::now_us().saturating_sub(took.as_micros() as u64);
+                let mut entry = entry.with_load_duration(took).with_created_us(started_us);
                 entry.set_tags(tags.clone());
                 (Some(entry), is_negative)
             }),
