@@ -169,7 +169,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
-    outbox: Mutex<HashMap<(Arc<str>, u8), (Action, u64)>>,
+    outbox: Mutex<HashMap<Slot, (Action, u64)>>,
     wake: Notify,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
@@ -181,6 +181,9 @@ pub(crate) struct Shared {
     resyncs: AtomicU64,
     dropped: AtomicU64,
 }
+
+/// An outbox slot: a key (or tag) and the [`Action::class`] of what is announced about it.
+type Slot = (Arc<str>, u8);
 
 /// The flights of this process waiting for messages about one key: a version bumped by each
 /// message, and how many watch it.
@@ -447,7 +450,7 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            let batch: Vec<((Arc<str>, u8), (Action, u64))> = {
+            let batch: Vec<(Slot, (Action, u64))> = {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 outbox.drain().collect()
             };
