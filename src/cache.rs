@@ -107,6 +107,21 @@ where
         }
         Ok(())
     }
+
+    /// Store `entry` unless the layer holds an entry for `key` created at the same time or later
+    /// ([`Entry::created_at`]); whether it was stored. A `Layered` cache uses it to write what it
+    /// kept during an L2 outage without overwriting a newer value another replica wrote
+    /// meanwhile. [`RedisCache`](crate::RedisCache) compares and writes in one server-side
+    /// step; the default reads, then writes (not atomic, enough for a layer only this process
+    /// writes).
+    async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
+        if let Some(current) = self.peek(key).await? {
+            if current.created_us() >= entry.created_us() {
+                return Ok(false);
+            }
+        }
+        self.set(key, entry).await.map(|()| true)
+    }
 }
 
 /// The boxed future an `#[async_trait]` method returns.
@@ -238,6 +253,14 @@ macro_rules! forward_cache_impl {
                 Self: 'f,
             {
                 (**self).delete(key)
+            }
+            fn set_if_newer<'s, 'k, 'f>(&'s self, key: &'k str, entry: Entry<V>) -> BoxFuture<'f, Result<bool>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).set_if_newer(key, entry)
             }
             fn get_many<'s, 'k, 'l, 'f>(
                 &'s self,

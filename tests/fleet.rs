@@ -411,3 +411,99 @@ async fn a_tag_invalidation_reaches_every_process_in_constant_redis_commands() {
     assert_eq!(replicas[2].ask("fill other 10 doc:10"), "ok");
     assert_eq!(replicas[0].ask("fresh other 10"), "fresh 10");
 }
+
+/// A replica behind a fault proxy: its cache and the proxy.
+async fn replica_behind_proxy(
+    server: &RedisServer,
+    namespace: &str,
+) -> (Layered<String>, support::proxy::FaultProxy) {
+    let upstream = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = support::proxy::FaultProxy::start(upstream).await;
+    let l2 = layercache::RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace(namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("l2");
+    let backplane = l2.backplane().await.expect("backplane");
+    let cache = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
+        .name("behind-proxy")
+        .backplane(backplane)
+        .build()
+        .expect("cache");
+    (cache, proxy)
+}
+
+async fn wait_for_catch_up(cache: &Layered<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.pending_l2_writes() > 0 {
+        assert!(Instant::now() < deadline, "the catch-up never finished");
+        // Any call through L2 lets the breaker probe and the catch-up start.
+        let _ = cache.get("probe").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catch_up_after_an_outage_never_overwrites_a_newer_value() {
+    use support::proxy::Mode;
+    let server = RedisServer::start();
+    let (a, proxy) = replica_behind_proxy(&server, "fc").await;
+    let b = replica_here(&server.url(), "fc").await;
+    let ttl = Duration::from_secs(600);
+
+    // A cannot reach Redis: its write is kept in L1 and remembered.
+    proxy.set(Mode::Reset);
+    a.set_value("k", "older-from-a".into(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(a.pending_l2_writes(), 1);
+    // B writes a newer value meanwhile.
+    b.set_value("k", "newer-from-b".into(), ttl)
+        .await
+        .expect("set");
+    // A is back and catches up: it must not overwrite B's value.
+    proxy.set(Mode::Pass);
+    wait_for_catch_up(&a).await;
+    assert_eq!(
+        server.cli(&["EXISTS", "fc:k"]).trim(),
+        "1",
+        "B's value is in Redis"
+    );
+    assert_eq!(
+        b.get_value("k").await.expect("get").as_deref(),
+        Some("newer-from-b")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // A's L1 copy is dropped when its backplane resynchronises after the outage.
+        if a.get_value("k").await.expect("get").as_deref() == Some("newer-from-b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A still serves its older value");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The other way round: A's write during the outage is the newer one, and is written.
+    b.set_value("j", "older-from-b".into(), ttl)
+        .await
+        .expect("set");
+    proxy.set(Mode::Reset);
+    a.set_value("j", "newer-from-a".into(), ttl)
+        .await
+        .expect("set");
+    proxy.set(Mode::Pass);
+    wait_for_catch_up(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.get_value("j").await.expect("get").as_deref() != Some("newer-from-a") {
+        assert!(
+            Instant::now() < deadline,
+            "A's newer value never reached L2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("catch-up after an outage: the newer value won both ways");
+}

@@ -464,3 +464,48 @@ async fn layer_errors_and_durations_are_labelled_by_operation() {
     assert_eq!(errors, vec![(expected, 1)]);
     assert!(get_samples >= 1, "successful gets are timed: {get_samples}");
 }
+
+#[tokio::test]
+async fn set_if_newer_compares_creation_times_in_redis() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let server = RedisServer::start();
+    let cache: RedisCache<ChatReply> = RedisCache::builder()
+        .url(server.url())
+        .namespace("t")
+        .build()
+        .await
+        .expect("connect");
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s);
+    let newer = entry(2, 64).with_created_at(at(20));
+    let older = entry(1, 64).with_created_at(at(10));
+    assert!(cache.set_if_newer("k", newer.clone()).await.expect("first"));
+    assert!(!cache.set_if_newer("k", older).await.expect("older"));
+    let stored = cache.get("k").await.expect("get").expect("present");
+    assert_eq!(stored.value(), newer.value());
+    assert_eq!(stored.created_at(), at(20));
+    let newest = entry(3, 64).with_created_at(at(30));
+    assert!(cache
+        .set_if_newer("k", newest.clone())
+        .await
+        .expect("newest"));
+    assert_eq!(
+        cache.get("k").await.expect("get").expect("present").value(),
+        newest.value()
+    );
+    // A frame without a creation time (an earlier version's) counts as older.
+    let legacy = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/v1-postcard-plain.frame"),
+    )
+    .expect("golden");
+    let raw = raw_client(&server.url()).await;
+    let _: () = raw
+        .set("t:legacy", Bytes::from(legacy), None, None, false)
+        .await
+        .expect("raw set");
+    let now = entry(4, 64).with_created_at(SystemTime::now());
+    assert!(cache
+        .set_if_newer("legacy", now)
+        .await
+        .expect("over a legacy frame"));
+}

@@ -135,9 +135,9 @@ where
         });
     }
 
-    /// Copy pending keys' current L1 entries to L2, a batch at a time; stop at the first failure
-    /// of L2 (the keys stay pending). A batch refused as a whole is retried key by key, so one
-    /// refused value never holds back the others; refused keys are dropped.
+    /// Copy pending keys' current L1 entries to L2, a batch at a time, each only if L2 holds
+    /// nothing newer; stop at the first failure of L2 (the keys stay pending). A refused value
+    /// (too large, cannot encode) is dropped and never holds back the others.
     async fn flush_pending(self: &Arc<Self>) {
         let Some(l2) = self.l2.clone() else {
             return;
@@ -165,24 +165,37 @@ where
                 self.requeue(batch);
                 return;
             }
-            let all: Vec<(&str, Entry<V>)> =
-                entries.iter().map(|(k, e)| (&**k, e.clone())).collect();
-            match l2.set_many(all).await {
-                Ok(()) => self.breaker.record(allowed, true),
-                Err(e) if e.is_refusal() => {
-                    self.breaker.neutral(allowed);
-                    // One by one: the refused keys are dropped, the rest written (or remembered
-                    // again if L2 fails meanwhile).
-                    for (key, entry) in entries {
-                        let _ = self.write_l2(&key, entry).await;
+            // Each key only if L2 holds nothing newer (another replica may have written it
+            // while this one could not reach L2), compared and written in one step.
+            let mut rest = entries.into_iter();
+            for (key, entry) in rest.by_ref() {
+                match l2.set_if_newer(&key, entry).await {
+                    Ok(_) => {}
+                    // Refused (too large, cannot encode): counted and reported by the codec;
+                    // not an outage, and not retried.
+                    Err(e) if e.is_refusal() => self.refused(&e),
+                    Err(_) => {
+                        self.breaker.record(allowed, false);
+                        let mut left: Vec<Arc<str>> = vec![key];
+                        left.extend(rest.map(|(k, _)| k));
+                        self.requeue(left);
+                        return;
                     }
                 }
-                Err(_) => {
-                    self.breaker.record(allowed, false);
-                    self.requeue(batch);
-                    return;
-                }
             }
+            self.breaker.record(allowed, true);
+        }
+    }
+
+    /// Another replica changed `key` (or, with `None`, everything): what this one remembered for
+    /// it during an outage is older and must not be copied to L2.
+    pub(crate) fn forget_pending(&self, key: Option<&str>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match key {
+            Some(key) => {
+                pending.remove(key);
+            }
+            None => pending.clear(),
         }
     }
 

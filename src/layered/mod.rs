@@ -824,9 +824,11 @@ where
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match event {
             Ok(Event::Evict(key)) => {
+                inner.forget_pending(Some(&key));
                 let _ = memory.delete(&key).await;
             }
             Ok(Event::Expire(key)) => {
+                inner.forget_pending(Some(&key));
                 let now = now_ms();
                 if let Some(entry) = memory.peek_at(&key, now) {
                     let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
@@ -838,6 +840,7 @@ where
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
             Ok(Event::Clear(ms)) => {
+                inner.forget_pending(None);
                 inner.tag_times.set(crate::tags::CLEAR, ms);
                 memory.invalidate_all();
             }

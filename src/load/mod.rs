@@ -780,7 +780,9 @@ mod tests {
             .is_some_and(|h| h > Duration::from_secs(500 * 365 * 86_400)));
 
         assert_eq!(OptF64::default().get(), None);
-        assert!(OptF64::some(0.8).get().is_some_and(|f| (f - 0.8).abs() < 1e-6));
+        assert!(OptF64::some(0.8)
+            .get()
+            .is_some_and(|f| (f - 0.8).abs() < 1e-6));
         assert_eq!(OptF64::some(f64::NAN).get(), None);
         assert_eq!(OptF64::some(f64::NAN), OptF64::default());
     }

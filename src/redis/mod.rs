@@ -147,6 +147,25 @@ impl RedisOp {
     }
 }
 
+/// `set_if_newer` in one step: compare the stored frame's creation time (µs, in the metadata
+/// block after the 41-byte header and the optional 4-byte schema id; see `codec::frame`) with
+/// ours (ARGV[2]); write ARGV[1] with PX ARGV[3] only if ours is later.
+const SET_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and #cur >= 50 and string.sub(cur, 1, 3) == 'LC\1' then
+  local flags = string.byte(cur, 4)
+  if flags % 16 >= 8 then
+    local at = 42
+    if flags % 8 >= 4 then at = at + 4 end
+    local created = 0
+    for i = 7, 0, -1 do created = created * 256 + string.byte(cur, at + i) end
+    if created >= tonumber(ARGV[2]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+";
+
 #[derive(Clone, Copy)]
 enum Op {
     Get,
@@ -766,6 +785,44 @@ where
         .await;
         self.inner.ops.took(Op::Set, started);
         written.map_err(|e| self.failed(Op::Set, index, e))
+    }
+
+    /// One script: read the stored frame's creation time (frames without one count as older)
+    /// and write only if `entry` is newer.
+    async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
+        use fred::interfaces::LuaInterface;
+        let ttl_ms = entry.stale_until_ms().saturating_sub(now_ms());
+        if ttl_ms == 0 {
+            return Ok(false);
+        }
+        let created = entry.created_us();
+        let bytes = self
+            .inner
+            .codec
+            .encode(&entry)
+            .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
+        self.inner.ops.sizes(&bytes);
+        let started = Instant::now();
+        let index = self.writer_for(key);
+        let full = self.full_key(key);
+        let args: Vec<fred::types::Value> = vec![
+            Bytes::from(bytes).into(),
+            created.to_string().into(),
+            ttl_ms.to_string().into(),
+        ];
+        let written: std::result::Result<i64, _> = crate::traced!(
+            self.op_span(Op::Set),
+            self.client(index).with_options(&self.inner.options).eval(
+                SET_IF_NEWER,
+                full.as_str(),
+                args
+            )
+        )
+        .await;
+        self.inner.ops.took(Op::Set, started);
+        written
+            .map(|n| n == 1)
+            .map_err(|e| self.failed(Op::Set, index, e))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
