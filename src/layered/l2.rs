@@ -187,6 +187,7 @@ where
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Another replica changed `key` (or, with `None`, everything): what this one remembered for
     /// it during an outage is older and must not be copied to L2.
     pub(crate) fn forget_pending(&self, key: Option<&str>) {
