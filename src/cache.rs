@@ -108,6 +108,17 @@ where
         Ok(())
     }
 
+    /// Remove every key that starts with `prefix`; how many were removed (as far as the layer
+    /// can tell). Memory and Redis layers and `Layered` implement it; the default fails with
+    /// [`Error::Config`](crate::Error::Config) naming the layer.
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let _ = prefix;
+        Err(crate::Error::config(format!(
+            "the layer {:?} cannot remove keys by prefix",
+            self.name()
+        )))
+    }
+
     /// Store `entry` unless the layer holds an entry for `key` created at the same time or later
     /// ([`Entry::created_at`]); whether it was stored. A `Layered` cache uses it to write what it
     /// kept during an L2 outage without overwriting a newer value another replica wrote
@@ -253,6 +264,14 @@ macro_rules! forward_cache_impl {
                 Self: 'f,
             {
                 (**self).delete(key)
+            }
+            fn invalidate_prefix<'s, 'k, 'f>(&'s self, prefix: &'k str) -> BoxFuture<'f, Result<u64>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).invalidate_prefix(prefix)
             }
             fn set_if_newer<'s, 'k, 'f>(&'s self, key: &'k str, entry: Entry<V>) -> BoxFuture<'f, Result<bool>>
             where

@@ -507,3 +507,42 @@ async fn the_catch_up_after_an_outage_never_overwrites_a_newer_value() {
     }
     println!("catch-up after an outage: the newer value won both ways");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_reaches_every_replicas_l1() {
+    let server = RedisServer::start();
+    let a = replica_here(&server.url(), "fp").await;
+    let mut others: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&server.url(), "fp"))
+        .collect();
+    let ttl = Duration::from_secs(600);
+    for key in ["user:1:a", "user:1:b", "user:2:a"] {
+        a.set_value(key, format!("v-{key}"), ttl)
+            .await
+            .expect("set");
+    }
+    for r in others.iter_mut() {
+        for key in ["user:1:a", "user:1:b", "user:2:a"] {
+            assert_eq!(
+                r.ask(&format!("get {key}")),
+                format!("val v-{key}"),
+                "L1 warm"
+            );
+        }
+    }
+    let removed = a
+        .invalidate_prefix("user:1:")
+        .await
+        .expect("invalidate_prefix");
+    assert_eq!(removed, 2, "removed from Redis");
+    assert_eq!(a.get_value("user:1:a").await.expect("get"), None);
+    for r in others.iter_mut() {
+        for key in ["user:1:a", "user:1:b"] {
+            assert_eq!(
+                ask_until(r, &format!("get {key}"), "none", Duration::from_secs(5)),
+                "none"
+            );
+        }
+        assert_eq!(r.ask("get user:2:a"), "val v-user:2:a");
+    }
+}

@@ -290,3 +290,28 @@ fn the_builder_rejects_settings_that_do_not_fit() {
     .contains("time_to_idle"));
     assert!(reason(support::memory_builder().name("").build()).contains("name"));
 }
+
+#[tokio::test]
+async fn invalidate_prefix_removes_exactly_the_prefixed_keys() {
+    use layercache::Layered;
+    let memory = support::memory_builder::<String>().build().expect("memory");
+    let ttl = Duration::from_secs(60);
+    for key in ["user:1:a", "user:1:b", "user:10:a", "user:2:a"] {
+        memory
+            .set_value(key, key.to_string(), ttl)
+            .await
+            .expect("set");
+    }
+    assert_eq!(
+        memory.invalidate_prefix("user:1:").await.expect("prefix"),
+        2
+    );
+    assert_eq!(memory.get_value("user:1:a").await.expect("get"), None);
+    assert!(memory.get_value("user:10:a").await.expect("get").is_some());
+    assert!(memory.get_value("user:2:a").await.expect("get").is_some());
+    let layered = Layered::single(memory.clone()).build().expect("layered");
+    assert_eq!(layered.invalidate_prefix("user:").await.expect("prefix"), 2);
+    for key in ["user:10:a", "user:2:a"] {
+        assert_eq!(memory.get_value(key).await.expect("get"), None);
+    }
+}

@@ -40,6 +40,8 @@ pub(crate) enum Action {
     Released = 6,
     /// A tag was invalidated (the key is the tag, the timestamp its invalidation time).
     Tag = 7,
+    /// Every key starting with the message's key was removed.
+    Prefix = 8,
 }
 
 impl Action {
@@ -49,6 +51,7 @@ impl Action {
         match self {
             Action::Released => 1,
             Action::Tag | Action::Clear => 2,
+            Action::Prefix => 3,
             _ => 0,
         }
     }
@@ -64,6 +67,7 @@ impl Action {
             5 => Action::Heartbeat,
             6 => Action::Released,
             7 => Action::Tag,
+            8 => Action::Prefix,
             _ => return None,
         })
     }
@@ -82,6 +86,8 @@ pub(crate) enum Event {
     Tag(Arc<str>, u64),
     /// Another replica cleared the cache at this time (µs).
     Clear(u64),
+    /// Another replica removed every key starting with this prefix.
+    Prefix(Arc<str>),
 }
 
 fn encode(id: u128, action: Action, us: u64, key: &str) -> Bytes {
@@ -405,6 +411,7 @@ async fn receive(
                     Action::Set | Action::Delete => Event::Evict(Arc::from(key)),
                     Action::Expire => Event::Expire(Arc::from(key)),
                     Action::Tag => Event::Tag(Arc::from(key), ms),
+                    Action::Prefix => Event::Prefix(Arc::from(key)),
                     Action::Clear => Event::Clear(ms),
                 };
                 s.received.fetch_add(1, Ordering::Relaxed);

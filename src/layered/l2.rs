@@ -200,6 +200,14 @@ where
         }
     }
 
+    /// Forget what was remembered for the keys starting with `prefix`.
+    pub(crate) fn forget_pending_prefix(&self, prefix: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key| !key.starts_with(prefix));
+    }
+
     fn requeue(&self, batch: Vec<Arc<str>>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.extend(batch);

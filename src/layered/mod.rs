@@ -419,6 +419,35 @@ where
         result
     }
 
+    /// Remove every key starting with `prefix` from L2 (Redis: `SCAN` + `UNLINK`), from L1 and,
+    /// with a backplane, from every other replica's L1; returns how many keys L2 removed (L1's
+    /// count when there is no L2). For a group of entries known in advance, tags are cheaper:
+    /// see [`invalidate_tag`](Self::invalidate_tag).
+    ///
+    /// # Errors
+    ///
+    /// The L2 error, or [`Error::CircuitOpen`], when L2 could not be reached (L1s are cleared
+    /// anyway); [`Error::Config`] when a layer cannot remove by prefix.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let inner = &self.inner;
+        let l2 = inner
+            .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
+            .await;
+        inner.forget_pending_prefix(prefix);
+        let l1 = inner.l1.invalidate_prefix(prefix).await;
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &inner.backplane {
+            backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
+        }
+        match (l2, &inner.l2) {
+            (Some(result), _) => result,
+            (None, None) => l1,
+            (None, Some(l2)) => Err(Error::CircuitOpen {
+                layer: l2.name().to_owned(),
+            }),
+        }
+    }
+
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
     /// `coalesced`), plus loads, timeouts and fail-safe answers.
     pub fn stats(&self) -> Stats {
@@ -558,6 +587,10 @@ where
         let stored = inner.l1.set(key, inner.for_l1(entry)).await;
         inner.announce_set(key);
         stored
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        Layered::invalidate_prefix(self, prefix).await
     }
 
     /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
@@ -839,6 +872,10 @@ where
                 inner.tag_times.forget();
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
+            Ok(Event::Prefix(prefix)) => {
+                inner.forget_pending_prefix(&prefix);
+                memory.remove_prefix(&prefix);
+            }
             Ok(Event::Clear(ms)) => {
                 inner.forget_pending(None);
                 inner.tag_times.set(crate::tags::CLEAR, ms);

@@ -257,6 +257,11 @@ where
         self.front().invalidate_tag(tag).await
     }
 
+    /// Remove every entry whose key starts with `prefix` (walking every entry); how many.
+    pub fn remove_prefix(&self, prefix: &str) -> u64 {
+        self.inner.store.remove_prefix(prefix)
+    }
+
     /// Remove every entry.
     pub fn invalidate_all(&self) {
         self.inner.store.clear();
@@ -312,6 +317,11 @@ where
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.store.remove(key);
         Ok(())
+    }
+
+    /// Walks every entry (an L1 holds few enough).
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        Ok(self.remove_prefix(prefix))
     }
 }
 

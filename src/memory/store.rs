@@ -100,6 +100,11 @@ where
         self.maybe_sweep();
     }
 
+    /// Remove every entry whose key starts with `prefix`; how many.
+    pub(crate) fn remove_prefix(&self, prefix: &str) -> u64 {
+        self.engine.remove_prefix(prefix)
+    }
+
     pub(crate) fn remove(&self, key: &str) {
         match &self.engine {
             Backend::Moka(moka) => moka.invalidate(key),
@@ -168,6 +173,29 @@ impl<V> Backend<V>
 where
     V: Clone + Send + Sync + 'static,
 {
+    /// Remove every entry whose key starts with `prefix`; how many.
+    pub(crate) fn remove_prefix(&self, prefix: &str) -> u64 {
+        match self {
+            Backend::Moka(moka) => {
+                let keys: Vec<Arc<str>> = moka
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix))
+                    .map(|(key, _)| Arc::clone(&*key))
+                    .collect();
+                for key in &keys {
+                    moka.invalidate(key);
+                }
+                keys.len() as u64
+            }
+            #[cfg(feature = "quick-cache")]
+            Backend::Quick(quick) => {
+                let before = quick.cache.len();
+                quick.cache.retain(|key, _| !key.starts_with(prefix));
+                before.saturating_sub(quick.cache.len()) as u64
+            }
+        }
+    }
+
     /// Remove every entry past its stale deadline at `now`.
     fn sweep(&self, now: u64) {
         match self {

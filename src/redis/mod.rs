@@ -787,6 +787,10 @@ where
         written.map_err(|e| self.failed(Op::Set, index, e))
     }
 
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        RedisCache::invalidate_prefix(self, prefix).await
+    }
+
     /// One script: read the stored frame's creation time (frames without one count as older)
     /// and write only if `entry` is newer.
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
