@@ -146,6 +146,8 @@ pub struct LoadOptions {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Extra {
     pub(crate) tags: Option<Tags>,
+    /// Why the tags are not acceptable, checked once when they are set (not on every hit).
+    pub(crate) tags_invalid: Option<String>,
     pub(crate) lease: Option<bool>,
 }
 
@@ -344,7 +346,15 @@ impl LoadOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Arc::make_mut(self.extra.get_or_insert_with(Default::default)).tags = Some(Tags::new(tags));
+        let tags = Tags::new(tags);
+        let extra = Arc::make_mut(self.extra.get_or_insert_with(Default::default));
+        extra.tags_invalid = crate::tags::validate(tags.as_slice())
+            .err()
+            .map(|e| match e {
+                Error::Config { reason } => reason,
+                other => other.to_string(),
+            });
+        extra.tags = Some(tags);
         self
     }
 
@@ -391,8 +401,8 @@ impl LoadOptions {
     /// without building the merged options (this runs on every hit).
     #[inline]
     pub(crate) fn validate_over(&self, defaults: &LoadOptions) -> Result<()> {
-        if let Some(tags) = self.extra.as_ref().and_then(|e| e.tags.as_ref()) {
-            crate::tags::validate(tags.as_slice())?;
+        if let Some(invalid) = self.extra.as_ref().and_then(|e| e.tags_invalid.as_ref()) {
+            return Err(Error::config(invalid.clone()));
         }
         if let Some(f) = self.early_refresh.get() {
             if !(f > 0.0 && f < 1.0) {
@@ -454,9 +464,15 @@ impl LoadOptions {
             early_refresh: self.early_refresh.or(defaults.early_refresh),
             xfetch_beta: self.xfetch_beta.or(defaults.xfetch_beta),
             extra: match (&self.extra, &defaults.extra) {
-                (Some(mine), Some(theirs)) => Some(Arc::new(Extra {
-                    tags: mine.tags.clone().or_else(|| theirs.tags.clone()),
-                    lease: mine.lease.or(theirs.lease),
+                (Some(mine), Some(theirs)) => Some(Arc::new(match mine.tags {
+                    Some(_) => Extra {
+                        lease: mine.lease.or(theirs.lease),
+                        ..(**mine).clone()
+                    },
+                    None => Extra {
+                        lease: mine.lease.or(theirs.lease),
+                        ..(**theirs).clone()
+                    },
                 })),
                 (mine, theirs) => mine.clone().or_else(|| theirs.clone()),
             },
