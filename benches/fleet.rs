@@ -69,6 +69,10 @@ fn tagged_hit(c: &mut Criterion) {
 }
 
 #[cfg(feature = "redis")]
+#[path = "../tests/support/chat.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod chat;
+#[cfg(feature = "redis")]
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod redis_support;

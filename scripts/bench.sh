@@ -39,5 +39,8 @@ cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 "${pin[@]}" cargo bench --all-features --bench instrument -- "${args[@]}" \
     '^(instrument/|histogram_record/(hdrhistogram|ours)$)'
 cargo bench --all-features --bench instrument -- "${args[@]}" '^histogram_record/ours_8_threads$'
+# Fleet: the tagged hit pinned; the backplane round trips unpinned (several tasks and a server).
+"${pin[@]}" cargo bench --all-features --bench fleet -- "${args[@]}" '^tagged_hit/'
+cargo bench --all-features --bench fleet -- "${args[@]}" '^backplane_visibility/'
 python3 scripts/bench_report.py > BENCHMARKS.md
 cat BENCHMARKS.md

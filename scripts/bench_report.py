@@ -34,6 +34,8 @@ GROUPS = [
     ("instrument", "bare", "timed_prometheus", "the same with metrics-exporter-prometheus installed"),
     ("histogram_record", "hdrhistogram", "ours", "one record, single thread: hdrhistogram (&mut) vs our lock-free histogram (target ≤ 1.0)"),
     ("histogram_record", "hdrhistogram", "ours_8_threads", "ours from 8 threads at once (time per record as each thread sees it)"),
+    ("tagged_hit", "untagged", "tagged", "get_or_load L1 hit on an entry with 2 tags vs an untagged one (target ≤ 1.2)"),
+    ("backplane_visibility", "raw_fred_pubsub", "ours", "a delete in one instance until evicted from another's L1 vs a raw fred PUBLISH → message"),
 ]
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "criterion")
