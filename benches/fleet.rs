@@ -18,6 +18,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use layercache::{Layered, LoadOptions, MemoryCache};
 
+#[cfg(feature = "redis")]
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -42,7 +43,11 @@ fn tagged_hit(c: &mut Criterion) {
     rt.block_on(async {
         for (key, options) in [("untagged", &plain), ("tagged", &tagged)] {
             cache
-                .get_or_load(key, || async { Ok::<_, std::io::Error>(7) }, options.clone())
+                .get_or_load(
+                    key,
+                    || async { Ok::<_, std::io::Error>(7) },
+                    options.clone(),
+                )
                 .await
                 .expect("warm");
         }

@@ -6,12 +6,13 @@
 //! ```
 //!
 //! The program starts a second copy of itself as replica B, which keeps reading one key through
-//! its own memory L1. Replica A then overwrites and deletes that key; B's L1 copy is evicted by
-//! the backplane message, and B prints when it sees each change.
+//! its own memory L1. Replica A then overwrites the key, deletes it, writes it again tagged
+//! `user:42` and invalidates that tag; B's L1 copy is evicted (or expired, for the tag) by the
+//! backplane message, and B prints when it sees each change.
 
 use std::time::{Duration, Instant};
 
-use layercache::{Cache, CacheExt, Layered, MemoryCache, RedisCache};
+use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
 
 async fn replica(url: &str) -> Result<Layered<String>, Box<dyn std::error::Error>> {
     let l2 = RedisCache::<String>::builder()
@@ -35,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Replica B: read the key every millisecond (from L1 while it is valid), report changes.
         let started = Instant::now();
         let mut last = None;
-        while started.elapsed() < Duration::from_secs(4) {
+        while started.elapsed() < Duration::from_secs(5) {
             let now = cache.get_value("greeting").await?;
             if now != last {
                 println!("  B at {:>5.1?}: greeting = {now:?}", started.elapsed());
@@ -62,6 +63,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("A: delete greeting");
     cache.delete("greeting").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("A: set greeting = \"hello v3\" tagged user:42");
+    let entry = Entry::new("hello v3".to_string(), Duration::from_secs(600)).with_tags(["user:42"]);
+    cache.set("greeting", entry).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("A: invalidate_tag(\"user:42\") — one Redis write, however many entries carry it");
+    cache.invalidate_tag("user:42").await?;
     b.wait().await?;
     Ok(())
 }

@@ -42,5 +42,8 @@ cargo bench --all-features --bench instrument -- "${args[@]}" '^histogram_record
 # Fleet: the tagged hit pinned; the backplane round trips unpinned (several tasks and a server).
 "${pin[@]}" cargo bench --all-features --bench fleet -- "${args[@]}" '^tagged_hit/'
 cargo bench --all-features --bench fleet -- "${args[@]}" '^backplane_visibility/'
+# The fleet_stampede table comes from a multi-process test (it writes fleet_stampede.json).
+LAYERCACHE_FLEET_REPORT="$PWD/target/criterion/fleet_stampede.json" \
+    cargo test --release --all-features --test fleet -- --exact the_fleet_lease_loads_each_cold_key_once
 python3 scripts/bench_report.py > BENCHMARKS.md
 cat BENCHMARKS.md

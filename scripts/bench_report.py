@@ -140,6 +140,24 @@ def main():
                                for k in ("msgpack", "msgpack_zstd", "json", "json_zstd"))
             print(f"| ~{label.upper().replace('K', ' KB')} | {plain} B | {zstd} B ({plain / zstd:.2}×) "
                   f"| {d} B ({plain / d:.2}×) | {d / zstd:.2} | {extra} |")
+    stampede_path = os.path.join(ROOT, "fleet_stampede.json")
+    try:
+        with open(stampede_path) as f:
+            stampede = json.load(f)
+    except (OSError, ValueError):
+        stampede = None
+    if stampede:
+        print("\n`fleet_stampede`: loads per cold key across a fleet (`tests/fleet.rs`")
+        print("`the_fleet_lease_loads_each_cold_key_once`, release build, one local redis-server): "
+              f"{stampede['processes']} processes × {stampede['keys']} cold keys × "
+              f"{stampede['callers']} concurrent callers per key per process, "
+              f"{stampede['load_ms']} ms loads.\n")
+        print("| | loader runs | per cold key |")
+        print("|---|---|---|")
+        for label, key in (("with the fleet lease (default)", "with_lease"),
+                           ("without (`with_fleet_lease(false)`)", "without_lease")):
+            n = stampede[key]
+            print(f"| {label} | {n} | {n / stampede['keys']:.2f} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")

@@ -41,7 +41,8 @@
 //! | [`layered`] | [`Layered`]: L1 alone or L1 + L2, with the resilient `get_or_load` and an L2 circuit breaker |
 //! | [`load`] | the one `get_or_load` engine: single-flight, detached loads, [`LoadOptions`], [`Answer`] / [`Source`], [`GetOrLoad`], [`LoadingCache`] |
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
-//! | [`fleet`] | [`Backplane`](fleet::Backplane): cross-replica L1 invalidation over Redis pub/sub (feature `redis`) |
+//! | [`fleet`] | [`Backplane`](fleet::Backplane): cross-replica L1 invalidation over Redis pub/sub, one load per cold key across the fleet (lease), tags and clear for every replica (feature `redis`) |
+//! | [`tags`] | tag entries, then expire a group (or everything) at once in O(1): [`Layered::invalidate_tag`], [`Layered::clear`] |
 //! | [`instrument`] | [`Timer`](instrument::Timer) for any call (durations, outcomes, in-flight, streams); [`LatencyHistogram`](instrument::LatencyHistogram) percentiles without a recorder |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |

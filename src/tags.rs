@@ -1,6 +1,7 @@
 //! Tags: drop a group of entries at once, in O(1), across the fleet.
 //!
-//! An entry may carry a few tags (`LoadOptions::with_tags`, [`Entry::with_tags`]).
+//! An entry may carry a few tags ([`LoadOptions::with_tags`](crate::LoadOptions::with_tags),
+//! [`Entry::with_tags`](crate::Entry::with_tags)).
 //! [`Layered::invalidate_tag`](crate::Layered::invalidate_tag) does not look for the entries
 //! that carry the tag: it records the tag's *invalidation time* (in Redis with a fleet backplane,
 //! and announces it to every replica). An entry created at or before the invalidation time of

@@ -23,7 +23,7 @@
 //! # Guarantees and bounds
 //!
 //! * **Messages carry no values**: wire version, the sender's instance id, a timestamp, the action
-//!   (`set`, `delete`, `expire`, `clear`) and the key. A receiver evicts the key from its L1 (or,
+//!   (`set`, `delete`, `expire`, `tag`, `clear`, `prefix`, `released`) and the key. A receiver evicts the key from its L1 (or,
 //!   for `expire`, keeps it only as a stale fallback); it never re-reads L2 per message, so one
 //!   write never becomes a read storm across the fleet. A replica ignores its own messages.
 //! * **The channel name carries the namespace and the wire version**
@@ -41,6 +41,48 @@
 //!   delivery delay after the invalidation, whatever happened to the subscription.
 //! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows
 //!   the master like any client).
+//!
+//! # One load per cold key: the lease
+//!
+//! On a key that neither L1 nor L2 holds, a replica tries for the key's lease in Redis
+//! (`layercache:lease:v1:<namespace>:<key>`, `SET NX PX` with a random token). The winner reads
+//! L2 once more (another replica may have just written it), loads, writes L2, announces the
+//! value and releases the lease (a script deletes it only if the token is still its own); while
+//! the load runs it extends the lease every third of its lifetime
+//! ([`LayeredBuilder::lease_ttl`](crate::LayeredBuilder::lease_ttl), default
+//! [`DEFAULT_LEASE_TTL`] = 5 s). The others **wait for the value, not the lock**: the winner's
+//! backplane message (`set`, or `released` if its load failed) wakes them, and they read L2 —
+//! no Redis command while they wait. If no message comes before the lease would expire, they
+//! look again: a holder that died (its lease expired unextended) is replaced by the next replica
+//! to win the lease. A replica loads on its own whenever the lease cannot help: Redis does not
+//! answer, the replica cannot hear the backplane, or it has waited [`MAX_LEASE_WAIT`]. Each
+//! caller's own timeouts (soft, hard, fail-safe) apply to the wait as to a load. Opt a call out
+//! with [`LoadOptions::with_fleet_lease`](crate::LoadOptions::with_fleet_lease).
+//!
+//! # Tags, clear and prefixes
+//!
+//! [`Layered::invalidate_tag`](crate::Layered::invalidate_tag) and
+//! [`Layered::clear`](crate::Layered::clear) store one invalidation time in Redis
+//! (`layercache:tag:v1:{<namespace>}:<tag>`) and announce it; every replica keeps the times it
+//! has met and expires an entry created before a time of its tags (see [`crate::tags`]). After a
+//! gap in the subscription the times are forgotten with L1 and read again as needed.
+//! [`Layered::invalidate_prefix`](crate::Layered::invalidate_prefix) removes the keys from Redis
+//! and announces the prefix: every replica drops it from its L1.
+//!
+//! # Catch-up after an outage
+//!
+//! A write a replica kept in L1 while Redis was unreachable is copied to Redis afterwards with
+//! [`Cache::set_if_newer`](crate::Cache::set_if_newer): one script compares the creation time of
+//! what Redis holds with ours and writes only if ours is later. A backplane message about the key
+//! (another replica changed it) drops it from the catch-up.
+//!
+//! Times are wall-clock (µs) from each replica's clock: keep the fleet's clocks in sync.
+//!
+//! # Not built: server-assisted client-side caching
+//!
+//! Redis 6's `CLIENT TRACKING` (RESP3, `BCAST` prefixes) could replace the backplane's
+//! invalidation messages. It was not built: it has no equivalent for tags, `clear`, the lease's
+//! wake-up or the heartbeat bound, so the backplane would still be needed beside it.
 
 pub mod backplane;
 mod lease;

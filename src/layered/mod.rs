@@ -435,6 +435,7 @@ where
             .await;
         inner.forget_pending_prefix(prefix);
         let l1 = inner.l1.invalidate_prefix(prefix).await;
+        crate::metrics::count_invalidation(&inner.name, "prefix");
         #[cfg(feature = "redis")]
         if let Some(backplane) = &inner.backplane {
             backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);

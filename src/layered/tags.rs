@@ -85,6 +85,7 @@ where
             ));
         }
         self.tag_times.set(tag, us);
+        crate::metrics::count_invalidation(&self.name, if tag == CLEAR { "clear" } else { "tag" });
         Ok(())
     }
 

@@ -68,6 +68,9 @@ pub const BACKPLANE_SUBSCRIBED: &str = "layercache_backplane_subscribed";
 /// single-flight: leases won (this replica loaded for the fleet), loads saved by waiting for
 /// another replica's value, waits that ended without it, and holders that vanished.
 pub const LEASES_TOTAL: &str = "layercache_leases_total";
+/// `layercache_invalidations_total{cache,kind=tag|clear|prefix}`: group invalidations this
+/// replica made (`invalidate_tag`, `clear`, `invalidate_prefix`).
+pub const INVALIDATIONS_TOTAL: &str = "layercache_invalidations_total";
 
 /// A point-in-time copy of a cache's counters. Each answer of a loading front is counted exactly
 /// once, in `hits`, `stale_hits`, `misses` or `coalesced`.
@@ -167,10 +170,26 @@ pub(crate) fn describe_fleet() {
         "1 while the replica hears the backplane (L1 trusted)"
     );
     ::metrics::describe_counter!(
+        INVALIDATIONS_TOTAL,
+        Unit::Count,
+        "Tag, clear and prefix invalidations made by this replica"
+    );
+    ::metrics::describe_counter!(
         LEASES_TOTAL,
         Unit::Count,
         "Cross-process single-flight leases by result"
     );
+}
+
+/// Count a group invalidation (`kind`: `tag`, `clear` or `prefix`) of cache `cache`.
+pub(crate) fn count_invalidation(cache: &str, kind: &'static str) {
+    ::metrics::describe_counter!(
+        INVALIDATIONS_TOTAL,
+        Unit::Count,
+        "Tag, clear and prefix invalidations made by this replica"
+    );
+    ::metrics::counter!(INVALIDATIONS_TOTAL, "cache" => cache.to_owned(), "kind" => kind)
+        .increment(1);
 }
 
 /// Where an answer of a loading front came from, for counting.
