@@ -1,8 +1,9 @@
 //! Fleet benchmarks, each beside its peer in the same run.
 //!
 //! * `tagged_hit`: an L1 hit (`Layered::get_or_load` on a warm key) on an `untagged` entry vs a
-//!   `tagged` one (2 tags, checked against the tag times on every hit). Target: tagged ≤ 1.2×
-//!   untagged.
+//!   `tagged` one (2 tags, checked against the tag times on every hit, its options carrying the
+//!   tags). Measured interleaved: each routine alternates batches of both hits and times its own.
+//!   Target: tagged ≤ 1.2× untagged.
 //! * `backplane_visibility` (feature `redis`): `raw_fred_pubsub` (a fred `PUBLISH` until a
 //!   subscriber client in the same process receives it) vs `ours` (a `Layered::delete` in one
 //!   instance until the key is gone from another instance's L1: the L2 delete, the message and
@@ -54,23 +55,77 @@ fn tagged_hit(c: &mut Criterion) {
         // Other tags change meanwhile: the check stays cached for entries they do not touch.
         cache.invalidate_tag("user:1").await.expect("invalidate");
     });
+    // Interleaved: each id's routine alternates batches of both kinds of hit and times only its
+    // own, so a busy neighbour or the order of the two routines weighs on both alike.
+    const BATCH: u64 = 64;
+    let hit = |key: &'static str, options: &LoadOptions| {
+        let options = options.clone();
+        let cache = &cache;
+        async move {
+            black_box(
+                cache
+                    .get_or_load(
+                        black_box(key),
+                        || async { Ok::<_, std::io::Error>(0) },
+                        options,
+                    )
+                    .await,
+            )
+        }
+    };
+    // Both kinds' totals over every routine: their ratio is the interleaved one (same windows).
+    let totals = std::cell::RefCell::new([Duration::ZERO; 2]);
     for id in ["untagged", "tagged"] {
-        let options = if id == "tagged" { &tagged } else { &plain };
         group.bench_function(id, |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(
-                    cache
-                        .get_or_load(
-                            black_box(id),
-                            || async { Ok::<_, std::io::Error>(0) },
-                            options.clone(),
-                        )
-                        .await,
-                )
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut mine = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let n = BATCH.min(iters - done);
+                        for kind in ["untagged", "tagged"] {
+                            let options = if kind == "tagged" { &tagged } else { &plain };
+                            let started = std::time::Instant::now();
+                            for _ in 0..n {
+                                let _ = hit(kind, options).await;
+                            }
+                            let took = started.elapsed();
+                            totals.borrow_mut()[usize::from(kind == "tagged")] += took;
+                            if kind == id {
+                                mine += took;
+                            }
+                        }
+                        done += n;
+                    }
+                    mine
+                })
             })
         });
     }
+    let [untagged, tagged] = *totals.borrow();
+    // Nothing measured when the group was filtered out.
+    if !untagged.is_zero() && !tagged.is_zero() {
+        write_interleaved("tagged_hit", tagged.as_secs_f64() / untagged.as_secs_f64());
+    }
     group.finish();
+}
+
+/// Record a group's interleaved ratio (ours / peer over the same time windows) beside
+/// criterion's estimates, for `scripts/bench_report.py`.
+fn write_interleaved(group: &str, ratio: f64) {
+    let dir = std::env::var_os("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
+        })
+        .join(group);
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(
+            dir.join("interleaved.json"),
+            format!("{{\"ratio\": {ratio:.4}}}\n"),
+        );
+    }
+    println!("{group}: interleaved ratio {ratio:.3}");
 }
 
 #[cfg(feature = "redis")]
