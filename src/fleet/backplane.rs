@@ -76,10 +76,10 @@ impl Action {
 /// What a cache must do to its L1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// Another replica set or deleted `key`.
-    Evict(Arc<str>),
-    /// Another replica expired `key`: keep it only as a stale fallback.
-    Expire(Arc<str>),
+    /// Another replica set or deleted `key` at this time (µs).
+    Evict(Arc<str>, u64),
+    /// Another replica expired `key` at this time (µs): keep it only as a stale fallback.
+    Expire(Arc<str>, u64),
     /// Anything may have been missed: drop all of L1 and forget the tag times.
     ClearAll,
     /// Another replica invalidated a tag at this time (µs).
@@ -408,8 +408,8 @@ async fn receive(
                 }
                 let event = match action {
                     Action::Heartbeat | Action::Released => continue,
-                    Action::Set | Action::Delete => Event::Evict(Arc::from(key)),
-                    Action::Expire => Event::Expire(Arc::from(key)),
+                    Action::Set | Action::Delete => Event::Evict(Arc::from(key), ms),
+                    Action::Expire => Event::Expire(Arc::from(key), ms),
                     Action::Tag => Event::Tag(Arc::from(key), ms),
                     Action::Prefix => Event::Prefix(Arc::from(key)),
                     Action::Clear => Event::Clear(ms),

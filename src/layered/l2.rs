@@ -170,7 +170,14 @@ where
             let mut rest = entries.into_iter();
             for (key, entry) in rest.by_ref() {
                 match l2.set_if_newer(&key, entry).await {
-                    Ok(_) => {}
+                    // Announced again: a replica that re-read L2 between the first announcement
+                    // and this write holds the older value.
+                    Ok(true) => self.announce_set(&key),
+                    // L2 holds a newer value (another replica wrote it meanwhile): ours is
+                    // dropped from L1 too, so this replica reads the newer one.
+                    Ok(false) => {
+                        let _ = self.l1.delete(&key).await;
+                    }
                     // Refused (too large, cannot encode): counted and reported by the codec;
                     // not an outage, and not retried.
                     Err(e) if e.is_refusal() => self.refused(&e),
@@ -198,6 +205,41 @@ where
             }
             None => pending.clear(),
         }
+    }
+
+    /// The L1 entries of the keys waiting for the catch-up (kept when L1 is dropped after a gap
+    /// in the backplane: they are this replica's own writes, still to be copied to L2).
+    #[cfg(feature = "redis")]
+    pub(crate) fn pending_entries(
+        &self,
+        memory: &crate::MemoryCache<V>,
+    ) -> Vec<(Arc<str>, Entry<V>)> {
+        let now = crate::entry::now_ms();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|key| memory.peek_at(key, now).map(|e| (Arc::clone(key), e)))
+            .collect()
+    }
+
+    /// Whether `key` waits for the catch-up with an L1 entry created after `us`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn pending_newer_than(
+        &self,
+        memory: &crate::MemoryCache<V>,
+        key: &str,
+        us: u64,
+    ) -> bool {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key);
+        pending
+            && memory
+                .peek_at(key, crate::entry::now_ms())
+                .is_some_and(|e| e.created_us() > us)
     }
 
     /// Forget what was remembered for the keys starting with `prefix`.

@@ -829,6 +829,18 @@ where
     }
 }
 
+/// The time an eviction or expiry event carries.
+#[cfg(feature = "redis")]
+fn event_us(
+    event: &Result<crate::fleet::backplane::Event, tokio::sync::broadcast::error::RecvError>,
+) -> u64 {
+    use crate::fleet::backplane::Event;
+    match event {
+        Ok(Event::Evict(_, us)) | Ok(Event::Expire(_, us)) => *us,
+        _ => 0,
+    }
+}
+
 /// Apply the backplane's events to L1 until the cache is dropped.
 #[cfg(feature = "redis")]
 async fn apply_events<V>(inner: std::sync::Weak<Inner<V>>)
@@ -857,11 +869,15 @@ where
             .evictions
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match event {
-            Ok(Event::Evict(key)) => {
+            // A write of ours still waiting for the catch-up and newer than the change
+            // announced stays (the catch-up compares with L2 again); anything else goes.
+            Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _))
+                if inner.pending_newer_than(memory, &key, event_us(&event)) => {}
+            Ok(Event::Evict(key, _)) => {
                 inner.forget_pending(Some(&key));
                 let _ = memory.delete(&key).await;
             }
-            Ok(Event::Expire(key)) => {
+            Ok(Event::Expire(key, _)) => {
                 inner.forget_pending(Some(&key));
                 let now = now_ms();
                 if let Some(entry) = memory.peek_at(&key, now) {
@@ -869,7 +885,13 @@ where
                 }
             }
             Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
+                // Writes still to be copied to L2 are this replica's own: kept for the catch-up
+                // (which drops them if L2 holds something newer).
+                let keep = inner.pending_entries(memory);
                 memory.invalidate_all();
+                for (key, entry) in keep {
+                    let _ = memory.set(&key, entry).await;
+                }
                 inner.tag_times.forget();
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),

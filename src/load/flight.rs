@@ -437,14 +437,17 @@ async fn run_flight<V, T, F, Fut, E>(
                     if let Some(lease) = &mut lease {
                         lease.stored();
                     }
+                    drop(lease);
+                    drop(guard);
                 }
                 None => {
-                    // Not admitted: answered, not stored.
+                    // Not admitted: answered, not stored. Leave the table first, so that a
+                    // caller who calls again loads again instead of joining this flight.
+                    drop(lease);
+                    drop(guard);
                     done(&tx, Entry::new(value, Duration::ZERO), source);
                 }
             }
-            drop(lease);
-            drop(guard);
         }
         Ok(Err(err)) => {
             flights.metrics.load_error(took);
