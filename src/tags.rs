@@ -15,6 +15,10 @@
 //!
 //! The check costs nothing for untagged entries; a tagged entry remembers that it was found
 //! valid until any tag time changes, so its hits cost two atomic loads more.
+//!
+//! Memory: a replica of a fleet remembers at most 100,000 tag times and then reads them again
+//! from Redis; a cache without a backplane keeps the time of every tag it invalidated (its only
+//! copy), a few dozen bytes each.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,7 +31,8 @@ use crate::error::{Error, Result};
 pub const MAX_TAGS: usize = 32;
 /// The longest tag, in bytes.
 pub const MAX_TAG_LEN: usize = 255;
-/// Tag times a replica remembers before it forgets them all (and reads them again as needed).
+/// Tag times a replica of a fleet remembers before it forgets them all (and reads them again
+/// from Redis as needed). A cache without a shared store keeps every time: it is their only copy.
 const MAX_KNOWN: usize = 100_000;
 
 /// The clear time is kept as the time of this tag, which every entry carries implicitly (user
@@ -221,7 +226,7 @@ impl TagTimes {
     /// wins).
     pub(crate) fn set(&self, tag: &str, us: u64) {
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
-        if times.len() >= MAX_KNOWN && !times.contains_key(tag) {
+        if !self.local_only && times.len() >= MAX_KNOWN && !times.contains_key(tag) {
             times.clear();
         }
         let known = times.entry(Box::from(tag)).or_insert(0);
@@ -236,7 +241,7 @@ impl TagTimes {
         let mut changed = false;
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
         for (tag, ms) in found {
-            if times.len() >= MAX_KNOWN && !times.contains_key(&tag) {
+            if !self.local_only && times.len() >= MAX_KNOWN && !times.contains_key(&tag) {
                 times.clear();
                 changed = true;
             }
