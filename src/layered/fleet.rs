@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Inner;
-use crate::entry::Entry;
+use crate::cache::Cache;
+use crate::entry::{now_ms, Entry};
 use crate::fleet::{Attempt, Held, WaitOutcome, MAX_LEASE_WAIT};
 use crate::load::{FleetLease, L2Read, LeaseGuard};
 
@@ -90,6 +91,84 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+/// The time an eviction or expiry event carries.
+fn event_us(
+    event: &Result<crate::fleet::backplane::Event, tokio::sync::broadcast::error::RecvError>,
+) -> u64 {
+    use crate::fleet::backplane::Event;
+    match event {
+        Ok(Event::Evict(_, us)) | Ok(Event::Expire(_, us)) => *us,
+        _ => 0,
+    }
+}
+
+/// Apply the backplane's events to L1 until the cache is dropped.
+pub(super) async fn apply_events<V>(inner: std::sync::Weak<Inner<V>>)
+where
+    V: Clone + Send + Sync + 'static,
+{
+    use crate::fleet::backplane::Event;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = match inner
+        .upgrade()
+        .and_then(|i| i.backplane.as_ref().map(|b| b.events()))
+    {
+        Some(events) => events,
+        None => return,
+    };
+    loop {
+        let event = events.recv().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let Some(memory) = &inner.l1_memory else {
+            return;
+        };
+        // Before the eviction itself: see `Inner::backfill`.
+        inner
+            .evictions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match event {
+            // A write of ours still waiting for the catch-up and newer than the change
+            // announced stays (the catch-up compares with L2 again); anything else goes.
+            Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _))
+                if inner.pending_newer_than(memory, &key, event_us(&event)) => {}
+            Ok(Event::Evict(key, _)) => {
+                inner.forget_pending(Some(&key));
+                let _ = memory.delete(&key).await;
+            }
+            Ok(Event::Expire(key, _)) => {
+                inner.forget_pending(Some(&key));
+                let now = now_ms();
+                if let Some(entry) = memory.peek_at(&key, now) {
+                    let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
+                }
+            }
+            Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
+                // Writes still to be copied to L2 are this replica's own: kept for the catch-up
+                // (which drops them if L2 holds something newer).
+                let keep = inner.pending_entries(memory);
+                memory.invalidate_all();
+                for (key, entry) in keep {
+                    let _ = memory.set(&key, entry).await;
+                }
+                inner.tag_times.forget();
+            }
+            Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
+            Ok(Event::Prefix(prefix)) => {
+                inner.forget_pending_prefix(&prefix);
+                memory.remove_prefix(&prefix);
+            }
+            Ok(Event::Clear(ms)) => {
+                inner.forget_pending(None);
+                inner.tag_times.set(crate::tags::CLEAR, ms);
+                memory.invalidate_all();
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -419,36 +419,6 @@ where
         result
     }
 
-    /// Remove every key starting with `prefix` from L2 (Redis: `SCAN` + `UNLINK`), from L1 and,
-    /// with a backplane, from every other replica's L1; returns how many keys L2 removed (L1's
-    /// count when there is no L2). For a group of entries known in advance, tags are cheaper:
-    /// see [`invalidate_tag`](Self::invalidate_tag).
-    ///
-    /// # Errors
-    ///
-    /// The L2 error, or [`Error::CircuitOpen`], when L2 could not be reached (L1s are cleared
-    /// anyway); [`Error::Config`] when a layer cannot remove by prefix.
-    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
-        let inner = &self.inner;
-        let l2 = inner
-            .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
-            .await;
-        inner.forget_pending_prefix(prefix);
-        let l1 = inner.l1.invalidate_prefix(prefix).await;
-        crate::metrics::count_invalidation(&inner.name, "prefix");
-        #[cfg(feature = "redis")]
-        if let Some(backplane) = &inner.backplane {
-            backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
-        }
-        match (l2, &inner.l2) {
-            (Some(result), _) => result,
-            (None, None) => l1,
-            (None, Some(l2)) => Err(Error::CircuitOpen {
-                layer: l2.name().to_owned(),
-            }),
-        }
-    }
-
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
     /// `coalesced`), plus loads, timeouts and fail-safe answers.
     pub fn stats(&self) -> Stats {
@@ -778,7 +748,7 @@ where
             let runtime =
                 tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
             let cache = self.assemble();
-            runtime.spawn(apply_events(Arc::downgrade(&cache.inner)));
+            runtime.spawn(fleet::apply_events(Arc::downgrade(&cache.inner)));
             return Ok(cache);
         }
         Ok(self.assemble())
@@ -825,86 +795,6 @@ where
                 evictions: std::sync::atomic::AtomicU64::new(0),
                 tag_times: crate::tags::TagTimes::new(!has_backplane),
             }),
-        }
-    }
-}
-
-/// The time an eviction or expiry event carries.
-#[cfg(feature = "redis")]
-fn event_us(
-    event: &Result<crate::fleet::backplane::Event, tokio::sync::broadcast::error::RecvError>,
-) -> u64 {
-    use crate::fleet::backplane::Event;
-    match event {
-        Ok(Event::Evict(_, us)) | Ok(Event::Expire(_, us)) => *us,
-        _ => 0,
-    }
-}
-
-/// Apply the backplane's events to L1 until the cache is dropped.
-#[cfg(feature = "redis")]
-async fn apply_events<V>(inner: std::sync::Weak<Inner<V>>)
-where
-    V: Clone + Send + Sync + 'static,
-{
-    use crate::fleet::backplane::Event;
-    use tokio::sync::broadcast::error::RecvError;
-    let mut events = match inner
-        .upgrade()
-        .and_then(|i| i.backplane.as_ref().map(|b| b.events()))
-    {
-        Some(events) => events,
-        None => return,
-    };
-    loop {
-        let event = events.recv().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let Some(memory) = &inner.l1_memory else {
-            return;
-        };
-        // Before the eviction itself: see `Inner::backfill`.
-        inner
-            .evictions
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match event {
-            // A write of ours still waiting for the catch-up and newer than the change
-            // announced stays (the catch-up compares with L2 again); anything else goes.
-            Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _))
-                if inner.pending_newer_than(memory, &key, event_us(&event)) => {}
-            Ok(Event::Evict(key, _)) => {
-                inner.forget_pending(Some(&key));
-                let _ = memory.delete(&key).await;
-            }
-            Ok(Event::Expire(key, _)) => {
-                inner.forget_pending(Some(&key));
-                let now = now_ms();
-                if let Some(entry) = memory.peek_at(&key, now) {
-                    let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
-                }
-            }
-            Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
-                // Writes still to be copied to L2 are this replica's own: kept for the catch-up
-                // (which drops them if L2 holds something newer).
-                let keep = inner.pending_entries(memory);
-                memory.invalidate_all();
-                for (key, entry) in keep {
-                    let _ = memory.set(&key, entry).await;
-                }
-                inner.tag_times.forget();
-            }
-            Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
-            Ok(Event::Prefix(prefix)) => {
-                inner.forget_pending_prefix(&prefix);
-                memory.remove_prefix(&prefix);
-            }
-            Ok(Event::Clear(ms)) => {
-                inner.forget_pending(None);
-                inner.tag_times.set(crate::tags::CLEAR, ms);
-                memory.invalidate_all();
-            }
-            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Tags and clear on a [`Layered`] cache: see [`crate::tags`].
+//! Group invalidations on a [`Layered`] cache: tags and clear (see [`crate::tags`]), and
+//! prefixes.
 
 use super::{Inner, Layered};
 use crate::entry::{now_us, Entry};
@@ -132,6 +133,36 @@ where
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         crate::tags::validate(&[tag])?;
         self.inner.invalidate_tag_at(tag, now_us()).await
+    }
+
+    /// Remove every key starting with `prefix` from L2 (Redis: `SCAN` + `UNLINK`), from L1 and,
+    /// with a backplane, from every other replica's L1; returns how many keys L2 removed (L1's
+    /// count when there is no L2). For a group of entries known in advance, tags are cheaper:
+    /// see [`invalidate_tag`](Self::invalidate_tag).
+    ///
+    /// # Errors
+    ///
+    /// The L2 error, or [`Error::CircuitOpen`], when L2 could not be reached (L1s are cleared
+    /// anyway); [`Error::Config`] when a layer cannot remove by prefix.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let inner = &self.inner;
+        let l2 = inner
+            .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
+            .await;
+        inner.forget_pending_prefix(prefix);
+        let l1 = inner.l1.invalidate_prefix(prefix).await;
+        crate::metrics::count_invalidation(&inner.name, "prefix");
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &inner.backplane {
+            backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
+        }
+        match (l2, &inner.l2) {
+            (Some(result), _) => result,
+            (None, None) => l1,
+            (None, Some(l2)) => Err(Error::CircuitOpen {
+                layer: l2.name().to_owned(),
+            }),
+        }
     }
 
     /// Expire every entry of the cache, in every layer and, with a backplane, on every replica,
