@@ -518,6 +518,17 @@ where
         self.inner.ops.latency[op.op() as usize].snapshot()
     }
 
+    /// The frame for `entry`, with its encode failure and sizes counted.
+    fn encode_counted(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+        let bytes = self
+            .inner
+            .codec
+            .encode(entry)
+            .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
+        self.inner.ops.sizes(&bytes);
+        Ok(bytes)
+    }
+
     /// Delete every key of this cache (within its namespace) that starts with `prefix`, using
     /// `SCAN` + `UNLINK` on every primary; returns how many keys were removed. An empty prefix
     /// clears the whole namespace.
@@ -763,12 +774,7 @@ where
         if ttl_ms == 0 {
             return self.delete(key).await;
         }
-        let bytes = self
-            .inner
-            .codec
-            .encode(&entry)
-            .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
-        self.inner.ops.sizes(&bytes);
+        let bytes = self.encode_counted(&entry)?;
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
@@ -800,12 +806,7 @@ where
             return Ok(false);
         }
         let created = entry.created_us();
-        let bytes = self
-            .inner
-            .codec
-            .encode(&entry)
-            .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
-        self.inner.ops.sizes(&bytes);
+        let bytes = self.encode_counted(&entry)?;
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
