@@ -252,8 +252,9 @@ async fn resharding_under_traffic_never_reaches_a_caller() {
                             .map(|_| ())
                     } else {
                         cache.get_value(k).await.map(|v| {
-                            if !v.is_some_and(|v| v.starts_with(&format!("{k}-"))) {
+                            if !v.as_ref().is_some_and(|v| v.starts_with(&format!("{k}-"))) {
                                 wrong.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("{k}: wrong value {v:?}");
                             }
                         })
                     };

@@ -16,9 +16,11 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use fred::interfaces::LuaInterface;
+use fred::prelude::ClientLike;
 use tokio::sync::watch;
 
 use super::backplane::{instance_id, Action, Backplane, Shared};
+use crate::redis::cluster::follow_on;
 
 /// How long a lease lasts unless its holder extends it; the holder extends it every third of
 /// this while its load runs. Set with
@@ -82,7 +84,12 @@ impl Drop for Held {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 // Bounded by the client's command timeout; if it fails, the lease expires.
-                let _: Result<i64, _> = client.eval(RELEASE, lease_key, token).await;
+                let _: Result<i64, _> = follow_on(&client, |o| {
+                    let c = client.with_options(o);
+                    let (lease_key, token) = (lease_key.clone(), token.clone());
+                    async move { c.eval(RELEASE, lease_key, token).await }
+                })
+                .await;
             });
         }
     }
@@ -154,15 +161,13 @@ impl Backplane {
         let lease_key = self.lease_key(key);
         let token = format!("{:032x}", instance_id());
         let ttl_ms = ttl.as_millis().clamp(1, u128::from(u32::MAX)) as i64;
-        let answer: Result<i64, _> = self
-            .shared
-            .publisher
-            .eval(
-                ACQUIRE,
-                lease_key.as_str(),
-                vec![token.clone(), ttl_ms.to_string()],
-            )
-            .await;
+        let client = &self.shared.publisher;
+        let answer: Result<i64, _> = follow_on(client, |o| {
+            let c = client.with_options(o);
+            let (lease_key, args) = (lease_key.clone(), vec![token.clone(), ttl_ms.to_string()]);
+            async move { c.eval(ACQUIRE, lease_key, args).await }
+        })
+        .await;
         match answer {
             Ok(-3) => {
                 self.shared
@@ -222,12 +227,11 @@ async fn extend(client: fred::clients::Client, lease_key: String, token: String,
     let ttl_ms = ttl.as_millis().clamp(1, u128::from(u32::MAX)).to_string();
     loop {
         tokio::time::sleep(every).await;
-        let _: Result<i64, _> = client
-            .eval(
-                EXTEND,
-                lease_key.as_str(),
-                vec![token.clone(), ttl_ms.clone()],
-            )
-            .await;
+        let _: Result<i64, _> = follow_on(&client, |o| {
+            let c = client.with_options(o);
+            let (lease_key, args) = (lease_key.clone(), vec![token.clone(), ttl_ms.clone()]);
+            async move { c.eval(EXTEND, lease_key, args).await }
+        })
+        .await;
     }
 }

@@ -3,6 +3,9 @@
 //! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
 
 use fred::interfaces::{KeysInterface, LuaInterface};
+use fred::prelude::ClientLike;
+
+use crate::redis::cluster::follow_on;
 
 use super::backplane::{Action, Backplane};
 use crate::tags::CLEAR;
@@ -23,11 +26,12 @@ impl Backplane {
         tag: &str,
         us: u64,
     ) -> Result<(), fred::error::Error> {
-        let _: i64 = self
-            .shared
-            .publisher
-            .eval(STORE_LATER, self.tag_key(tag), us.to_string())
-            .await?;
+        let (client, key) = (&self.shared.publisher, self.tag_key(tag));
+        let _: i64 = follow_on(client, |o| {
+            let (c, key) = (client.with_options(o), key.clone());
+            async move { c.eval(STORE_LATER, key, us.to_string()).await }
+        })
+        .await?;
         self.announce_at(
             if tag == CLEAR {
                 Action::Clear
@@ -46,7 +50,12 @@ impl Backplane {
         tags: &[Box<str>],
     ) -> Result<Vec<u64>, fred::error::Error> {
         let keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
-        let values: Vec<Option<String>> = self.shared.publisher.mget(keys).await?;
+        let client = &self.shared.publisher;
+        let values: Vec<Option<String>> = follow_on(client, |o| {
+            let (c, keys) = (client.with_options(o), keys.clone());
+            async move { c.mget(keys).await }
+        })
+        .await?;
         Ok(values
             .into_iter()
             .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))

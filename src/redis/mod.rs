@@ -14,10 +14,13 @@
 //!   `tokio::time::timeout` around the call, which would abandon a write that fred then replays
 //!   after a reconnect (a "zombie write" that can resurrect an invalidated value);
 //! * **no replay after a timeout**: fred marks a command whose caller timed out and never writes
-//!   it again, so a timed-out `set` cannot land behind a later `delete`. A command may still be
-//!   written up to 3 times *while its caller waits*: a cluster's `MOVED`/`ASK` redirection is a
-//!   second write (with a single attempt, every redirection during a reshard reached the caller
-//!   as an error, and an `ASK` could end the client's connection task);
+//!   it again, so a timed-out `set` cannot land behind a later `delete`;
+//! * on a cluster, **redirections followed by the cache, not by fred**: fred 10.1 answers an `ASK`
+//!   by reading the next reply of a pipelined connection as the reply to its `ASKING`, which
+//!   hands every later reply on that connection to the wrong command (another key's value for a
+//!   `GET`). fred is told to follow no redirection; a `MOVED`, `ASK` or `TRYAGAIN` comes back to
+//!   the cache, which sends the command again (fred has refreshed its slot map by then) within
+//!   the same command timeout;
 //! * **fail-fast** while disconnected: calls error at once instead of queueing;
 //! * a **reconnect policy** (exponential, 10 ms to 1 s, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
@@ -61,6 +64,7 @@ use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::metrics::{LayerMetrics, Stats, VALUE_BYTES};
 
+pub(crate) mod cluster;
 mod watchdog;
 
 /// Default time limit for each Redis command.
@@ -75,8 +79,8 @@ const BATCH: usize = 1000;
 /// inside the command timeout however large the batch.
 const PIPELINE_CHUNK: usize = 500;
 
-/// Writes of one command while its caller waits: the first, plus room for a cluster's
-/// `MOVED`/`ASK` redirections (each re-send counts as an attempt in fred).
+/// Writes of one command while its caller waits (fred re-sends a command written to a connection
+/// that broke before it was sent).
 const ATTEMPTS: u32 = 3;
 
 /// How the client reconnects after losing a connection.
@@ -422,11 +426,12 @@ where
                 if !corrupted {
                     return None;
                 }
-                let _ = self
-                    .client(self.writer_for(key))
-                    .with_options(&self.inner.options)
-                    .unlink::<i64, _>(full_key)
-                    .await;
+                let client = self.client(self.writer_for(key));
+                let _ = cluster::follow(Instant::now(), &self.inner.options, |o| {
+                    let c = client.with_options(o);
+                    async move { c.unlink::<i64, _>(full_key).await }
+                })
+                .await;
                 None
             }
         }
@@ -437,11 +442,13 @@ where
         let full = self.full_key(key);
         let started = Instant::now();
         let index = self.reader_for(key);
+        let client = self.client(index);
         let read: std::result::Result<Option<Bytes>, _> = crate::traced!(
             self.op_span(Op::Get),
-            self.client(index)
-                .with_options(&self.inner.options)
-                .get(&full)
+            cluster::follow(started, &self.inner.options, |o| {
+                let (c, full) = (client.with_options(o), full.as_str());
+                async move { c.get(full).await }
+            })
         )
         .await;
         self.inner.ops.took(Op::Get, started);
@@ -596,23 +603,26 @@ where
         }
         let client = self.inner.pool.next();
         let groups = if self.inner.clustered {
-            group_by_slot(keys)
+            cluster::group_by_slot(keys)
         } else {
             vec![keys]
         };
-        let pipeline = client.pipeline();
-        for group in groups {
-            let keys: Vec<fred::types::Key> =
-                group.into_iter().map(fred::types::Key::from).collect();
-            let _: () = pipeline
-                .unlink(keys)
-                .await
-                .map_err(|e| self.redis_error(Op::Invalidate, e))?;
-        }
-        let results: Vec<Value> = pipeline
-            .all()
-            .await
-            .map_err(|e| self.redis_error(Op::Invalidate, e))?;
+        let groups: Vec<Vec<fred::types::Key>> = groups
+            .into_iter()
+            .map(|group| group.into_iter().map(fred::types::Key::from).collect())
+            .collect();
+        let results: Vec<Value> = cluster::follow(Instant::now(), &self.inner.bulk_options, |_| {
+            let groups = &groups;
+            async move {
+                let pipeline = client.pipeline();
+                for group in groups {
+                    let _: () = pipeline.unlink(group.clone()).await?;
+                }
+                pipeline.all().await
+            }
+        })
+        .await
+        .map_err(|e| self.redis_error(Op::Invalidate, e))?;
         Ok(results.iter().filter_map(Value::as_u64).sum())
     }
 
@@ -726,17 +736,6 @@ fn parse_scan_page(page: Value) -> std::result::Result<(String, Vec<Bytes>), fre
     Ok((cursor, keys))
 }
 
-fn group_by_slot<K: AsRef<[u8]>>(keys: Vec<K>) -> Vec<Vec<K>> {
-    let mut groups: std::collections::BTreeMap<u16, Vec<K>> = std::collections::BTreeMap::new();
-    for key in keys {
-        groups
-            .entry(fred::util::redis_keyslot(key.as_ref()))
-            .or_default()
-            .push(key);
-    }
-    groups.into_values().collect()
-}
-
 /// Escapes Redis glob metacharacters so that a prefix matches only itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -778,15 +777,24 @@ where
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
+        let client = self.client(index);
+        let bytes = Bytes::from(bytes);
         let written: std::result::Result<(), _> = crate::traced!(
             self.op_span(Op::Set),
-            self.client(index).with_options(&self.inner.options).set(
-                full.as_str(),
-                Bytes::from(bytes),
-                Some(Expiration::PX(ttl_ms as i64)),
-                None,
-                false,
-            )
+            cluster::follow(started, &self.inner.options, |o| {
+                let (c, bytes) = (client.with_options(o), bytes.clone());
+                let full = full.as_str();
+                async move {
+                    c.set(
+                        full,
+                        bytes,
+                        Some(Expiration::PX(ttl_ms as i64)),
+                        None,
+                        false,
+                    )
+                    .await
+                }
+            })
         )
         .await;
         self.inner.ops.took(Op::Set, started);
@@ -815,13 +823,14 @@ where
             created.to_string().into(),
             ttl_ms.to_string().into(),
         ];
+        let client = self.client(index);
         let written: std::result::Result<i64, _> = crate::traced!(
             self.op_span(Op::Set),
-            self.client(index).with_options(&self.inner.options).eval(
-                SET_IF_NEWER,
-                full.as_str(),
-                args
-            )
+            cluster::follow(started, &self.inner.options, |o| {
+                let (c, args) = (client.with_options(o), args.clone());
+                let full = full.as_str();
+                async move { c.eval(SET_IF_NEWER, full, args).await }
+            })
         )
         .await;
         self.inner.ops.took(Op::Set, started);
@@ -834,11 +843,13 @@ where
         let started = Instant::now();
         let index = self.writer_for(key);
         let full = self.full_key(key);
+        let client = self.client(index);
         let deleted: std::result::Result<i64, _> = crate::traced!(
             self.op_span(Op::Delete),
-            self.client(index)
-                .with_options(&self.inner.options)
-                .unlink(full.as_str())
+            cluster::follow(started, &self.inner.options, |o| {
+                let (c, full) = (client.with_options(o), full.as_str());
+                async move { c.unlink(full).await }
+            })
         )
         .await;
         self.inner.ops.took(Op::Delete, started);
@@ -880,21 +891,23 @@ where
         let client = self.client(index);
         let mut replies: Vec<Value> = Vec::with_capacity(groups.len());
         for round in groups.chunks(PIPELINE_CHUNK) {
-            let pipeline = client.pipeline();
-            for group in round {
-                let group_keys: Vec<fred::types::Key> = group
-                    .iter()
-                    .map(|&i| fred::types::Key::from(full[i].as_str()))
-                    .collect();
-                let _: () = pipeline
-                    .mget(group_keys)
-                    .await
-                    .map_err(|e| self.redis_error(Op::GetMany, e))?;
-            }
-            let round_replies: Vec<Value> =
-                crate::traced!(self.op_span(Op::GetMany), pipeline.all())
-                    .await
-                    .map_err(|e| self.failed(Op::GetMany, index, e))?;
+            let full = &full;
+            let round_replies: Vec<Value> = crate::traced!(
+                self.op_span(Op::GetMany),
+                cluster::follow(Instant::now(), &self.inner.bulk_options, |_| async move {
+                    let pipeline = client.pipeline();
+                    for group in round {
+                        let group_keys: Vec<fred::types::Key> = group
+                            .iter()
+                            .map(|&i| fred::types::Key::from(full[i].as_str()))
+                            .collect();
+                        let _: () = pipeline.mget(group_keys).await?;
+                    }
+                    pipeline.all().await
+                })
+            )
+            .await
+            .map_err(|e| self.failed(Op::GetMany, index, e))?;
             if round_replies.len() != round.len() {
                 return Err(self.redis_error(
                     Op::GetMany,
@@ -935,39 +948,47 @@ where
         let index = self.writer_for(entries[0].0);
         let client = self.client(index);
         for round in entries.chunks(PIPELINE_CHUNK) {
-            let pipeline = client.pipeline();
+            // Encoded once; `None` for an entry already past its stale deadline (unlinked).
+            let mut writes: Vec<(String, Option<(Bytes, i64)>)> = Vec::with_capacity(round.len());
             for (key, entry) in round {
                 let full = self.full_key(key);
                 let ttl_ms = entry.stale_until_ms().saturating_sub(now);
                 if ttl_ms == 0 {
-                    let _: () = pipeline
-                        .unlink(full)
-                        .await
-                        .map_err(|e| self.redis_error(Op::SetMany, e))?;
+                    writes.push((full, None));
                     continue;
                 }
-                let bytes = self
-                    .inner
-                    .codec
-                    .encode(entry)
-                    .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
-                self.inner.ops.sizes(&bytes);
-                let _: () = pipeline
-                    .set(
-                        full,
-                        Bytes::from(bytes),
-                        Some(Expiration::PX(ttl_ms as i64)),
-                        None,
-                        false,
-                    )
-                    .await
-                    .map_err(|e| self.redis_error(Op::SetMany, e))?;
+                let bytes = self.encode_counted(entry)?;
+                writes.push((full, Some((Bytes::from(bytes), ttl_ms as i64))));
             }
-            for result in
-                crate::traced!(self.op_span(Op::SetMany), pipeline.try_all::<Value>()).await
-            {
-                result.map_err(|e| self.failed(Op::SetMany, index, e))?;
-            }
+            let writes = &writes;
+            crate::traced!(
+                self.op_span(Op::SetMany),
+                cluster::follow(Instant::now(), &self.inner.bulk_options, |_| async move {
+                    let pipeline = client.pipeline();
+                    for (full, write) in writes {
+                        let _: () = match write {
+                            None => pipeline.unlink(full.as_str()).await?,
+                            Some((bytes, ttl)) => {
+                                pipeline
+                                    .set(
+                                        full.as_str(),
+                                        bytes.clone(),
+                                        Some(Expiration::PX(*ttl)),
+                                        None,
+                                        false,
+                                    )
+                                    .await?
+                            }
+                        };
+                    }
+                    for result in pipeline.try_all::<Value>().await {
+                        result?;
+                    }
+                    Ok(())
+                })
+            )
+            .await
+            .map_err(|e| self.failed(Op::SetMany, index, e))?;
         }
         self.inner.ops.took(Op::SetMany, started);
         Ok(())
@@ -1125,6 +1146,9 @@ where
             .unresponsive_after
             .unwrap_or_else(|| (self.command_timeout * 8).max(Duration::from_secs(2)));
         let connection = ConnectionConfig {
+            // On a cluster, redirections come back to us and `cluster::follow` retries them:
+            // fred's own `ASK` handling mixes up replies on a pipelined connection.
+            max_redirections: if clustered { 0 } else { 5 },
             connection_timeout: self.connect_timeout,
             internal_command_timeout: self.connect_timeout,
             max_command_attempts: ATTEMPTS,
