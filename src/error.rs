@@ -116,16 +116,33 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
-    /// A Redis command failed (connection refused or lost, server error, command timeout).
+    /// A Redis command failed (connection refused or lost, server error, command timeout); what
+    /// kind of failure it was is [`RedisError::kind`].
+    ///
+    /// ```
+    /// use layercache::{Error, RedisErrorKind};
+    ///
+    /// fn worth_a_retry(err: &Error) -> bool {
+    ///     match err {
+    ///         Error::Redis { source, .. } => matches!(
+    ///             source.kind(),
+    ///             RedisErrorKind::Timeout | RedisErrorKind::Connection
+    ///         ),
+    ///         _ => false,
+    ///     }
+    /// }
+    /// # let _ = worth_a_retry;
+    /// ```
     #[cfg(feature = "redis")]
-    #[error("redis {op} failed")]
+    #[error("redis {op} failed: {source}")]
     Redis {
-        /// The operation: `get`, `set`, `delete`, `get_many`, `set_many`, `scan`, `connect`.
+        /// The operation: `get`, `set`, `delete`, `get_many`, `set_many`, `scan`, `connect`,
+        /// `config`, `ping`, `subscribe`.
         op: &'static str,
-        /// fred's error (boxed: it is the largest variant, and every `Result` of this crate —
-        /// cache hits included — would otherwise carry its size).
+        /// What went wrong (boxed: every `Result` of this crate, cache hits included, would
+        /// otherwise carry its size).
         #[source]
-        source: Box<fred::error::Error>,
+        source: Box<RedisError>,
     },
 
     /// A layer was skipped because its circuit breaker is open (returned by `delete`, where
@@ -246,8 +263,137 @@ impl Error {
     pub(crate) fn redis(op: &'static str, source: fred::error::Error) -> Self {
         Error::Redis {
             op,
-            source: Box::new(source),
+            source: Box::new(RedisError::from_client(source)),
         }
+    }
+}
+
+/// What kind of Redis failure an [`Error::Redis`] is.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RedisErrorKind {
+    /// The command (or connecting) took longer than its timeout.
+    Timeout,
+    /// No connection: refused, reset, closed, or not yet re-established.
+    Connection,
+    /// The server refused the credentials or the ACL user lacks a permission (`WRONGPASS`,
+    /// `NOAUTH`, `NOPERM`).
+    Auth,
+    /// The TLS handshake failed: an untrusted or mismatched certificate, or TLS spoken to a
+    /// plain port (or the other way round).
+    Tls,
+    /// The URL or the connection settings are invalid.
+    Config,
+    /// Cluster routing failed: no node serves the slot, or the cluster state is unknown.
+    Cluster,
+    /// The server answered with an error (`OOM`, `READONLY`, a script error, …).
+    Server,
+    /// A reply the client could not understand.
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+/// A Redis failure: its [`kind`](RedisError::kind), a message, and the Redis client's own
+/// error as its [`source`](std::error::Error::source) (a detail of this version: match on the
+/// kind, not on the source's type).
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisError {
+    kind: RedisErrorKind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+#[cfg(feature = "redis")]
+impl RedisError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> RedisErrorKind {
+        self.kind
+    }
+
+    /// Whether the command timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == RedisErrorKind::Timeout
+    }
+
+    pub(crate) fn from_client(error: fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        let details = error.details();
+        let upper = |prefix: &str| details.trim_start().starts_with(prefix);
+        let kind =
+            if upper("WRONGPASS") || upper("NOAUTH") || upper("NOPERM") {
+                RedisErrorKind::Auth
+            } else {
+                match error.kind() {
+                    K::Timeout => RedisErrorKind::Timeout,
+                    K::IO | K::Canceled => RedisErrorKind::Connection,
+                    K::Auth => RedisErrorKind::Auth,
+                    K::Config | K::Url => RedisErrorKind::Config,
+                    K::Cluster | K::Routing => RedisErrorKind::Cluster,
+                    K::Protocol | K::Parse | K::Unknown
+                        if details.contains("certificate") || details.contains("TLS") =>
+                    {
+                        RedisErrorKind::Tls
+                    }
+                    K::Protocol | K::Parse => RedisErrorKind::Protocol,
+                    K::Unknown if details.contains("channel closed") => RedisErrorKind::Connection,
+                    K::Unknown
+                    | K::InvalidCommand
+                    | K::InvalidArgument
+                    | K::Backpressure
+                    | K::NotFound
+                    | K::Sentinel => {
+                        if details.split_whitespace().next().is_some_and(|w| {
+                            w.len() > 2 && w.chars().all(|c| c.is_ascii_uppercase())
+                        }) {
+                            RedisErrorKind::Server
+                        } else {
+                            RedisErrorKind::Other
+                        }
+                    }
+                    // Kinds that exist only with some fred features (another crate may turn them on).
+                    #[allow(unreachable_patterns)]
+                    _ => RedisErrorKind::Other,
+                }
+            };
+        RedisError {
+            kind,
+            message: details.to_owned(),
+            source: Some(Box::new(error)),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Display for RedisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            RedisErrorKind::Timeout => "timed out",
+            RedisErrorKind::Connection => "no connection",
+            RedisErrorKind::Auth => "authentication refused",
+            RedisErrorKind::Tls => "TLS failed",
+            RedisErrorKind::Config => "invalid settings",
+            RedisErrorKind::Cluster => "cluster routing failed",
+            RedisErrorKind::Server => "server error",
+            RedisErrorKind::Protocol => "unexpected reply",
+            RedisErrorKind::Other => "failed",
+        };
+        if self.message.is_empty() {
+            f.write_str(kind)
+        } else {
+            write!(f, "{kind}: {}", self.message)
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl StdError for RedisError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 

@@ -120,6 +120,8 @@ pub use crate::cache::{Cache, CacheExt, CacheGet};
 pub use crate::codec::{Codec, ValueCodec};
 pub use crate::entry::Entry;
 pub use crate::error::{BoxError, DecodeErrorKind, Error, Result, SharedError};
+#[cfg(feature = "redis")]
+pub use crate::error::{RedisError, RedisErrorKind};
 pub use crate::key::{CacheKey, KeyBuilder};
 pub use crate::layered::{LayerHealth, Layered, LayeredBuilder, WarmReport};
 pub use crate::load::breaker::{BreakerConfig, CircuitState};
@@ -128,7 +130,3 @@ pub use crate::memory::{Engine, MemoryCache, MemoryCacheBuilder};
 pub use crate::metrics::Stats;
 #[cfg(feature = "redis")]
 pub use crate::redis::{Reconnect, RedisCache, RedisCacheBuilder, RedisOp};
-
-/// The fred crate, re-exported for [`RedisCacheBuilder::config`] and error inspection.
-#[cfg(feature = "redis")]
-pub use fred;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fred::bytes::Bytes;
 use fred::prelude::KeysInterface;
 use layercache::codec::{Codec, Format, ValueCodec};
-use layercache::{Cache, CacheExt, Entry, RedisCache};
+use layercache::{Cache, CacheExt, Entry, RedisCache, RedisErrorKind};
 use support::chat::{reply, ChatReply};
 use support::redis::{raw_client, RedisServer};
 
@@ -352,10 +352,15 @@ async fn builder_errors_are_clear() {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .await;
-    assert!(
-        matches!(denied, Err(Error::Redis { op: "connect", .. })),
-        "{denied:?}"
-    );
+    match &denied {
+        Err(Error::Redis {
+            op: "connect",
+            source,
+        }) => {
+            assert_eq!(source.kind(), RedisErrorKind::Auth, "{source}")
+        }
+        other => panic!("expected an auth error, got {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_secs(2));
     let good = format!("redis://:s3cret-pass@127.0.0.1:{}", server.port);
     RedisCache::<ChatReply>::builder()
@@ -363,6 +368,107 @@ async fn builder_errors_are_clear() {
         .build()
         .await
         .expect("the right password connects");
+}
+
+/// An ACL user from the URL or the builder; wrong credentials are a typed `Auth` error at
+/// `build()`, and no password ever shows in `Debug`, `Display` or an error chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_authenticate_and_credentials_never_show() {
+    use layercache::Error;
+    use std::error::Error as _;
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "svc",
+        "on",
+        ">acl-Pa55word",
+        "~lc:*",
+        "+@all",
+    ]);
+    let url = format!("redis://svc:acl-Pa55word@127.0.0.1:{}", server.port);
+    let cache = RedisCache::<ChatReply>::builder()
+        .url(&url)
+        .namespace("lc")
+        .build()
+        .await
+        .expect("the ACL user from the URL connects");
+    cache
+        .set_value("k", reply(1, 300), Duration::from_secs(60))
+        .await
+        .expect("a key the user may write");
+    assert!(cache.get_value("k").await.expect("get").is_some());
+
+    // The same user given to the builder, the password kept out of the URL.
+    let builder = RedisCache::<ChatReply>::builder()
+        .url(format!("redis://127.0.0.1:{}", server.port))
+        .username("svc")
+        .password("acl-Pa55word")
+        .namespace("lc");
+    assert!(
+        !format!("{builder:?}").contains("acl-Pa55word"),
+        "{builder:?}"
+    );
+    builder
+        .build()
+        .await
+        .expect("the ACL user from the builder connects");
+
+    // A key outside the user's pattern: a typed permission error, not a hang.
+    let outside = RedisCache::<ChatReply>::builder()
+        .url(&url)
+        .namespace("other")
+        .build()
+        .await
+        .expect("connect");
+    match outside
+        .set_value("k", reply(1, 300), Duration::from_secs(60))
+        .await
+    {
+        Err(Error::Redis { source, .. }) => assert_eq!(source.kind(), RedisErrorKind::Auth),
+        other => panic!("expected NOPERM, got {other:?}"),
+    }
+
+    for (url, builder_password) in [
+        (
+            format!("redis://svc:not-the-Pa55word@127.0.0.1:{}", server.port),
+            None,
+        ),
+        (
+            format!("redis://svc@127.0.0.1:{}", server.port),
+            Some("not-the-Pa55word"),
+        ),
+    ] {
+        let mut builder = RedisCache::<ChatReply>::builder().url(&url);
+        if let Some(p) = builder_password {
+            builder = builder.password(p);
+        }
+        let shown = format!("{builder:?}");
+        let err = builder.build().await.expect_err("wrong password");
+        let mut text = format!("{shown} {err} {err:?}");
+        let mut source = err.source();
+        while let Some(s) = source {
+            text.push_str(&format!(" {s} {s:?}"));
+            source = s.source();
+        }
+        assert!(!text.contains("Pa55word"), "a password leaked: {text}");
+        match err {
+            Error::Redis {
+                op: "connect",
+                source,
+            } => {
+                assert_eq!(source.kind(), RedisErrorKind::Auth, "{source}")
+            }
+            other => panic!("expected an auth error, got {other:?}"),
+        }
+    }
+    // A URL that does not parse is not echoed with its password either.
+    let err = RedisCache::<ChatReply>::builder()
+        .url("redis://svc:acl-Pa55word@127.0.0.1:notaport")
+        .build()
+        .await
+        .expect_err("bad port");
+    assert!(!format!("{err} {err:?}").contains("Pa55word"), "{err:?}");
 }
 
 #[cfg(feature = "postcard")]

@@ -41,6 +41,26 @@
 //!
 //! Bulk invalidation ([`RedisCache::invalidate_prefix`]) uses `SCAN` + `UNLINK` on every primary,
 //! never `KEYS`.
+//!
+//! # The client is a detail
+//!
+//! No type of the Redis client appears in this crate's API: the builder takes a URL and our own
+//! settings, and failures are [`Error::Redis`] with a [`RedisErrorKind`](crate::RedisErrorKind);
+//! the client's error is only their [`source`](std::error::Error::source). fred can therefore be
+//! replaced without breaking users. A redis-rs backend would need: a pool of multiplexed
+//! connections (or its cluster client) behind the same key-to-connection routing; per-command
+//! timeouts that never replay an abandoned write after a reconnect (to be proven on redis-rs by
+//! the no-replay test of the fault suite); the watchdog's hung-connection
+//! probe; `SCAN` per primary; the three Lua scripts (conditional write, lease, tag time); and a
+//! pub/sub connection that resubscribes after a reconnect. How redis-rs 1.x does on the fault
+//! suite (`tests/redis_faults.rs`, `tests/redis_proxy.rs`) has not been measured yet.
+//!
+//! # Credentials
+//!
+//! ACL user and password come from the URL or from [`RedisCacheBuilder::username`] /
+//! [`RedisCacheBuilder::password`]. Wrong ones fail [`RedisCacheBuilder::build`] at once with
+//! kind [`Auth`](crate::RedisErrorKind::Auth) (no retry loop). Passwords never appear in
+//! `Debug`, `Display`, errors or logs.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -736,6 +756,21 @@ fn parse_scan_page(page: Value) -> std::result::Result<(String, Vec<Bytes>), fre
     Ok((cursor, keys))
 }
 
+/// `url` with any password replaced by `<redacted>`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Escapes Redis glob metacharacters so that a prefix matches only itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -999,7 +1034,8 @@ where
 #[must_use]
 pub struct RedisCacheBuilder<V> {
     url: Option<String>,
-    config: Option<Config>,
+    username: Option<String>,
+    password: Option<String>,
     name: String,
     namespace: Option<String>,
     pool_size: usize,
@@ -1013,7 +1049,9 @@ pub struct RedisCacheBuilder<V> {
 impl<V> fmt::Debug for RedisCacheBuilder<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheBuilder")
-            .field("url", &self.url.as_ref().map(|_| "…"))
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("pool_size", &self.pool_size)
@@ -1032,7 +1070,8 @@ where
     fn with_codec(codec: impl ValueCodec<V> + 'static) -> Self {
         RedisCacheBuilder {
             url: None,
-            config: None,
+            username: None,
+            password: None,
             name: "redis".into(),
             namespace: None,
             pool_size: DEFAULT_POOL_SIZE,
@@ -1044,18 +1083,31 @@ where
         }
     }
 
-    /// Where Redis is: `redis://[user:pass@]host:port[/db]`, `rediss://…` (needs a TLS feature of
-    /// fred), `redis-cluster://host:port?node=host2:port2&…`, or
-    /// `redis-sentinel://host:port?sentinelServiceName=name&node=…`.
+    /// Where Redis is (required):
+    ///
+    /// * `redis://[user:password@]host:port[/db]`: one server;
+    /// * `redis-cluster://[user:password@]host:port?node=host2:port2&node=…`: a cluster, from
+    ///   any of its nodes (the others are discovered);
+    /// * `redis-sentinel://[user:password@]host:port?sentinelServiceName=name&node=…`: the
+    ///   master a group of sentinels names (the credentials are the master's).
+    ///
+    /// Credentials in the URL are never shown by `Debug`, `Display`, errors or logs.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
     }
 
-    /// Use a complete fred [`Config`] instead of a URL (for settings a URL cannot express). The
-    /// builder still applies its timeouts, reconnect policy and fail-fast on top of it.
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = Some(config);
+    /// The ACL user to authenticate as (overrides one in the URL). Default: the URL's, else
+    /// none (`AUTH` with a password only, as the `default` user).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password to authenticate with (overrides one in the URL), for example read from a
+    /// secret store so that it never sits in a URL. Never shown by `Debug`.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 
@@ -1119,9 +1171,10 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`)
-    /// for a URL fred cannot parse; [`Error::Redis`] (op `connect`) for a server that refuses the
-    /// credentials or the connection settings.
+    /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`,
+    /// kind [`Config`](crate::RedisErrorKind::Config)) for a URL that cannot be parsed;
+    /// [`Error::Redis`] (op `connect`) for a server that refuses the credentials (kind
+    /// [`Auth`](crate::RedisErrorKind::Auth)) or the connection settings.
     pub async fn build(self) -> Result<RedisCache<V>> {
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1"));
@@ -1132,14 +1185,26 @@ where
         if self.name.is_empty() {
             return Err(Error::config("the cache name must not be empty"));
         }
-        let mut config = match (self.url, self.config) {
-            (Some(_), Some(_)) => return Err(Error::config("set either url or config, not both")),
-            (None, None) => return Err(Error::config("set the Redis url (or a fred Config)")),
-            (Some(url), None) => {
-                Config::from_url(&url).map_err(|source| Error::redis("config", source))?
-            }
-            (None, Some(config)) => config,
+        let Some(url) = self.url else {
+            return Err(Error::config("set the Redis url"));
         };
+        let mut config = Config::from_url(&url).map_err(|source| {
+            // fred's message may quote the URL, password included.
+            let source = fred::error::Error::new(
+                source.kind().clone(),
+                format!("not a valid Redis URL: {}", redact_url(&url)),
+            );
+            Error::redis("config", source)
+        })?;
+        if self.username.is_some() {
+            config.username = self.username;
+        }
+        if self.password.is_some() {
+            config.password = self.password;
+        }
+        if config.password.is_none() && config.username.is_some() {
+            return Err(Error::config("an ACL username needs a password"));
+        }
         config.fail_fast = true;
         let clustered = config.server.is_clustered();
         let unresponsive = self
@@ -1253,5 +1318,27 @@ where
                 )),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("redis://svc:s3cret@host:6379/2"),
+            "redis://svc:<redacted>@host:6379/2"
+        );
+        assert_eq!(
+            redact_url("redis://:p@ss@host:6379"),
+            "redis://:<redacted>@host:6379"
+        );
+        assert_eq!(
+            redact_url("redis-cluster://host:7000?node=h2:7001"),
+            "redis-cluster://host:7000?node=h2:7001"
+        );
+        assert_eq!(redact_url("s3cret"), "<not a URL>");
     }
 }
