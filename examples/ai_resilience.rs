@@ -42,7 +42,7 @@ impl FlakyProvider {
         let roll = (seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             .wrapping_mul(0xBF58_476D_1CE4_E5B9)
             >> 40;
-        if roll % 25 == 0 {
+        if roll.is_multiple_of(25) {
             tokio::time::sleep(Duration::from_secs(3)).await; // a hang
         } else {
             tokio::time::sleep(Duration::from_millis(50 + roll % 350)).await;

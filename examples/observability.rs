@@ -148,7 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             tokio::spawn(async move {
                 let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (w + 1);
-                while run_for.map_or(true, |d| started.elapsed() < d) {
+                while run_for.is_none_or(|d| started.elapsed() < d) {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;

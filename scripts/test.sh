@@ -3,8 +3,9 @@
 # when it is missing and it can (redis-server, redis-cli and prometheus from Debian's packages,
 # as root).
 #
-#   scripts/test.sh            fmt check, clippy -D warnings, docs, tests (all features, and none),
-#                              and the observability check against a real Prometheus
+#   scripts/test.sh            fmt check, clippy -D warnings, docs, crate hygiene
+#                              (scripts/crate_check.sh), tests (all features, and none), and the
+#                              observability check against a real Prometheus
 #
 # Environment:
 #   SKIP_LINT=1                skip fmt/clippy/doc (quick local runs)
@@ -43,6 +44,8 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
     cargo clippy --all-targets --no-default-features -- -D warnings
     log "rustdoc (warnings are errors)"
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+    log "crate hygiene: each feature alone, cargo deny, package contents, rust-version"
+    scripts/crate_check.sh
 fi
 
 log "tests, all features"

@@ -209,6 +209,12 @@ pub enum DecodeErrorKind {
     /// The checksum does not match: the bytes were corrupted.
     #[error("checksum mismatch")]
     Checksum,
+    /// The frame is not signed by a key this codec accepts, or is unsigned where signatures are
+    /// required (see `CodecBuilder::signing_key`): forged, written under another key, or by a
+    /// cache with other keys. Such a frame is never served (and is not deleted: a replica with
+    /// other keys may be its writer).
+    #[error("signature missing or not valid")]
+    BadSignature,
     /// The serde format rejected the payload (for example a changed struct).
     #[error("deserialization failed")]
     Deserialize,

@@ -115,3 +115,28 @@ proptest! {
         prop_assert!(ValueCodec::<Reply>::decode(&codec, &bytes).is_err());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A signed frame with any bit flipped — header, payload or signature — is refused: the
+    /// keyed hash covers every byte, so not even a flip the checksum would miss gets through.
+    #[test]
+    fn a_signed_frame_with_any_bit_flipped_is_refused(
+        value in reply(),
+        compress in any::<bool>(),
+        bit in any::<prop::sample::Index>(),
+    ) {
+        let builder = Codec::with_format(Postcard).signing_key(3, [0x42; 32]);
+        let codec = if compress { builder.compress_above(64) } else { builder.no_compression() }
+            .build()
+            .expect("codec");
+        let entry = Entry::new(value.clone(), Duration::from_secs(60));
+        let mut bytes = codec.encode_for_key("ns:chat:1", &entry).expect("encode");
+        let back: Entry<Reply> = codec.decode_for_key("ns:chat:1", &bytes).expect("decode");
+        prop_assert_eq!(back.value(), &value);
+        let bit = bit.index(bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(ValueCodec::<Reply>::decode_for_key(&codec, "ns:chat:1", &bytes).is_err());
+    }
+}

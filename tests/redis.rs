@@ -615,3 +615,115 @@ async fn set_if_newer_compares_creation_times_in_redis() {
         .await
         .expect("over a legacy frame"));
 }
+
+/// Signed values: a frame planted by a writer without the key, or a genuine frame copied under
+/// another key, is a miss (counted, never served, not deleted); rotation reads old values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_values_refuse_forged_and_copied_frames() {
+    let server = RedisServer::start();
+    let raw = raw_client(&server.url()).await;
+    let signed = |keys: &[(u8, [u8; 32], bool)]| {
+        let mut builder = Codec::builder();
+        for &(id, key, signs) in keys {
+            builder = if signs {
+                builder.signing_key(id, key)
+            } else {
+                builder.accept_signing_key(id, key)
+            };
+        }
+        builder.build().expect("codec")
+    };
+    let (old_key, new_key) = ([0x5a; 32], [0xc3; 32]);
+    let cache = |codec: Codec<_>| {
+        RedisCache::<ChatReply>::builder_with_codec(codec)
+            .url(server.url())
+            .namespace("sig")
+            .build()
+    };
+    let writer = cache(signed(&[(1, old_key, true)])).await.expect("connect");
+    writer
+        .set("genuine", entry(1, 2_000))
+        .await
+        .expect("a signed write");
+    assert_eq!(
+        writer.get_value("genuine").await.expect("get"),
+        Some(reply(1, 2_000))
+    );
+
+    // Planted by someone with write access but without the key: an unsigned frame, and one
+    // signed with another key.
+    let unsigned = Codec::builder().build().expect("codec");
+    let other = signed(&[(1, [0x11; 32], true)]);
+    for (key, codec) in [("planted-plain", &unsigned), ("planted-other", &other)] {
+        let bytes =
+            ValueCodec::<ChatReply>::encode_for_key(codec, &format!("sig:{key}"), &entry(9, 300))
+                .expect("encode");
+        let _: () = raw
+            .set(format!("sig:{key}"), Bytes::from(bytes), None, None, false)
+            .await
+            .expect("raw set");
+    }
+    // A genuine frame copied under another key.
+    let genuine: Bytes = raw.get("sig:genuine").await.expect("raw get");
+    let _: () = raw
+        .set("sig:copied", genuine, None, None, false)
+        .await
+        .expect("raw set");
+
+    let errors_before = writer.stats().errors;
+    for key in ["planted-plain", "planted-other", "copied"] {
+        assert_eq!(
+            writer.get_value(key).await.expect("get"),
+            None,
+            "{key} was served"
+        );
+        let exists: i64 = raw.exists(format!("sig:{key}")).await.expect("exists");
+        assert_eq!(exists, 1, "{key}: a refused frame is left for its writer");
+    }
+    assert_eq!(
+        writer.stats().errors,
+        errors_before + 3,
+        "each refusal is counted"
+    );
+
+    // Rotation: a replica signing with the new key and accepting the old reads old values; one
+    // that dropped the old key does not.
+    let rotated = cache(signed(&[(2, new_key, true), (1, old_key, false)]))
+        .await
+        .expect("connect");
+    assert_eq!(
+        rotated.get_value("genuine").await.expect("get"),
+        Some(reply(1, 2_000))
+    );
+    rotated.set("fresh", entry(2, 50)).await.expect("set");
+    assert!(
+        writer.get_value("fresh").await.expect("get").is_none(),
+        "old replicas lack key 2"
+    );
+    let dropped = cache(signed(&[(2, new_key, true)])).await.expect("connect");
+    assert_eq!(dropped.get_value("genuine").await.expect("get"), None);
+    assert_eq!(
+        dropped.get_value("fresh").await.expect("get"),
+        Some(reply(2, 50))
+    );
+    // Accepting without signing (a fleet starting to sign) still reads unsigned frames.
+    let accepting = cache(signed(&[(1, old_key, false)]))
+        .await
+        .expect("connect");
+    assert!(accepting
+        .get_value("planted-plain")
+        .await
+        .expect("get")
+        .is_some());
+    assert!(accepting
+        .get_value("planted-other")
+        .await
+        .expect("get")
+        .is_none());
+    // Keys never show in Debug.
+    let shown = format!("{:?}", signed(&[(1, old_key, true)]));
+    assert!(
+        !shown.contains("90, 90") && !shown.contains("5a5a"),
+        "{shown}"
+    );
+}

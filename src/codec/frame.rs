@@ -4,7 +4,8 @@
 //! offset size field
 //!      0    2 magic "LC"
 //!      2    1 frame version (1)
-//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary, bit 2 schema id; others must be 0
+//!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary, bit 2 schema id, bit 3
+//!             metadata, bit 4 signed; others must be 0
 //!      4    1 format id (see `Format::id`)
 //!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
 //!     13    8 stale_until, ms since the Unix epoch
@@ -18,6 +19,8 @@
 //!           1   number of tags (at most 32)
 //!           …   each tag: 1 byte length, then its UTF-8 bytes (1 to 255)
 //!      …    … payload: the serialized value, zstd-compressed when bit 0 is set
+//!      …   33 signature trailer, only when flag bit 4 is set: key id, then a BLAKE3 keyed hash
+//!             (see `sign.rs`)
 //! ```
 //!
 //! The schema id is optional so that a codec with the default schema (0) writes the same
@@ -41,7 +44,9 @@ pub(crate) const FLAG_COMPRESSED: u8 = 0b01;
 pub(crate) const FLAG_DICTIONARY: u8 = 0b10;
 pub(crate) const FLAG_SCHEMA: u8 = 0b100;
 pub(crate) const FLAG_META: u8 = 0b1000;
-pub(crate) const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META;
+pub(crate) const FLAG_SIGNED: u8 = 0b1_0000;
+pub(crate) const KNOWN_FLAGS: u8 =
+    FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META | FLAG_SIGNED;
 /// Bytes the schema id adds after the header when [`FLAG_SCHEMA`] is set.
 pub(crate) const SCHEMA_LEN: usize = 4;
 

@@ -69,6 +69,7 @@
 mod compress;
 mod format;
 mod frame;
+mod sign;
 
 use std::fmt;
 use std::sync::Arc;
@@ -89,8 +90,8 @@ pub use self::format::Postcard;
 #[cfg(feature = "redis")]
 pub(crate) use self::frame::declared_raw_len;
 use self::frame::{
-    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, HEADER_LEN, KNOWN_FLAGS,
-    SCHEMA_LEN,
+    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, FLAG_SIGNED, HEADER_LEN,
+    KNOWN_FLAGS, SCHEMA_LEN,
 };
 use crate::entry::Entry;
 use crate::error::{DecodeErrorKind, Error, Result};
@@ -113,6 +114,20 @@ pub trait ValueCodec<V>: fmt::Debug + Send + Sync {
     fn encode(&self, entry: &Entry<V>) -> Result<Vec<u8>>;
     /// The entry stored as `bytes`, or [`Error::Decode`].
     fn decode(&self, bytes: &[u8]) -> Result<Entry<V>>;
+
+    /// The bytes to store for `entry` under `key` (the full storage key). Layers call this one;
+    /// a codec that signs its frames binds them to the key, so that a frame copied under another
+    /// key does not verify. By default the key is ignored and [`encode`](Self::encode) is used.
+    fn encode_for_key(&self, key: &str, entry: &Entry<V>) -> Result<Vec<u8>> {
+        let _ = key;
+        self.encode(entry)
+    }
+
+    /// The entry stored as `bytes` under `key`; see [`encode_for_key`](Self::encode_for_key).
+    fn decode_for_key(&self, key: &str, bytes: &[u8]) -> Result<Entry<V>> {
+        let _ = key;
+        self.decode(bytes)
+    }
 }
 
 impl<V, C: ValueCodec<V> + ?Sized> ValueCodec<V> for Arc<C> {
@@ -121,6 +136,12 @@ impl<V, C: ValueCodec<V> + ?Sized> ValueCodec<V> for Arc<C> {
     }
     fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
         (**self).decode(bytes)
+    }
+    fn encode_for_key(&self, key: &str, entry: &Entry<V>) -> Result<Vec<u8>> {
+        (**self).encode_for_key(key, entry)
+    }
+    fn decode_for_key(&self, key: &str, bytes: &[u8]) -> Result<Entry<V>> {
+        (**self).decode_for_key(key, bytes)
     }
 }
 
@@ -136,6 +157,7 @@ pub struct Codec<F> {
     schema: u32,
     verify_writes: bool,
     compress_above: Option<usize>,
+    keys: sign::Keys,
     #[cfg(feature = "zstd")]
     zstd: Option<compress::Zstd>,
     #[cfg(feature = "zstd")]
@@ -149,7 +171,8 @@ impl<F: Format> fmt::Debug for Codec<F> {
             .field("max_value_bytes", &self.max_value_bytes)
             .field("schema", &self.schema)
             .field("verify_writes", &self.verify_writes)
-            .field("compress_above", &self.compress_above);
+            .field("compress_above", &self.compress_above)
+            .field("signing", &self.keys);
         #[cfg(feature = "zstd")]
         d.field("zstd", &self.zstd);
         d.finish()
@@ -179,6 +202,7 @@ impl Default for Codec<MessagePack> {
             compress_above: Some(DEFAULT_COMPRESS_ABOVE),
             #[cfg(not(feature = "zstd"))]
             compress_above: None,
+            keys: sign::Keys::default(),
             #[cfg(feature = "zstd")]
             zstd: compress::Zstd::new(DEFAULT_ZSTD_LEVEL, None).ok(),
             #[cfg(feature = "zstd")]
@@ -213,10 +237,10 @@ impl<F: Format> Codec<F> {
     fn encode_parts<V: Serialize + ?Sized>(
         &self,
         value: &V,
-        fresh_until_ms: u64,
-        stale_until_ms: u64,
+        (fresh_until_ms, stale_until_ms): (u64, u64),
         load: Option<Duration>,
         meta: (u64, &[Box<str>]),
+        storage_key: &str,
         check: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<Vec<u8>> {
         crate::tags::validate(meta.1)?;
@@ -241,7 +265,9 @@ impl<F: Format> Codec<F> {
             Vec::with_capacity(9 + meta.1.iter().map(|t| 1 + t.len()).sum::<usize>());
         frame::write_meta(meta.0, meta.1, &mut meta_block);
         let mut header = Header {
-            flags: FLAG_META | if schema.is_some() { FLAG_SCHEMA } else { 0 },
+            flags: FLAG_META
+                | if schema.is_some() { FLAG_SCHEMA } else { 0 }
+                | if self.keys.signs() { FLAG_SIGNED } else { 0 },
             format: self.format.id(),
             fresh_until_ms,
             stale_until_ms,
@@ -256,14 +282,16 @@ impl<F: Format> Codec<F> {
         header.checksum = frame::checksum(&head, schema, &meta_block, &raw);
         header.write(&mut head);
         let payload = compressed.as_deref().unwrap_or(&raw);
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + SCHEMA_LEN + meta_block.len() + payload.len());
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + SCHEMA_LEN + meta_block.len() + payload.len() + sign::TRAILER_LEN,
+        );
         out.extend_from_slice(&head);
         if let Some(schema) = schema {
             out.extend_from_slice(&schema.to_le_bytes());
         }
         out.extend_from_slice(&meta_block);
         out.extend_from_slice(payload);
+        self.keys.sign(storage_key, &mut out);
         Ok(out)
     }
 
@@ -297,7 +325,7 @@ impl<F: Format> Codec<F> {
 
     /// Check a frame and return its header, metadata (creation time and tags, if the frame has
     /// them) and raw (decompressed, verified) payload.
-    fn open(&self, bytes: &[u8]) -> Result<(Header, Option<Meta>, Vec<u8>)> {
+    fn open(&self, bytes: &[u8], storage_key: &str) -> Result<(Header, Option<Meta>, Vec<u8>)> {
         let head: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -312,6 +340,10 @@ impl<F: Format> Codec<F> {
         if header.flags & !KNOWN_FLAGS != 0 {
             return Err(decode_error(DecodeErrorKind::UnknownFlags(header.flags)));
         }
+        // Before anything is decompressed or deserialized.
+        let bytes = self
+            .keys
+            .verify(storage_key, bytes, header.flags & FLAG_SIGNED != 0)?;
         if header.format != self.format.id() {
             return Err(decode_error(DecodeErrorKind::FormatMismatch {
                 expected: self.format.id(),
@@ -405,14 +437,22 @@ where
     F: Format,
 {
     fn encode(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+        self.encode_for_key("", entry)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
+        self.decode_for_key("", bytes)
+    }
+
+    fn encode_for_key(&self, key: &str, entry: &Entry<V>) -> Result<Vec<u8>> {
         let format = &self.format;
         let verify = self.verify_writes;
         self.encode_parts(
             entry.value(),
-            entry.fresh_until_ms(),
-            entry.stale_until_ms(),
+            (entry.fresh_until_ms(), entry.stale_until_ms()),
             entry.load_duration(),
             (entry.created_us(), entry.tag_set().as_slice()),
+            key,
             |raw| {
                 if verify {
                     format
@@ -432,8 +472,8 @@ where
         )
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Entry<V>> {
-        let (header, meta, raw) = self.open(bytes)?;
+    fn decode_for_key(&self, key: &str, bytes: &[u8]) -> Result<Entry<V>> {
+        let (header, meta, raw) = self.open(bytes, key)?;
         let value: V = self
             .format
             .deserialize(&raw)
@@ -464,7 +504,6 @@ where
 /// Builds a [`Codec`]. Defaults: zstd level 3 for values of 1 KiB and more (with the `zstd`
 /// feature; none without it), no dictionary, 64 MiB value limit, schema 0, every write verified.
 #[must_use]
-#[derive(Debug)]
 pub struct CodecBuilder<F> {
     format: F,
     max_value_bytes: usize,
@@ -473,6 +512,24 @@ pub struct CodecBuilder<F> {
     compress_above: Option<usize>,
     zstd_level: i32,
     dictionary: Option<Vec<u8>>,
+    keys: Vec<(u8, [u8; 32], bool)>,
+}
+
+// By hand: the signing keys are secrets.
+impl<F: fmt::Debug> fmt::Debug for CodecBuilder<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key_ids: Vec<u8> = self.keys.iter().map(|(id, _, _)| *id).collect();
+        f.debug_struct("CodecBuilder")
+            .field("format", &self.format)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("schema", &self.schema)
+            .field("verify_writes", &self.verify_writes)
+            .field("compress_above", &self.compress_above)
+            .field("zstd_level", &self.zstd_level)
+            .field("dictionary", &self.dictionary.as_ref().map(Vec::len))
+            .field("signing_key_ids", &key_ids)
+            .finish()
+    }
 }
 
 impl<F: Format> CodecBuilder<F> {
@@ -485,6 +542,7 @@ impl<F: Format> CodecBuilder<F> {
             compress_above: cfg!(feature = "zstd").then_some(DEFAULT_COMPRESS_ABOVE),
             zstd_level: DEFAULT_ZSTD_LEVEL,
             dictionary: None,
+            keys: Vec::new(),
         }
     }
 
@@ -555,13 +613,63 @@ impl<F: Format> CodecBuilder<F> {
         self
     }
 
+    /// Sign every frame with `key` (a secret of 32 random bytes, shared by every replica) under
+    /// the id `id`, and refuse every frame that is not signed by an accepted key: a value planted
+    /// by anyone who can write to the Redis but lacks the key, or copied from another key or from
+    /// a cache with other keys, is a miss — counted under
+    /// `layercache_layer_errors_total{op="decode"}`, never served. The signature (a BLAKE3 keyed
+    /// hash over the frame and the key it is stored under) adds 33 bytes to each value.
+    ///
+    /// To rotate: first give every replica the new key with
+    /// [`accept_signing_key`](Self::accept_signing_key), then make it the signing key (the old one
+    /// accepted) everywhere, then drop the old one once its values have expired. To start signing
+    /// a fleet that did not, deploy the key as accepted first: a codec that accepts keys but signs
+    /// with none also reads unsigned frames.
+    ///
+    /// ```
+    /// # #[cfg(feature = "msgpack")] {
+    /// use std::time::Duration;
+    /// use layercache::codec::{Codec, ValueCodec};
+    /// use layercache::{DecodeErrorKind, Entry, Error};
+    ///
+    /// let ours = Codec::builder().signing_key(1, [7; 32]).build().unwrap();
+    /// let theirs = Codec::builder().signing_key(1, [9; 32]).build().unwrap();
+    /// let entry = Entry::new("reply".to_string(), Duration::from_secs(60));
+    /// let planted = theirs.encode_for_key("chat:1", &entry).unwrap();
+    /// match ValueCodec::<String>::decode_for_key(&ours, "chat:1", &planted) {
+    ///     Err(Error::Decode { kind, .. }) => assert_eq!(*kind, DecodeErrorKind::BadSignature),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// // Our own frame verifies, but only under the key it was written for.
+    /// let bytes = ours.encode_for_key("chat:1", &entry).unwrap();
+    /// assert!(ValueCodec::<String>::decode_for_key(&ours, "chat:1", &bytes).is_ok());
+    /// assert!(ValueCodec::<String>::decode_for_key(&ours, "chat:2", &bytes).is_err());
+    /// # }
+    /// ```
+    pub fn signing_key(mut self, id: u8, key: [u8; 32]) -> Self {
+        self.keys.push((id, key, true));
+        self
+    }
+
+    /// Accept frames signed with `key` under `id` without signing with it (key rotation; see
+    /// [`signing_key`](Self::signing_key)).
+    pub fn accept_signing_key(mut self, id: u8, key: [u8; 32]) -> Self {
+        self.keys.push((id, key, false));
+        self
+    }
+
     /// Build the codec.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a zero or over-4-GiB `max_value_bytes`, a format id of 0, a
-    /// compression setting without the `zstd` feature, or a level or dictionary zstd rejects.
+    /// compression setting without the `zstd` feature, a level or dictionary zstd rejects, a
+    /// signing key of all zeros, two keys under one id, or two signing keys.
     pub fn build(self) -> Result<Codec<F>> {
+        let mut keys = sign::Keys::default();
+        for (id, key, signs) in &self.keys {
+            keys.add(*id, *key, *signs)?;
+        }
         if self.max_value_bytes == 0 || self.max_value_bytes > u32::MAX as usize {
             return Err(Error::config(
                 "max_value_bytes must be between 1 and 4 GiB - 1",
@@ -583,6 +691,7 @@ impl<F: Format> CodecBuilder<F> {
                 schema: self.schema,
                 verify_writes: self.verify_writes,
                 compress_above: None,
+                keys,
             })
         }
         #[cfg(feature = "zstd")]
@@ -611,6 +720,7 @@ impl<F: Format> CodecBuilder<F> {
                 schema: self.schema,
                 verify_writes: self.verify_writes,
                 compress_above: self.compress_above.filter(|_| zstd.is_some()),
+                keys,
                 zstd,
                 dictionary_id,
             })

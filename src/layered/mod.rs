@@ -525,7 +525,7 @@ where
                 inner.metrics.count(Counted::L1Hit);
                 return CacheGet::ready(Ok(l1));
             }
-            if inner.l2.is_none() && l1.as_ref().map_or(true, |e| e.tag_set().is_empty()) {
+            if inner.l2.is_none() && l1.as_ref().is_none_or(|e| e.tag_set().is_empty()) {
                 let found = l1.map(|e| (e, crate::load::answer::Origin::L1));
                 inner.count_get(&found, now);
                 return CacheGet::ready(Ok(found.map(|(e, _)| e)));

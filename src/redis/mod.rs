@@ -434,7 +434,7 @@ where
     /// is corrupted — not when it is intact but foreign (another format, schema or crate
     /// version: another deployment may still read it).
     async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
-        match self.inner.codec.decode(bytes) {
+        match self.inner.codec.decode_for_key(full_key, bytes) {
             Ok(entry) if entry.is_usable_at(now_ms()) => Some(entry),
             Ok(_) => None,
             Err(e) => {
@@ -545,12 +545,12 @@ where
         self.inner.ops.latency[op.op() as usize].snapshot()
     }
 
-    /// The frame for `entry`, with its encode failure and sizes counted.
-    fn encode_counted(&self, entry: &Entry<V>) -> Result<Vec<u8>> {
+    /// The frame for `entry` stored under `full_key`, with its encode failure and sizes counted.
+    fn encode_counted(&self, full_key: &str, entry: &Entry<V>) -> Result<Vec<u8>> {
         let bytes = self
             .inner
             .codec
-            .encode(entry)
+            .encode_for_key(full_key, entry)
             .inspect_err(|_| self.inner.ops.error(Op::Encode))?;
         self.inner.ops.sizes(&bytes);
         Ok(bytes)
@@ -808,10 +808,10 @@ where
         if ttl_ms == 0 {
             return self.delete(key).await;
         }
-        let bytes = self.encode_counted(&entry)?;
+        let full = self.full_key(key);
+        let bytes = self.encode_counted(&full, &entry)?;
         let started = Instant::now();
         let index = self.writer_for(key);
-        let full = self.full_key(key);
         let client = self.client(index);
         let bytes = Bytes::from(bytes);
         let written: std::result::Result<(), _> = crate::traced!(
@@ -849,10 +849,10 @@ where
             return Ok(false);
         }
         let created = entry.created_us();
-        let bytes = self.encode_counted(&entry)?;
+        let full = self.full_key(key);
+        let bytes = self.encode_counted(&full, &entry)?;
         let started = Instant::now();
         let index = self.writer_for(key);
-        let full = self.full_key(key);
         let args: Vec<fred::types::Value> = vec![
             Bytes::from(bytes).into(),
             created.to_string().into(),
@@ -992,7 +992,7 @@ where
                     writes.push((full, None));
                     continue;
                 }
-                let bytes = self.encode_counted(entry)?;
+                let bytes = self.encode_counted(&full, entry)?;
                 writes.push((full, Some((Bytes::from(bytes), ttl_ms as i64))));
             }
             let writes = &writes;

@@ -97,10 +97,10 @@ pub fn text(seed: u64, bytes: usize) -> String {
             out.push_str(word);
         }
         sentence_len += 1;
-        if sentence_len > 6 && state % 5 == 0 {
-            out.push_str(if state % 3 == 0 { ". " } else { "? " });
+        if sentence_len > 6 && state.is_multiple_of(5) {
+            out.push_str(if state.is_multiple_of(3) { ". " } else { "? " });
             sentence_len = 0;
-        } else if state % 11 == 0 {
+        } else if state.is_multiple_of(11) {
             out.push_str(&format!(" #{} ", state % 10_000));
         } else {
             out.push(' ');

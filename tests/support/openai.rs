@@ -148,7 +148,7 @@ pub fn completion(i: u64) -> ChatCompletion {
         object: "chat.completion".into(),
         created: 1_732_000_000 + i,
         model: "gpt-4o-2024-08-06".into(),
-        system_fingerprint: (i % 3 == 0).then(|| format!("fp_{i}")),
+        system_fingerprint: i.is_multiple_of(3).then(|| format!("fp_{i}")),
         choices: vec![ChatChoice {
             index: 0,
             message,
@@ -158,7 +158,9 @@ pub fn completion(i: u64) -> ChatCompletion {
                 2 => Some(FinishReason::ToolCalls),
                 _ => Some(FinishReason::Stop),
             },
-            logprobs: (i % 7 == 0).then(|| json!({"content": [{"token": "Hi", "logprob": -0.25}]})),
+            logprobs: i
+                .is_multiple_of(7)
+                .then(|| json!({"content": [{"token": "Hi", "logprob": -0.25}]})),
         }],
         usage: (i % 6 != 5).then(|| CompletionUsage {
             prompt_tokens: 20 + i as u32,
@@ -173,6 +175,6 @@ pub fn completion(i: u64) -> ChatCompletion {
                 }),
             },
         }),
-        service_tier: (i % 2 == 0).then_some(ServiceTier::Default),
+        service_tier: i.is_multiple_of(2).then_some(ServiceTier::Default),
     }
 }
