@@ -48,7 +48,7 @@ for p in meta["packages"]:
     if rv and (p["name"], "v" + p["version"]) in used:
         need = tuple(int(x) for x in rv.split("."))[:2]
         if need > declared[:2]:
-            worst.append(f"{p[\"name\"]} {p[\"version\"]} needs {rv}")
+            worst.append("%s %s needs %s" % (p["name"], p["version"], rv))
 if worst:
     sys.exit("rust-version " + sys.argv[1] + " is too old for: " + ", ".join(worst))
 print("rust-version", sys.argv[1], "covers every dependency that is built")
