@@ -200,9 +200,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::clone(&seen),
         );
         async move {
-            let key = KeyBuilder::new("chat")
+            // A private key: the prompt is hashed, only the model name stays readable.
+            let key = KeyBuilder::request("chat")
                 .version(1)
-                .part("sim-model")
+                .label("sim-model")
                 .part(&prompt)
                 .build();
             let loaded = cache

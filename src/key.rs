@@ -10,6 +10,16 @@
 //! The result is the same in every process, on every machine, in every run: no per-process random
 //! hash state is involved.
 //!
+//! # Private keys
+//!
+//! A key is visible to anyone who can run `SCAN`, `MONITOR` or read the slowlog of the Redis, and a
+//! prompt of 64 bytes or less would appear there as it is. [`KeyBuilder::request`] (the way to key
+//! requests such as prompts) and [`KeyBuilder::private`] hash **every** part into one BLAKE3
+//! digest: `chat:v1:gpt-4o:#<64 hex digits>`, where only the namespace, the version and the parts
+//! added with [`KeyBuilder::label`] stay readable. The trade-off: in `redis-cli` such keys say
+//! nothing about what they hold, and `invalidate_prefix` can only select by namespace, version and
+//! labels (use tags for anything finer).
+//!
 //! ```
 //! use layercache::KeyBuilder;
 //!
@@ -96,6 +106,8 @@ impl From<CacheKey> for Arc<str> {
 pub struct KeyBuilder {
     out: String,
     hash_threshold: usize,
+    /// In private mode, the escaped parts that are hashed into one digest by `build`.
+    hidden: Option<String>,
 }
 
 impl KeyBuilder {
@@ -106,8 +118,64 @@ impl KeyBuilder {
         KeyBuilder {
             out,
             hash_threshold: DEFAULT_HASH_THRESHOLD,
+            hidden: None,
         }
         .with_version(0)
+    }
+
+    /// Start a private key in `namespace` for a request (a prompt, its parameters, a user's
+    /// question): [`new`](Self::new) then [`private`](Self::private), so that no part of the
+    /// request appears in Redis. Name the parts that may stay readable with
+    /// [`label`](Self::label).
+    ///
+    /// ```
+    /// use layercache::KeyBuilder;
+    ///
+    /// let key = KeyBuilder::request("chat")
+    ///     .version(1)
+    ///     .label("gpt-4o")
+    ///     .part_f64(0.7)
+    ///     .part("What is my account balance?")
+    ///     .build();
+    /// assert!(key.as_str().starts_with("chat:v1:gpt-4o:#"));
+    /// assert!(!key.as_str().contains("balance"));
+    /// ```
+    pub fn request(namespace: &str) -> Self {
+        Self::new(namespace).private()
+    }
+
+    /// Private mode: every part added from now on — text of any length, numbers, JSON, bytes —
+    /// is hashed, all of them into one BLAKE3 digest that ends the key; only the namespace, the
+    /// version, parts added before this call and [`label`](Self::label)s are readable. See the
+    /// [module docs](self) for the trade-off.
+    pub fn private(mut self) -> Self {
+        if self.hidden.is_none() {
+            self.hidden = Some(String::new());
+        }
+        self
+    }
+
+    /// Append a part that stays readable even in private mode (a model name, a tenant id, to
+    /// select keys by prefix); outside private mode it is the same as [`part`](Self::part).
+    pub fn label(mut self, part: impl AsRef<str>) -> Self {
+        match self.hidden.take() {
+            Some(hidden) => {
+                let threshold = self.hash_threshold;
+                self = self.hash_threshold(usize::MAX).part(part);
+                self.hash_threshold = threshold;
+                self.hidden = Some(hidden);
+                self
+            }
+            None => self.part(part),
+        }
+    }
+
+    /// Where parts go: the hidden buffer in private mode, else the key text.
+    fn sink(&mut self) -> &mut String {
+        match &mut self.hidden {
+            Some(hidden) => hidden,
+            None => &mut self.out,
+        }
     }
 
     fn with_version(mut self, version: u32) -> Self {
@@ -154,19 +222,23 @@ impl KeyBuilder {
     /// Append a text part.
     pub fn part(mut self, part: impl AsRef<str>) -> Self {
         let part = part.as_ref();
-        self.out.push(':');
-        if part.len() > self.hash_threshold {
-            push_digest(&mut self.out, part.as_bytes());
+        let threshold = self.hash_threshold;
+        let private = self.hidden.is_some();
+        let out = self.sink();
+        out.push(':');
+        if part.len() > threshold && !private {
+            push_digest(out, part.as_bytes());
         } else {
-            push_escaped(&mut self.out, part);
+            push_escaped(out, part);
         }
         self
     }
 
     /// Append a number.
     pub fn part_u64(mut self, part: u64) -> Self {
-        self.out.push(':');
-        self.out.push_str(&part.to_string());
+        let out = self.sink();
+        out.push(':');
+        out.push_str(&part.to_string());
         self
     }
 
@@ -181,18 +253,20 @@ impl KeyBuilder {
     /// assert_eq!(a.as_str(), "chat:v0:0.7");
     /// ```
     pub fn part_f64(mut self, part: f64) -> Self {
-        self.out.push(':');
+        let out = self.sink();
+        out.push(':');
         let part = if part == 0.0 { 0.0 } else { part };
-        self.out.push_str(&part.to_string());
+        out.push_str(&part.to_string());
         self
     }
 
     /// Append an `f32` in canonical form (its own shortest text, not that of the `f64` it
     /// widens to: `0.7f32` is written `0.7`).
     pub fn part_f32(mut self, part: f32) -> Self {
-        self.out.push(':');
+        let out = self.sink();
+        out.push(':');
         let part = if part == 0.0 { 0.0 } else { part };
-        self.out.push_str(&part.to_string());
+        out.push_str(&part.to_string());
         self
     }
 
@@ -213,7 +287,7 @@ impl KeyBuilder {
             None => {
                 let mut this = self;
                 // A text part starting with `#` is escaped, and digests are hex: `#none` is ours.
-                this.out.push_str(":#none");
+                this.sink().push_str(":#none");
                 this
             }
         }
@@ -244,20 +318,30 @@ impl KeyBuilder {
         })?;
         let mut canonical = String::new();
         write_canonical(&mut canonical, &value);
-        self.out.push(':');
-        push_digest(&mut self.out, canonical.as_bytes());
+        let out = self.sink();
+        out.push(':');
+        push_digest(out, canonical.as_bytes());
         Ok(self)
     }
 
     /// Append binary data (always hashed: raw bytes are not key text).
     pub fn part_bytes(mut self, part: &[u8]) -> Self {
-        self.out.push(':');
-        push_digest(&mut self.out, part);
+        let out = self.sink();
+        out.push(':');
+        push_digest(out, part);
         self
     }
 
     /// The finished key.
-    pub fn build(self) -> CacheKey {
+    pub fn build(mut self) -> CacheKey {
+        if let Some(hidden) = self.hidden.take() {
+            // Domain-separated, so that no other key form can produce the same digest.
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(b"layercache private key v1\0");
+            hasher.update(hidden.as_bytes());
+            self.out.push_str(":#");
+            self.out.push_str(hasher.finalize().to_hex().as_str());
+        }
         CacheKey(Arc::from(self.out))
     }
 }
@@ -339,6 +423,55 @@ mod tests {
             .part(digest)
             .build();
         assert_ne!(hashed, forged);
+    }
+
+    #[test]
+    fn private_keys_show_no_part_and_stay_unambiguous() {
+        let secret = "my card number is 4242";
+        let key = KeyBuilder::request("chat")
+            .version(2)
+            .label("gpt-4o")
+            .part(secret)
+            .part_u64(7)
+            .build();
+        assert!(key.as_str().starts_with("chat:v2:gpt-4o:#"), "{key}");
+        assert!(!key.as_str().contains("4242"));
+        assert_eq!(key.as_str().len(), "chat:v2:gpt-4o:#".len() + 64);
+        // Same inputs, same key; split parts differ; order of labels and parts does not matter
+        // for the digest, but the part boundaries do.
+        let again = KeyBuilder::request("chat")
+            .part(secret)
+            .label("gpt-4o")
+            .part_u64(7)
+            .version(2)
+            .build();
+        assert_eq!(key, again);
+        let split = KeyBuilder::request("chat")
+            .version(2)
+            .label("gpt-4o")
+            .part("my card number")
+            .part("is 4242")
+            .part_u64(7)
+            .build();
+        assert_ne!(key, split);
+        // Not the key of the same parts outside private mode, nor of an empty private key.
+        let public = KeyBuilder::new("chat")
+            .version(2)
+            .part("gpt-4o")
+            .part(secret)
+            .part_u64(7)
+            .build();
+        assert_ne!(key, public);
+        assert_ne!(
+            KeyBuilder::request("chat").build(),
+            KeyBuilder::request("chat").part("").build()
+        );
+        // Labels stay readable and escaped.
+        let labelled = KeyBuilder::request("chat").label("a:b").part("x").build();
+        assert!(
+            labelled.as_str().starts_with(r"chat:v0:a\:b:#"),
+            "{labelled}"
+        );
     }
 
     #[test]

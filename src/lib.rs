@@ -22,7 +22,7 @@
 //!     .build()?;
 //!
 //! let prompt = "What is a cache?".to_string();
-//! let key = KeyBuilder::new("chat").version(1).part(&prompt).build();
+//! let key = KeyBuilder::request("chat").version(1).part(&prompt).build();
 //! let reply = cache
 //!     .get_or_load(&key, move || call_llm(prompt), LoadOptions::ttl(Duration::from_secs(3600)))
 //!     .await?;

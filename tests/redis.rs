@@ -727,3 +727,40 @@ async fn signed_values_refuse_forged_and_copied_frames() {
         "{shown}"
     );
 }
+
+/// Private keys: prompts keyed with `KeyBuilder::request` never appear in Redis key names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_keys_keep_prompts_out_of_redis() {
+    use layercache::KeyBuilder;
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    let prompts: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "user {i} asks: what is the refund policy for order {}?",
+                9000 + i
+            )
+        })
+        .collect();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let key = KeyBuilder::request("chat")
+            .version(1)
+            .label("gpt-4o-mini")
+            .part(prompt)
+            .build();
+        cache.set(&key, entry(i as u64, 200)).await.expect("set");
+        assert!(cache.get(&key).await.expect("get").is_some());
+    }
+    let raw = raw_client(&server.url()).await;
+    // What `redis-cli --scan` or `MONITOR` would show.
+    let names: Vec<String> = fred::prelude::ClientLike::custom(&raw, fred::cmd!("KEYS"), vec!["*"])
+        .await
+        .expect("KEYS");
+    assert_eq!(names.len(), prompts.len(), "{names:?}");
+    for name in &names {
+        assert!(name.contains("chat:v1:gpt-4o-mini:#"), "{name}");
+        for word in ["refund", "policy", "order", "asks", "user"] {
+            assert!(!name.contains(word), "prompt text in a key name: {name}");
+        }
+    }
+}

@@ -54,7 +54,7 @@
 //!     client: &Arc<LlmClient>,
 //!     prompt: &str,
 //! ) -> layercache::Result<String> {
-//!     let key = KeyBuilder::new("chat").version(1).part(prompt).build();
+//!     let key = KeyBuilder::request("chat").version(1).part(prompt).build();
 //!     let client = Arc::clone(client);        // shared client: clone the Arc
 //!     let prompt = prompt.to_owned();         // borrowed request: make it owned
 //!     cache
