@@ -32,7 +32,25 @@ ensure_redis() {
     fi
 }
 
+ensure_openssl() {
+    # The TLS tests make their certificates with the openssl command line.
+    if command -v openssl >/dev/null 2>&1; then
+        return
+    fi
+    log "openssl not found: installing it from Debian's packages"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
+    else
+        echo "error: openssl is missing and apt-get is unavailable; install openssl and rerun" >&2
+        exit 1
+    fi
+}
+
 ensure_redis
+ensure_openssl
 redis-server --version
 
 if [ "${SKIP_LINT:-0}" != "1" ]; then

@@ -327,43 +327,30 @@ impl RedisError {
     pub(crate) fn from_client(error: fred::error::Error) -> Self {
         use fred::error::ErrorKind as K;
         let details = error.details();
-        let upper = |prefix: &str| details.trim_start().starts_with(prefix);
-        let kind =
-            if upper("WRONGPASS") || upper("NOAUTH") || upper("NOPERM") {
-                RedisErrorKind::Auth
-            } else {
-                match error.kind() {
-                    K::Timeout => RedisErrorKind::Timeout,
-                    K::IO | K::Canceled => RedisErrorKind::Connection,
-                    K::Auth => RedisErrorKind::Auth,
-                    K::Config | K::Url => RedisErrorKind::Config,
-                    K::Cluster | K::Routing => RedisErrorKind::Cluster,
-                    K::Protocol | K::Parse | K::Unknown
-                        if details.contains("certificate") || details.contains("TLS") =>
-                    {
-                        RedisErrorKind::Tls
-                    }
-                    K::Protocol | K::Parse => RedisErrorKind::Protocol,
-                    K::Unknown if details.contains("channel closed") => RedisErrorKind::Connection,
-                    K::Unknown
-                    | K::InvalidCommand
-                    | K::InvalidArgument
-                    | K::Backpressure
-                    | K::NotFound
-                    | K::Sentinel => {
-                        if details.split_whitespace().next().is_some_and(|w| {
-                            w.len() > 2 && w.chars().all(|c| c.is_ascii_uppercase())
-                        }) {
-                            RedisErrorKind::Server
-                        } else {
-                            RedisErrorKind::Other
-                        }
-                    }
-                    // Kinds that exist only with some fred features (another crate may turn them on).
-                    #[allow(unreachable_patterns)]
-                    _ => RedisErrorKind::Other,
+        let first_word = details.split_whitespace().next().unwrap_or("");
+        let lower = details.to_ascii_lowercase();
+        let kind = if matches!(first_word, "WRONGPASS" | "NOAUTH" | "NOPERM") {
+            RedisErrorKind::Auth
+        } else if lower.contains("certificate") || lower.contains("tls handshake") {
+            RedisErrorKind::Tls
+        } else {
+            match error.kind() {
+                K::Timeout => RedisErrorKind::Timeout,
+                K::IO | K::Canceled => RedisErrorKind::Connection,
+                K::Auth => RedisErrorKind::Auth,
+                K::Config | K::Url => RedisErrorKind::Config,
+                K::Cluster | K::Routing => RedisErrorKind::Cluster,
+                K::Protocol | K::Parse => RedisErrorKind::Protocol,
+                K::Unknown if lower.contains("channel closed") => RedisErrorKind::Connection,
+                #[cfg(feature = "tls")]
+                K::Tls => RedisErrorKind::Tls,
+                // A reply such as `OOM …` or `READONLY …`: an error word in capitals.
+                _ if first_word.len() > 2 && first_word.chars().all(|c| c.is_ascii_uppercase()) => {
+                    RedisErrorKind::Server
                 }
-            };
+                _ => RedisErrorKind::Other,
+            }
+        };
         RedisError {
             kind,
             message: details.to_owned(),

@@ -61,6 +61,14 @@
 //! [`RedisCacheBuilder::password`]. Wrong ones fail [`RedisCacheBuilder::build`] at once with
 //! kind [`Auth`](crate::RedisErrorKind::Auth) (no retry loop). Passwords never appear in
 //! `Debug`, `Display`, errors or logs.
+//!
+//! # TLS (feature `tls`)
+//!
+//! A `rediss://` URL (`rediss-cluster://`, `rediss-sentinel://`) connects with rustls, trusting
+//! the system's roots or only the CA file given to `tls_ca_file`; `tls_client_cert` presents a
+//! client certificate; `tls_server_name` checks the certificate against another name than the
+//! URL's host. The certificate check is never turned off. A handshake that fails (untrusted or
+//! mismatched certificate) fails `build()` at once with kind [`Tls`](crate::RedisErrorKind::Tls).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -85,6 +93,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{LayerMetrics, Stats, VALUE_BYTES};
 
 pub(crate) mod cluster;
+mod tls;
 mod watchdog;
 
 /// Default time limit for each Redis command.
@@ -704,6 +713,8 @@ fn is_fatal(error: &fred::error::Error) -> bool {
             | ErrorKind::InvalidArgument
             | ErrorKind::InvalidCommand
     ) || message.contains("wrongpass")
+        || message.contains("certificate")
+        || message.contains("tls handshake")
         || message.contains("noauth")
         || message.contains("invalid password")
         || message.contains("invalid username")
@@ -1036,6 +1047,7 @@ pub struct RedisCacheBuilder<V> {
     url: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    tls: tls::TlsSettings,
     name: String,
     namespace: Option<String>,
     pool_size: usize,
@@ -1052,6 +1064,7 @@ impl<V> fmt::Debug for RedisCacheBuilder<V> {
             .field("url", &self.url.as_deref().map(redact_url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("pool_size", &self.pool_size)
@@ -1072,6 +1085,7 @@ where
             url: None,
             username: None,
             password: None,
+            tls: tls::TlsSettings::default(),
             name: "redis".into(),
             namespace: None,
             pool_size: DEFAULT_POOL_SIZE,
@@ -1108,6 +1122,50 @@ where
     /// secret store so that it never sits in a URL. Never shown by `Debug`.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Trust only the CA certificate(s) in this PEM file for the server's certificate (default:
+    /// the system's trusted roots). Needs a `rediss://` URL.
+    ///
+    /// ```no_run
+    /// # async fn run() -> layercache::Result<()> {
+    /// use layercache::RedisCache;
+    ///
+    /// let cache: RedisCache<String> = RedisCache::builder()
+    ///     .url("rediss://cache.internal:6380")
+    ///     .username("svc")
+    ///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+    ///     .tls_ca_file("/etc/redis-tls/ca.pem")
+    ///     .tls_client_cert("/etc/redis-tls/client.pem", "/etc/redis-tls/client.key")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and key (PEM, PKCS#8, PKCS#1 or SEC1) to a
+    /// server that asks for one (`tls-auth-clients yes`). Needs a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_path: impl Into<std::path::PathBuf>,
+        key_path: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert_path.into(), key_path.into()));
+        self
+    }
+
+    /// Check the server's certificate against this name instead of the URL's host (for example
+    /// when connecting by IP address to a server whose certificate names its DNS name). The
+    /// check itself is never turned off. Needs a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
         self
     }
 
@@ -1188,7 +1246,7 @@ where
         let Some(url) = self.url else {
             return Err(Error::config("set the Redis url"));
         };
-        let mut config = Config::from_url(&url).map_err(|source| {
+        let mut config = Config::from_url(&tls::plain_scheme(&url)).map_err(|source| {
             // fred's message may quote the URL, password included.
             let source = fred::error::Error::new(
                 source.kind().clone(),
@@ -1196,6 +1254,7 @@ where
             );
             Error::redis("config", source)
         })?;
+        tls::apply(&mut config, &url, &self.tls)?;
         if self.username.is_some() {
             config.username = self.username;
         }

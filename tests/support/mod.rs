@@ -10,6 +10,8 @@ pub mod openai;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// A `MemoryCache` builder on the engine named by `LAYERCACHE_TEST_ENGINE` (`moka`, the default,
 /// or `quick-cache`), so the same tests run on both engines (scripts/test.sh runs both).

@@ -25,7 +25,7 @@ fn binary(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (and its cluster bus port, +10000, also free).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let port = listener.local_addr().expect("local addr").port();
