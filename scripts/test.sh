@@ -14,39 +14,34 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# Install Debian packages `$2…` (what is missing: `$1`), or fail saying what to install.
+apt_install() {
+    local what="$1"; shift
+    log "$what not found: installing it from Debian's packages ($*)"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: $what is missing and apt-get is unavailable; install $* and rerun" >&2
+        exit 1
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 ensure_redis() {
     if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
         return
     fi
-    log "redis-server not found: installing it from Debian's packages"
+    apt_install "redis-server (Redis 6.2+)" redis-server redis-tools
+    # Tests start their own servers on free ports; the distribution's service is not needed.
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    if command -v apt-get >/dev/null 2>&1; then
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
-        # Tests start their own servers on free ports; the distribution's service is not needed.
-        $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
-    else
-        echo "error: redis-server is missing and apt-get is unavailable; install Redis 6.2+ (redis-server, redis-cli) and rerun" >&2
-        exit 1
-    fi
+    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 }
 
+# The TLS tests make their certificates with the openssl command line.
 ensure_openssl() {
-    # The TLS tests make their certificates with the openssl command line.
-    if command -v openssl >/dev/null 2>&1; then
-        return
-    fi
-    log "openssl not found: installing it from Debian's packages"
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    if command -v apt-get >/dev/null 2>&1; then
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
-    else
-        echo "error: openssl is missing and apt-get is unavailable; install openssl and rerun" >&2
-        exit 1
-    fi
+    command -v openssl >/dev/null 2>&1 || apt_install openssl openssl
 }
 
 ensure_redis
