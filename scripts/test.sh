@@ -9,6 +9,7 @@
 #
 # Environment:
 #   SKIP_LINT=1                skip fmt/clippy/doc (quick local runs)
+#   LAYERCACHE_TEST_SERVER     redis (default) or valkey: the server the Redis tests start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,8 +45,40 @@ ensure_openssl() {
     command -v openssl >/dev/null 2>&1 || apt_install openssl openssl
 }
 
+# Valkey 8 for the second run of the Redis test files. Debian bookworm has it in
+# bookworm-backports: that suite is added from the machine's own Debian mirror.
+ensure_valkey() {
+    if command -v valkey-server >/dev/null 2>&1 && command -v valkey-cli >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    local codename
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = "bookworm" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        local mirror
+        # The mirror serving Debian's main archive (a URI ending in /debian), not security or
+        # third-party repositories.
+        mirror=$(grep -rhs '^URIs:' /etc/apt/sources.list.d/ | awk '{print $2}' | grep -E '/debian/?$' | head -1 || true)
+        [ -n "$mirror" ] || mirror=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' | grep -E '/debian/?$' | head -1 || true)
+        [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+        log "adding bookworm-backports from $mirror (for Valkey 8)"
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
+            | $sudo tee /etc/apt/sources.list.d/layercache-backports.sources >/dev/null
+    fi
+    if [ "$codename" = "bookworm" ]; then
+        apt_install "valkey-server (Valkey 8)" -t bookworm-backports valkey-server valkey-tools
+    else
+        apt_install "valkey-server (Valkey 8)" valkey-server valkey-tools
+    fi
+    $sudo systemctl disable --now valkey-server >/dev/null 2>&1 || true
+    pkill -x valkey-server >/dev/null 2>&1 || true
+}
+
 ensure_redis
 ensure_openssl
+ensure_valkey
+valkey-server --version
 redis-server --version
 
 if [ "${SKIP_LINT:-0}" != "1" ]; then
@@ -63,6 +96,10 @@ fi
 
 log "tests, all features"
 cargo test --all-features
+log "the Redis test files again, on Valkey 8 (LAYERCACHE_TEST_SERVER=valkey)"
+LAYERCACHE_TEST_SERVER=valkey cargo test --all-features --test redis --test redis_cluster \
+    --test redis_faults --test redis_proxy --test redis_pause --test redis_failover \
+    --test redis_bomb --test redis_tls --test fleet --test field
 log "memory and load tests on the quick_cache engine"
 LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation --test contract
 log "tests, no default features"

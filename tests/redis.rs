@@ -764,3 +764,18 @@ async fn request_keys_keep_prompts_out_of_redis() {
         }
     }
 }
+
+/// The harness runs the server `LAYERCACHE_TEST_SERVER` names (scripts/test.sh runs the Redis
+/// test files once on Redis and once on Valkey 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_under_test_is_the_one_asked_for() {
+    let server = RedisServer::start();
+    let info = server.cli(&["INFO", "server"]);
+    match support::redis::server_kind() {
+        "valkey" => assert!(info.contains("valkey_version:8."), "{info}"),
+        _ => assert!(!info.contains("valkey_version"), "{info}"),
+    }
+    let cache = default_cache(&server).await;
+    cache.set("k", entry(1, 100)).await.expect("set");
+    assert!(cache.get("k").await.expect("get").is_some());
+}

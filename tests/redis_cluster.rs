@@ -280,7 +280,7 @@ async fn resharding_under_traffic_never_reaches_a_caller() {
     let seed = format!("127.0.0.1:{source}");
     let started = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("redis-cli")
+        std::process::Command::new(support::redis::binary("redis-cli"))
             .args(["--cluster", "reshard", &seed])
             .args(["--cluster-from", &from, "--cluster-to", &to])
             .args(["--cluster-slots", "2000", "--cluster-yes"])

@@ -12,14 +12,35 @@ const INSTALL_HINT: &str = "redis-server was not found on PATH. These tests need
      (6.2 or later). Install it with `sudo apt-get install -y redis-server redis-tools` \
      (Debian/Ubuntu), `brew install redis` (macOS), or run scripts/test.sh, which installs it.";
 
-fn binary(name: &str) -> PathBuf {
+/// The server under test: `redis` (default) or `valkey`, from `LAYERCACHE_TEST_SERVER`.
+pub fn server_kind() -> &'static str {
+    match std::env::var("LAYERCACHE_TEST_SERVER").as_deref() {
+        Err(_) | Ok("") | Ok("redis") => "redis",
+        Ok("valkey") => "valkey",
+        Ok(other) => panic!("LAYERCACHE_TEST_SERVER={other}: use redis or valkey"),
+    }
+}
+
+/// The path of `name` (`redis-server`, `redis-cli`) for the server under test: with
+/// `LAYERCACHE_TEST_SERVER=valkey`, `valkey-server` and `valkey-cli` instead.
+pub fn binary(name: &str) -> PathBuf {
+    let name = if server_kind() == "valkey" {
+        name.replacen("redis", "valkey", 1)
+    } else {
+        name.to_owned()
+    };
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
+            .map(|dir| dir.join(&name))
             .find(|candidate| candidate.is_file())
     });
     match found {
         Some(path) => path,
+        None if server_kind() == "valkey" => panic!(
+            "{name} was not found on PATH. The Valkey suite needs Valkey 8: on Debian bookworm, \
+             `apt-get install -t bookworm-backports valkey-server valkey-tools` (scripts/test.sh \
+             adds the backports suite and installs it)."
+        ),
         None => panic!("{INSTALL_HINT} (missing: {name})"),
     }
 }
