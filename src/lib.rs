@@ -43,6 +43,7 @@
 //! | [`codec`] | [`Codec`]: serde format + zstd + a checked frame, for byte layers |
 //! | [`fleet`] | [`Backplane`](fleet::Backplane): cross-replica L1 invalidation over Redis pub/sub, one load per cold key across the fleet (lease), tags and clear for every replica (feature `redis`) |
 //! | [`tags`] | tag entries, then expire a group (or everything) at once in O(1): [`Layered::invalidate_tag`], [`Layered::clear`] |
+//! | `http` | `HttpCacheLayer`: HTTP response caching for axum and any tower service (per-route lifetimes, `Vary`, `x-cache`, stampede protection and fail-safe; feature `tower`) |
 //! | [`instrument`] | [`Timer`](instrument::Timer) for any call (durations, outcomes, in-flight, streams); [`LatencyHistogram`](instrument::LatencyHistogram) percentiles without a recorder |
 //! | [`key`] | [`KeyBuilder`]: stable, unambiguous keys; long parts hashed with BLAKE3 |
 //! | [`redis`] | [`RedisCache`], the shared layer over fred (feature `redis`) |
@@ -100,6 +101,9 @@ pub mod error;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod http;
 pub mod instrument;
 pub mod key;
 pub mod layered;

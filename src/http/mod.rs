@@ -1,0 +1,413 @@
+//! HTTP response caching for tower services (feature `tower`): axum, hyper, tonic's HTTP side.
+//!
+//! [`HttpCacheLayer`] puts a [`Layered`] cache in front of a service. Responses go through the
+//! same `get_or_load` as everything else, so they get its stampede protection (concurrent
+//! requests for one missing response make **one** upstream call), fail-safe (an upstream `5xx`
+//! or error answered with the last good response, marked `x-cache: stale`), timeouts, L2 and the
+//! fleet backplane.
+//!
+//! What is cached, and what never is:
+//!
+//! * only `GET` requests on a configured route ([`HttpCacheBuilder::route`]: a path prefix and
+//!   its time to live); everything else passes through untouched;
+//! * a request with `Cache-Control: no-store` or `no-cache` bypasses the cache, and so does one
+//!   carrying `Authorization` or `Cookie` unless the route varies on that header
+//!   ([`HttpCacheBuilder::vary`]): a shared cache must never hand one user's response to another;
+//! * a response is stored only when its status is cacheable (200, 203, 204, 300, 301, 308, 404,
+//!   410), it has no `Cache-Control: no-store` or `private`, no `Set-Cookie`, and its body is at
+//!   most [`HttpCacheBuilder::max_body_bytes`] (1 MiB by default); other responses are
+//!   forwarded as they are;
+//! * every answer from a cached route carries `x-cache: hit`, `miss` or `stale` (`bypass` when
+//!   the request was not eligible).
+//!
+//! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
+//! readable, the path, query and varied header values (an `Authorization` token) are hashed.
+//!
+//! Bodies are buffered (a cached route must not stream: leave server-sent events off the
+//! routes). An error of the inner service, which cannot be shared between the callers that
+//! waited on it, is answered with `502 Bad Gateway`; a hard timeout with `504 Gateway Timeout`.
+//!
+//! ```
+//! # #[cfg(feature = "msgpack")] {
+//! use std::time::Duration;
+//! use layercache::http::{CachedResponse, HttpCacheLayer};
+//! use layercache::{Layered, MemoryCache};
+//!
+//! # fn main() -> layercache::Result<()> {
+//! let l1 = MemoryCache::<CachedResponse>::builder()
+//!     .max_bytes(64 << 20)
+//!     .weigher(|response: &CachedResponse| response.body().len() + 256)
+//!     .build()?;
+//! let layer = HttpCacheLayer::builder(Layered::single(l1))
+//!     .route("/v1/models", Duration::from_secs(300))
+//!     .route("/v1/answers", Duration::from_secs(60))
+//!     .vary("authorization")
+//!     .fail_safe(Duration::from_secs(3600))
+//!     .build()?;
+//! // axum: Router::new().route(...).layer(layer)
+//! # let _ = layer; Ok(()) }
+//! # main().unwrap(); }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, COOKIE};
+use ::http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use crate::error::{BoxError, Error, Result};
+use crate::layered::{Layered, LayeredBuilder};
+use crate::load::LoadOptions;
+
+mod body;
+mod response;
+
+pub use self::body::HttpCacheBody;
+pub use self::response::CachedResponse;
+
+/// Default largest body stored: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The response header that says how a request was answered.
+pub const X_CACHE: &str = "x-cache";
+
+/// Builds an [`HttpCacheLayer`].
+#[must_use]
+pub struct HttpCacheBuilder {
+    cache: LayeredBuilder<CachedResponse>,
+    routes: Vec<(String, Duration)>,
+    vary: Vec<HeaderName>,
+    max_body_bytes: usize,
+    fail_safe: Option<Duration>,
+    options: LoadOptions,
+    bad_header: Option<String>,
+}
+
+impl std::fmt::Debug for HttpCacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCacheBuilder")
+            .field("routes", &self.routes)
+            .field("vary", &self.vary)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("fail_safe", &self.fail_safe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheBuilder {
+    /// Cache `GET` responses of paths starting with `prefix` for `ttl` (the longest matching
+    /// prefix wins). Paths under no route pass through.
+    pub fn route(mut self, prefix: impl Into<String>, ttl: Duration) -> Self {
+        self.routes.push((prefix.into(), ttl));
+        self
+    }
+
+    /// Keep a separate response per value of request header `name` (for example
+    /// `authorization`, `accept-language`). A request without the header is its own variant.
+    pub fn vary(mut self, name: &str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => self.vary.push(name),
+            Err(_) => self.bad_header = Some(name.to_owned()),
+        }
+        self
+    }
+
+    /// Store bodies of at most `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]); larger responses are
+    /// forwarded, not stored.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Keep responses `max_stale` past their lifetime and serve them (`x-cache: stale`) when the
+    /// upstream answers `5xx`, fails or times out.
+    pub fn fail_safe(mut self, max_stale: Duration) -> Self {
+        self.fail_safe = Some(max_stale);
+        self
+    }
+
+    /// Further load options (soft and hard timeouts, early refresh, jitter); the route's time
+    /// to live and [`fail_safe`](Self::fail_safe) are set on top of them.
+    pub fn load_options(mut self, options: LoadOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Build the layer (and its cache, which refuses responses that must not be stored).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for no route, a zero time to live, a header name that is not one, a
+    /// zero body limit, or load options that do not fit together.
+    pub fn build(self) -> Result<HttpCacheLayer> {
+        if let Some(name) = self.bad_header {
+            return Err(Error::config(format!("`{name}` is not a header name")));
+        }
+        if self.routes.is_empty() {
+            return Err(Error::config("give at least one route to cache"));
+        }
+        if self.routes.iter().any(|(_, ttl)| ttl.is_zero()) {
+            return Err(Error::config(
+                "a route's time to live must be greater than zero",
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(Error::config("max_body_bytes must be at least 1"));
+        }
+        let mut routes = self.routes;
+        // Longest prefix first, so the first match is the most specific.
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let mut options = self.options;
+        if let Some(max_stale) = self.fail_safe {
+            options = options.with_fail_safe(max_stale);
+        }
+        options
+            .clone()
+            .with_ttl(Duration::from_secs(1))
+            .validate()?;
+        let cache = self.cache.admit(CachedResponse::is_storable).build()?;
+        Ok(HttpCacheLayer {
+            shared: Arc::new(Shared {
+                cache,
+                routes,
+                vary: self.vary,
+                max_body_bytes: self.max_body_bytes,
+                options,
+            }),
+        })
+    }
+}
+
+struct Shared {
+    cache: Layered<CachedResponse>,
+    routes: Vec<(String, Duration)>,
+    vary: Vec<HeaderName>,
+    max_body_bytes: usize,
+    options: LoadOptions,
+}
+
+/// A tower [`Layer`](tower_layer::Layer) that caches HTTP responses; see the
+/// [module docs](self). Cloning is cheap; every clone shares one cache.
+#[derive(Clone)]
+pub struct HttpCacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for HttpCacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCacheLayer")
+            .field("routes", &self.shared.routes)
+            .field("vary", &self.shared.vary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheLayer {
+    /// A builder over `cache` (memory only, or with a Redis L2 and a backplane: a fleet of
+    /// servers then shares responses and invalidations).
+    pub fn builder(cache: LayeredBuilder<CachedResponse>) -> HttpCacheBuilder {
+        HttpCacheBuilder {
+            cache,
+            routes: Vec::new(),
+            vary: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            fail_safe: None,
+            options: LoadOptions::default(),
+            bad_header: None,
+        }
+    }
+
+    /// The cache behind the layer: its stats, `clear()`, `invalidate_prefix("http:v1:GET")`.
+    pub fn cache(&self) -> &Layered<CachedResponse> {
+        &self.shared.cache
+    }
+}
+
+impl<S> tower_layer::Layer<S> for HttpCacheLayer {
+    type Service = HttpCache<S>;
+
+    fn layer(&self, inner: S) -> HttpCache<S> {
+        HttpCache {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`HttpCacheLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct HttpCache<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for HttpCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCache").finish_non_exhaustive()
+    }
+}
+
+/// What to do with a request.
+enum Plan {
+    /// Not on a cached route: untouched.
+    Untouched,
+    /// On a cached route but not eligible: forwarded, marked `bypass`.
+    Bypass,
+    /// Cached under `key` for `ttl`.
+    Cache { key: String, ttl: Duration },
+}
+
+impl Shared {
+    fn plan<B>(&self, request: &Request<B>) -> Plan {
+        if request.method() != Method::GET {
+            return Plan::Untouched;
+        }
+        let path = request.uri().path();
+        let Some((_, ttl)) = self
+            .routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+        else {
+            return Plan::Untouched;
+        };
+        let headers = request.headers();
+        let no_store = headers.get_all(CACHE_CONTROL).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(|d| d.trim().to_ascii_lowercase())
+                    .any(|d| d == "no-store" || d == "no-cache")
+            })
+        });
+        let personal = [AUTHORIZATION, COOKIE]
+            .iter()
+            .any(|h| headers.contains_key(h) && !self.vary.contains(h));
+        if no_store || personal {
+            return Plan::Bypass;
+        }
+        let mut key = crate::KeyBuilder::request("http")
+            .version(1)
+            .label(request.method().as_str())
+            .part(
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or(path, |pq| pq.as_str()),
+            );
+        for name in &self.vary {
+            let values: Vec<&[u8]> = headers
+                .get_all(name)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            key = key.part(name.as_str());
+            key = if values.is_empty() {
+                key.part_opt(None::<&str>)
+            } else {
+                key.part_bytes(&values.join(&b"\n"[..]))
+            };
+        }
+        Plan::Cache {
+            key: key.build().as_str().to_owned(),
+            ttl: *ttl,
+        }
+    }
+}
+
+/// An upstream `5xx`, carried through the shared load error so every waiter answers with it
+/// (or fail-safe answers with the stale response).
+#[derive(Debug)]
+struct UpstreamFailed(CachedResponse);
+
+impl std::fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream answered {}", self.0.status())
+    }
+}
+
+impl std::error::Error for UpstreamFailed {}
+
+type ResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = std::result::Result<Response<HttpCacheBody<B>>, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for HttpCache<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<HttpCacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready serves this call; a fresh clone stays for the next.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let shared = Arc::clone(&self.shared);
+        match shared.plan(&request) {
+            Plan::Untouched => Box::pin(async move {
+                let response = inner.call(request).await?;
+                Ok(response.map(HttpCacheBody::inner))
+            }),
+            Plan::Bypass => Box::pin(async move {
+                let mut response = inner.call(request).await?.map(HttpCacheBody::inner);
+                response
+                    .headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static("bypass"));
+                Ok(response)
+            }),
+            Plan::Cache { key, ttl } => Box::pin(async move {
+                let max_body = shared.max_body_bytes;
+                let loader = move || async move {
+                    let response = inner.call(request).await.map_err(Into::into)?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.map_err(Into::into)?.to_bytes();
+                    let cached = CachedResponse::from_parts(&parts, body, max_body);
+                    if parts.status.is_server_error() {
+                        Err::<CachedResponse, BoxError>(Box::new(UpstreamFailed(cached)))
+                    } else {
+                        Ok(cached)
+                    }
+                };
+                let options = shared.options.clone().with_ttl(ttl);
+                let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
+                Ok(match answered {
+                    Ok(answer) => answer.value.to_response(answer.source.as_header_value()),
+                    Err(Error::Loader(shared_error)) => {
+                        match shared_error.downcast_ref::<UpstreamFailed>() {
+                            Some(UpstreamFailed(failed)) => failed.to_response("miss"),
+                            None => status_response(StatusCode::BAD_GATEWAY),
+                        }
+                    }
+                    Err(Error::Timeout { .. }) => status_response(StatusCode::GATEWAY_TIMEOUT),
+                    Err(_) => status_response(StatusCode::BAD_GATEWAY),
+                })
+            }),
+        }
+    }
+}
+
+/// An empty response with `status`, marked `x-cache: miss`.
+fn status_response<B>(status: StatusCode) -> Response<HttpCacheBody<B>> {
+    let mut response = Response::new(HttpCacheBody::full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("miss"));
+    response
+}

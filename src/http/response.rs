@@ -1,0 +1,159 @@
+//! The stored form of an HTTP response.
+
+use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, SET_COOKIE};
+use ::http::response::Parts;
+use ::http::{Response, StatusCode};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{HttpCacheBody, X_CACHE};
+
+/// Statuses a response may be stored with (cacheable by default in RFC 9111, less 206 and 405,
+/// 414 and 501, which a per-route cache has no use for).
+const STORABLE: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
+
+/// Headers never stored: hop-by-hop ones, and those the cache sets itself.
+const NOT_STORED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    X_CACHE,
+];
+
+/// An HTTP response as the cache keeps it: status, end-to-end headers and the whole body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedResponse {
+    status: u16,
+    headers: Vec<(String, ByteBuf)>,
+    body: ByteBuf,
+    /// Whether it may be stored (see [`CachedResponse::is_storable`]).
+    storable: bool,
+}
+
+impl std::fmt::Debug for CachedResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body_bytes", &self.body.0.len())
+            .field("storable", &self.storable)
+            .finish()
+    }
+}
+
+impl CachedResponse {
+    pub(crate) fn from_parts(parts: &Parts, body: Bytes, max_body: usize) -> Self {
+        let directives = |name: &HeaderName| -> Vec<String> {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|d| d.trim().to_ascii_lowercase())
+                .collect()
+        };
+        let cache_control = directives(&CACHE_CONTROL);
+        let storable = STORABLE.contains(&parts.status.as_u16())
+            && !cache_control
+                .iter()
+                .any(|d| d == "no-store" || d == "private" || d.starts_with("private="))
+            && !parts.headers.contains_key(SET_COOKIE)
+            && body.len() <= max_body;
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str().to_owned(), ByteBuf(value.as_bytes().to_vec())))
+            .collect();
+        CachedResponse {
+            status: parts.status.as_u16(),
+            headers,
+            body: ByteBuf(body.to_vec()),
+            storable,
+        }
+    }
+
+    /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store` or
+    /// `private`, no `Set-Cookie`, a body within the limit.
+    pub fn is_storable(&self) -> bool {
+        self.storable
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body.0
+    }
+
+    /// The response to send, with `x-cache: <x_cache>`.
+    pub(crate) fn to_response<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
+        let mut response = Response::new(HttpCacheBody::full(Bytes::from(self.body.0.clone())));
+        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            // Stored by this type from valid headers; anything else (a frame from elsewhere) is
+            // dropped rather than trusted.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value.0),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+        response
+    }
+}
+
+/// Bytes serialized as one byte string (not a sequence of numbers).
+#[derive(Clone, PartialEq, Eq)]
+struct ByteBuf(Vec<u8>);
+
+impl Serialize for ByteBuf {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.as_bytes().to_vec()))
+            }
+            // Formats without a byte-string type (JSON) write a sequence of numbers.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ByteBuf, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    out.push(byte);
+                }
+                Ok(ByteBuf(out))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}

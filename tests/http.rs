@@ -1,0 +1,377 @@
+//! The tower HTTP cache against a real axum server on loopback, called by a real HTTP client
+//! (reqwest): stampede protection, per-route lifetimes, `Vary`, what is never stored, body cap,
+//! `x-cache`, fail-safe, and responses shared through a real Redis L2.
+
+#![cfg(all(feature = "tower", feature = "msgpack"))]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use layercache::http::{CachedResponse, HttpCacheLayer};
+use layercache::{Error, Layered, LayeredBuilder, MemoryCache};
+
+#[derive(Clone, Default)]
+struct Upstream {
+    calls: Arc<Mutex<HashMap<String, u32>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    fn calls(&self, path: &str) -> u32 {
+        self.calls
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One handler for every path; the path says how to answer.
+async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let call = {
+        let mut calls = up.calls.lock().expect("lock");
+        let n = calls.entry(path.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    // Slow enough that concurrent requests overlap.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let auth = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nobody")
+        .to_owned();
+    let mut response = Response::new(Body::from(format!(
+        "{{\"object\":\"chat.completion\",\"path\":\"{path}\",\"call\":{call},\"user\":\"{auth}\"}}"
+    )));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    match path.as_str() {
+        "/cached/private" => {
+            headers.insert(
+                "cache-control",
+                HeaderValue::from_static("private, max-age=60"),
+            );
+        }
+        "/cached/no-store" => {
+            headers.insert("cache-control", HeaderValue::from_static("no-store"));
+        }
+        "/cached/cookie" => {
+            headers.insert("set-cookie", HeaderValue::from_static("session=abc"));
+        }
+        "/cached/missing" => *response.status_mut() = StatusCode::NOT_FOUND,
+        "/cached/created" => *response.status_mut() = StatusCode::CREATED,
+        "/cached/big" => *response.body_mut() = Body::from("x".repeat(4096)),
+        p if p.ends_with("/flaky") && up.failing.load(Ordering::SeqCst) => {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            *response.body_mut() = Body::from("down");
+        }
+        _ => {}
+    }
+    response
+}
+
+fn l1() -> LayeredBuilder<CachedResponse> {
+    Layered::single(
+        MemoryCache::builder()
+            .max_bytes(16 << 20)
+            .weigher(|r: &CachedResponse| r.body().len() + 256)
+            .build()
+            .expect("l1"),
+    )
+}
+
+struct Server {
+    base: String,
+    upstream: Upstream,
+    layer: HttpCacheLayer,
+    client: reqwest::Client,
+}
+
+async fn serve(cache: LayeredBuilder<CachedResponse>) -> Server {
+    let layer = HttpCacheLayer::builder(cache)
+        .route("/cached", Duration::from_secs(60))
+        .route("/cached/short", Duration::from_millis(300))
+        .vary("authorization")
+        .max_body_bytes(2048)
+        .fail_safe(Duration::from_secs(600))
+        .build()
+        .expect("layer");
+    let upstream = Upstream::default();
+    let app = Router::new()
+        .fallback(upstream_handler)
+        .with_state(upstream.clone())
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        base,
+        upstream,
+        layer,
+        client: reqwest::Client::new(),
+    }
+}
+
+async fn upstream_handler(state: State<Upstream>, request: Request) -> Response {
+    upstream(state, request).await
+}
+
+struct Reply {
+    status: u16,
+    x_cache: Option<String>,
+    body: String,
+}
+
+impl Server {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request");
+        Reply {
+            status: response.status().as_u16(),
+            x_cache: response
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: response.text().await.expect("body"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_makes_one_upstream_call_and_later_requests_hit() {
+    let server = serve(l1()).await;
+    let burst: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url) = (
+                server.client.clone(),
+                format!("{}/cached/models?page=1", server.base),
+            );
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.expect("request");
+                let x_cache = r.headers().get("x-cache").cloned();
+                (r.status().as_u16(), x_cache, r.text().await.expect("body"))
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for handle in burst {
+        let (status, x_cache, body) = handle.await.expect("task");
+        assert_eq!(status, 200);
+        assert!(x_cache.is_some());
+        bodies.push(body);
+    }
+    assert_eq!(
+        server.upstream.calls("/cached/models"),
+        1,
+        "one call for 50 requests"
+    );
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+    let again = server.get("/cached/models?page=1", &[]).await;
+    assert_eq!(again.x_cache.as_deref(), Some("hit"));
+    assert_eq!(again.body, bodies[0]);
+    // Another query string is another response.
+    let other = server.get("/cached/models?page=2", &[]).await;
+    assert_eq!(other.x_cache.as_deref(), Some("miss"));
+    assert_eq!(server.upstream.calls("/cached/models"), 2);
+    // Routes not configured, and other methods, pass through untouched.
+    let untouched = server.get("/elsewhere", &[]).await;
+    assert_eq!(untouched.x_cache, None);
+    let post = server
+        .client
+        .post(format!("{}/cached/models?page=1", server.base))
+        .send()
+        .await
+        .expect("post");
+    assert!(post.headers().get("x-cache").is_none());
+    assert_eq!(
+        server.upstream.calls("/cached/models"),
+        3,
+        "POST reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_route_lifetimes_and_vary_keep_users_apart() {
+    let server = serve(l1()).await;
+    let alice = server
+        .get("/cached/answer", &[("authorization", "Bearer alice")])
+        .await;
+    let bob = server
+        .get("/cached/answer", &[("authorization", "Bearer bob")])
+        .await;
+    assert!(alice.body.contains("Bearer alice") && bob.body.contains("Bearer bob"));
+    let alice_again = server
+        .get("/cached/answer", &[("authorization", "Bearer alice")])
+        .await;
+    assert_eq!(alice_again.x_cache.as_deref(), Some("hit"));
+    assert!(
+        alice_again.body.contains("Bearer alice"),
+        "{}",
+        alice_again.body
+    );
+    let anonymous = server.get("/cached/answer", &[]).await;
+    assert!(anonymous.body.contains("nobody"));
+    assert_eq!(server.upstream.calls("/cached/answer"), 3);
+
+    // A cookie the route does not vary on: never cached, never served from the cache.
+    for _ in 0..2 {
+        let r = server
+            .get("/cached/answer", &[("cookie", "session=1")])
+            .await;
+        assert_eq!(r.x_cache.as_deref(), Some("bypass"));
+    }
+    // The request says no-store.
+    let r = server
+        .get("/cached/answer", &[("cache-control", "no-store")])
+        .await;
+    assert_eq!(r.x_cache.as_deref(), Some("bypass"));
+    assert_eq!(server.upstream.calls("/cached/answer"), 6);
+
+    // The short route (300 ms, the longest prefix) is loaded again once it expired.
+    let first = server.get("/cached/short", &[]).await;
+    assert_eq!(first.x_cache.as_deref(), Some("miss"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.upstream.calls("/cached/short") < 2 {
+        assert!(Instant::now() < deadline, "the short route never expired");
+        let r = server.get("/cached/short", &[]).await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The 60 s route was not reloaded meanwhile.
+    let long = server
+        .get("/cached/answer", &[("authorization", "Bearer alice")])
+        .await;
+    assert_eq!(long.x_cache.as_deref(), Some("hit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
+    let server = serve(l1()).await;
+    for path in [
+        "/cached/private",
+        "/cached/no-store",
+        "/cached/cookie",
+        "/cached/created",
+        "/cached/big",
+    ] {
+        for round in 0..2 {
+            let r = server.get(path, &[]).await;
+            assert_eq!(r.x_cache.as_deref(), Some("miss"), "{path} round {round}");
+            if path == "/cached/big" {
+                assert_eq!(r.body.len(), 4096, "a body over the cap is forwarded whole");
+            }
+        }
+        assert_eq!(server.upstream.calls(path), 2, "{path} was stored");
+    }
+    // A 404 is cacheable.
+    let missing = server.get("/cached/missing", &[]).await;
+    assert_eq!(missing.status, 404);
+    let again = server.get("/cached/missing", &[]).await;
+    assert_eq!((again.status, again.x_cache.as_deref()), (404, Some("hit")));
+    assert_eq!(server.upstream.calls("/cached/missing"), 1);
+    // Headers survive the cache.
+    let response = server
+        .client
+        .get(format!("{}/cached/missing", server.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failure_serves_the_last_good_response_as_stale() {
+    let server = serve(l1()).await;
+    let good = server.get("/cached/short/flaky", &[]).await;
+    assert_eq!(good.status, 200);
+    server.upstream.failing.store(true, Ordering::SeqCst);
+    // Once the 300 ms lifetime is over, the failing upstream is hidden by the stale copy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = server.get("/cached/short/flaky", &[]).await;
+        assert_eq!(r.status, 200, "the 503 never reached the client");
+        assert_eq!(r.body, good.body);
+        if r.x_cache.as_deref() == Some("stale") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Without a good copy, the 503 itself reaches the client (not a cached one).
+    let cold = server.get("/cached/flaky", &[]).await;
+    assert_eq!((cold.status, cold.body.as_str()), (503, "down"));
+    let cold_again = server.get("/cached/flaky", &[]).await;
+    assert_eq!(cold_again.status, 503);
+    assert_eq!(
+        server.upstream.calls("/cached/flaky"),
+        2,
+        "a 5xx is never stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_errors_are_clear() {
+    let no_route = HttpCacheLayer::builder(l1()).build();
+    assert!(matches!(no_route, Err(Error::Config { .. })));
+    let bad_header = HttpCacheLayer::builder(l1())
+        .route("/x", Duration::from_secs(1))
+        .vary("not a header")
+        .build();
+    assert!(matches!(bad_header, Err(Error::Config { .. })));
+    let zero = HttpCacheLayer::builder(l1())
+        .route("/x", Duration::ZERO)
+        .build();
+    assert!(matches!(zero, Err(Error::Config { .. })));
+}
+
+/// Two servers with their own L1 over one real Redis: a response loaded by one is a hit on the
+/// other.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_responses_through_redis() {
+    use layercache::RedisCache;
+    let redis = support::redis::RedisServer::start();
+    let stack = || async {
+        let l2 = RedisCache::<CachedResponse>::builder()
+            .url(redis.url())
+            .namespace("http-test")
+            .build()
+            .await
+            .expect("redis");
+        l1().l2(l2)
+    };
+    let (one, two) = (serve(stack().await).await, serve(stack().await).await);
+    let first = one
+        .get("/cached/answer", &[("authorization", "Bearer carol")])
+        .await;
+    assert_eq!(first.x_cache.as_deref(), Some("miss"));
+    let shared = two
+        .get("/cached/answer", &[("authorization", "Bearer carol")])
+        .await;
+    assert_eq!(shared.x_cache.as_deref(), Some("hit"));
+    assert_eq!(shared.body, first.body);
+    assert_eq!(two.upstream.calls("/cached/answer"), 0);
+    assert_eq!(two.layer.cache().stats().l2_hits, 1);
+}
