@@ -1,0 +1,492 @@
+//! [`RedisCacheBuilder`]: settings, connecting, and the client setup shared with the backplane.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Config, Options, PerformanceConfig, Pool, ReconnectPolicy};
+use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
+
+use super::ops::OpMetrics;
+use super::{
+    tls, watchdog, Inner, RedisCache, ATTEMPTS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+};
+use crate::codec::ValueCodec;
+use crate::error::{Error, Result};
+use crate::metrics::LayerMetrics;
+
+/// How the client reconnects after losing a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reconnect {
+    /// Wait `min`, then twice as long each time, up to `max`; retry forever. The default
+    /// (10 ms to 1 s).
+    Exponential {
+        /// First delay.
+        min: Duration,
+        /// Longest delay.
+        max: Duration,
+    },
+    /// Wait the same delay between attempts; retry forever.
+    Constant(Duration),
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect::Exponential {
+            min: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Reconnect {
+    fn to_fred(self) -> ReconnectPolicy {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+        match self {
+            Reconnect::Exponential { min, max } => {
+                ReconnectPolicy::new_exponential(0, ms(min), ms(max).max(ms(min)), 2)
+            }
+            Reconnect::Constant(delay) => ReconnectPolicy::new_constant(0, ms(delay)),
+        }
+    }
+}
+
+/// The settings a client of this cache is built from.
+#[derive(Clone)]
+pub(crate) struct Setup {
+    pub(crate) config: Config,
+    pub(crate) policy: ReconnectPolicy,
+    pub(crate) connection: ConnectionConfig,
+    pub(crate) performance: PerformanceConfig,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Setup {
+    pub(crate) fn builder(&self) -> fred::types::Builder {
+        let mut builder = fred::types::Builder::from_config(self.config.clone());
+        builder
+            .set_policy(self.policy.clone())
+            .set_connection_config(self.connection.clone())
+            .set_performance_config(self.performance.clone());
+        builder
+    }
+}
+
+/// Whether a failure to connect is a mistake in the settings (bad URL, wrong password, TLS), so
+/// that `build` must fail, rather than a server that is not reachable yet.
+fn is_fatal(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    let message = error.details().to_ascii_lowercase();
+    matches!(
+        error.kind(),
+        ErrorKind::Auth
+            | ErrorKind::Config
+            | ErrorKind::Url
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+    ) || message.contains("wrongpass")
+        || message.contains("certificate")
+        || message.contains("tls handshake")
+        || message.contains("noauth")
+        || message.contains("invalid password")
+        || message.contains("invalid username")
+}
+
+/// Connect `pool` once the server is reachable: retry every 100 ms (each try bounded by the
+/// connect timeout) until connected or the cache is dropped.
+async fn connect_in_background(pool: Pool, alive: std::sync::Weak<()>, connect_timeout: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if alive.upgrade().is_none() {
+            let _ = pool.quit().await;
+            return;
+        }
+        let tried = tokio::time::timeout(connect_timeout, async {
+            pool.init().await?;
+            pool.wait_for_connect().await
+        })
+        .await;
+        if matches!(tried, Ok(Ok(()))) {
+            crate::log_info!("layercache: Redis is reachable now; the cache uses it");
+            return;
+        }
+    }
+}
+
+/// `url` with any password replaced by `<redacted>`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Builds a [`RedisCache`]; see the [module docs](crate::redis) for the defaults and why.
+#[must_use]
+pub struct RedisCacheBuilder<V> {
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    tls: tls::TlsSettings,
+    name: String,
+    namespace: Option<String>,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    unresponsive_after: Option<Duration>,
+    reconnect: Reconnect,
+    codec: Arc<dyn ValueCodec<V>>,
+}
+
+impl<V> fmt::Debug for RedisCacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheBuilder")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> RedisCacheBuilder<V>
+where
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn with_codec(codec: impl ValueCodec<V> + 'static) -> Self {
+        RedisCacheBuilder {
+            url: None,
+            username: None,
+            password: None,
+            tls: tls::TlsSettings::default(),
+            name: "redis".into(),
+            namespace: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unresponsive_after: None,
+            reconnect: Reconnect::default(),
+            codec: Arc::new(codec),
+        }
+    }
+
+    /// Where Redis is (required):
+    ///
+    /// * `redis://[user:password@]host:port[/db]`: one server;
+    /// * `redis-cluster://[user:password@]host:port?node=host2:port2&node=…`: a cluster, from
+    ///   any of its nodes (the others are discovered);
+    /// * `redis-sentinel://[user:password@]host:port?sentinelServiceName=name&node=…`: the
+    ///   master a group of sentinels names (the credentials are the master's).
+    ///
+    /// Credentials in the URL are never shown by `Debug`, `Display`, errors or logs.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The ACL user to authenticate as (overrides one in the URL). Default: the URL's, else
+    /// none (`AUTH` with a password only, as the `default` user).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password to authenticate with (overrides one in the URL), for example read from a
+    /// secret store so that it never sits in a URL. Never shown by `Debug`.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Trust only the CA certificate(s) in this PEM file for the server's certificate (default:
+    /// the system's trusted roots). Needs a `rediss://` URL.
+    ///
+    /// ```no_run
+    /// # async fn run() -> layercache::Result<()> {
+    /// use layercache::RedisCache;
+    ///
+    /// let cache: RedisCache<String> = RedisCache::builder()
+    ///     .url("rediss://cache.internal:6380")
+    ///     .username("svc")
+    ///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+    ///     .tls_ca_file("/etc/redis-tls/ca.pem")
+    ///     .tls_client_cert("/etc/redis-tls/client.pem", "/etc/redis-tls/client.key")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and key (PEM, PKCS#8, PKCS#1 or SEC1) to a
+    /// server that asks for one (`tls-auth-clients yes`). Needs a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_path: impl Into<std::path::PathBuf>,
+        key_path: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert_path.into(), key_path.into()));
+        self
+    }
+
+    /// Check the server's certificate against this name instead of the URL's host (for example
+    /// when connecting by IP address to a server whose certificate names its DNS name). The
+    /// check itself is never turned off. Needs a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// The layer's name in metric labels (`cache="…"`). Default `"redis"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Prefix every key with `namespace:`, so caches sharing a Redis never collide and
+    /// [`invalidate_prefix`](RedisCache::invalidate_prefix) stays inside its own keys. Default: none.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Number of connections (default 4): half carry writes (each key's writes always on the same
+    /// one), half carry reads. With 1, reads and writes share it.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections;
+        self
+    }
+
+    /// Time limit for each command (default 250 ms). A hung server costs a caller at most this.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Time limit for the first connection, in [`build`](Self::build) (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Replace a connection that has had a command waiting this long without any reply (default:
+    /// 8 × the command timeout, at least 2 s).
+    pub fn unresponsive_after(mut self, after: Duration) -> Self {
+        self.unresponsive_after = Some(after);
+        self
+    }
+
+    /// How to reconnect after a connection is lost (default exponential, 10 ms to 1 s, forever).
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Store values with `codec` (default: MessagePack + zstd above 1 KiB, writes verified).
+    pub fn codec(mut self, codec: impl ValueCodec<V> + 'static) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Connect and build the cache.
+    ///
+    /// A server that cannot be reached (connection refused, no answer within the connect
+    /// timeout) does not fail the build: the cache starts without it — every command fails at
+    /// once, so a [`Layered`](crate::Layered) in front serves from L1 and the loader — keeps
+    /// connecting in the background every 100 ms, and logs one warning (feature `tracing`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`,
+    /// kind [`Config`](crate::RedisErrorKind::Config)) for a URL that cannot be parsed;
+    /// [`Error::Redis`] (op `connect`) for a server that refuses the credentials (kind
+    /// [`Auth`](crate::RedisErrorKind::Auth)) or the connection settings.
+    pub async fn build(self) -> Result<RedisCache<V>> {
+        if self.pool_size == 0 {
+            return Err(Error::config("pool_size must be at least 1"));
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config("timeouts must be greater than zero"));
+        }
+        if self.name.is_empty() {
+            return Err(Error::config("the cache name must not be empty"));
+        }
+        let Some(url) = self.url else {
+            return Err(Error::config("set the Redis url"));
+        };
+        let mut config = Config::from_url(&tls::plain_scheme(&url)).map_err(|source| {
+            // fred's message may quote the URL, password included.
+            let source = fred::error::Error::new(
+                source.kind().clone(),
+                format!("not a valid Redis URL: {}", redact_url(&url)),
+            );
+            Error::redis("config", source)
+        })?;
+        tls::apply(&mut config, &url, &self.tls)?;
+        if self.username.is_some() {
+            config.username = self.username;
+        }
+        if self.password.is_some() {
+            config.password = self.password;
+        }
+        if config.password.is_none() && config.username.is_some() {
+            return Err(Error::config("an ACL username needs a password"));
+        }
+        config.fail_fast = true;
+        let clustered = config.server.is_clustered();
+        let unresponsive = self
+            .unresponsive_after
+            .unwrap_or_else(|| (self.command_timeout * 8).max(Duration::from_secs(2)));
+        let connection = ConnectionConfig {
+            // On a cluster, redirections come back to us and `cluster::follow` retries them:
+            // fred's own `ASK` handling mixes up replies on a pipelined connection.
+            max_redirections: if clustered { 0 } else { 5 },
+            connection_timeout: self.connect_timeout,
+            internal_command_timeout: self.connect_timeout,
+            max_command_attempts: ATTEMPTS,
+            unresponsive: UnresponsiveConfig {
+                max_timeout: Some(unresponsive),
+                interval: (unresponsive / 4).max(Duration::from_millis(50)),
+            },
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            },
+            ..ConnectionConfig::default()
+        };
+        let performance = PerformanceConfig {
+            default_command_timeout: self.command_timeout,
+            ..PerformanceConfig::default()
+        };
+        let setup = Setup {
+            config,
+            policy: self.reconnect.to_fred(),
+            connection,
+            performance,
+            connect_timeout: self.connect_timeout,
+        };
+        let pool = setup
+            .builder()
+            .build_pool(self.pool_size)
+            .map_err(|source| Error::redis("config", source))?;
+
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            pool.init().await?;
+            pool.wait_for_connect().await
+        })
+        .await;
+        let failure = match connected {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(source),
+            Err(_) => Some(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("could not connect within {:?}", self.connect_timeout),
+            )),
+        };
+        let alive = Arc::new(());
+        if let Some(source) = failure {
+            if is_fatal(&source) {
+                // Close the half-made connections in the background: quitting a pool whose
+                // server does not answer can itself take a command timeout, and the caller was
+                // promised an answer within the connect timeout.
+                tokio::spawn(async move {
+                    let _ = pool.quit().await;
+                });
+                return Err(Error::redis("connect", source));
+            }
+            // Unreachable for now (refused, timed out): start anyway and keep connecting in the
+            // background. Until then every command fails at once, which a `Layered` in front
+            // treats as an L2 outage (circuit open; L1 and the loader serve).
+            crate::log_warn!(
+                cache = self.name.as_str(),
+                error = %source,
+                "layercache: Redis is unreachable at start-up; the cache starts without it and keeps connecting in the background"
+            );
+            tokio::spawn(connect_in_background(
+                pool.clone(),
+                Arc::downgrade(&alive),
+                self.connect_timeout,
+            ));
+        }
+
+        let options = Options {
+            timeout: Some(self.command_timeout),
+            fail_fast: true,
+            max_attempts: Some(ATTEMPTS),
+            ..Options::default()
+        };
+        let bulk_options = Options {
+            timeout: Some(self.command_timeout.max(Duration::from_secs(2))),
+            ..options.clone()
+        };
+        let prefix = self
+            .namespace
+            .map(|ns| format!("{ns}:"))
+            .unwrap_or_default();
+        let metrics = LayerMetrics::new(&self.name, "redis");
+        let ops = OpMetrics::new(&metrics, &self.name);
+        Ok(RedisCache {
+            inner: Arc::new(Inner {
+                _alive: alive,
+                setup,
+                pool,
+                clustered,
+                prefix,
+                codec: self.codec,
+                name: Arc::from(self.name),
+                options,
+                bulk_options,
+                metrics,
+                ops,
+                watchdog: Arc::new(watchdog::Watchdog::new(
+                    self.pool_size,
+                    unresponsive,
+                    clustered,
+                )),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("redis://svc:s3cret@host:6379/2"),
+            "redis://svc:<redacted>@host:6379/2"
+        );
+        assert_eq!(
+            redact_url("redis://:p@ss@host:6379"),
+            "redis://:<redacted>@host:6379"
+        );
+        assert_eq!(
+            redact_url("redis-cluster://host:7000?node=h2:7001"),
+            "redis-cluster://host:7000?node=h2:7001"
+        );
+        assert_eq!(redact_url("s3cret"), "<not a URL>");
+    }
+}
