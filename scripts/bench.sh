@@ -34,6 +34,10 @@ LAYERCACHE_BENCH_KEYS=1000 CRITERION_HOME="$PWD/target/criterion-1k" \
 # The contention group runs unpinned: it is about many tasks on several CPUs.
 cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 
+# L1 throughput as threads are added (unpinned: it is about cores), up to the machine's cores.
+if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_SCALING_SECS=0.3; fi
+cargo bench --all-features --bench scaling
+
 "${pin[@]}" cargo bench --all-features --bench codec -- "${args[@]}"
 # Instrumentation: single-thread groups pinned, the 8-thread histogram group unpinned.
 "${pin[@]}" cargo bench --all-features --bench instrument -- "${args[@]}" \

@@ -165,6 +165,32 @@ def main():
                            ("without (`with_fleet_lease(false)`)", "without_lease")):
             n = stampede[key]
             print(f"| {label} | {n} | {n / stampede['keys']:.2f} |")
+    scaling_path = os.path.join(ROOT, "l1_scaling", "report.json")
+    try:
+        with open(scaling_path) as f:
+            scaling = json.load(f)
+    except (OSError, ValueError):
+        scaling = None
+    if scaling:
+        threads = sorted({r["threads"] for r in scaling["results"]})
+        print(f"\n`l1_scaling` (`benches/scaling.rs`): total L1 hits per second, millions, on "
+              f"**{scaling['cores']} cores**, {scaling['keys']} warm keys, {scaling['seconds']} s a "
+              "point (unpinned).")
+        if scaling["skipped_threads"]:
+            skipped = ", ".join(str(t) for t in scaling["skipped_threads"])
+            print(f"Thread counts above the core count ({skipped}) are not measured on this machine.")
+        print()
+        print("| keys | implementation | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads)
+              + " | scaling |")
+        print("|---|---|" + "---|" * (len(threads) + 1))
+        rows = {}
+        for r in scaling["results"]:
+            rows.setdefault((r["pattern"], r["id"]), {})[r["threads"]] = r["ops_per_sec"]
+        for (pattern, impl_id), by_t in rows.items():
+            cells = " | ".join(f"{by_t[t] / 1e6:.2f}" if t in by_t else "—" for t in threads)
+            first, last = by_t.get(threads[0]), by_t.get(threads[-1])
+            factor = f"{last / first:.2f}×" if first and last else "—"
+            print(f"| {pattern} | `{impl_id}` | {cells} | {factor} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")

@@ -1,0 +1,227 @@
+//! `l1_scaling`: total L1 hits per second as threads are added, for the raw engines and ours.
+//!
+//! Each point runs N OS threads for a fixed time (1 s; `LAYERCACHE_SCALING_SECS`), every thread
+//! looking up warm keys in a loop, and reports the total lookups per second. Thread counts are
+//! 1, 2, 4, 8 and 16, capped at the machine's cores: a count above them is listed as skipped
+//! (on 2 cores, 16 threads would measure the scheduler, not the cache). Key patterns: `uniform`
+//! (random keys over 1,000 warm ones; `LAYERCACHE_SCALING_KEYS`) and `hot` (one key).
+//!
+//! IDs: `raw_moka` (`moka::sync::Cache::get`), `raw_quick_cache` (`quick_cache::sync::Cache::get`),
+//! `memory_moka` and `memory_quick_cache` (`MemoryCache` on each engine, through the `Cache`
+//! trait), `layered_get` and `layered_get_or_load` (`Layered` on the default engine). Our async
+//! calls are polled once with a no-op waker (a hit never waits), inside a tokio runtime context,
+//! so the figure is the hit path and not an executor.
+//!
+//! Writes `target/criterion/l1_scaling/report.json`, which `scripts/bench_report.py` turns
+//! into a table in BENCHMARKS.md.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use layercache::{Cache, CacheExt, Engine, Layered, LoadOptions, MemoryCache};
+
+type Value = Arc<String>;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Poll a future that must be ready at once (a cache hit).
+fn now<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a warm hit had to wait"),
+    }
+}
+
+/// A small, seeded per-thread generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One implementation under test: a lookup by key index that returns whether it hit.
+type Lookup = Arc<dyn Fn(usize) -> bool + Send + Sync>;
+
+fn implementations(
+    keys: &Arc<Vec<String>>,
+    runtime: &tokio::runtime::Runtime,
+) -> Vec<(&'static str, Lookup)> {
+    let value = |i: usize| Arc::new(format!("a cached completion for key {i}"));
+    let n = keys.len() as u64;
+    let mut out: Vec<(&'static str, Lookup)> = Vec::new();
+
+    let moka: moka::sync::Cache<String, Value> = moka::sync::Cache::new(n * 2);
+    let quick: quick_cache::sync::Cache<String, Value> =
+        quick_cache::sync::Cache::new(keys.len() * 2);
+    for (i, k) in keys.iter().enumerate() {
+        moka.insert(k.clone(), value(i));
+        quick.insert(k.clone(), value(i));
+    }
+    let k = Arc::clone(keys);
+    out.push(("raw_moka", Arc::new(move |i| moka.get(&k[i]).is_some())));
+    let k = Arc::clone(keys);
+    out.push((
+        "raw_quick_cache",
+        Arc::new(move |i| quick.get(&k[i]).is_some()),
+    ));
+
+    let _guard = runtime.enter();
+    for (id, engine) in [
+        ("memory_moka", Engine::Moka),
+        ("memory_quick_cache", Engine::QuickCache),
+    ] {
+        let memory: MemoryCache<Value> = MemoryCache::builder()
+            .engine(engine)
+            .max_entries(n * 2)
+            .build()
+            .expect("memory cache");
+        for (i, k) in keys.iter().enumerate() {
+            runtime
+                .block_on(memory.set_value(k, value(i), Duration::from_secs(3600)))
+                .expect("fill");
+        }
+        let k = Arc::clone(keys);
+        out.push((
+            id,
+            Arc::new(move |i| now(memory.get(&k[i])).is_ok_and(|e| e.is_some())),
+        ));
+    }
+
+    let l1: MemoryCache<Value> = MemoryCache::builder()
+        .max_entries(n * 2)
+        .build()
+        .expect("memory cache");
+    let layered: Layered<Value> = Layered::single(l1).build().expect("layered");
+    for (i, k) in keys.iter().enumerate() {
+        runtime
+            .block_on(layered.set_value(k, value(i), Duration::from_secs(3600)))
+            .expect("fill");
+    }
+    let (k, l) = (Arc::clone(keys), layered.clone());
+    out.push((
+        "layered_get",
+        Arc::new(move |i| now(l.get(&k[i])).is_ok_and(|e| e.is_some())),
+    ));
+    let options = LoadOptions::ttl(Duration::from_secs(3600));
+    let (k, l) = (Arc::clone(keys), layered);
+    out.push((
+        "layered_get_or_load",
+        Arc::new(move |i| {
+            now(l.get_or_load(
+                &k[i],
+                || async { Ok::<_, std::io::Error>(Arc::new(String::new())) },
+                options.clone(),
+            ))
+            .is_ok()
+        }),
+    ));
+    out
+}
+
+/// Total lookups per second with `threads` threads for `secs`.
+fn measure(
+    lookup: &Lookup,
+    keys: usize,
+    hot: bool,
+    threads: usize,
+    secs: f64,
+    runtime: &tokio::runtime::Runtime,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (lookup, stop, start) = (Arc::clone(lookup), Arc::clone(&stop), Arc::clone(&start));
+            let handle = runtime.handle().clone();
+            std::thread::spawn(move || {
+                let _guard = handle.enter();
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc_def1));
+                start.wait();
+                let mut done = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..256 {
+                        let i = if hot {
+                            0
+                        } else {
+                            (rng.next() % keys as u64) as usize
+                        };
+                        assert!(lookup(i), "a warm key missed");
+                    }
+                    done += 256;
+                }
+                done
+            })
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench thread"))
+        .sum();
+    total as f64 / began.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let keys_n: usize = env_or("LAYERCACHE_SCALING_KEYS", 1000);
+    let secs: f64 = env_or("LAYERCACHE_SCALING_SECS", 1.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..keys_n).map(|i| format!("chat:v1:key-{i}")).collect());
+    let implementations = implementations(&keys, &runtime);
+    let all_threads = [1usize, 2, 4, 8, 16];
+    let threads: Vec<usize> = all_threads
+        .iter()
+        .copied()
+        .filter(|&t| t <= cores)
+        .collect();
+    let skipped: Vec<usize> = all_threads.iter().copied().filter(|&t| t > cores).collect();
+    println!("l1_scaling: {cores} cores, {keys_n} keys, {secs} s a point; skipped (above the core count): {skipped:?}");
+    let mut results = Vec::new();
+    for pattern in ["uniform", "hot"] {
+        for (id, lookup) in &implementations {
+            let mut line = format!("{pattern:8} {id:22}");
+            for &t in &threads {
+                let rate = measure(lookup, keys_n, pattern == "hot", t, secs, &runtime);
+                line.push_str(&format!(" {t:>2}t {:>8.2} M/s", rate / 1e6));
+                results.push(format!(
+                    "{{\"id\":\"{id}\",\"pattern\":\"{pattern}\",\"threads\":{t},\"ops_per_sec\":{rate:.0}}}"
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/l1_scaling");
+    let report = format!(
+        "{{\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
+        results.join(",")
+    );
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("report.json"), report);
+    }
+}
