@@ -37,6 +37,9 @@ cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 # L1 throughput as threads are added (unpinned: it is about cores), up to the machine's cores.
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_SCALING_SECS=0.3; fi
 cargo bench --all-features --bench scaling
+# Hit ratios of each engine on Zipf, scan and shifting streams (exact: no timing involved).
+if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_HIT_RATIO_REQUESTS=300000; fi
+cargo bench --all-features --bench hit_ratio
 
 "${pin[@]}" cargo bench --all-features --bench codec -- "${args[@]}"
 # Instrumentation: single-thread groups pinned, the 8-thread histogram group unpinned.

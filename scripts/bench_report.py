@@ -191,6 +191,28 @@ def main():
             first, last = by_t.get(threads[0]), by_t.get(threads[-1])
             factor = f"{last / first:.2f}×" if first and last else "—"
             print(f"| {pattern} | `{impl_id}` | {cells} | {factor} |")
+    hit_path = os.path.join(ROOT, "hit_ratio", "report.json")
+    try:
+        with open(hit_path) as f:
+            hits = json.load(f)
+    except (OSError, ValueError):
+        hits = None
+    if hits:
+        ids = []
+        for r in hits["results"]:
+            if r["id"] not in ids:
+                ids.append(r["id"])
+        print(f"\n`hit_ratio` (`benches/hit_ratio.rs`): share of lookups answered from memory by a "
+              f"cache-aside client, {hits['distinct']:,} distinct keys, {hits['requests']:,} requests "
+              "a stream (seeded; exact on any machine).\n")
+        print("| stream | capacity | " + " | ".join(f"`{i}`" for i in ids) + " |")
+        print("|---|---|" + "---|" * len(ids))
+        rows = {}
+        for r in hits["results"]:
+            rows.setdefault((r["stream"], r["capacity_percent"]), {})[r["id"]] = r["hit_ratio"]
+        for (stream, pct), by_id in rows.items():
+            cells = " | ".join(f"{by_id[i]:.3f}" if i in by_id else "—" for i in ids)
+            print(f"| {stream} | {pct} % | {cells} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")
