@@ -213,6 +213,22 @@ def main():
         for (stream, pct), by_id in rows.items():
             cells = " | ".join(f"{by_id[i]:.3f}" if i in by_id else "—" for i in ids)
             print(f"| {stream} | {pct} % | {cells} |")
+    l2_path = os.path.join(ROOT, "l2_throughput", "report.json")
+    try:
+        with open(l2_path) as f:
+            l2 = json.load(f)
+    except (OSError, ValueError):
+        l2 = None
+    if l2:
+        print(f"\n`l2_throughput` (`benches/l2_throughput.rs`): L2 reads per second by requests in "
+              f"flight, {l2['cores']} cores, pool of {l2['pool_size']} connections for both clients, "
+              f"median of 3 alternating rounds of {l2['seconds']} s.\n")
+        print("| in flight | `raw_fred` | `redis_cache` | ours / raw | `redis-benchmark -c N -t get` |")
+        print("|---|---|---|---|---|")
+        for r in l2["results"]:
+            bench = f"{r['redis_benchmark']:,}/s" if r.get("redis_benchmark") else "—"
+            print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {r['redis_cache']:,}/s | "
+                  f"{r['redis_cache'] / r['raw_fred']:.2f} | {bench} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")

@@ -1,0 +1,178 @@
+//! `l2_throughput`: L2 reads per second with 1, 16, 64 and 256 requests in flight, on a
+//! multi-thread runtime, against one local `redis-server`:
+//!
+//! * `raw_fred`: a fred pool of the same size as ours (4 connections), `GET` of the stored bytes;
+//! * `redis_cache`: `RedisCache::get` (the same `GET`, plus decoding the ~1 KB OpenAI-shaped
+//!   reply);
+//! * `redis_benchmark`: `redis-benchmark -c N -t get` against the same server (the server's own
+//!   limit; its own value size).
+//!
+//! The peer and ours alternate, three rounds of `LAYERCACHE_L2_SECS` seconds each (1 s by
+//! default), and the median of each is kept. Writes `target/criterion/l2_throughput/report.json`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::bytes::Bytes;
+use fred::prelude::KeysInterface;
+use layercache::{Cache, CacheExt, RedisCache};
+
+#[path = "../tests/support/chat.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod chat;
+#[path = "../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod redis_support;
+
+const KEYS: usize = 1000;
+
+/// Reads per second with `in_flight` tasks each calling `read` in a loop for `secs`.
+async fn rate<F, Fut>(in_flight: usize, secs: f64, read: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let read = Arc::new(read);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|t| {
+            let (read, stop, done) = (Arc::clone(&read), Arc::clone(&stop), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut i = t * 7919;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(read(i % KEYS).await, "a stored key was not read");
+                    i += 1;
+                    n += 1;
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("reader task");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `redis-benchmark -c clients -t get` requests per second, if the tool is there.
+fn redis_benchmark(port: u16, clients: usize) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &clients.to_string()])
+        .args(["-t", "get", "-n", "200000", "-d", "1024", "-q"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "GET: 123456.79 requests per second, p50=0.151 msec"
+    let line = text.lines().rev().find(|l| l.contains("GET:"))?;
+    let tail = line.rsplit("GET:").next()?;
+    tail.split_whitespace().next()?.parse().ok()
+}
+
+fn main() {
+    let secs: f64 = std::env::var("LAYERCACHE_L2_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = redis_support::RedisServer::start();
+    let url = server.url();
+    let results = runtime.block_on(async move {
+        let ours: RedisCache<chat::ChatReply> = RedisCache::builder()
+            .url(&url)
+            .namespace("l2t")
+            .build()
+            .await
+            .expect("connect");
+        for i in 0..KEYS {
+            ours.set_value(
+                &format!("k{i}"),
+                chat::reply(i as u64, 1024),
+                Duration::from_secs(3600),
+            )
+            .await
+            .expect("fill");
+        }
+        let raw = {
+            use fred::prelude::ClientLike;
+            let config = fred::prelude::Config::from_url(&url).expect("url");
+            let pool = fred::types::Builder::from_config(config)
+                .build_pool(layercache::redis::DEFAULT_POOL_SIZE)
+                .expect("pool");
+            pool.init().await.expect("connect");
+            pool
+        };
+        let ours = Arc::new(ours);
+        let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("l2t:k{i}")).collect());
+        let short: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
+        let mut results = Vec::new();
+        for in_flight in [1usize, 16, 64, 256] {
+            let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                let (pool, keys) = (raw.clone(), Arc::clone(&keys));
+                raw_rates.push(
+                    rate(in_flight, secs, move |i| {
+                        let (pool, keys) = (pool.clone(), Arc::clone(&keys));
+                        async move {
+                            let got: Option<Bytes> =
+                                pool.next().get(&keys[i]).await.expect("raw get");
+                            got.is_some()
+                        }
+                    })
+                    .await,
+                );
+                let (cache, keys) = (Arc::clone(&ours), Arc::clone(&short));
+                our_rates.push(
+                    rate(in_flight, secs, move |i| {
+                        let (cache, keys) = (Arc::clone(&cache), Arc::clone(&keys));
+                        async move { cache.get(&keys[i]).await.expect("get").is_some() }
+                    })
+                    .await,
+                );
+            }
+            results.push((in_flight, median(raw_rates), median(our_rates)));
+        }
+        results
+    });
+    println!("l2_throughput: {cores} cores, {KEYS} keys of ~1 KB, median of 3 × {secs} s");
+    let mut rows = Vec::new();
+    for (in_flight, raw, ours) in results {
+        let benchmark = redis_benchmark(server.port, in_flight);
+        println!(
+            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2}  redis-benchmark {}",
+            raw,
+            ours,
+            ours / raw,
+            benchmark.map_or("—".to_owned(), |b| format!("{b:.0}/s"))
+        );
+        rows.push(format!(
+            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
+            benchmark.map_or("null".to_owned(), |b| format!("{b:.0}"))
+        ));
+    }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/l2_throughput");
+    let report = format!(
+        "{{\"cores\":{cores},\"pool_size\":{},\"seconds\":{secs},\"results\":[{}]}}\n",
+        layercache::redis::DEFAULT_POOL_SIZE,
+        rows.join(",")
+    );
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("report.json"), report);
+    }
+}
