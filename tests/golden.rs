@@ -112,3 +112,48 @@ fn the_current_encoder_still_writes_the_v1_metadata_frame() {
         "the frame layout changed: bump the frame version and add golden files"
     );
 }
+
+/// The signed frame (flag bit 4, trailer of key id + BLAKE3 keyed hash) is pinned too: the
+/// metadata frame's entry, signed with key id 7 = [0x42; 32] for the storage key `ns:chat:1`.
+#[test]
+fn signed_frames_are_pinned_and_bound_to_key_and_signing_key() {
+    let entry = Entry::with_deadlines(
+        ("hello".to_string(), 42u32),
+        UNIX_EPOCH + Duration::from_millis(FRESH_MS),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS),
+    )
+    .with_created_at(UNIX_EPOCH + Duration::from_millis(CREATED_MS))
+    .with_tags(["user:1", "doc:9"]);
+    let signing = |key: [u8; 32]| {
+        Codec::with_format(layercache::codec::Postcard)
+            .no_compression()
+            .signing_key(7, key)
+            .build()
+            .expect("codec")
+    };
+    let codec = signing([0x42; 32]);
+    let bytes = codec.encode_for_key("ns:chat:1", &entry).expect("encode");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/v1-postcard-signed.frame");
+    if std::env::var_os("LAYERCACHE_WRITE_GOLDEN").is_some() {
+        std::fs::write(&path, &bytes).expect("write golden");
+    }
+    let golden = std::fs::read(&path).expect("read golden");
+    assert_eq!(
+        bytes, golden,
+        "the signed frame layout changed: bump the frame version and add golden files"
+    );
+    let back: Entry<(String, u32)> = codec.decode_for_key("ns:chat:1", &golden).expect("decode");
+    assert_eq!(back.value(), &("hello".to_string(), 42));
+    // Another storage key (another namespace), another signing key, no key at all: refused.
+    let refused = |result: layercache::Result<Entry<(String, u32)>>| matches!(result, Err(Error::Decode { kind, .. }) if *kind == DecodeErrorKind::BadSignature);
+    assert!(refused(codec.decode_for_key("other-ns:chat:1", &golden)));
+    assert!(refused(
+        signing([0x43; 32]).decode_for_key("ns:chat:1", &golden)
+    ));
+    let unsigned = Codec::with_format(layercache::codec::Postcard)
+        .no_compression()
+        .build()
+        .expect("codec");
+    assert!(refused(unsigned.decode_for_key("ns:chat:1", &golden)));
+}

@@ -1,5 +1,5 @@
 //! The tower HTTP cache against a real axum server on loopback, called by a real HTTP client
-//! (reqwest): stampede protection, per-route lifetimes, `Vary`, what is never stored, body cap,
+//! (reqwest): stampede protection (1,000 concurrent identical requests), per-route lifetimes, `Vary`, what is never stored, body cap,
 //! `x-cache`, fail-safe, and responses shared through a real Redis L2.
 
 #![cfg(all(feature = "tower", feature = "msgpack"))]
@@ -74,6 +74,7 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         "/cached/missing" => *response.status_mut() = StatusCode::NOT_FOUND,
         "/cached/created" => *response.status_mut() = StatusCode::CREATED,
         "/cached/big" => *response.body_mut() = Body::from("x".repeat(4096)),
+        "/cached/huge" => *response.body_mut() = Body::from(vec![b'y'; 10 << 20]),
         p if p.ends_with("/flaky") && up.failing.load(Ordering::SeqCst) => {
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             *response.body_mut() = Body::from("down");
@@ -159,7 +160,7 @@ impl Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_makes_one_upstream_call_and_later_requests_hit() {
     let server = serve(l1()).await;
-    let burst: Vec<_> = (0..50)
+    let burst: Vec<_> = (0..1000)
         .map(|_| {
             let (client, url) = (
                 server.client.clone(),
@@ -272,12 +273,16 @@ async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
         "/cached/cookie",
         "/cached/created",
         "/cached/big",
+        "/cached/huge",
     ] {
         for round in 0..2 {
             let r = server.get(path, &[]).await;
             assert_eq!(r.x_cache.as_deref(), Some("miss"), "{path} round {round}");
             if path == "/cached/big" {
                 assert_eq!(r.body.len(), 4096, "a body over the cap is forwarded whole");
+            }
+            if path == "/cached/huge" {
+                assert_eq!(r.body.len(), 10 << 20, "a 10 MB body passes through whole");
             }
         }
         assert_eq!(server.upstream.calls(path), 2, "{path} was stored");
