@@ -167,3 +167,94 @@ async fn tls_settings_that_cannot_be_honoured_are_errors() {
         );
     }
 }
+
+/// A 3-master cluster whose client ports and cluster bus speak only TLS (`tls-cluster yes`), made
+/// with `redis-cli --tls --cluster create`. Returns the nodes and their TLS ports.
+fn tls_cluster(certs: &Certs) -> (Vec<RedisServer>, Vec<u16>) {
+    let path = |name: &str| certs.path(name).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path("node.crt"), path("node.key"), path("ca.crt"));
+    let mut nodes = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let tls_port = free_port();
+        let port = tls_port.to_string();
+        nodes.push(RedisServer::start_with(&[
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "optional",
+            "--tls-cluster",
+            "yes",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]));
+        ports.push(tls_port);
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = std::process::Command::new(support::redis::binary("redis-cli"))
+        .args(["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key])
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "TLS cluster create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes
+        .iter()
+        .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster never reached state ok"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (nodes, ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_works_on_a_cluster_and_an_untrusted_ca_fails_there_too() {
+    let certs = make();
+    let (_nodes, ports) = tls_cluster(&certs);
+    let url = format!("rediss-cluster://127.0.0.1:{}", ports[0]);
+    let cache = builder(&certs, url.clone())
+        .namespace("tlsc")
+        .build()
+        .await
+        .expect("TLS to every master of the cluster");
+    // Keys over every master, written and read back.
+    for i in 0..200 {
+        cache
+            .set_value(&format!("k{i}"), format!("v{i}"), Duration::from_secs(60))
+            .await
+            .expect("set");
+    }
+    for i in 0..200 {
+        assert_eq!(
+            cache.get_value(&format!("k{i}")).await.expect("get"),
+            Some(format!("v{i}"))
+        );
+    }
+    let untrusted = RedisCache::<String>::builder()
+        .url(url)
+        .tls_ca_file(certs.path("other-ca.crt"))
+        .build()
+        .await;
+    assert_kind(untrusted, RedisErrorKind::Tls, "untrusted CA on a cluster");
+}

@@ -63,11 +63,22 @@ pub fn make() -> Certs {
     .expect("write server.ext");
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
         .expect("write client.ext");
-    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+    // Cluster nodes announce 127.0.0.1: their certificate names it, and serves both ends of
+    // the TLS cluster bus.
+    std::fs::write(
+        dir.join("node.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("write node.ext");
+    for (name, ext) in [
+        ("server", "server.ext"),
+        ("client", "client.ext"),
+        ("node", "node.ext"),
+    ] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let crt = format!("{name}.crt");
-        let subject = format!("/CN={}", if name == "server" { "localhost" } else { "svc" });
+        let subject = format!("/CN={}", if name == "client" { "svc" } else { "localhost" });
         openssl(&dir, &["genrsa", "-out", &key, "2048"]);
         openssl(
             &dir,
