@@ -201,18 +201,10 @@ fn tls_cluster(certs: &Certs) -> (Vec<RedisServer>, Vec<u16>) {
         ports.push(tls_port);
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let out = std::process::Command::new(support::redis::binary("redis-cli"))
-        .args(["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key])
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("run redis-cli --cluster create");
-    assert!(
-        out.status.success(),
-        "TLS cluster create failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::redis::cluster_create(
+        &addrs,
+        &["--tls", "--cacert", &ca, "--cert", &cert, "--key", &key],
+        0,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !nodes

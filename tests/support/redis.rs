@@ -204,6 +204,23 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `redis-cli [cli_args] --cluster create addrs… --cluster-replicas replicas`, which must succeed.
+pub fn cluster_create(addrs: &[String], cli_args: &[&str], replicas: usize) {
+    let out = Command::new(binary("redis-cli"))
+        .args(cli_args)
+        .args(["--cluster", "create"])
+        .args(addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "cluster create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A 3-master Redis Cluster on loopback, built with `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
@@ -243,19 +260,7 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new(binary("redis-cli"))
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster_create(&addrs, &[], replicas);
         let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
         let ready = |n: &RedisServer| {
