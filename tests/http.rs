@@ -362,6 +362,8 @@ async fn two_servers_share_responses_through_redis() {
         let l2 = RedisCache::<CachedResponse>::builder()
             .url(redis.url())
             .namespace("http-test")
+            // A loaded machine must not turn this test into a timeout test.
+            .command_timeout(Duration::from_secs(2))
             .build()
             .await
             .expect("redis");
@@ -372,6 +374,23 @@ async fn two_servers_share_responses_through_redis() {
         .get("/cached/answer", &[("authorization", "Bearer carol")])
         .await;
     assert_eq!(first.x_cache.as_deref(), Some("miss"));
+    // The write to L2 may finish after the answer: wait until Redis holds the response.
+    let raw = support::redis::raw_client(&redis.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored: Vec<String> =
+            fred::prelude::ClientLike::custom(&raw, fred::cmd!("KEYS"), vec!["http-test:*"])
+                .await
+                .expect("KEYS");
+        if !stored.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the response never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let shared = two
         .get("/cached/answer", &[("authorization", "Bearer carol")])
         .await;
