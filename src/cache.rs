@@ -133,6 +133,15 @@ where
         }
         self.set(key, entry).await.map(|()| true)
     }
+
+    /// A count that goes up each time this layer (re)connects to the store behind it — for a
+    /// [`RedisCache`](crate::RedisCache), each connection it opens, including the first one
+    /// made in the background when Redis was down at start-up. A [`Layered`](crate::Layered)
+    /// stack whose L2 circuit is open probes at once when the count changes, instead of waiting
+    /// out the break. Layers with no connection (the default) return 0 forever.
+    fn connections(&self) -> u64 {
+        0
+    }
 }
 
 /// The boxed future an `#[async_trait]` method returns.
@@ -300,6 +309,9 @@ macro_rules! forward_cache_impl {
                 Self: 'f,
             {
                 (**self).set_many(entries)
+            }
+            fn connections(&self) -> u64 {
+                (**self).connections()
             }
         }
     )*};

@@ -406,6 +406,10 @@ async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
     };
     println!("Redis used {took:?} after it came up");
     assert!(
+        cache.connections() > 0,
+        "the Redis layer reports its connections"
+    );
+    assert!(
         took < Duration::from_secs(1),
         "used within a second: {took:?}"
     );

@@ -40,7 +40,8 @@ where
         Fut: Future<Output = Result<T>>,
     {
         let l2 = self.l2.as_ref()?;
-        let allowed = self.breaker.allow();
+        let connections = l2.connections();
+        let allowed = self.breaker.allow(connections);
         if allowed == Allow::No {
             return None;
         }
@@ -51,7 +52,7 @@ where
                 self.refused(e);
             }
             _ => {
-                self.breaker.record(allowed, result.is_ok());
+                self.breaker.record(allowed, result.is_ok(), connections);
                 if result.is_ok() {
                     self.flush_pending_soon();
                 }
@@ -160,7 +161,8 @@ where
                     entries.push((Arc::clone(key), entry));
                 }
             }
-            let allowed = self.breaker.allow();
+            let connections = l2.connections();
+            let allowed = self.breaker.allow(connections);
             if allowed == Allow::No {
                 self.requeue(batch);
                 return;
@@ -182,7 +184,7 @@ where
                     // not an outage, and not retried.
                     Err(e) if e.is_refusal() => self.refused(&e),
                     Err(_) => {
-                        self.breaker.record(allowed, false);
+                        self.breaker.record(allowed, false, connections);
                         let mut left: Vec<Arc<str>> = vec![key];
                         left.extend(rest.map(|(k, _)| k));
                         self.requeue(left);
@@ -190,7 +192,7 @@ where
                     }
                 }
             }
-            self.breaker.record(allowed, true);
+            self.breaker.record(allowed, true, connections);
         }
     }
 

@@ -511,6 +511,12 @@ where
         &self.inner.name
     }
 
+    /// The connections of both layers together.
+    fn connections(&self) -> u64 {
+        let l2 = self.inner.l2.as_ref().map_or(0, |l2| l2.connections());
+        self.inner.l1.connections().wrapping_add(l2)
+    }
+
     /// L1, then L2 when L1 has no fresh entry. With a [`MemoryCache`] as L1 a fresh L1 hit is
     /// answered in place (no allocation, one clock read). Counted once, by this cache.
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {

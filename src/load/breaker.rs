@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use metrics::Gauge;
 
 /// When the circuit breaker of a layer opens and for how long. Defaults: open after 5 failures
-/// within 10 s (or, if set, a failure rate over at least 10 calls in the window), stay open 1 s,
-/// then let one probe through.
+/// within 10 s (or, if set, a failure rate over at least `min_calls` calls in the window), stay
+/// open 500 ms, then let one probe through. A layer that reports a new connection
+/// ([`Cache::connections`](crate::Cache::connections)) is probed at once.
 ///
 /// ```
 /// use std::time::Duration;
@@ -112,6 +113,8 @@ struct State {
     calls: u32,
     open_until: Instant,
     probe_started: Option<Instant>,
+    /// The layer's connection count last seen.
+    connections: u64,
 }
 
 #[derive(Debug)]
@@ -134,6 +137,7 @@ impl Breaker {
                 calls: 0,
                 open_until: now,
                 probe_started: None,
+                connections: 0,
             }),
             gauge,
         }
@@ -152,12 +156,21 @@ impl Breaker {
         }
     }
 
-    /// May a call go to the layer now?
-    pub(crate) fn allow(&self) -> Allow {
+    /// May a call go to the layer now? `connections` is the layer's connection count
+    /// ([`Cache::connections`](crate::Cache::connections)): when it changed while the circuit
+    /// was open, the break is cut short and this call is the probe.
+    pub(crate) fn allow(&self, connections: u64) -> Allow {
         if !self.config.enabled {
             return Allow::Yes;
         }
         let mut state = self.lock();
+        if state.connections != connections {
+            state.connections = connections;
+            if state.circuit != CircuitState::Closed {
+                state.open_until = Instant::now();
+                state.probe_started = None;
+            }
+        }
         match state.circuit {
             CircuitState::Closed => Allow::Yes,
             CircuitState::Open | CircuitState::HalfOpen => {
@@ -187,8 +200,10 @@ impl Breaker {
         }
     }
 
-    /// Report how a call that was allowed went.
-    pub(crate) fn record(&self, allowed: Allow, ok: bool) {
+    /// Report how a call that was allowed went; `connections` is the count the call was
+    /// allowed with. A failed probe made before the layer's last new connection leaves the way
+    /// open for another probe at once (a pool connects one connection at a time).
+    pub(crate) fn record(&self, allowed: Allow, ok: bool, connections: u64) {
         if !self.config.enabled || allowed == Allow::No {
             return;
         }
@@ -209,6 +224,7 @@ impl Breaker {
             } else {
                 state.circuit = CircuitState::Open;
                 state.open_until = now + self.config.break_duration;
+                state.connections = connections;
             }
             return;
         }
@@ -231,5 +247,57 @@ impl Breaker {
             state.probe_started = None;
             self.gauge.set(1.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Allow, Breaker, BreakerConfig, CircuitState};
+    use std::time::Duration;
+
+    fn open_breaker() -> Breaker {
+        let breaker = Breaker::new(
+            BreakerConfig::default()
+                .failure_threshold(1)
+                .break_duration(Duration::from_secs(3600)),
+            metrics::Gauge::noop(),
+        );
+        let allowed = breaker.allow(0);
+        breaker.record(allowed, false, 0);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        breaker
+    }
+
+    #[test]
+    fn a_new_connection_cuts_the_break_short() {
+        let breaker = open_breaker();
+        assert_eq!(breaker.allow(0), Allow::No, "no new connection: wait");
+        let probe = breaker.allow(1);
+        assert_eq!(probe, Allow::Probe);
+        assert_eq!(breaker.allow(1), Allow::No, "one probe at a time");
+        breaker.record(probe, true, 1);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_failed_before_the_last_connection_lets_another_through() {
+        let breaker = open_breaker();
+        let first = breaker.allow(1);
+        assert_eq!(first, Allow::Probe);
+        // The pool's other connections come up while the first probe is out; it fails.
+        let second = breaker.allow(4);
+        assert_eq!(second, Allow::Probe);
+        breaker.record(first, false, 1);
+        assert_eq!(breaker.state(), CircuitState::Open);
+        // The second probe is still out; a further call sees a count newer than the failed one.
+        let third = breaker.allow(4);
+        assert_eq!(third, Allow::Probe);
+        breaker.record(second, true, 4);
+        breaker.record(third, true, 4);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        // Without a further connection, a failure opens it for the whole break again.
+        let allowed = breaker.allow(4);
+        breaker.record(allowed, false, 4);
+        assert_eq!(breaker.allow(4), Allow::No);
     }
 }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, Config, Options, PerformanceConfig, Pool, ReconnectPolicy};
+use fred::prelude::{
+    ClientLike, Config, EventInterface, Options, PerformanceConfig, Pool, ReconnectPolicy,
+};
 use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
 
 use super::ops::OpMetrics;
@@ -390,6 +392,17 @@ where
             .builder()
             .build_pool(self.pool_size)
             .map_err(|source| Error::redis("config", source))?;
+        // Count every connection fred opens (the first ones, those made in the background after
+        // a start without Redis, and reconnections): a `Layered` in front probes its open
+        // circuit as soon as the count moves. Each listener ends with its client.
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for client in pool.clients() {
+            let connections = Arc::clone(&connections);
+            let _listener = client.on_reconnect(move |_| {
+                connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                async { Ok(()) }
+            });
+        }
 
         let connected = tokio::time::timeout(self.connect_timeout, async {
             pool.init().await?;
@@ -464,6 +477,7 @@ where
                     unresponsive,
                     clustered,
                 )),
+                connections,
             }),
         })
     }

@@ -170,6 +170,8 @@ struct Inner<V> {
     metrics: LayerMetrics,
     ops: OpMetrics,
     watchdog: Arc<watchdog::Watchdog>,
+    /// Connections opened so far (fred's reconnect events), for [`Cache::connections`].
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -560,6 +562,12 @@ where
 {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn connections(&self) -> u64 {
+        self.inner
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
