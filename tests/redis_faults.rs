@@ -180,3 +180,72 @@ async fn a_timed_out_write_never_resurrects_after_a_delete() {
         }
     }
 }
+
+/// A `Layered` stack in front of a Redis that is killed, stays down long enough for the
+/// reconnect back-off to reach its longest delay and the circuit to open, and is restarted:
+/// callers never see an error, and the stack's writes reach Redis again within 0.3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layered_cache_writes_to_a_restarted_redis_within_300_ms() {
+    use fred::prelude::KeysInterface;
+    use layercache::{Layered, LoadOptions, MemoryCache};
+
+    let mut server = RedisServer::start();
+    let l2 = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("rs")
+        .command_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("connect");
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+        .name("restart")
+        .build()
+        .expect("layered");
+    let ask = |i: u64| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(
+                    &format!("k{i}"),
+                    move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
+                    LoadOptions::ttl(Duration::from_secs(60)),
+                )
+                .await
+                .expect("no caller error across the restart")
+        }
+    };
+    assert_eq!(ask(0).await, "v0");
+
+    server.kill();
+    let down = Instant::now();
+    let mut i = 1;
+    // 1.5 s down: the back-off is at its longest and the circuit is open.
+    while down.elapsed() < Duration::from_millis(1_500) {
+        assert_eq!(ask(i).await, format!("v{i}"));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !cache.health()[1].is_up(),
+        "the circuit opened while Redis was down"
+    );
+
+    server.restart();
+    let up = Instant::now();
+    let raw = raw_client(&server.url()).await;
+    let took = loop {
+        ask(i).await;
+        let exists: i64 = raw.exists(format!("rs:k{i}")).await.expect("exists");
+        if exists == 1 {
+            break up.elapsed();
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(5),
+            "Redis never used again"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!("writes reached the restarted Redis {took:?} after it came up");
+    assert!(took <= Duration::from_millis(300), "{took:?}");
+}

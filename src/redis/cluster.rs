@@ -65,6 +65,38 @@ where
     }
 }
 
+/// [`follow`] for a read: a read whose connection was closed under it (a reconnection forced by
+/// the watchdog, or by fred's own unresponsive check, cancels what was in flight) is sent once
+/// more within what is left of its time. A read is safe to repeat; a write is not (it could land
+/// after a later delete), so writes keep the plain [`follow`]. Only once: while the client is
+/// disconnected every command fails at once, and a read must keep failing fast then.
+pub(crate) async fn follow_read<T, F, Fut>(
+    started: Instant,
+    options: &Options,
+    mut attempt: F,
+) -> Result<T, fred::error::Error>
+where
+    F: FnMut(&Options) -> Fut,
+    Fut: Future<Output = Result<T, fred::error::Error>>,
+{
+    let error = match follow(started, options, &mut attempt).await {
+        Err(e) if *e.kind() == fred::error::ErrorKind::Canceled => e,
+        answer => return answer,
+    };
+    let within = options.timeout.unwrap_or(super::DEFAULT_COMMAND_TIMEOUT);
+    let pause = Duration::from_millis(1);
+    let left = within.saturating_sub(started.elapsed() + pause);
+    if left < Duration::from_millis(1) {
+        return Err(error);
+    }
+    tokio::time::sleep(pause).await;
+    let retry = Options {
+        timeout: Some(left),
+        ..options.clone()
+    };
+    follow(Instant::now(), &retry, attempt).await
+}
+
 /// [`follow`] for one command on `client`, within its default command timeout (the fleet's
 /// lease and tag commands).
 pub(crate) async fn follow_on<T, F, Fut>(

@@ -22,7 +22,7 @@
 //!   the cache, which sends the command again (fred has refreshed its slot map by then) within
 //!   the same command timeout;
 //! * **fail-fast** while disconnected: calls error at once instead of queueing;
-//! * a **reconnect policy** (exponential, 10 ms to 1 s, forever): without one, fred never recovers
+//! * a **reconnect policy** (exponential, 10 ms to 150 ms, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
 //!   after it;
 //! * **unresponsive-connection detection**, so a connection to a hung server is replaced — fred's
@@ -312,7 +312,7 @@ where
         let client = self.client(index);
         let read: std::result::Result<Option<Bytes>, _> = crate::traced!(
             self.op_span(Op::Get),
-            cluster::follow(started, &self.inner.options, |o| {
+            cluster::follow_read(started, &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
                 async move { c.get(full).await }
             })
@@ -707,7 +707,7 @@ where
             let full = &full;
             let round_replies: Vec<Value> = crate::traced!(
                 self.op_span(Op::GetMany),
-                cluster::follow(Instant::now(), &self.inner.bulk_options, |_| async move {
+                cluster::follow_read(Instant::now(), &self.inner.bulk_options, |_| async move {
                     let pipeline = client.pipeline();
                     for group in round {
                         let group_keys: Vec<fred::types::Key> = group
