@@ -15,13 +15,14 @@
 //! Writes `target/criterion/l1_scaling/report.json`, which `scripts/bench_report.py` turns
 //! into a table in BENCHMARKS.md.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use layercache::{Cache, CacheExt, Engine, Layered, LoadOptions, MemoryCache};
+
+mod support;
+use support::{now, Rng};
 
 type Value = Arc<String>;
 
@@ -30,30 +31,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Poll a future that must be ready at once (a cache hit).
-fn now<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a warm hit had to wait"),
-    }
-}
-
-/// A small, seeded per-thread generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// One implementation under test: a lookup by key index that returns whether it hit.

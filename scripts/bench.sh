@@ -55,5 +55,35 @@ cargo bench --all-features --bench fleet -- "${args[@]}" '^backplane_visibility/
 # The fleet_stampede table comes from a multi-process test (it writes fleet_stampede.json).
 LAYERCACHE_FLEET_REPORT="$PWD/target/criterion/fleet_stampede.json" \
     cargo test --release --all-features --test fleet -- --exact the_fleet_lease_loads_each_cold_key_once
+# Ratios that hold on a busy machine: each pair interleaved (alternating batches, pinned), then
+# instructions per call under callgrind (no neighbour can move an instruction count).
+if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_RATIO_SECS=0.5; fi
+"${pin[@]}" cargo bench --all-features --bench ratios
+command -v valgrind >/dev/null 2>&1 || {
+    # shellcheck source=scripts/lib.sh
+    . scripts/lib.sh
+    apt_install "valgrind (instruction counts)" valgrind
+}
+ratios_bin=$(cargo bench --all-features --bench ratios --no-run 2>&1 \
+    | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+count() { # count <pair> <peer|ours> <calls>: instructions the whole run executed
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$ratios_bin" count "$@" 2>&1 \
+        | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1
+}
+calls=20000
+{
+    echo '{"calls":'"$calls"',"rows":['
+    first=1
+    for pair in $("$ratios_bin" list); do
+        for which in peer ours; do
+            one=$(count "$pair" "$which" "$calls")
+            two=$(count "$pair" "$which" $((calls * 2)))
+            [ "$first" = 1 ] || echo ','
+            first=0
+            echo '{"pair":"'"$pair"'","side":"'"$which"'","per_call":'"$(( (two - one) / calls ))"'}'
+        done
+    done
+    echo ']}'
+} > target/criterion/ratios/instructions.json
 python3 scripts/bench_report.py > BENCHMARKS.md
 cat BENCHMARKS.md

@@ -47,6 +47,15 @@ ROOT_1K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target
 GROUPS_1K = [g for g in GROUPS if g[0] in ("l1_hit", "get_or_load_hit")]
 
 
+def load_json(path):
+    """The JSON document at `path`, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def estimate(group, bench_id, root=ROOT):
     # criterion keeps an id such as "raw_moka/8" in a directory named "raw_moka_8".
     path = os.path.join(root, group, bench_id.replace("/", "_"), "new", "estimates.json")
@@ -129,12 +138,7 @@ def main():
         print("|---|---|---|---|---|")
         for row in rows_1k:
             print(row)
-    sizes_path = os.path.join(ROOT, "codec_sizes.json")
-    try:
-        with open(sizes_path) as f:
-            sizes = json.load(f)
-    except (OSError, ValueError):
-        sizes = None
+    sizes = load_json(os.path.join(ROOT, "codec_sizes.json"))
     if sizes:
         print("\nStored size of chat replies (mean of 100; the dictionary is trained on 300 *other*")
         print("replies of the same kind, written by `benches/codec.rs`):\n")
@@ -147,12 +151,7 @@ def main():
                                for k in ("msgpack", "msgpack_zstd", "json", "json_zstd"))
             print(f"| ~{label.upper().replace('K', ' KB')} | {plain} B | {zstd} B ({plain / zstd:.2}×) "
                   f"| {d} B ({plain / d:.2}×) | {d / zstd:.2} | {extra} |")
-    stampede_path = os.path.join(ROOT, "fleet_stampede.json")
-    try:
-        with open(stampede_path) as f:
-            stampede = json.load(f)
-    except (OSError, ValueError):
-        stampede = None
+    stampede = load_json(os.path.join(ROOT, "fleet_stampede.json"))
     if stampede:
         print("\n`fleet_stampede`: loads per cold key across a fleet (`tests/fleet.rs`")
         print("`the_fleet_lease_loads_each_cold_key_once`, release build, one local redis-server): "
@@ -165,12 +164,7 @@ def main():
                            ("without (`with_fleet_lease(false)`)", "without_lease")):
             n = stampede[key]
             print(f"| {label} | {n} | {n / stampede['keys']:.2f} |")
-    scaling_path = os.path.join(ROOT, "l1_scaling", "report.json")
-    try:
-        with open(scaling_path) as f:
-            scaling = json.load(f)
-    except (OSError, ValueError):
-        scaling = None
+    scaling = load_json(os.path.join(ROOT, "l1_scaling", "report.json"))
     if scaling:
         threads = sorted({r["threads"] for r in scaling["results"]})
         print(f"\n`l1_scaling` (`benches/scaling.rs`): total L1 hits per second, millions, on "
@@ -191,12 +185,7 @@ def main():
             first, last = by_t.get(threads[0]), by_t.get(threads[-1])
             factor = f"{last / first:.2f}×" if first and last else "—"
             print(f"| {pattern} | `{impl_id}` | {cells} | {factor} |")
-    hit_path = os.path.join(ROOT, "hit_ratio", "report.json")
-    try:
-        with open(hit_path) as f:
-            hits = json.load(f)
-    except (OSError, ValueError):
-        hits = None
+    hits = load_json(os.path.join(ROOT, "hit_ratio", "report.json"))
     if hits:
         ids = []
         for r in hits["results"]:
@@ -213,12 +202,7 @@ def main():
         for (stream, pct), by_id in rows.items():
             cells = " | ".join(f"{by_id[i]:.3f}" if i in by_id else "—" for i in ids)
             print(f"| {stream} | {pct} % | {cells} |")
-    l2_path = os.path.join(ROOT, "l2_throughput", "report.json")
-    try:
-        with open(l2_path) as f:
-            l2 = json.load(f)
-    except (OSError, ValueError):
-        l2 = None
+    l2 = load_json(os.path.join(ROOT, "l2_throughput", "report.json"))
     if l2:
         print(f"\n`l2_throughput` (`benches/l2_throughput.rs`): L2 reads per second by requests in "
               f"flight, {l2['cores']} cores, pool of {l2['pool_size']} connections for both clients, "
@@ -229,6 +213,24 @@ def main():
             bench = f"{r['redis_benchmark']:,}/s" if r.get("redis_benchmark") else "—"
             print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {r['redis_cache']:,}/s | "
                   f"{r['redis_cache'] / r['raw_fred']:.2f} | {bench} |")
+    ratios = load_json(os.path.join(ROOT, "ratios", "report.json"))
+    instructions = load_json(os.path.join(ROOT, "ratios", "instructions.json")) or {"rows": []}
+    counts = {(r["pair"], r["side"]): r["per_call"] for r in instructions["rows"]}
+    if ratios:
+        print(f"\n`ratios` (`benches/ratios.rs`): each pair measured **interleaved** (alternating "
+              f"batches of 10,000 calls for {ratios['secs']} s, pinned; median ns per call), and in "
+              "**instructions per call** under callgrind (the difference between runs of 20,000 "
+              "and 40,000 calls, so the set-up cancels out; no neighbour can move it).\n")
+        print("| pair | peer | ours | interleaved ns (peer / ours) | ratio | instructions (peer / ours) | ratio | what |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in ratios["rows"]:
+            peer_i, ours_i = counts.get((r["pair"], "peer")), counts.get((r["pair"], "ours"))
+            if peer_i and ours_i:
+                inst, inst_ratio = f"{peer_i} / {ours_i}", f"{ours_i / peer_i:.2f}"
+            else:
+                inst, inst_ratio = "—", "—"
+            print(f"| `{r['pair']}` | `{r['peer']}` | `{r['ours']}` | {r['peer_ns']:.1f} / "
+                  f"{r['ours_ns']:.1f} | **{r['ratio']:.2f}** | {inst} | {inst_ratio} | {r['what']} |")
     print()
     print("The first table's memory-layer groups run over 10,000 keys: a working set larger than the")
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")

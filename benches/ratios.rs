@@ -1,0 +1,326 @@
+//! `ratios`: ours beside its peer, measured so the ratio holds on a busy machine.
+//!
+//! Two modes, over the same pairs (one thread, warm keys, a hit each call):
+//!
+//! * **interleaved** (the default): each pair alternates batches of the peer's and our calls,
+//!   switching which side goes first every round, and times each batch; a neighbour that slows
+//!   the machine slows both sides in the same windows. Writes
+//!   `target/criterion/ratios/report.json` (the per-call medians and their ratio), which
+//!   `scripts/bench_report.py` puts in BENCHMARKS.md.
+//! * **count** (`ratios count <pair> <side> <calls>`): sets up one side, makes `calls` calls and
+//!   exits. `scripts/bench.sh` runs it under callgrind at two call counts and takes the
+//!   difference, so the setup cancels out and what is left is instructions per call — a figure
+//!   no neighbour can move. Run `scripts/bench.sh` to get both.
+//!
+//! ```text
+//! cargo bench --bench ratios --features quick-cache
+//! ```
+
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cached::Cached;
+use layercache::instrument::{LatencyHistogram, Timer};
+use layercache::{Cache, CacheExt, Engine, Layered, LoadOptions, MemoryCache};
+
+mod support;
+use support::now;
+
+type Value = Arc<String>;
+
+/// Warm keys each pair looks up, in a fixed pseudo-random order.
+const KEYS: usize = 1_000;
+
+/// One side of a pair: a call by key index.
+type Call = Box<dyn FnMut(usize)>;
+
+/// `(pair, peer id, our id, what it measures)`.
+const PAIRS: &[(&str, &str, &str, &str)] = &[
+    (
+        "l1_engine_quick_cache",
+        "raw_quick_cache",
+        "memory_quick_cache",
+        "a hit: quick_cache::sync::Cache::get vs MemoryCache on the quick_cache engine (target ≤ 1.3)",
+    ),
+    (
+        "l1_engine_moka",
+        "raw_moka",
+        "memory_moka",
+        "a hit: moka::sync::Cache::get vs MemoryCache on the moka engine",
+    ),
+    (
+        "l1_vs_cached",
+        "cached_sized",
+        "memory_default",
+        "a hit: the cached crate's SizedCache behind a Mutex vs MemoryCache with the default engine (target ≤ 1.0)",
+    ),
+    (
+        "layered_hit",
+        "raw_moka",
+        "layered_get",
+        "a hit: moka::sync::Cache::get vs Layered::get (default engine)",
+    ),
+    (
+        "get_or_load_hit",
+        "raw_moka",
+        "layered_get_or_load",
+        "a warm key: moka::sync::Cache::get vs Layered::get_or_load (default engine)",
+    ),
+    (
+        "instrument",
+        "bare",
+        "timed",
+        "an async call vs the same call timed by a Timer (no recorder)",
+    ),
+    (
+        "histogram_record",
+        "hdrhistogram",
+        "ours",
+        "one record: hdrhistogram (&mut) vs our lock-free histogram (target ≤ 1.0)",
+    ),
+];
+
+fn value(i: usize) -> Value {
+    Arc::new(format!("a cached completion for key {i}"))
+}
+
+fn keys() -> Arc<Vec<String>> {
+    Arc::new(
+        (0..KEYS)
+            .map(|i| format!("chat:v1:model=gpt-4o:{i:08}"))
+            .collect(),
+    )
+}
+
+fn memory(
+    engine: Option<Engine>,
+    rt: &tokio::runtime::Runtime,
+    keys: &[String],
+) -> MemoryCache<Value> {
+    let mut builder = MemoryCache::builder().max_entries(KEYS as u64 * 2);
+    if let Some(engine) = engine {
+        builder = builder.engine(engine);
+    }
+    let cache = builder.build().expect("memory cache");
+    for (i, k) in keys.iter().enumerate() {
+        rt.block_on(cache.set_value(k, value(i), Duration::from_secs(3600)))
+            .expect("fill");
+    }
+    cache
+}
+
+async fn call(x: u64) -> Result<u64, std::io::Error> {
+    Ok(black_box(x).wrapping_mul(0x9E37_79B9))
+}
+
+/// Build one side of a pair. `rt` must stay entered while the call is used.
+fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
+    let keys = keys();
+    match id {
+        "raw_quick_cache" => {
+            let cache: quick_cache::sync::Cache<String, Value> =
+                quick_cache::sync::Cache::new(KEYS * 2);
+            for (i, k) in keys.iter().enumerate() {
+                cache.insert(k.clone(), value(i));
+            }
+            Box::new(move |i| {
+                black_box(cache.get(keys[i].as_str()));
+            })
+        }
+        "raw_moka" => {
+            let cache: moka::sync::Cache<String, Value> = moka::sync::Cache::new(KEYS as u64 * 2);
+            for (i, k) in keys.iter().enumerate() {
+                cache.insert(k.clone(), value(i));
+            }
+            Box::new(move |i| {
+                black_box(cache.get(keys[i].as_str()));
+            })
+        }
+        "cached_sized" => {
+            let cache = Mutex::new(cached::SizedCache::<String, Value>::with_size(KEYS * 2));
+            for (i, k) in keys.iter().enumerate() {
+                cache.lock().expect("lock").cache_set(k.clone(), value(i));
+            }
+            Box::new(move |i| {
+                let mut cache = cache.lock().expect("lock");
+                black_box(cache.cache_get(&keys[i]).cloned());
+            })
+        }
+        "memory_quick_cache" | "memory_moka" | "memory_default" => {
+            let engine = match id {
+                "memory_quick_cache" => Some(Engine::QuickCache),
+                "memory_moka" => Some(Engine::Moka),
+                _ => None,
+            };
+            let cache = memory(engine, rt, &keys);
+            Box::new(move |i| {
+                black_box(now(cache.get(&keys[i])).ok());
+            })
+        }
+        "layered_get" | "layered_get_or_load" => {
+            let layered: Layered<Value> = Layered::single(memory(None, rt, &keys))
+                .build()
+                .expect("layered");
+            if id == "layered_get" {
+                Box::new(move |i| {
+                    black_box(now(layered.get(&keys[i])).ok());
+                })
+            } else {
+                Box::new(move |i| {
+                    black_box(
+                        now(layered.get_or_load(
+                            &keys[i],
+                            || async { Ok::<_, std::io::Error>(value(0)) },
+                            LoadOptions::default(),
+                        ))
+                        .ok(),
+                    );
+                })
+            }
+        }
+        "bare" => Box::new(|i| {
+            black_box(now(call(i as u64)).ok());
+        }),
+        "timed" => {
+            let timer = Timer::new("ratios");
+            // Let the calibrated clock come up (it calibrates in the background).
+            let warm = Instant::now();
+            while warm.elapsed() < Duration::from_millis(300) {
+                let _ = now(timer.time(call(1)));
+            }
+            Box::new(move |i| {
+                black_box(now(timer.time(call(i as u64))).ok());
+            })
+        }
+        "hdrhistogram" => {
+            let histogram = RefCell::new(
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 2)
+                    .expect("bounds"),
+            );
+            Box::new(move |i| {
+                let ns = 1_000 + (i as u64 * 2_654_435_761) % 1_000_000_000;
+                let _ = black_box(histogram.borrow_mut().record(ns));
+            })
+        }
+        "ours" => {
+            let histogram = LatencyHistogram::new();
+            Box::new(move |i| {
+                let ns = 1_000 + (i as u64 * 2_654_435_761) % 1_000_000_000;
+                histogram.record(Duration::from_nanos(black_box(ns)));
+            })
+        }
+        other => panic!("no side called {other:?}"),
+    }
+}
+
+/// The key indices every side walks, the same for all: a fixed permutation (seeded).
+fn order() -> Vec<usize> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut order: Vec<usize> = (0..KEYS).collect();
+    for i in (1..order.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Alternate batches of `peer` and `ours` for about `secs`; the median ns per call of each.
+fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> (f64, f64) {
+    let order = order();
+    let batch = order.len() * 10;
+    let timed = |call: &mut Call| {
+        let started = Instant::now();
+        for n in 0..batch {
+            call(order[n % order.len()]);
+        }
+        started.elapsed().as_nanos() as f64 / batch as f64
+    };
+    // Warm both.
+    timed(peer);
+    timed(ours);
+    let (mut p, mut o) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    let mut round = 0u64;
+    while started.elapsed().as_secs_f64() < secs || round < 10 {
+        if round.is_multiple_of(2) {
+            p.push(timed(peer));
+            o.push(timed(ours));
+        } else {
+            o.push(timed(ours));
+            p.push(timed(peer));
+        }
+        round += 1;
+    }
+    (median(p), median(o))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = rt.enter();
+    if args.first().map(String::as_str) == Some("count") {
+        let [_, pair, which, calls] = &args[..] else {
+            panic!("usage: ratios count <pair> <peer|ours> <calls>");
+        };
+        let (_, peer, ours, _) = PAIRS
+            .iter()
+            .find(|p| p.0 == pair)
+            .unwrap_or_else(|| panic!("no pair called {pair:?}"));
+        let id = if which == "peer" { peer } else { ours };
+        let calls: usize = calls.parse().expect("a call count");
+        let mut call = side(id, &rt);
+        let order = order();
+        for n in 0..calls {
+            call(order[n % order.len()]);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("list") {
+        for (pair, ..) in PAIRS {
+            println!("{pair}");
+        }
+        return;
+    }
+    // `cargo bench` passes `--bench`; a name filter may follow.
+    let filter = args.iter().find(|a| !a.starts_with("--")).cloned();
+    let secs: f64 = std::env::var("LAYERCACHE_RATIO_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let mut rows = Vec::new();
+    for (pair, peer_id, our_id, what) in PAIRS {
+        if filter.as_deref().is_some_and(|f| !pair.contains(f)) {
+            continue;
+        }
+        let mut peer = side(peer_id, &rt);
+        let mut ours = side(our_id, &rt);
+        let (p, o) = interleaved(&mut peer, &mut ours, secs);
+        println!(
+            "{pair:<24} {peer_id} {p:>8.1} ns   {our_id} {o:>8.1} ns   ratio {:.2}",
+            o / p
+        );
+        rows.push(format!(
+            "{{\"pair\":\"{pair}\",\"peer\":\"{peer_id}\",\"ours\":\"{our_id}\",\"what\":\"{what}\",\"peer_ns\":{p:.2},\"ours_ns\":{o:.2},\"ratio\":{:.4}}}",
+            o / p
+        ));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/ratios");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(
+            dir.join("report.json"),
+            format!("{{\"secs\":{secs},\"rows\":[{}]}}\n", rows.join(",")),
+        );
+    }
+}
