@@ -49,11 +49,16 @@
 //! the client's error is only their [`source`](std::error::Error::source). fred can therefore be
 //! replaced without breaking users. A redis-rs backend would need: a pool of multiplexed
 //! connections (or its cluster client) behind the same key-to-connection routing; per-command
-//! timeouts that never replay an abandoned write after a reconnect (to be proven on redis-rs by
-//! the no-replay test of the fault suite); the watchdog's hung-connection
+//! timeouts that never replay an abandoned write after a reconnect; the watchdog's hung-connection
 //! probe; `SCAN` per primary; the three Lua scripts (conditional write, lease, tag time); and a
-//! pub/sub connection that resubscribes after a reconnect. How redis-rs 1.x does on the fault
-//! suite (`tests/redis_faults.rs`, `tests/redis_proxy.rs`) has not been measured yet.
+//! pub/sub connection that resubscribes after a reconnect.
+//!
+//! redis-rs 1.8's `ConnectionManager` was measured on the same fault scenarios
+//! (`tests/redis_rs_faults.rs`; figures in RELIABILITY.md): as safe on writes (no timed-out write
+//! replayed) and as quick after a hung server resumes, but not fail-fast while the server is
+//! down — a call after the first waits for its reconnection (seconds; the response timeout does
+//! not bound it). A backend on it would need its own deadline around every call and a
+//! background reconnect.
 //!
 //! # Credentials
 //!
