@@ -10,7 +10,10 @@
 //! * **count** (`ratios count <pair> <side> <calls>`): sets up one side, makes `calls` calls and
 //!   exits. `scripts/bench.sh` runs it under callgrind at two call counts and takes the
 //!   difference, so the setup cancels out and what is left is instructions per call — a figure
-//!   no neighbour can move. Run `scripts/bench.sh` to get both.
+//!   no neighbour can move. Run `scripts/bench.sh` to get both. One caveat: under callgrind
+//!   the emulated CPU reports no invariant time-stamp counter, so the crate's clock falls back
+//!   to the OS clock there (as it would on such a CPU): each clock reading counts ~100
+//!   instructions more than it costs natively, which inflates `timed` and, less, the cache hits.
 //!
 //! ```text
 //! cargo bench --bench ratios --features quick-cache
