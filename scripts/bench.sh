@@ -40,6 +40,9 @@ cargo bench --all-features --bench scaling
 # Hit ratios of each engine on Zipf, scan and shifting streams (exact: no timing involved).
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_HIT_RATIO_REQUESTS=300000; fi
 cargo bench --all-features --bench hit_ratio
+# Heap bytes per cached 1 KB value, ours vs the raw engines (exact: a counting allocator).
+if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_MEMORY_ENTRIES=100000; fi
+cargo bench --all-features --bench memory
 # L2 reads per second by requests in flight: RedisCache vs raw fred vs redis-benchmark.
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_L2_SECS=0.3; fi
 cargo bench --all-features --bench l2_throughput

@@ -213,6 +213,18 @@ def main():
             bench = f"{r['redis_benchmark']:,}/s" if r.get("redis_benchmark") else "—"
             print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {r['redis_cache']:,}/s | "
                   f"{r['redis_cache'] / r['raw_fred']:.2f} | {bench} |")
+    memory = load_json(os.path.join(ROOT, "memory_per_entry", "report.json"))
+    if memory:
+        per = {r["id"]: r["bytes_per_entry"] for r in memory["rows"]}
+        print(f"\n`memory_per_entry` (`benches/memory.rs`): live heap bytes per entry (counting "
+              f"allocator) over {memory['entries']:,} entries of a {memory['value_bytes']}-byte value "
+              f"under a {memory['key_bytes']}-byte key; exact, no timing (target ≤ 1.15× the raw engine).\n")
+        print("| engine | raw | `MemoryCache` | ours / raw |")
+        print("|---|---|---|---|")
+        for engine, raw, ours in (("moka", "raw_moka", "memory_moka"),
+                                  ("quick_cache", "raw_quick_cache", "memory_quick_cache")):
+            if raw in per and ours in per:
+                print(f"| {engine} | {per[raw]:.0f} B | {per[ours]:.0f} B | **{per[ours] / per[raw]:.3f}** |")
     ratios = load_json(os.path.join(ROOT, "ratios", "report.json"))
     instructions = load_json(os.path.join(ROOT, "ratios", "instructions.json")) or {"rows": []}
     counts = {(r["pair"], r["side"]): r["per_call"] for r in instructions["rows"]}
