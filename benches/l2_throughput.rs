@@ -1,7 +1,10 @@
 //! `l2_throughput`: L2 reads per second with 1, 16, 64 and 256 requests in flight, on a
 //! multi-thread runtime, against one local `redis-server`:
 //!
-//! * `raw_fred`: a fred pool of the same size as ours (4 connections), `GET` of the stored bytes;
+//! * `raw_fred`: a fred pool of the same size as ours (4 connections; `LAYERCACHE_L2_POOL` sets
+//!   both), `GET` of the stored bytes;
+//! * `raw_fred_decode`: the same `GET`, then the same decode as ours (the default codec) — the
+//!   like-for-like peer, as in the `l2_hit` group;
 //! * `redis_cache`: `RedisCache::get` (the same `GET`, plus decoding the ~1 KB OpenAI-shaped
 //!   reply);
 //! * `redis_benchmark`: `redis-benchmark -c N -t get` against the same server (the server's own
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fred::bytes::Bytes;
 use fred::prelude::KeysInterface;
-use layercache::{Cache, CacheExt, RedisCache};
+use layercache::{Cache, CacheExt, Codec, Entry, RedisCache, ValueCodec};
 
 #[path = "../tests/support/chat.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -85,6 +88,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Connections for both clients (`LAYERCACHE_L2_POOL`, default: ours).
+    let pool_size: usize = std::env::var("LAYERCACHE_L2_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(layercache::redis::DEFAULT_POOL_SIZE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()
@@ -95,6 +103,7 @@ fn main() {
     let results = runtime.block_on(async move {
         let ours: RedisCache<chat::ChatReply> = RedisCache::builder()
             .url(&url)
+            .pool_size(pool_size)
             .namespace("l2t")
             .build()
             .await
@@ -112,26 +121,43 @@ fn main() {
             use fred::prelude::ClientLike;
             let config = fred::prelude::Config::from_url(&url).expect("url");
             let pool = fred::types::Builder::from_config(config)
-                .build_pool(layercache::redis::DEFAULT_POOL_SIZE)
+                .build_pool(pool_size)
                 .expect("pool");
             pool.init().await.expect("connect");
             pool
         };
         let ours = Arc::new(ours);
+        let codec = Arc::new(Codec::builder().build().expect("codec"));
         let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("l2t:k{i}")).collect());
         let short: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
         let mut results = Vec::new();
         for in_flight in [1usize, 16, 64, 256] {
-            let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
+            let (mut raw_rates, mut decode_rates, mut our_rates) =
+                (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
-                let (pool, keys) = (raw.clone(), Arc::clone(&keys));
+                let (pool, raw_keys) = (raw.clone(), Arc::clone(&keys));
                 raw_rates.push(
                     rate(in_flight, secs, move |i| {
-                        let (pool, keys) = (pool.clone(), Arc::clone(&keys));
+                        let (pool, keys) = (pool.clone(), Arc::clone(&raw_keys));
                         async move {
                             let got: Option<Bytes> =
                                 pool.next().get(&keys[i]).await.expect("raw get");
                             got.is_some()
+                        }
+                    })
+                    .await,
+                );
+                let (pool, raw_keys, codec) = (raw.clone(), Arc::clone(&keys), Arc::clone(&codec));
+                decode_rates.push(
+                    rate(in_flight, secs, move |i| {
+                        let (pool, keys, codec) =
+                            (pool.clone(), Arc::clone(&raw_keys), Arc::clone(&codec));
+                        async move {
+                            let got: Option<Bytes> =
+                                pool.next().get(&keys[i]).await.expect("raw get");
+                            let entry: Option<Entry<chat::ChatReply>> =
+                                got.map(|b| codec.decode(&b).expect("decode"));
+                            entry.is_some()
                         }
                     })
                     .await,
@@ -145,31 +171,37 @@ fn main() {
                     .await,
                 );
             }
-            results.push((in_flight, median(raw_rates), median(our_rates)));
+            results.push((
+                in_flight,
+                median(raw_rates),
+                median(decode_rates),
+                median(our_rates),
+            ));
         }
         results
     });
     println!("l2_throughput: {cores} cores, {KEYS} keys of ~1 KB, median of 3 × {secs} s");
     let mut rows = Vec::new();
-    for (in_flight, raw, ours) in results {
+    for (in_flight, raw, decode, ours) in results {
         let benchmark = redis_benchmark(server.port, in_flight);
         println!(
-            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2}  redis-benchmark {}",
+            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  raw_fred_decode {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2} / {:.2}  redis-benchmark {}",
             raw,
+            decode,
             ours,
             ours / raw,
+            ours / decode,
             benchmark.map_or("—".to_owned(), |b| format!("{b:.0}/s"))
         );
         rows.push(format!(
-            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
+            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"raw_fred_decode\":{decode:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
             benchmark.map_or("null".to_owned(), |b| format!("{b:.0}"))
         ));
     }
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/l2_throughput");
     let report = format!(
-        "{{\"cores\":{cores},\"pool_size\":{},\"seconds\":{secs},\"results\":[{}]}}\n",
-        layercache::redis::DEFAULT_POOL_SIZE,
+        "{{\"cores\":{cores},\"pool_size\":{pool_size},\"seconds\":{secs},\"results\":[{}]}}\n",
         rows.join(",")
     );
     if std::fs::create_dir_all(&dir).is_ok() {

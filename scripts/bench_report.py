@@ -207,12 +207,14 @@ def main():
         print(f"\n`l2_throughput` (`benches/l2_throughput.rs`): L2 reads per second by requests in "
               f"flight, {l2['cores']} cores, pool of {l2['pool_size']} connections for both clients, "
               f"median of 3 alternating rounds of {l2['seconds']} s.\n")
-        print("| in flight | `raw_fred` | `redis_cache` | ours / raw | `redis-benchmark -c N -t get` |")
-        print("|---|---|---|---|---|")
+        print("| in flight | `raw_fred` | `raw_fred_decode` | `redis_cache` | ours / raw | ours / raw + decode | `redis-benchmark -c N -t get` |")
+        print("|---|---|---|---|---|---|---|")
         for r in l2["results"]:
             bench = f"{r['redis_benchmark']:,}/s" if r.get("redis_benchmark") else "—"
-            print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {r['redis_cache']:,}/s | "
-                  f"{r['redis_cache'] / r['raw_fred']:.2f} | {bench} |")
+            decode = r.get("raw_fred_decode")
+            decode_cells = (f"{decode:,}/s | ", f"{r['redis_cache'] / decode:.2f}") if decode else ("— | ", "—")
+            print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {decode_cells[0]}{r['redis_cache']:,}/s | "
+                  f"{r['redis_cache'] / r['raw_fred']:.2f} | {decode_cells[1]} | {bench} |")
     memory = load_json(os.path.join(ROOT, "memory_per_entry", "report.json"))
     if memory:
         per = {r["id"]: r["bytes_per_entry"] for r in memory["rows"]}
