@@ -91,6 +91,8 @@ log "memory and load tests on the quick_cache engine"
 LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation --test contract
 log "tests, no default features"
 cargo test --no-default-features
+log "every test, example and benchmark builds with the default features (plain \`cargo test\`)"
+cargo check --all-targets
 log "observability: the example scraped by a real Prometheus, rules and dashboard names checked"
 scripts/observability_test.sh
 log "all tests passed"

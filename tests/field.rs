@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use layercache::codec::{Codec, Format};
 use layercache::{
-    Cache, CircuitState, Entry, Error, KeyBuilder, Layered, LoadOptions, MemoryCache, RedisCache,
-    Source,
+    Cache, CircuitState, Entry, KeyBuilder, Layered, LoadOptions, MemoryCache, RedisCache, Source,
 };
 use support::openai::{completion, ChatCompletion};
 use support::redis::RedisServer;
@@ -153,7 +152,7 @@ async fn a_value_that_cannot_round_trip_is_refused_at_the_first_write() {
         .set("direct", Entry::new(completion(0), Duration::from_secs(60)))
         .await;
     let message = match &refused {
-        Err(e @ Error::RoundTrip { .. }) => {
+        Err(e @ layercache::Error::RoundTrip { .. }) => {
             assert!(e.is_refusal());
             format!(
                 "{e}: {}",
@@ -176,7 +175,10 @@ async fn a_value_that_cannot_round_trip_is_refused_at_the_first_write() {
             Entry::new(completion(0), Duration::from_secs(60)),
         )
         .await;
-    assert!(matches!(set, Err(Error::RoundTrip { .. })), "{set:?}");
+    assert!(
+        matches!(set, Err(layercache::Error::RoundTrip { .. })),
+        "{set:?}"
+    );
     for i in 0..20 {
         let v = stack
             .get_or_load(

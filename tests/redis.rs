@@ -1,7 +1,7 @@
 //! `RedisCache` against a real single `redis-server`: typed round trips in every format, exact
 //! lifetimes, corrupted bytes, batches, and `invalidate_prefix` without `KEYS`.
 
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "msgpack"))]
 
 mod support;
 
@@ -49,7 +49,7 @@ async fn typed_values_round_trip_in_every_format() {
     assert!(keys.trim().parse::<u32>().expect("dbsize") >= 6);
 }
 
-#[cfg(feature = "postcard")]
+#[cfg(feature = "msgpack")]
 async fn default_cache(server: &RedisServer) -> RedisCache<ChatReply> {
     RedisCache::builder()
         .url(server.url())
@@ -59,7 +59,6 @@ async fn default_cache(server: &RedisServer) -> RedisCache<ChatReply> {
         .expect("connect")
 }
 
-#[cfg(feature = "postcard")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_is_gone_from_redis_after_its_lifetime() {
     let server = RedisServer::start();
@@ -123,7 +122,7 @@ fn flipped_copy(bytes: &[u8], bit: usize) -> Vec<u8> {
     flipped
 }
 
-#[cfg(all(feature = "postcard", feature = "zstd"))]
+#[cfg(feature = "zstd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bytes_are_a_miss_and_corrupted_ones_are_deleted() {
     let server = RedisServer::start();
@@ -134,6 +133,7 @@ async fn bad_bytes_are_a_miss_and_corrupted_ones_are_deleted() {
     let valid = codec.encode(&original).expect("encode");
     assert_eq!(valid[3] & 1, 1, "compressed frame");
 
+    #[cfg_attr(not(feature = "json"), allow(unused_mut))]
     let mut cases: Vec<(String, Vec<u8>)> = vec![
         (
             "garbage".into(),
@@ -222,7 +222,6 @@ async fn bad_bytes_are_a_miss_and_corrupted_ones_are_deleted() {
     );
 }
 
-#[cfg(feature = "postcard")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_use_mget_and_pipelines() {
     let server = RedisServer::start();
@@ -258,7 +257,6 @@ async fn batches_use_mget_and_pipelines() {
     assert!(cache.get_many(&[]).await.expect("empty").is_empty());
 }
 
-#[cfg(feature = "postcard")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_prefix_removes_exactly_the_prefixed_keys_without_keys_command() {
     let server = RedisServer::start();
@@ -471,7 +469,6 @@ async fn acl_users_authenticate_and_credentials_never_show() {
     assert!(!format!("{err} {err:?}").contains("Pa55word"), "{err:?}");
 }
 
-#[cfg(feature = "postcard")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_reports_round_trip_time() {
     let server = RedisServer::start();
@@ -480,7 +477,6 @@ async fn ping_reports_round_trip_time() {
     assert!(rtt < Duration::from_millis(250));
 }
 
-#[cfg(feature = "postcard")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_behind_a_sentinel() {
     let sentinel = support::redis::RedisSentinel::start();
@@ -502,7 +498,6 @@ async fn works_behind_a_sentinel() {
 
 /// Per-operation metrics carry the cache, layer and operation: a timed-out `get` on a hung server
 /// is one `layercache_layer_errors_total{op="get"}`, and every `get` is one duration sample.
-#[cfg(feature = "postcard")]
 #[tokio::test] // one thread: the local recorder must be current where the handles are made
 async fn layer_errors_and_durations_are_labelled_by_operation() {
     use layercache::metrics::{LAYER_ERRORS_TOTAL, OP_DURATION_SECONDS};

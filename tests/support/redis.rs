@@ -510,7 +510,6 @@ impl Drop for RedisSentinel {
 
 /// A `RedisCache` of chat replies at `url` under `namespace`, writing `format`, zstd-compressed
 /// above 256 bytes when `compress`.
-#[cfg(feature = "postcard")]
 pub async fn cache_with_format<F: layercache::codec::Format>(
     url: &str,
     namespace: &str,
