@@ -20,8 +20,8 @@ use crate::metrics::LayerMetrics;
 
 /// How the client reconnects after losing a connection.
 ///
-/// Each delay gets a random extra of up to a quarter of it (at most 50 ms), so the replicas of a
-/// fleet do not all reconnect at the same instant.
+/// Each delay gets a random extra of up to a quarter of the longest delay (at most 50 ms), so
+/// the replicas of a fleet do not all reconnect at the same instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reconnect {
