@@ -374,19 +374,7 @@ async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
         .build()
         .expect("layered");
     println!("built without Redis in {:?}", started.elapsed());
-    let ask = |i: u64| {
-        let cache = cache.clone();
-        async move {
-            cache
-                .get_or_load(
-                    &format!("k{i}"),
-                    move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
-                    LoadOptions::ttl(Duration::from_secs(60)),
-                )
-                .await
-                .expect("no caller error while Redis is down")
-        }
-    };
+    let ask = |i: u64| support::load_kv(&cache, i);
     for i in 0..20 {
         assert_eq!(ask(i).await, format!("v{i}"));
         assert_eq!(ask(i).await, format!("v{i}"), "L1 serves");

@@ -29,6 +29,14 @@ pub(crate) fn is_redirection(error: &fred::error::Error) -> bool {
         || details.starts_with("MOVED ")
 }
 
+/// What is left of the time of `options` (counted from `started`) after a `pause`, if at least
+/// a millisecond: the timeout of a retry.
+fn time_left(started: Instant, options: &Options, pause: Duration) -> Option<Duration> {
+    let within = options.timeout.unwrap_or(super::DEFAULT_COMMAND_TIMEOUT);
+    Some(within.saturating_sub(started.elapsed() + pause))
+        .filter(|left| *left >= Duration::from_millis(1))
+}
+
 /// Run `attempt` until it is not answered with a redirection or the time of `options` (counted
 /// from `started`) is up; each retry gets what is left of it as its timeout. Pauses 1 ms before the
 /// first retry, then twice as long each time up to 20 ms (a slot's keys move in milliseconds;
@@ -46,15 +54,13 @@ where
         Err(e) if is_redirection(&e) => e,
         answer => return answer,
     };
-    let within = options.timeout.unwrap_or(super::DEFAULT_COMMAND_TIMEOUT);
     let mut retry = options.clone();
     let mut pause = Duration::from_millis(1);
     let mut last = error;
     loop {
-        let left = within.saturating_sub(started.elapsed() + pause);
-        if left < Duration::from_millis(1) {
+        let Some(left) = time_left(started, options, pause) else {
             return Err(last);
-        }
+        };
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
         retry.timeout = Some(left);
@@ -83,12 +89,10 @@ where
         Err(e) if *e.kind() == fred::error::ErrorKind::Canceled => e,
         answer => return answer,
     };
-    let within = options.timeout.unwrap_or(super::DEFAULT_COMMAND_TIMEOUT);
     let pause = Duration::from_millis(1);
-    let left = within.saturating_sub(started.elapsed() + pause);
-    if left < Duration::from_millis(1) {
+    let Some(left) = time_left(started, options, pause) else {
         return Err(error);
-    }
+    };
     tokio::time::sleep(pause).await;
     let retry = Options {
         timeout: Some(left),

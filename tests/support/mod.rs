@@ -30,3 +30,16 @@ pub fn test_engine() -> layercache::Engine {
         ),
     }
 }
+
+/// `get_or_load` of key `k{i}` whose loader answers `v{i}` (60 s lifetime), failing the test on
+/// any caller error: what the start-up and restart tests ask while Redis comes and goes.
+pub async fn load_kv(cache: &layercache::Layered<String>, i: u64) -> String {
+    cache
+        .get_or_load(
+            &format!("k{i}"),
+            move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
+            layercache::LoadOptions::ttl(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .expect("no caller error while Redis comes and goes")
+}
