@@ -236,8 +236,21 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Alternate batches of `peer` and `ours` for about `secs`; the median ns per call of each.
-fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> (f64, f64) {
+/// What [`interleaved`] measured, in ns per call.
+struct Measured {
+    /// Median of the peer's batches.
+    peer: f64,
+    /// Median of ours.
+    ours: f64,
+    /// Median of `ours − peer` over the rounds (each round times both sides back to back).
+    diff: f64,
+    /// The tenth percentile of `ours − peer`: the figure from the machine's quietest rounds (on a
+    /// shared VM whole seconds run ~2× slower while a neighbour is busy).
+    diff_p10: f64,
+}
+
+/// Alternate batches of `peer` and `ours` for about `secs`.
+fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> Measured {
     let order = order();
     let batch = order.len() * 10;
     let timed = |call: &mut Call| {
@@ -263,7 +276,14 @@ fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> (f64, f64) {
         }
         round += 1;
     }
-    (median(p), median(o))
+    let mut diffs: Vec<f64> = o.iter().zip(&p).map(|(o, p)| o - p).collect();
+    diffs.sort_by(f64::total_cmp);
+    Measured {
+        peer: median(p),
+        ours: median(o),
+        diff: diffs[diffs.len() / 2],
+        diff_p10: diffs[diffs.len() / 10],
+    }
 }
 
 fn main() {
@@ -309,14 +329,19 @@ fn main() {
         }
         let mut peer = side(peer_id, &rt);
         let mut ours = side(our_id, &rt);
-        let (p, o) = interleaved(&mut peer, &mut ours, secs);
+        let m = interleaved(&mut peer, &mut ours, secs);
+        let (p, o) = (m.peer, m.ours);
         println!(
-            "{pair:<24} {peer_id} {p:>8.1} ns   {our_id} {o:>8.1} ns   ratio {:.2}",
-            o / p
+            "{pair:<24} {peer_id} {p:>8.1} ns   {our_id} {o:>8.1} ns   ratio {:.2}   ours − peer {:.1} ns (quietest tenth {:.1})",
+            o / p,
+            m.diff,
+            m.diff_p10
         );
         rows.push(format!(
-            "{{\"pair\":\"{pair}\",\"peer\":\"{peer_id}\",\"ours\":\"{our_id}\",\"what\":\"{what}\",\"peer_ns\":{p:.2},\"ours_ns\":{o:.2},\"ratio\":{:.4}}}",
-            o / p
+            "{{\"pair\":\"{pair}\",\"peer\":\"{peer_id}\",\"ours\":\"{our_id}\",\"what\":\"{what}\",\"peer_ns\":{p:.2},\"ours_ns\":{o:.2},\"ratio\":{:.4},\"diff_ns\":{:.2},\"diff_p10_ns\":{:.2}}}",
+            o / p,
+            m.diff,
+            m.diff_p10
         ));
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/ratios");

@@ -50,7 +50,7 @@
 //! | [`metrics`] | metric names, and the [`Stats`] snapshot |
 //! | [`error`] | the one [`Error`] enum and [`Result`] |
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

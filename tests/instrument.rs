@@ -156,6 +156,15 @@ fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
             })
         };
         entered_rx.await.expect("the call started");
+        // In flight once its first poll has returned `Pending` (just after it signalled).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while timer.in_flight() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never counted in flight"
+            );
+            tokio::task::yield_now().await;
+        }
         assert_eq!(timer.in_flight(), 1);
         slow.abort();
         let _ = slow.await;
@@ -192,6 +201,98 @@ fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
     assert_eq!(durations.get("rate_limited"), Some(&1));
     assert_eq!(durations.get("cancelled"), Some(&1));
     assert_eq!(in_flight, Some(0.0));
+}
+
+/// A call is in flight from its first `Pending` until it ends; a call that completes in its first
+/// poll is timed and counted but never enters the in-flight count (nor moves the gauge), and one
+/// that panics in its first poll is counted once as cancelled.
+#[test]
+fn a_call_is_in_flight_only_while_it_waits() {
+    let recorder = DebuggingRecorder::new();
+    let timer = metrics::with_local_recorder(&recorder, || Timer::new("llm"));
+    // The debugging recorder hands out a gauge's movement since the last snapshot (it swaps the
+    // value to 0), so the gauge's level is the sum of what the snapshots have read.
+    let level = std::cell::Cell::new(0.0);
+    let gauge = || {
+        let moved = recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(g) if key.key().name() == CALLS_IN_FLIGHT => Some(g.into_inner()),
+                _ => None,
+            });
+        moved.map(|m| {
+            level.set(level.get() + m);
+            level.get()
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // Ready at once: no in-flight accounting at all.
+        for i in 0..100u32 {
+            let r: Result<u32, std::io::Error> = timer.time(async move { Ok(i) }).await;
+            assert_eq!(r.ok(), Some(i));
+        }
+        assert_eq!(timer.in_flight(), 0);
+        assert_eq!(gauge(), Some(0.0), "the gauge was never moved");
+
+        // Waits for a reply: in flight until it has it.
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel::<u32>();
+        let waiting = {
+            let timer = timer.clone();
+            tokio::spawn(async move {
+                timer
+                    .time(async move { reply_rx.await.map_err(|_| "no reply") })
+                    .await
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while timer.in_flight() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never counted in flight"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(timer.in_flight(), 1);
+        assert_eq!(gauge(), Some(1.0));
+        reply_tx.send(7).expect("the call waits");
+        assert_eq!(waiting.await.expect("joined"), Ok(7));
+        assert_eq!(timer.in_flight(), 0);
+        assert_eq!(gauge(), Some(0.0));
+
+        // Panics in its first poll: dropped while running, so cancelled, never in flight.
+        let panicking = {
+            let timer = timer.clone();
+            tokio::spawn(async move {
+                timer
+                    .time(async {
+                        if timer_should_panic() {
+                            panic!("the upstream client panicked");
+                        }
+                        Ok::<u8, std::io::Error>(0)
+                    })
+                    .await
+            })
+        };
+        assert!(panicking.await.is_err(), "the task panicked");
+    });
+    let counts = timer.counts();
+    assert_eq!((counts.ok, counts.error, counts.cancelled), (101, 0, 1));
+    assert_eq!(timer.in_flight(), 0);
+    assert_eq!(gauge(), Some(0.0));
+    assert_eq!(timer.snapshot().count(), 102);
+}
+
+/// Keeps the panic in the test above from being seen as unconditional.
+fn timer_should_panic() -> bool {
+    std::hint::black_box(true)
 }
 
 /// A stream of `n` items, one every `every`.

@@ -9,7 +9,12 @@
 //! * the outcome: `ok`, `error` (for a `Result` output), `cancelled` (a future dropped before it
 //!   finished — counted once, never lost), or a kind of error of your own (`timeout`,
 //!   `rate_limited`, …) chosen by [`TimerBuilder::classify`];
-//! * the calls in flight, in `layercache_calls_in_flight{call}` and [`Timer::in_flight`].
+//! * the calls in flight, in `layercache_calls_in_flight{call}` and [`Timer::in_flight`]: a call
+//!   is in flight from the first time it has to wait (its future returns `Pending`) until it
+//!   finishes or is dropped. A call that completes in its first poll (a warm cache hit, a ready
+//!   future) never waited, so it is timed and counted but never shows as in flight, and it
+//!   costs no gauge update — most of what timing a nanosecond-scale call costs is the two clock
+//!   readings.
 //!
 //! Streams (LLM token streams) are timed with [`Timer::time_stream`]: time to the first item
 //! (`layercache_call_first_item_seconds`) and the whole duration.
@@ -94,8 +99,11 @@ pub const LLM_BUCKETS_SECONDS: &[f64] = &[
 /// count less the others, which keeps one store off the common path.
 const ERROR: usize = 0;
 const CANCELLED: usize = 1;
-const STARTED: usize = 2;
+/// Calls (and streams) that had to wait: they entered the in-flight count.
+const WAITED: usize = 2;
 const CLASSIFIED: usize = 3;
+/// Of those, the ones that have finished or were dropped.
+const LEFT: usize = 4;
 
 type Classifier = Box<dyn Fn(&dyn Any) -> Option<&'static str> + Send + Sync>;
 
@@ -111,7 +119,7 @@ struct Inner {
     labels: Vec<Label>,
     histogram: LatencyHistogram,
     first_item: LatencyHistogram,
-    local: Local<4>,
+    local: Local<5>,
     /// Facade handles for `ok`, `error`, `cancelled`.
     durations: [Histogram; 3],
     first_item_seconds: Histogram,
@@ -203,16 +211,7 @@ impl Timer {
         F: Future + 'a,
         F::Output: CallResult,
     {
-        let inner = &*self.inner;
-        async move {
-            let guard = Running::start(inner);
-            let output = call.await;
-            match output.failure() {
-                None => guard.finish_ok(),
-                Some(error) => guard.finish(inner.classified(error)),
-            }
-            output
-        }
+        Timed::<F, ByResult>::new(&self.inner, call)
     }
 
     /// Like [`time`](Self::time) for a call whose output is not a `Result`: it is `ok` when it
@@ -221,13 +220,7 @@ impl Timer {
     where
         F: Future + 'a,
     {
-        let inner = &*self.inner;
-        async move {
-            let guard = Running::start(inner);
-            let output = call.await;
-            guard.finish_ok();
-            output
-        }
+        Timed::<F, AlwaysOk>::new(&self.inner, call)
     }
 
     /// Time a stream (an LLM token stream): the time to its first item and its whole duration,
@@ -258,10 +251,11 @@ impl Timer {
         self.inner.first_item.snapshot()
     }
 
-    /// Calls running now.
+    /// Calls running now that have had to wait at least once (see the [module docs](self)):
+    /// the same figure as the `layercache_calls_in_flight` gauge.
     pub fn in_flight(&self) -> u64 {
-        let finished = self.inner.histogram.total().count();
-        self.inner.local.get(STARTED).saturating_sub(finished)
+        let left = self.inner.local.get(LEFT);
+        self.inner.local.get(WAITED).saturating_sub(left)
     }
 
     /// Calls so far, by outcome.
@@ -297,22 +291,44 @@ impl Inner {
         }
     }
 
-    /// Record a call that succeeded: the common path, kept small.
+    /// A call starts to wait: it is in flight until [`left`](Self::left).
     #[inline]
-    fn record_ok(&self, ns: u64) {
-        // Looked up here, not at the start: the call may have moved to another thread.
-        self.histogram.record_at(local::slot(), ns);
-        self.durations[0].record(ns as f64 * 1e-9);
+    fn waits(&self) {
+        self.local.incr(WAITED);
+        self.in_flight.increment(1.0);
+    }
+
+    /// A call that [`waits`](Self::waits) finished or was dropped.
+    #[inline]
+    fn left(&self, slot: usize) {
+        self.local.incr_at(slot, LEFT);
         self.in_flight.decrement(1.0);
     }
 
+    /// Record a call that succeeded: the common path, kept small. `waited`: it entered the
+    /// in-flight count.
+    #[inline]
+    fn record_ok(&self, ns: u64, waited: bool) {
+        // Looked up here, not at the start: the call may have moved to another thread.
+        let slot = local::slot();
+        self.histogram.record_at(slot, ns);
+        self.durations[0].record(ns as f64 * 1e-9);
+        if waited {
+            self.left(slot);
+        }
+    }
+
+    /// Record a call that ended otherwise (`None`: dropped before it finished).
     #[cold]
     #[inline(never)]
-    fn record(&self, outcome: Option<Outcome>, ns: u64) {
+    fn record(&self, outcome: Option<Outcome>, ns: u64, waited: bool) {
         if let Some(Outcome::Ok) = outcome {
-            return self.record_ok(ns);
+            return self.record_ok(ns, waited);
         }
         let slot = local::slot();
+        if waited {
+            self.left(slot);
+        }
         self.histogram.record_at(slot, ns);
         let seconds = ns as f64 * 1e-9;
         match outcome {
@@ -342,46 +358,118 @@ impl Inner {
                 self.local.incr_at(slot, CLASSIFIED);
             }
         }
-        self.in_flight.decrement(1.0);
     }
 }
 
-/// A call in progress: records `cancelled` if dropped before it finishes.
-struct Running<'a> {
-    inner: &'a Inner,
-    started: Stopwatch,
+/// How a [`Timed`] call's output is judged.
+trait Judge<O> {
+    /// `None` for success, else the failure's outcome.
+    fn failure(inner: &Inner, output: &O) -> Option<Outcome>;
 }
 
-impl<'a> Running<'a> {
+/// [`Timer::time`]: by the output's [`CallResult`].
+struct ByResult;
+/// [`Timer::time_infallible`]: every output is a success.
+struct AlwaysOk;
+
+impl<O: CallResult> Judge<O> for ByResult {
     #[inline]
-    fn start(inner: &'a Inner) -> Self {
-        inner.local.incr(STARTED);
-        inner.in_flight.increment(1.0);
-        Running {
-            inner,
-            started: Stopwatch::start(),
+    fn failure(inner: &Inner, output: &O) -> Option<Outcome> {
+        output.failure().map(|error| inner.classified(error))
+    }
+}
+
+impl<O> Judge<O> for AlwaysOk {
+    #[inline]
+    fn failure(_: &Inner, _: &O) -> Option<Outcome> {
+        None
+    }
+}
+
+/// Where a [`Timed`] call is.
+enum Progress {
+    NotStarted,
+    /// Polled at least once; `waited`: it returned `Pending` and is counted in flight.
+    Running {
+        started: Stopwatch,
+        waited: bool,
+    },
+    Done,
+}
+
+pin_project_lite::pin_project! {
+    /// A timed call (what [`Timer::time`] returns): a plain future rather than an `async`
+    /// block, whose generated state machine costs a few ns more a call; records `cancelled`
+    /// if dropped while running.
+    struct Timed<'a, F, J> {
+        #[pin]
+        call: F,
+        inner: &'a Inner,
+        progress: Progress,
+        judge: std::marker::PhantomData<fn() -> J>,
+    }
+
+    impl<'a, F, J> PinnedDrop for Timed<'a, F, J> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Progress::Running { started, waited } = *this.progress {
+                this.inner.record(None, started.elapsed_ns(), waited);
+            }
         }
     }
+}
 
-    #[inline]
-    fn finish_ok(self) {
-        let (inner, ns) = (self.inner, self.started.elapsed_ns());
-        // Finished: not a cancellation (the guard owns nothing that needs dropping).
-        std::mem::forget(self);
-        inner.record_ok(ns);
-    }
-
-    #[inline]
-    fn finish(self, outcome: Outcome) {
-        let (inner, ns) = (self.inner, self.started.elapsed_ns());
-        std::mem::forget(self);
-        inner.record(Some(outcome), ns);
+impl<'a, F, J> Timed<'a, F, J> {
+    fn new(inner: &'a Inner, call: F) -> Self {
+        Timed {
+            call,
+            inner,
+            progress: Progress::NotStarted,
+            judge: std::marker::PhantomData,
+        }
     }
 }
 
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.inner.record(None, self.started.elapsed_ns());
+impl<F: Future, J: Judge<F::Output>> Future for Timed<'_, F, J> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let inner = *this.inner;
+        let (started, waited) = match *this.progress {
+            Progress::Running { started, waited } => (started, waited),
+            Progress::NotStarted => {
+                let started = Stopwatch::start();
+                *this.progress = Progress::Running {
+                    started,
+                    waited: false,
+                };
+                (started, false)
+            }
+            // Polled again after it finished (a caller's mistake): the call answers for itself.
+            Progress::Done => return this.call.poll(cx),
+        };
+        let output = match this.call.poll(cx) {
+            Poll::Ready(output) => output,
+            Poll::Pending => {
+                if !waited {
+                    inner.waits();
+                    *this.progress = Progress::Running {
+                        started,
+                        waited: true,
+                    };
+                }
+                return Poll::Pending;
+            }
+        };
+        let ns = started.elapsed_ns();
+        *this.progress = Progress::Done;
+        match J::failure(inner, &output) {
+            None => inner.record_ok(ns, waited),
+            outcome => inner.record(outcome, ns, waited),
+        }
+        Poll::Ready(output)
     }
 }
 
@@ -504,9 +592,8 @@ impl<S: Stream> Stream for TimedStream<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if let StreamState::NotStarted = this.state {
-            let inner = &this.timer.inner;
-            inner.local.incr(STARTED);
-            inner.in_flight.increment(1.0);
+            // A stream is in flight from its first poll (it may run for minutes).
+            this.timer.inner.waits();
             this.state = StreamState::Running {
                 started: Stopwatch::start(),
                 first: true,
@@ -526,7 +613,7 @@ impl<S: Stream> Stream for TimedStream<S> {
             if item.is_none() {
                 let ns = started.elapsed_ns();
                 this.state = StreamState::Done;
-                inner.record(Some(Outcome::Ok), ns);
+                inner.record(Some(Outcome::Ok), ns, true);
             }
         }
         polled
@@ -540,7 +627,7 @@ impl<S: Stream> Stream for TimedStream<S> {
 impl<S> Drop for TimedStream<S> {
     fn drop(&mut self) {
         if let StreamState::Running { started, .. } = self.state {
-            self.timer.inner.record(None, started.elapsed_ns());
+            self.timer.inner.record(None, started.elapsed_ns(), true);
         }
     }
 }

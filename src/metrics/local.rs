@@ -10,6 +10,7 @@
 //! Threads beyond [`OWNED`] share one extra slot and use `fetch_add` there. Reading a counter
 //! sums the slots.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Slots owned by one live thread each (tokio's workers, the application's threads).
@@ -48,6 +49,8 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        // Counts made after this (from other thread-locals' destructors) go to the shared slot.
+        let _ = FAST.try_with(|fast| fast.set(SHARED));
         if self.0 < OWNED {
             // Release: the next owner continues from this thread's last counts.
             CLAIMED.fetch_and(!(1 << self.0), Ordering::Release);
@@ -55,15 +58,35 @@ impl Drop for Claim {
     }
 }
 
+/// [`FAST`] before the thread's first count.
+const UNCLAIMED: usize = usize::MAX;
+
 thread_local! {
-    static SLOT: Claim = Claim::new();
+    /// The thread's slot once claimed. A `const`, destructor-free thread-local, so reading it is
+    /// a single load with no lazy-initialisation check (the hot path of every count).
+    static FAST: Cell<usize> = const { Cell::new(UNCLAIMED) };
+    /// Owns the claim and gives it back when the thread exits.
+    static CLAIM: Claim = Claim::new();
 }
 
 /// This thread's slot; [`SHARED`] once its own is given back (counting from a thread-local
 /// destructor at thread exit).
 #[inline]
 pub(crate) fn slot() -> usize {
-    SLOT.try_with(|claim| claim.0).unwrap_or(SHARED)
+    match FAST.try_with(Cell::get) {
+        Ok(UNCLAIMED) => claim(),
+        Ok(slot) => slot,
+        Err(_) => SHARED,
+    }
+}
+
+/// The thread's first count: claim a slot (or, while the thread exits, use the shared one).
+#[cold]
+#[inline(never)]
+fn claim() -> usize {
+    let slot = CLAIM.try_with(|claim| claim.0).unwrap_or(SHARED);
+    let _ = FAST.try_with(|fast| fast.set(slot));
+    slot
 }
 
 /// `K` counters, kept per thread.
