@@ -83,26 +83,28 @@ fn midpoint(i: usize) -> u64 {
 /// assert_eq!(h.snapshot().count(), 0);
 /// ```
 pub struct LatencyHistogram {
-    /// One per owned thread slot, plus the shared one; allocated on first record.
-    shards: Box<[OnceLock<Shard>]>,
+    /// One per owned thread slot, plus the shared one; allocated on first record. Held inline
+    /// and read-only once set, so a record follows one pointer to its thread's counts (each
+    /// shard is its own allocation: no two threads write to one cache line).
+    shards: [OnceLock<Box<Shard>>; OWNED + 1],
     /// What [`take`](Self::take) has handed out so far.
     taken: Mutex<Option<LatencySnapshot>>,
 }
 
 /// One thread's counts.
 struct Shard {
-    buckets: Box<[AtomicU64]>,
     sum_ns: AtomicU64,
     max_ns: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
 }
 
 impl Shard {
-    fn new() -> Self {
-        Shard {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+    fn new() -> Box<Self> {
+        Box::new(Shard {
             sum_ns: AtomicU64::new(0),
             max_ns: AtomicU64::new(0),
-        }
+            buckets: [const { AtomicU64::new(0) }; BUCKETS],
+        })
     }
 }
 
@@ -135,7 +137,7 @@ impl LatencyHistogram {
     /// An empty histogram. It takes memory (about 20 KiB) for each thread that records into it.
     pub fn new() -> Self {
         LatencyHistogram {
-            shards: (0..=OWNED).map(|_| OnceLock::new()).collect(),
+            shards: [const { OnceLock::new() }; OWNED + 1],
             taken: Mutex::new(None),
         }
     }

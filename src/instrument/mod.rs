@@ -389,12 +389,25 @@ impl<O> Judge<O> for AlwaysOk {
 /// Where a [`Timed`] call is.
 enum Progress {
     NotStarted,
-    /// Polled at least once; `waited`: it returned `Pending` and is counted in flight.
-    Running {
-        started: Stopwatch,
-        waited: bool,
-    },
+    /// It has returned `Pending`: counted in flight.
+    Waiting(Stopwatch),
     Done,
+}
+
+/// Counts a call whose first poll panics (as cancelled); forgotten on every other path.
+struct FirstPoll<'a> {
+    inner: &'a Inner,
+    started: Stopwatch,
+    /// The call has waited before: the [`Timed`] future itself records it when dropped.
+    waited: bool,
+}
+
+impl Drop for FirstPoll<'_> {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.inner.record(None, self.started.elapsed_ns(), false);
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -412,8 +425,8 @@ pin_project_lite::pin_project! {
     impl<'a, F, J> PinnedDrop for Timed<'a, F, J> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Progress::Running { started, waited } = *this.progress {
-                this.inner.record(None, started.elapsed_ns(), waited);
+            if let Progress::Waiting(started) = *this.progress {
+                this.inner.record(None, started.elapsed_ns(), true);
             }
         }
     }
@@ -438,27 +451,26 @@ impl<F: Future, J: Judge<F::Output>> Future for Timed<'_, F, J> {
         let this = self.project();
         let inner = *this.inner;
         let (started, waited) = match *this.progress {
-            Progress::Running { started, waited } => (started, waited),
-            Progress::NotStarted => {
-                let started = Stopwatch::start();
-                *this.progress = Progress::Running {
-                    started,
-                    waited: false,
-                };
-                (started, false)
-            }
+            Progress::Waiting(started) => (started, true),
+            // The first poll keeps its start time on the stack: a call that is ready at once
+            // never writes it to the future.
+            Progress::NotStarted => (Stopwatch::start(), false),
             // Polled again after it finished (a caller's mistake): the call answers for itself.
             Progress::Done => return this.call.poll(cx),
         };
-        let output = match this.call.poll(cx) {
+        let unwinding = FirstPoll {
+            inner,
+            started,
+            waited,
+        };
+        let polled = this.call.poll(cx);
+        std::mem::forget(unwinding);
+        let output = match polled {
             Poll::Ready(output) => output,
             Poll::Pending => {
                 if !waited {
                     inner.waits();
-                    *this.progress = Progress::Running {
-                        started,
-                        waited: true,
-                    };
+                    *this.progress = Progress::Waiting(started);
                 }
                 return Poll::Pending;
             }
