@@ -5,6 +5,9 @@
 //!   both), `GET` of the stored bytes;
 //! * `raw_fred_decode`: the same `GET`, then the same decode as ours (the default codec) — the
 //!   like-for-like peer, as in the `l2_hit` group;
+//! * `raw_redis_rs_decode`: redis-rs 1.x's `ConnectionManager` (the client a user might pick
+//!   instead; one multiplexed connection, as it is used), `GET` and the same decode. At 1 in
+//!   flight this is the interleaved L2-read comparison of the `l2_hit/raw_redis_rs` pair;
 //! * `redis_cache`: `RedisCache::get` (the same `GET`, plus decoding the ~1 KB OpenAI-shaped
 //!   reply);
 //! * `redis_benchmark`: `redis-benchmark -c N -t get` against the same server (the server's own
@@ -126,14 +129,19 @@ fn main() {
             pool.init().await.expect("connect");
             pool
         };
+        let redis_rs = redis::Client::open(url.as_str())
+            .expect("a valid URL")
+            .get_connection_manager()
+            .await
+            .expect("connect");
         let ours = Arc::new(ours);
         let codec = Arc::new(Codec::builder().build().expect("codec"));
         let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("l2t:k{i}")).collect());
         let short: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
         let mut results = Vec::new();
         for in_flight in [1usize, 16, 64, 256] {
-            let (mut raw_rates, mut decode_rates, mut our_rates) =
-                (Vec::new(), Vec::new(), Vec::new());
+            let (mut raw_rates, mut decode_rates, mut rs_rates, mut our_rates) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 let (pool, raw_keys) = (raw.clone(), Arc::clone(&keys));
                 raw_rates.push(
@@ -147,14 +155,33 @@ fn main() {
                     })
                     .await,
                 );
-                let (pool, raw_keys, codec) = (raw.clone(), Arc::clone(&keys), Arc::clone(&codec));
+                let (pool, raw_keys, fred_codec) =
+                    (raw.clone(), Arc::clone(&keys), Arc::clone(&codec));
                 decode_rates.push(
                     rate(in_flight, secs, move |i| {
                         let (pool, keys, codec) =
-                            (pool.clone(), Arc::clone(&raw_keys), Arc::clone(&codec));
+                            (pool.clone(), Arc::clone(&raw_keys), Arc::clone(&fred_codec));
                         async move {
                             let got: Option<Bytes> =
                                 pool.next().get(&keys[i]).await.expect("raw get");
+                            let entry: Option<Entry<chat::ChatReply>> =
+                                got.map(|b| codec.decode(&b).expect("decode"));
+                            entry.is_some()
+                        }
+                    })
+                    .await,
+                );
+                let (con, rs_keys, rs_codec) =
+                    (redis_rs.clone(), Arc::clone(&keys), Arc::clone(&codec));
+                rs_rates.push(
+                    rate(in_flight, secs, move |i| {
+                        let (mut con, keys, codec) =
+                            (con.clone(), Arc::clone(&rs_keys), Arc::clone(&rs_codec));
+                        async move {
+                            let got: Option<Vec<u8>> =
+                                redis::AsyncCommands::get(&mut con, &keys[i])
+                                    .await
+                                    .expect("redis-rs get");
                             let entry: Option<Entry<chat::ChatReply>> =
                                 got.map(|b| codec.decode(&b).expect("decode"));
                             entry.is_some()
@@ -175,6 +202,7 @@ fn main() {
                 in_flight,
                 median(raw_rates),
                 median(decode_rates),
+                median(rs_rates),
                 median(our_rates),
             ));
         }
@@ -182,19 +210,21 @@ fn main() {
     });
     println!("l2_throughput: {cores} cores, {KEYS} keys of ~1 KB, median of 3 × {secs} s");
     let mut rows = Vec::new();
-    for (in_flight, raw, decode, ours) in results {
+    for (in_flight, raw, decode, rs, ours) in results {
         let benchmark = redis_benchmark(server.port, in_flight);
         println!(
-            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  raw_fred_decode {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2} / {:.2}  redis-benchmark {}",
+            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  raw_fred_decode {:>9.0}/s  raw_redis_rs_decode {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2} / {:.2} / {:.2}  redis-benchmark {}",
             raw,
             decode,
+            rs,
             ours,
             ours / raw,
             ours / decode,
+            ours / rs,
             benchmark.map_or("—".to_owned(), |b| format!("{b:.0}/s"))
         );
         rows.push(format!(
-            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"raw_fred_decode\":{decode:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
+            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"raw_fred_decode\":{decode:.0},\"raw_redis_rs_decode\":{rs:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
             benchmark.map_or("null".to_owned(), |b| format!("{b:.0}"))
         ));
     }

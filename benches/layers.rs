@@ -11,7 +11,9 @@
 //! * `hand_rolled_aside` (feature `redis`): `moka_fred_by_hand` (the cache-aside code a user
 //!   writes with moka and fred: moka get, fred GET, zstd + postcard decode, moka insert) vs
 //!   `layered`, both on the L2-hit path (L1 is cleared before each timed call).
-//! * `l2_hit` (feature `redis`): `raw_fred` (a fred `GET` plus the same decode) vs `layered`
+//! * `l2_hit` (feature `redis`): `raw_fred` (a fred `GET` plus the same decode) and
+//!   `raw_redis_rs` (redis-rs 1.x's `ConnectionManager`, the client a user might pick instead:
+//!   `GET` plus the same decode) vs `layered`
 //!   (`RedisCache::get` through `Arc<dyn Cache<V>>`, the default MessagePack codec), on the same
 //!   ~1 KB value bytes; `layered_postcard` and `layered_json` read the same value written in
 //!   those formats.
@@ -404,6 +406,13 @@ fn l2_hit(c: &mut Criterion) {
         let codec = Codec::builder().build().expect("codec");
         (ours, others, raw, codec)
     });
+    let redis_rs = rt.block_on(async {
+        redis::Client::open(server.url())
+            .expect("a valid URL")
+            .get_connection_manager()
+            .await
+            .expect("connect")
+    });
 
     let mut group = c.benchmark_group("l2_hit");
     group.bench_function("raw_fred", |b| {
@@ -412,6 +421,19 @@ fn l2_hit(c: &mut Criterion) {
             let entry: Entry<chat::ChatReply> =
                 codec.decode(&bytes.expect("present")).expect("decode");
             black_box(entry)
+        })
+    });
+    group.bench_function("raw_redis_rs", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut con = redis_rs.clone();
+            let codec = &codec;
+            async move {
+                let bytes: Option<Vec<u8>> =
+                    redis::AsyncCommands::get(&mut con, "bench:k").await.expect("get");
+                let entry: Entry<chat::ChatReply> =
+                    codec.decode(&bytes.expect("present")).expect("decode");
+                black_box(entry)
+            }
         })
     });
     group.bench_function("layered", |b| {

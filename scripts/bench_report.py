@@ -205,16 +205,18 @@ def main():
     l2 = load_json(os.path.join(ROOT, "l2_throughput", "report.json"))
     if l2:
         print(f"\n`l2_throughput` (`benches/l2_throughput.rs`): L2 reads per second by requests in "
-              f"flight, {l2['cores']} cores, pool of {l2['pool_size']} connections for both clients, "
+              f"flight, {l2['cores']} cores, fred pools of {l2['pool_size']} connections (redis-rs: one multiplexed `ConnectionManager`, as it is used), "
               f"median of 3 alternating rounds of {l2['seconds']} s.\n")
-        print("| in flight | `raw_fred` | `raw_fred_decode` | `redis_cache` | ours / raw | ours / raw + decode | `redis-benchmark -c N -t get` |")
-        print("|---|---|---|---|---|---|---|")
+        print("| in flight | `raw_fred` | `raw_fred_decode` | `raw_redis_rs_decode` | `redis_cache` | ours / raw fred | ours / fred + decode | ours / redis-rs + decode | `redis-benchmark -c N -t get` |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        cell = lambda v: f"{v:,}/s" if v else "—"
+        ratio = lambda ours, peer: f"{ours / peer:.2f}" if peer else "—"
         for r in l2["results"]:
-            bench = f"{r['redis_benchmark']:,}/s" if r.get("redis_benchmark") else "—"
-            decode = r.get("raw_fred_decode")
-            decode_cells = (f"{decode:,}/s | ", f"{r['redis_cache'] / decode:.2f}") if decode else ("— | ", "—")
-            print(f"| {r['in_flight']} | {r['raw_fred']:,}/s | {decode_cells[0]}{r['redis_cache']:,}/s | "
-                  f"{r['redis_cache'] / r['raw_fred']:.2f} | {decode_cells[1]} | {bench} |")
+            ours = r["redis_cache"]
+            decode, rs = r.get("raw_fred_decode"), r.get("raw_redis_rs_decode")
+            print(f"| {r['in_flight']} | {cell(r['raw_fred'])} | {cell(decode)} | {cell(rs)} | {cell(ours)} | "
+                  f"{ratio(ours, r['raw_fred'])} | {ratio(ours, decode)} | {ratio(ours, rs)} | "
+                  f"{cell(r.get('redis_benchmark'))} |")
     memory = load_json(os.path.join(ROOT, "memory_per_entry", "report.json"))
     if memory:
         per = {r["id"]: r["bytes_per_entry"] for r in memory["rows"]}
