@@ -428,8 +428,9 @@ fn l2_hit(c: &mut Criterion) {
             let mut con = redis_rs.clone();
             let codec = &codec;
             async move {
-                let bytes: Option<Vec<u8>> =
-                    redis::AsyncCommands::get(&mut con, "bench:k").await.expect("get");
+                let bytes: Option<Vec<u8>> = redis::AsyncCommands::get(&mut con, "bench:k")
+                    .await
+                    .expect("get");
                 let entry: Entry<chat::ChatReply> =
                     codec.decode(&bytes.expect("present")).expect("decode");
                 black_box(entry)
