@@ -2,9 +2,11 @@
 //!
 //! Every cache hit compares an entry's deadlines with the current time. `SystemTime::now()` and
 //! its conversion to milliseconds cost ~35 ns on the 2-core benchmark VM, more than a whole
-//! quick_cache lookup (~21 ns), so on the hot path we read the CPU's time-stamp counter through
-//! [quanta](https://docs.rs/quanta) instead (~10 ns), scaled to nanoseconds and anchored to the
-//! wall clock:
+//! quick_cache lookup (~21 ns), so on the hot path we read the CPU's time-stamp counter instead
+//! (~10 ns), calibrated by [quanta](https://docs.rs/quanta), scaled to nanoseconds and anchored
+//! to the wall clock. Where quanta has chosen the counter (an invariant TSC) we read it with an
+//! inlined `RDTSC` ([`read_tsc`], the crate's one `unsafe` block) rather than through quanta's
+//! out-of-line `Clock::raw`:
 //!
 //! * `wall ms = monotonic ms + offset`, where the offset is re-read from `SystemTime` once a
 //!   second, so the clock follows NTP adjustments and steps within a second;
@@ -235,9 +237,9 @@ fn reads_tsc(clock: &quanta::Clock) -> bool {
 }
 
 /// The CPU's time-stamp counter: what quanta's counter clock returns, inlined. quanta's
-/// `Clock::raw` is an out-of-line call with a match; inlined, a reading costs ~2 ns less, a
-/// timed call (two readings) ~4–5 ns less and every cache hit (one reading) ~2 ns less — the
-/// margin by which `instrument/timed` meets its 30 ns budget on the benchmark VM.
+/// `Clock::raw` is an out-of-line call with a match; inlined, a timed call (two readings) costs
+/// ~2.7 ns less on the benchmark VM (`benches/instrument.rs`, BENCHMARKS.md), and a cache hit
+/// (one reading) makes one out-of-line call less.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(unsafe_code)]
@@ -257,6 +259,23 @@ fn read_tsc() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inlined_counter_reads_what_quanta_reads() {
+        let anchored = Anchored::new();
+        if !anchored.direct {
+            return; // no invariant TSC here: quanta's own clock is used, nothing to compare
+        }
+        for _ in 0..1_000 {
+            let before = read_tsc();
+            let theirs = anchored.clock.raw();
+            let after = read_tsc();
+            assert!(
+                before <= theirs && theirs <= after,
+                "{before} {theirs} {after}"
+            );
+        }
+    }
 
     #[test]
     fn the_fast_clock_agrees_with_the_system_clock() {
