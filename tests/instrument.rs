@@ -115,6 +115,28 @@ enum LlmError {
     Down,
 }
 
+/// A two-worker runtime, as a service runs its calls on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Wait (with a deadline) until a call of `timer` is in flight: a call enters the count when its
+/// first poll returns `Pending`, just after whatever it signalled from inside that poll.
+async fn until_in_flight(timer: &Timer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while timer.in_flight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 #[test]
 fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
     let recorder = DebuggingRecorder::new();
@@ -127,11 +149,7 @@ fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
             })
             .build()
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         for _ in 0..3 {
             let r: Result<u8, LlmError> = timer.time(async { Ok(1) }).await;
@@ -157,14 +175,7 @@ fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
         };
         entered_rx.await.expect("the call started");
         // In flight once its first poll has returned `Pending` (just after it signalled).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while timer.in_flight() == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never counted in flight"
-            );
-            tokio::task::yield_now().await;
-        }
+        until_in_flight(&timer).await;
         assert_eq!(timer.in_flight(), 1);
         slow.abort();
         let _ = slow.await;
@@ -228,11 +239,7 @@ fn a_call_is_in_flight_only_while_it_waits() {
             level.get()
         })
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         // Ready at once: no in-flight accounting at all.
         for i in 0..100u32 {
@@ -252,14 +259,7 @@ fn a_call_is_in_flight_only_while_it_waits() {
                     .await
             })
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while timer.in_flight() == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never counted in flight"
-            );
-            tokio::task::yield_now().await;
-        }
+        until_in_flight(&timer).await;
         assert_eq!(timer.in_flight(), 1);
         assert_eq!(gauge(), Some(1.0));
         reply_tx.send(7).expect("the call waits");
