@@ -24,50 +24,50 @@ command -v redis-server >/dev/null 2>&1 || {
     exit 1
 }
 
-"${pin[@]}" cargo bench --all-features --bench layers -- "${args[@]}" \
+"${pin[@]}" cargo bench -p layercache-ecosystem --bench layers -- "${args[@]}" \
     '^(l1_hit|get_or_load_hit|l2_hit|batch_get_100|hand_rolled_aside)/'
 # The single-task memory groups again over 1,000 keys (a working set that fits in the CPU caches:
 # steadier ratios on a noisy VM), into their own directory.
 LAYERCACHE_BENCH_KEYS=1000 CRITERION_HOME="$PWD/target/criterion-1k" \
-    "${pin[@]}" cargo bench --all-features --bench layers -- "${args[@]}" \
+    "${pin[@]}" cargo bench -p layercache-ecosystem --bench layers -- "${args[@]}" \
     '^(l1_hit|get_or_load_hit)/'
 # The contention group runs unpinned: it is about many tasks on several CPUs.
-cargo bench --all-features --bench layers -- "${args[@]}" '^l1_hit_parallel/'
+cargo bench -p layercache-ecosystem --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 
 # L1 throughput as threads are added (unpinned: it is about cores), up to the machine's cores.
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_SCALING_SECS=0.3; fi
-cargo bench --all-features --bench scaling
+cargo bench -p layercache-ecosystem --bench scaling
 # Hit ratios of each engine on Zipf, scan and shifting streams (exact: no timing involved).
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_HIT_RATIO_REQUESTS=300000; fi
-cargo bench --all-features --bench hit_ratio
+cargo bench -p layercache-ecosystem --bench hit_ratio
 # Heap bytes per cached 1 KB value, ours vs the raw engines (exact: a counting allocator).
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_MEMORY_ENTRIES=100000; fi
-cargo bench --all-features --bench memory
+cargo bench -p layercache-ecosystem --bench memory
 # L2 reads per second by requests in flight: RedisCache vs raw fred vs redis-benchmark.
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_L2_SECS=0.3; fi
-cargo bench --all-features --bench l2_throughput
+cargo bench -p layercache-ecosystem --bench l2_throughput
 
-"${pin[@]}" cargo bench --all-features --bench codec -- "${args[@]}"
+"${pin[@]}" cargo bench -p layercache-ecosystem --bench codec -- "${args[@]}"
 # Instrumentation: single-thread groups pinned, the 8-thread histogram group unpinned.
-"${pin[@]}" cargo bench --all-features --bench instrument -- "${args[@]}" \
+"${pin[@]}" cargo bench -p layercache-ecosystem --bench instrument -- "${args[@]}" \
     '^(instrument/|histogram_record/(hdrhistogram|ours)$)'
-cargo bench --all-features --bench instrument -- "${args[@]}" '^histogram_record/ours_8_threads$'
+cargo bench -p layercache-ecosystem --bench instrument -- "${args[@]}" '^histogram_record/ours_8_threads$'
 # Fleet: the tagged hit pinned; the backplane round trips unpinned (several tasks and a server).
-"${pin[@]}" cargo bench --all-features --bench fleet -- "${args[@]}" '^tagged_hit/'
-cargo bench --all-features --bench fleet -- "${args[@]}" '^backplane_visibility/'
+"${pin[@]}" cargo bench -p layercache-ecosystem --bench fleet -- "${args[@]}" '^tagged_hit/'
+cargo bench -p layercache-ecosystem --bench fleet -- "${args[@]}" '^backplane_visibility/'
 # The fleet_stampede table comes from a multi-process test (it writes fleet_stampede.json).
 LAYERCACHE_FLEET_REPORT="$PWD/target/criterion/fleet_stampede.json" \
     cargo test --release --all-features --test fleet -- --exact the_fleet_lease_loads_each_cold_key_once
 # Ratios that hold on a busy machine: each pair interleaved (alternating batches, pinned), then
 # instructions per call under callgrind (no neighbour can move an instruction count).
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_RATIO_SECS=0.5; fi
-"${pin[@]}" cargo bench --all-features --bench ratios
+"${pin[@]}" cargo bench -p layercache-ecosystem --bench ratios
 command -v valgrind >/dev/null 2>&1 || {
     # shellcheck source=scripts/lib.sh
     . scripts/lib.sh
     apt_install "valgrind (instruction counts)" valgrind
 }
-ratios_bin=$(cargo bench --all-features --bench ratios --no-run 2>&1 \
+ratios_bin=$(cargo bench -p layercache-ecosystem --bench ratios --no-run 2>&1 \
     | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 count() { # count <pair> <peer|ours> <calls>: instructions the whole run executed
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$ratios_bin" count "$@" 2>&1 \

@@ -21,7 +21,7 @@ log "each feature on its own (cargo hack --each-feature check)"
 cargo hack check --each-feature --no-dev-deps
 
 log "cargo deny check licenses bans sources"
-cargo deny --all-features check licenses bans sources
+cargo deny --workspace --all-features check licenses bans sources
 
 log "cargo package ships only what users need"
 listing=$(cargo package --list --allow-dirty 2>/dev/null)

@@ -2,7 +2,7 @@
 # End-to-end check of the observability setup with a real Prometheus server:
 #
 #   1. `promtool check rules` on observability/prometheus-rules.yml;
-#   2. runs `examples/observability.rs` (cached calls under load, /metrics on a free port);
+#   2. runs `ecosystem/examples/observability.rs` (cached calls under load, /metrics on a free port);
 #   3. starts `prometheus` scraping it every second, with the rules loaded;
 #   4. queries Prometheus's HTTP API for p95 call latency (histogram_quantile over the real
 #      histogram buckets), the hit ratio and a recording rule, and checks they are plausible;
@@ -57,8 +57,8 @@ redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
 
-log "building and starting examples/observability.rs"
-cargo build --quiet --all-features --example observability
+log "building and starting ecosystem/examples/observability.rs"
+cargo build --quiet -p layercache-ecosystem --example observability
 app_port="$(free_port)"
 REDIS_URL="redis://127.0.0.1:$redis_port" METRICS_ADDR="127.0.0.1:$app_port" RUN_SECONDS=300 \
     target/debug/examples/observability >"$work/app.log" 2>&1 &

@@ -71,8 +71,8 @@ redis-server --version
 if [ "${SKIP_LINT:-0}" != "1" ]; then
     log "rustfmt"
     cargo fmt --all -- --check
-    log "clippy (all targets, all features, -D warnings)"
-    cargo clippy --all-targets --all-features -- -D warnings
+    log "clippy (the workspace: every target, all features, -D warnings)"
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
     log "clippy (no default features)"
     cargo clippy --all-targets --no-default-features -- -D warnings
     log "rustdoc (warnings are errors)"
@@ -83,6 +83,8 @@ fi
 
 log "tests, all features"
 cargo test --all-features
+log "the ecosystem member: tests beside redis-rs, proptest, axum + reqwest; its examples build"
+cargo test -p layercache-ecosystem
 log "the Redis test files again, on Valkey 8 (LAYERCACHE_TEST_SERVER=valkey)"
 LAYERCACHE_TEST_SERVER=valkey cargo test --all-features --test redis --test redis_cluster \
     --test redis_faults --test redis_proxy --test redis_pause --test redis_failover \
@@ -93,6 +95,8 @@ log "tests, no default features"
 cargo test --no-default-features
 log "every test, example and benchmark builds with the default features (plain \`cargo test\`)"
 cargo check --all-targets
+log "every benchmark builds (the ecosystem member)"
+cargo check -p layercache-ecosystem --all-targets
 log "observability: the example scraped by a real Prometheus, rules and dashboard names checked"
 scripts/observability_test.sh
 log "all tests passed"

@@ -116,7 +116,7 @@ fn write_interleaved(group: &str, ratio: f64) {
     let dir = std::env::var_os("CRITERION_HOME")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion")
         })
         .join(group);
     if std::fs::create_dir_all(&dir).is_ok() {
@@ -129,11 +129,11 @@ fn write_interleaved(group: &str, ratio: f64) {
 }
 
 #[cfg(feature = "redis")]
-#[path = "../tests/support/chat.rs"]
+#[path = "../../tests/support/chat.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod chat;
 #[cfg(feature = "redis")]
-#[path = "../tests/support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod redis_support;
 

@@ -193,7 +193,8 @@ fn main() {
             println!("{line}");
         }
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/l1_scaling");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/l1_scaling");
     let report = format!(
         "{{\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
         results.join(",")

@@ -183,7 +183,8 @@ fn main() {
             }
         }
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/hit_ratio");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/hit_ratio");
     let report = format!(
         "{{\"distinct\":{DISTINCT},\"requests\":{requests},\"results\":[{}]}}\n",
         results.join(",")

@@ -165,8 +165,8 @@ fn main() {
         .iter()
         .map(|(id, bytes)| format!("{{\"id\":\"{id}\",\"bytes_per_entry\":{bytes:.1}}}"))
         .collect();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/memory_per_entry");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/criterion/memory_per_entry");
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(
             dir.join("report.json"),

@@ -24,10 +24,10 @@ use fred::bytes::Bytes;
 use fred::prelude::KeysInterface;
 use layercache::{Cache, CacheExt, Codec, Entry, RedisCache, ValueCodec};
 
-#[path = "../tests/support/chat.rs"]
+#[path = "../../tests/support/chat.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod chat;
-#[path = "../tests/support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod redis_support;
 
@@ -229,7 +229,7 @@ fn main() {
         ));
     }
     let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/l2_throughput");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/l2_throughput");
     let report = format!(
         "{{\"cores\":{cores},\"pool_size\":{pool_size},\"seconds\":{secs},\"results\":[{}]}}\n",
         rows.join(",")

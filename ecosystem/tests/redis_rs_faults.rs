@@ -7,6 +7,7 @@
 
 #![cfg(feature = "redis")]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 
 #![cfg(all(feature = "tower", feature = "msgpack"))]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

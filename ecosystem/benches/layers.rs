@@ -335,11 +335,11 @@ fn get_or_load_hit(c: &mut Criterion) {
 }
 
 #[cfg(feature = "redis")]
-#[path = "../tests/support/chat.rs"]
+#[path = "../../tests/support/chat.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod chat;
 #[cfg(feature = "redis")]
-#[path = "../tests/support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod redis_support;
 

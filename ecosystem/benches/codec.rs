@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use layercache::codec::{Codec, Format, Json, MessagePack, Postcard, ValueCodec};
 use layercache::Entry;
 
-#[path = "../tests/support/chat.rs"]
+#[path = "../../tests/support/chat.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod chat;
 
@@ -79,7 +79,7 @@ fn write_sizes() {
         let fields: Vec<String> = sizes.iter().map(|(n, b)| format!("\"{n}\": {b}")).collect();
         rows.push(format!("\"{label}\": {{{}}}", fields.join(", ")));
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(
             dir.join("codec_sizes.json"),
