@@ -141,7 +141,7 @@ def main():
     sizes = load_json(os.path.join(ROOT, "codec_sizes.json"))
     if sizes:
         print("\nStored size of chat replies (mean of 100; the dictionary is trained on 300 *other*")
-        print("replies of the same kind, written by `benches/codec.rs`):\n")
+        print("replies of the same kind, written by `ecosystem/benches/codec.rs`):\n")
         print("| reply | framed postcard | + zstd | + zstd with dictionary | dictionary / plain zstd "
               "| MessagePack | + zstd | JSON | + zstd |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -167,7 +167,7 @@ def main():
     scaling = load_json(os.path.join(ROOT, "l1_scaling", "report.json"))
     if scaling:
         threads = sorted({r["threads"] for r in scaling["results"]})
-        print(f"\n`l1_scaling` (`benches/scaling.rs`): total L1 hits per second, millions, on "
+        print(f"\n`l1_scaling` (`ecosystem/benches/scaling.rs`): total L1 hits per second, millions, on "
               f"**{scaling['cores']} cores**, {scaling['keys']} warm keys, {scaling['seconds']} s a "
               "point (unpinned).")
         if scaling["skipped_threads"]:
@@ -191,7 +191,7 @@ def main():
         for r in hits["results"]:
             if r["id"] not in ids:
                 ids.append(r["id"])
-        print(f"\n`hit_ratio` (`benches/hit_ratio.rs`): share of lookups answered from memory by a "
+        print(f"\n`hit_ratio` (`ecosystem/benches/hit_ratio.rs`): share of lookups answered from memory by a "
               f"cache-aside client, {hits['distinct']:,} distinct keys, {hits['requests']:,} requests "
               "a stream (seeded; exact on any machine).\n")
         print("| stream | capacity | " + " | ".join(f"`{i}`" for i in ids) + " |")
@@ -204,7 +204,7 @@ def main():
             print(f"| {stream} | {pct} % | {cells} |")
     l2 = load_json(os.path.join(ROOT, "l2_throughput", "report.json"))
     if l2:
-        print(f"\n`l2_throughput` (`benches/l2_throughput.rs`): L2 reads per second by requests in "
+        print(f"\n`l2_throughput` (`ecosystem/benches/l2_throughput.rs`): L2 reads per second by requests in "
               f"flight, {l2['cores']} cores, fred pools of {l2['pool_size']} connections (redis-rs: one multiplexed `ConnectionManager`, as it is used), "
               f"median of 3 alternating rounds of {l2['seconds']} s.\n")
         print("| in flight | `raw_fred` | `raw_fred_decode` | `raw_redis_rs_decode` | `redis_cache` | ours / raw fred | ours / fred + decode | ours / redis-rs + decode | `redis-benchmark -c N -t get` |")
@@ -220,7 +220,7 @@ def main():
     memory = load_json(os.path.join(ROOT, "memory_per_entry", "report.json"))
     if memory:
         per = {r["id"]: r["bytes_per_entry"] for r in memory["rows"]}
-        print(f"\n`memory_per_entry` (`benches/memory.rs`): live heap bytes per entry (counting "
+        print(f"\n`memory_per_entry` (`ecosystem/benches/memory.rs`): live heap bytes per entry (counting "
               f"allocator) over {memory['entries']:,} entries of a {memory['value_bytes']}-byte value "
               f"under a {memory['key_bytes']}-byte key; exact, no timing (target ≤ 1.15× the raw engine).\n")
         print("| engine | raw | `MemoryCache` | ours / raw |")
@@ -233,7 +233,7 @@ def main():
     instructions = load_json(os.path.join(ROOT, "ratios", "instructions.json")) or {"rows": []}
     counts = {(r["pair"], r["side"]): r["per_call"] for r in instructions["rows"]}
     if ratios:
-        print(f"\n`ratios` (`benches/ratios.rs`): each pair measured **interleaved** (alternating "
+        print(f"\n`ratios` (`ecosystem/benches/ratios.rs`): each pair measured **interleaved** (alternating "
               f"batches of 10,000 calls for {ratios['secs']} s, pinned; median ns per call), and in "
               "**instructions per call** under callgrind (the difference between runs of 20,000 "
               "and 40,000 calls, so the set-up cancels out; no neighbour can move it).\n")

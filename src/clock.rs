@@ -238,7 +238,7 @@ fn reads_tsc(clock: &quanta::Clock) -> bool {
 
 /// The CPU's time-stamp counter: what quanta's counter clock returns, inlined. quanta's
 /// `Clock::raw` is an out-of-line call with a match; inlined, a timed call (two readings) costs
-/// ~2.7 ns less on the benchmark VM (`benches/instrument.rs`, BENCHMARKS.md), and a cache hit
+/// ~2.7 ns less on the benchmark VM (`ecosystem/benches/instrument.rs`, BENCHMARKS.md), and a cache hit
 /// (one reading) makes one out-of-line call less.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]

@@ -10,7 +10,7 @@
 //! `target/criterion/codec_sizes.json` for `scripts/bench_report.py`.
 //!
 //! ```text
-//! cargo bench --bench codec
+//! cargo bench -p layercache-ecosystem --bench codec
 //! ```
 
 use std::hint::black_box;

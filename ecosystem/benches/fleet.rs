@@ -10,7 +10,7 @@
 //!   its application). Both instances share one `redis-server` on loopback.
 //!
 //! ```text
-//! cargo bench --bench fleet
+//! cargo bench -p layercache-ecosystem --bench fleet
 //! ```
 
 use std::hint::black_box;

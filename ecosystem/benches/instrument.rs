@@ -8,7 +8,7 @@
 //!   per record as each thread sees it, contention included). Target: ours ≤ 1.0× hdrhistogram.
 //!
 //! ```text
-//! cargo bench --bench instrument
+//! cargo bench -p layercache-ecosystem --bench instrument
 //! ```
 
 use std::future::Future;

@@ -21,10 +21,10 @@
 //!
 //! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
 //! CPUs wake slowly, so pin bench and server to one CPU for stable ratios:
-//! `taskset -c 0 cargo bench --bench layers`.
+//! `taskset -c 0 cargo bench -p layercache-ecosystem --bench layers`.
 //!
 //! ```text
-//! cargo bench --bench layers -- l1_hit
+//! cargo bench -p layercache-ecosystem --bench layers -- l1_hit
 //! ```
 
 use std::hint::black_box;

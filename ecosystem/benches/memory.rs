@@ -11,7 +11,7 @@
 //! Target (issue 16): ours ≤ 1.15× the raw engine.
 //!
 //! ```text
-//! cargo bench --bench memory --features quick-cache
+//! cargo bench -p layercache-ecosystem --bench memory
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -16,7 +16,7 @@
 //!   instructions more than it costs natively, which inflates `timed` and, less, the cache hits.
 //!
 //! ```text
-//! cargo bench --bench ratios --features quick-cache
+//! cargo bench -p layercache-ecosystem --bench ratios
 //! ```
 
 use std::cell::RefCell;

@@ -3,7 +3,7 @@
 //! burst of identical requests, and the last good answer served when the upstream fails.
 //!
 //! ```text
-//! cargo run --example axum_cache --features tower
+//! cargo run -p layercache-ecosystem --example axum_cache
 //! ```
 //!
 //! It serves on a free loopback port, sends itself a few requests with a real HTTP client, prints

@@ -3,8 +3,8 @@
 //! (LLM-length buckets, not summaries).
 //!
 //! ```text
-//! cargo run --example observability                          # serves http://127.0.0.1:9898/metrics
-//! METRICS_ADDR=127.0.0.1:9100 RUN_SECONDS=60 cargo run --example observability
+//! cargo run -p layercache-ecosystem --example observability   # serves http://127.0.0.1:9898/metrics
+//! METRICS_ADDR=127.0.0.1:9100 RUN_SECONDS=60 cargo run -p layercache-ecosystem --example observability
 //! ```
 //!
 //! `observability/` holds a Grafana dashboard and Prometheus rules for these metrics, and

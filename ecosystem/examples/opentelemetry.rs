@@ -1,7 +1,7 @@
 //! layercache's spans exported to OpenTelemetry through `tracing-opentelemetry`.
 //!
 //! ```text
-//! cargo run --example opentelemetry
+//! cargo run -p layercache-ecosystem --example opentelemetry
 //! ```
 //!
 //! Each request's span (`chat_request`) has a `layercache.get_or_load` child saying how it was

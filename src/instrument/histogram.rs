@@ -10,7 +10,7 @@
 //! beyond 16 share one), with a plain load and store — no locked instruction, no lock, no
 //! allocation after the first — and a reader sums the shards. Readers never write to a shard, so
 //! no record is ever lost; [`LatencyHistogram::take`] remembers what it has handed out instead of
-//! clearing. `benches/instrument.rs` (`histogram_record`) measures it beside `hdrhistogram`.
+//! clearing. `ecosystem/benches/instrument.rs` (`histogram_record`) measures it beside `hdrhistogram`.
 //!
 //! # Buckets
 //!

@@ -62,7 +62,7 @@
 //!     .install()?;
 //! ```
 //!
-//! `examples/observability.rs` serves `/metrics` that way.
+//! `ecosystem/examples/observability.rs` serves `/metrics` that way.
 
 mod histogram;
 

@@ -54,7 +54,7 @@
 //! pub/sub connection that resubscribes after a reconnect.
 //!
 //! redis-rs 1.8's `ConnectionManager` was measured on the same fault scenarios
-//! (`tests/redis_rs_faults.rs`; figures in RELIABILITY.md): as safe on writes (no timed-out write
+//! (`ecosystem/tests/redis_rs_faults.rs`; figures in RELIABILITY.md): as safe on writes (no timed-out write
 //! replayed) and as quick after a hung server resumes, but not fail-fast while the server is
 //! down — a call after the first waits for its reconnection (seconds; the response timeout does
 //! not bound it). A backend on it would need its own deadline around every call and a
