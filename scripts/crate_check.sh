@@ -25,7 +25,7 @@ cargo deny --workspace --all-features check licenses bans sources
 
 log "cargo package ships only what users need"
 listing=$(cargo package --list --allow-dirty 2>/dev/null)
-if printf '%s\n' "$listing" | grep -E '^(tests|fuzz|scripts|\.ci|target)/' ; then
+if printf '%s\n' "$listing" | grep -E '^(tests|fuzz|scripts|\.ci|target|ecosystem)/' ; then
     echo "error: the package would ship the files above" >&2
     exit 1
 fi
