@@ -344,8 +344,9 @@ fn main() {
             m.diff_p10
         ));
     }
+    // A filtered run prints its pairs but leaves the full run's report alone.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/ratios");
-    if std::fs::create_dir_all(&dir).is_ok() {
+    if filter.is_none() && std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(
             dir.join("report.json"),
             format!("{{\"secs\":{secs},\"rows\":[{}]}}\n", rows.join(",")),

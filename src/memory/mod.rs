@@ -384,6 +384,10 @@ where
 
     /// Bound the cache by bytes. Needs a [`weigher`](Self::weigher) that reports the bytes a value
     /// owns; each entry is charged that plus its key length and a fixed overhead.
+    ///
+    /// A value heavier than the budget is not kept (setting it removes what the key held). On the
+    /// quick_cache engine the limit is 12 % of the budget, which that engine splits over up to 8
+    /// shards (see [`Engine`]).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(bytes);
         self
@@ -492,12 +496,31 @@ where
                     capacity
                 };
                 let items = usize::try_from(items.clamp(16, 1 << 24)).unwrap_or(1 << 24);
+                // quick_cache splits the budget evenly over its shards (by default 4 per core),
+                // and a value heavier than one shard's part is never kept. A byte budget is
+                // therefore split at most `QUICK_BYTE_SHARDS` ways: any value up to 12 % of it is
+                // kept, on any number of cores.
+                let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+                let shards = if weigher.is_some() {
+                    shards.min(store::QUICK_BYTE_SHARDS)
+                } else {
+                    shards
+                };
+                let options = quick_cache::OptionsBuilder::new()
+                    .estimated_items_capacity(items)
+                    .weight_capacity(capacity)
+                    .shards(shards)
+                    .build()
+                    .map_err(|e| Error::config(format!("quick_cache options: {e}")))?;
                 Store::new(Backend::Quick(Arc::new(store::QuickStore {
-                    cache: quick_cache::sync::Cache::with_weighter(
-                        items,
-                        capacity,
+                    weigher: weigher.clone(),
+                    cache: quick_cache::sync::Cache::with_options(
+                        options,
                         store::QuickWeighter(weigher),
+                        Default::default(),
+                        Default::default(),
                     ),
+                    warned_too_large: std::sync::atomic::AtomicBool::new(false),
                     time_to_live: self.time_to_live,
                     time_to_idle_ms: self
                         .time_to_idle

@@ -30,6 +30,7 @@ use crate::entry::Entry;
 /// | hit ratio (Zipf, scans, shifting sets) | within 0.01 of quick_cache | within 0.01; better on a shifting set |
 /// | heap per 1 KB entry | ~1,410 B | ~1,215 B |
 /// | filled exactly to `max_entries` | holds them all | may evict a few percent early (sharded S3-FIFO) |
+/// | largest value a `max_bytes` cache keeps | `max_bytes` | 12 % of `max_bytes`: the budget is split over up to 8 shards; a heavier value is not kept (a `tracing` warning, once per cache) |
 /// | time-to-idle | exact, moka's timer wheel | pushed back at most once per eighth of it |
 ///
 /// moka stays the default for its exact capacity and TinyLFU admission; pick quick_cache for a
@@ -260,9 +261,18 @@ pub(crate) struct Stored<V> {
     idle_until_ms: u64,
 }
 
+/// The most shards a byte-bounded quick_cache engine splits its budget into, so that a value up
+/// to 12 % of `max_bytes` (97 % of an eighth: quick_cache's hot section) is always kept.
+#[cfg(feature = "quick-cache")]
+pub(crate) const QUICK_BYTE_SHARDS: usize = 8;
+
 #[cfg(feature = "quick-cache")]
 pub(crate) struct QuickStore<V> {
     pub(crate) cache: quick_cache::sync::Cache<Arc<str>, Stored<V>, QuickWeighter<V>>,
+    /// The byte weigher (also inside `cache`, which does not hand it back).
+    pub(crate) weigher: Option<Weigher<V>>,
+    /// Whether a value too heavy for one shard has been reported (once per cache).
+    pub(crate) warned_too_large: std::sync::atomic::AtomicBool,
     /// Cache-wide cap on an entry's life.
     pub(crate) time_to_live: Option<Duration>,
     /// Remove an entry not read for this long (ms).
@@ -283,6 +293,16 @@ where
         let idle_until_ms = self
             .time_to_idle_ms
             .map_or(u64::MAX, |tti| now.saturating_add(tti));
+        if let Some(weigher) = &self.weigher {
+            let weight = weight(Some(weigher), &key, &entry);
+            if weight > self.value_limit() {
+                // quick_cache would drop it without a word (and evict nothing for it): say so
+                // once, and remove what the key held before, as a set that cannot be kept does.
+                self.report_too_large(&key, weight);
+                self.cache.remove(&*key);
+                return;
+            }
+        }
         self.cache.insert(
             key,
             Stored {
@@ -290,6 +310,27 @@ where
                 idle_until_ms,
             },
         );
+    }
+
+    /// The heaviest entry quick_cache keeps: its hot section's share of one shard (97 %).
+    fn value_limit(&self) -> u64 {
+        (self.cache.shard_capacity() as f64 * 0.97) as u64
+    }
+
+    /// Warn, once per cache, that a value heavier than one shard's part of the budget was not
+    /// kept.
+    #[cold]
+    fn report_too_large(&self, key: &str, weight: u64) {
+        if !self.warned_too_large.swap(true, Ordering::Relaxed) {
+            crate::log_warn!(
+                key,
+                weight,
+                limit = self.value_limit(),
+                "layercache: a value heavier than one shard's part of max_bytes is not kept on the quick_cache engine (reported once per cache)"
+            );
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (key, weight);
     }
 
     /// The entry under `key` unless it has been idle too long (then it is removed). With a
