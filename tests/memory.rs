@@ -219,15 +219,26 @@ async fn quick_cache_keeps_values_up_to_12_percent_of_its_byte_budget() {
         .await
         .expect("set");
     cache
-        .set_value("big", Arc::new("b".repeat(600 * 1024)), Duration::from_secs(60))
+        .set_value(
+            "big",
+            Arc::new("b".repeat(600 * 1024)),
+            Duration::from_secs(60),
+        )
         .await
         .expect("set");
     assert!(cache.get("big").await.expect("get").is_none());
-    assert!(cache.get("small").await.expect("get").is_some(), "others are untouched");
+    assert!(
+        cache.get("small").await.expect("get").is_some(),
+        "others are untouched"
+    );
     // 12 % of the budget (less the key and the per-entry overhead) is kept.
     let eighth = usize::try_from(BUDGET * 12 / 100).expect("small") - 200;
     cache
-        .set_value("eighth", Arc::new("e".repeat(eighth)), Duration::from_secs(60))
+        .set_value(
+            "eighth",
+            Arc::new("e".repeat(eighth)),
+            Duration::from_secs(60),
+        )
         .await
         .expect("set");
     assert!(cache.get("eighth").await.expect("get").is_some());
