@@ -357,7 +357,7 @@ async fn a_stampede_makes_one_l2_read_and_one_load() {
 }
 
 /// Redis stopped while the cache is built: it serves from L1 and the loader with no caller error,
-/// and uses Redis within a second of Redis coming up.
+/// and uses Redis soon after Redis comes up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
     use fred::prelude::KeysInterface;
@@ -390,7 +390,7 @@ async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
         if exists == 1 {
             break up.elapsed();
         }
-        assert!(up.elapsed() < Duration::from_secs(5), "Redis never used");
+        assert!(up.elapsed() < Duration::from_secs(10), "Redis never used");
         i += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
@@ -399,8 +399,10 @@ async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
         cache.connections() > 0,
         "the Redis layer reports its connections"
     );
-    assert!(
-        took < Duration::from_secs(1),
-        "used within a second: {took:?}"
-    );
+    // Idle or with CPU hogs this is 10–120 ms (fred reconnects within 150 ms, and the open
+    // circuit is probed as soon as a connection opens). On a machine starved by parallel builds
+    // a command can miss its 250 ms timeout and the circuit stays open one more break (500 ms),
+    // so the bound leaves room for a few of those: 1.9 s was seen once in a cold CI run beside
+    // two compilers. What it must never do is keep ignoring Redis.
+    assert!(took < Duration::from_secs(3), "used within 3 s: {took:?}");
 }
