@@ -264,9 +264,11 @@ async fn a_cache_filled_to_its_entry_capacity_holds_every_entry() {
             held += u64::from(cache.get(&format!("key-{i}")).await.expect("get").is_some());
         }
         if support::test_engine() != layercache::Engine::Moka {
-            // Documented (`Engine`): quick_cache shares the capacity between shards, and a shard
-            // that fills first evicts a few percent early.
-            assert!(held * 100 >= capacity * 95, "{held} of {capacity} kept");
+            // Documented (`Engine`): quick_cache shares the capacity between shards and hashes
+            // with a random seed, so a shard that fills first evicts early, by a different amount
+            // each run: 93–98 of 100 and ~970 of 1,000 seen. Three-quarters is beyond 5 standard
+            // deviations of that spread.
+            assert!(held * 4 >= capacity * 3, "{held} of {capacity} kept");
         } else {
             assert_eq!(held, capacity, "{held} of {capacity} kept");
         }
