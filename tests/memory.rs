@@ -87,6 +87,44 @@ async fn cache_wide_ttl_caps_long_entries() {
     assert!(cache.get("k").await.expect("get").is_none());
 }
 
+/// `Duration::MAX` means "forever" wherever a lifetime is taken: the builder accepts it on every
+/// engine (moka itself refuses lifetimes over 1,000 years), and entries set with it stay.
+#[tokio::test]
+async fn a_lifetime_of_duration_max_means_forever() {
+    let cache = support::memory_builder::<String>()
+        .time_to_live(Duration::MAX)
+        .time_to_idle(Duration::MAX)
+        .build()
+        .expect("Duration::MAX is a valid lifetime");
+    cache
+        .set_value("k", "kept".to_string(), Duration::MAX)
+        .await
+        .expect("set");
+    let entry = Entry::new("v".to_string(), Duration::MAX).with_max_stale(Duration::MAX);
+    cache.set("stale", entry).await.expect("set");
+    assert_eq!(
+        cache.get_value("k").await.expect("get"),
+        Some("kept".to_string())
+    );
+    let stale = cache.get("stale").await.expect("get").expect("kept");
+    assert!(stale.is_fresh());
+    assert!(stale.time_to_stale() > Duration::from_secs(1000 * 365 * 24 * 3600));
+    // A load with the longest options is served and kept too.
+    let loaded = cache
+        .get_or_load(
+            "loaded",
+            || async { Ok::<_, std::io::Error>("x".to_string()) },
+            layercache::LoadOptions::ttl(Duration::MAX).with_fail_safe(Duration::MAX),
+        )
+        .await
+        .expect("load");
+    assert_eq!(loaded, "x");
+    assert_eq!(
+        cache.get_value("loaded").await.expect("get"),
+        Some("x".to_string())
+    );
+}
+
 /// On both engines: reads keep an entry alive past its time-to-idle, and an unread one goes.
 /// (The quick_cache engine pushes the idle time back at most once per eighth of it.)
 #[tokio::test]

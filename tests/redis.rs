@@ -116,6 +116,43 @@ async fn an_entry_is_gone_from_redis_after_its_lifetime() {
     assert_eq!(server.cli(&["exists", "t:stale"]).trim(), "0");
 }
 
+/// `Duration::MAX` ("forever") is accepted and kept: Redis refuses an expiry that overflows its
+/// clock, so the key gets a 100-year one while the entry keeps its own deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_of_duration_max_is_kept_in_redis() {
+    let server = RedisServer::start();
+    let cache = default_cache(&server).await;
+    cache
+        .set_value("forever", reply(1, 300), Duration::MAX)
+        .await
+        .expect("set with Duration::MAX");
+    let entry = Entry::new(reply(2, 300), Duration::MAX).with_max_stale(Duration::MAX);
+    assert!(cache
+        .set_if_newer("forever2", entry.clone())
+        .await
+        .expect("set_if_newer"));
+    cache
+        .set_many(vec![("forever3", entry)])
+        .await
+        .expect("set_many");
+    const CENTURY_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+    for key in ["t:forever", "t:forever2", "t:forever3"] {
+        let pttl: i64 = server.cli(&["pttl", key]).trim().parse().expect("pttl");
+        assert!(
+            (CENTURY_MS - 60_000..=CENTURY_MS).contains(&pttl),
+            "{key}: {pttl} ms"
+        );
+    }
+    assert_eq!(
+        cache.get_value("forever").await.expect("get"),
+        Some(reply(1, 300))
+    );
+    let read = cache.get("forever2").await.expect("get").expect("kept");
+    assert!(read.is_fresh());
+    assert!(read.time_to_stale() > Duration::from_secs(1000 * 365 * 24 * 3600));
+    assert!(cache.get("forever3").await.expect("get").is_some());
+}
+
 fn flipped_copy(bytes: &[u8], bit: usize) -> Vec<u8> {
     let mut flipped = bytes.to_vec();
     flipped[bit / 8] ^= 1 << (bit % 8);

@@ -194,24 +194,33 @@ impl fmt::Debug for OptDuration {
     }
 }
 
-/// An optional fraction or factor in 4 bytes (`f32` precision is plenty for these): NaN for
-/// none (a NaN setting is off, like none).
+/// An optional fraction or factor in 4 bytes (`f32` precision is plenty for these). "None" is
+/// one particular NaN bit pattern that no setting produces: a NaN *setting* is kept as a
+/// value, so that validation refuses it instead of it silently meaning "off".
 #[derive(Clone, Copy)]
 pub(crate) struct OptF64(f32);
 
+/// The bits of [`OptF64`]'s "none": a quiet NaN with a payload, never the result of converting
+/// a setting (a NaN setting is stored as the canonical `f32::NAN`).
+const OPT_F64_NONE: u32 = 0x7fc0_0001;
+
 impl OptF64 {
     fn some(x: f64) -> Self {
-        OptF64(x as f32)
+        if x.is_nan() {
+            OptF64(f32::NAN)
+        } else {
+            OptF64(x as f32)
+        }
     }
 
     #[inline]
     pub(crate) fn get(self) -> Option<f64> {
-        (!self.0.is_nan()).then_some(f64::from(self.0))
+        self.is_some().then_some(f64::from(self.0))
     }
 
     #[inline]
     pub(crate) fn is_some(self) -> bool {
-        !self.0.is_nan()
+        self.0.to_bits() != OPT_F64_NONE
     }
 
     fn or(self, other: Self) -> Self {
@@ -225,7 +234,7 @@ impl OptF64 {
 
 impl Default for OptF64 {
     fn default() -> Self {
-        OptF64(f32::NAN)
+        OptF64(f32::from_bits(OPT_F64_NONE))
     }
 }
 
@@ -302,7 +311,9 @@ impl LoadOptions {
     }
 
     /// Refresh in the background once a hit finds the value past this fraction of its lifetime
-    /// (for example 0.8), returning the current value at once. Values outside (0, 1) turn it off.
+    /// (for example 0.8), returning the current value at once. A fraction outside (0, 1), or
+    /// NaN, is refused with [`Error::Config`] when the options are used (see
+    /// [`validate`](Self::validate)).
     pub fn with_early_refresh(mut self, fraction: f64) -> Self {
         self.early_refresh = OptF64::some(fraction);
         self
@@ -310,7 +321,8 @@ impl LoadOptions {
 
     /// Probabilistic early refresh (XFetch): a hit refreshes early with probability
     /// `exp(-(expiry - now) / (beta × Δ))`, where Δ is how long the value took to load. `beta`
-    /// 1.0 is the usual choice; larger refreshes earlier.
+    /// 1.0 is the usual choice; larger refreshes earlier. A `beta` that is not positive and
+    /// finite (NaN included) is refused with [`Error::Config`] when the options are used.
     pub fn with_xfetch(mut self, beta: f64) -> Self {
         self.xfetch_beta = OptF64::some(beta);
         self
@@ -386,6 +398,8 @@ impl LoadOptions {
     /// use layercache::LoadOptions;
     ///
     /// assert!(LoadOptions::new().with_early_refresh(1.5).validate().is_err());
+    /// assert!(LoadOptions::new().with_early_refresh(f64::NAN).validate().is_err());
+    /// assert!(LoadOptions::new().with_xfetch(f64::NAN).validate().is_err());
     /// assert!(LoadOptions::new().with_soft_timeout(Duration::from_millis(100)).validate().is_err());
     /// assert!(LoadOptions::new()
     ///     .with_fail_safe(Duration::from_secs(60))
@@ -799,8 +813,18 @@ mod tests {
         assert!(OptF64::some(0.8)
             .get()
             .is_some_and(|f| (f - 0.8).abs() < 1e-6));
-        assert_eq!(OptF64::some(f64::NAN).get(), None);
-        assert_eq!(OptF64::some(f64::NAN), OptF64::default());
+        // A NaN setting is a setting (refused by validation), not "unset".
+        assert!(OptF64::some(f64::NAN).get().is_some_and(f64::is_nan));
+        assert_eq!(OptF64::default().get(), None);
+        assert!(LoadOptions::new()
+            .with_early_refresh(f64::NAN)
+            .validate()
+            .is_err());
+        assert!(LoadOptions::new()
+            .with_xfetch(f64::NAN)
+            .or(&LoadOptions::new().with_xfetch(1.0))
+            .validate()
+            .is_err());
     }
 
     #[test]

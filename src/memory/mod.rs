@@ -365,6 +365,9 @@ impl<V> fmt::Debug for MemoryCacheBuilder<V> {
     }
 }
 
+/// The longest lifetime handed to moka: its limit is 1,000 years, and it panics above it.
+const MOKA_MAX_LIFETIME: Duration = Duration::from_secs(900 * 365 * 24 * 3600);
+
 impl<V> MemoryCacheBuilder<V>
 where
     V: Clone + Send + Sync + 'static,
@@ -428,9 +431,10 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when both `max_entries` and `max_bytes` are set, when a capacity or
-    /// duration is zero, when `max_bytes` has no weigher, when a weigher is given without
-    /// `max_bytes`, or when the quick_cache engine is asked for a time-to-idle.
+    /// [`Error::Config`] when the name is empty, when both `max_entries` and `max_bytes` are
+    /// set, when a capacity or duration is zero, when `max_bytes` has no weigher, or when a
+    /// weigher is given without `max_bytes`. Any lifetime up to `Duration::MAX` ("forever") is
+    /// accepted.
     pub fn build(self) -> Result<MemoryCache<V>> {
         let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or("memory"));
         if name.is_empty() {
@@ -478,11 +482,13 @@ where
                         u32::try_from(weight(Some(&weigher), key, entry)).unwrap_or(u32::MAX)
                     });
                 }
+                // moka refuses (panics on) lifetimes over 1,000 years; longer ones mean "never"
+                // just as well.
                 if let Some(ttl) = self.time_to_live {
-                    builder = builder.time_to_live(ttl);
+                    builder = builder.time_to_live(ttl.min(MOKA_MAX_LIFETIME));
                 }
                 if let Some(tti) = self.time_to_idle {
-                    builder = builder.time_to_idle(tti);
+                    builder = builder.time_to_idle(tti.min(MOKA_MAX_LIFETIME));
                 }
                 Store::new(Backend::Moka(builder.build()))
             }

@@ -138,6 +138,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 ";
 
+/// The longest expiry given to Redis (`PX`), in ms: about 100 years. Redis refuses an expiry
+/// that overflows its clock ("invalid expire time"), so a longer lifetime — up to
+/// `Duration::MAX`, meaning "forever" — is written with this one. The entry's own deadlines,
+/// stored in the frame, keep their full value.
+pub(crate) const MAX_REDIS_PX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// A remaining lifetime in ms as Redis's `PX` argument (capped at [`MAX_REDIS_PX_MS`]).
+pub(crate) fn redis_px(ttl_ms: u64) -> i64 {
+    // The cap is far below i64::MAX, so the conversion cannot fail.
+    i64::try_from(ttl_ms.min(MAX_REDIS_PX_MS)).unwrap_or(i64::MAX)
+}
+
 /// A cache layer in Redis. Cloning is cheap and shares the connections.
 ///
 /// ```no_run
@@ -591,6 +603,7 @@ where
         if ttl_ms == 0 {
             return self.delete(key).await;
         }
+        let ttl_ms = redis_px(ttl_ms);
         let full = self.full_key(key);
         let bytes = self.encode_counted(&full, &entry)?;
         let started = Instant::now();
@@ -603,14 +616,8 @@ where
                 let (c, bytes) = (client.with_options(o), bytes.clone());
                 let full = full.as_str();
                 async move {
-                    c.set(
-                        full,
-                        bytes,
-                        Some(Expiration::PX(ttl_ms as i64)),
-                        None,
-                        false,
-                    )
-                    .await
+                    c.set(full, bytes, Some(Expiration::PX(ttl_ms)), None, false)
+                        .await
                 }
             })
         )
@@ -631,6 +638,7 @@ where
         if ttl_ms == 0 {
             return Ok(false);
         }
+        let ttl_ms = redis_px(ttl_ms);
         let created = entry.created_us();
         let full = self.full_key(key);
         let bytes = self.encode_counted(&full, &entry)?;
@@ -776,7 +784,7 @@ where
                     continue;
                 }
                 let bytes = self.encode_counted(&full, entry)?;
-                writes.push((full, Some((Bytes::from(bytes), ttl_ms as i64))));
+                writes.push((full, Some((Bytes::from(bytes), redis_px(ttl_ms)))));
             }
             let writes = &writes;
             crate::traced!(
