@@ -50,8 +50,11 @@ pub(crate) fn validate<S: AsRef<str>>(tags: &[S]) -> Result<()> {
     for tag in tags {
         let tag = tag.as_ref();
         if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            // An over-long tag is shown by its first 40 characters only.
+            let shown: String = tag.chars().take(40).collect();
+            let more = if shown.len() < tag.len() { "…" } else { "" };
             return Err(Error::config(format!(
-                "a tag is 1 to {MAX_TAG_LEN} bytes long, not {} ({tag:?})",
+                "a tag is 1 to {MAX_TAG_LEN} bytes long, not {} ({shown:?}{more})",
                 tag.len()
             )));
         }

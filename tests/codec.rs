@@ -226,6 +226,7 @@ fn the_builder_rejects_bad_settings() {
             .with_dictionary(vec![1, 2, 3])
             .zstd_level(-1_000_000)
             .build(),
+        Codec::builder().with_dictionary(Vec::new()).build(),
     ] {
         assert!(matches!(built, Err(Error::Config { .. })), "{built:?}");
     }

@@ -702,3 +702,44 @@ async fn jitter_spreads_expiries() {
     println!("50 keys written together expire over a spread of {spread} ms");
     assert!(spread > 5_000, "expiries are spread out: {spread} ms");
 }
+
+/// Breaker settings a user may reach for: a NaN failure rate cannot be honoured (an error at
+/// build), and a break of `Duration::MAX` ("until restarted") opens without overflowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_settings_at_the_extremes() {
+    use layercache::{BreakerConfig, CircuitState};
+    let nan = Layered::single(MemoryCache::<String>::builder().build().expect("l1"))
+        .breaker(BreakerConfig::default().failure_rate(f64::NAN, 10))
+        .build();
+    assert!(matches!(nan, Err(Error::Config { .. })), "{nan:?}");
+
+    // Nothing listens on port 1: every L2 command fails at once.
+    let down = RedisCache::<String>::builder()
+        .url("redis://127.0.0.1:1")
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("a down server does not fail the build");
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), down)
+        .breaker(
+            BreakerConfig::default()
+                .failure_threshold(1)
+                .break_duration(Duration::MAX)
+                .window(Duration::MAX),
+        )
+        .build()
+        .expect("valid");
+    for i in 0..5 {
+        let key = format!("k{i}");
+        let got = cache
+            .get_or_load(
+                &key,
+                || async { Ok::<_, std::io::Error>("v".to_string()) },
+                LoadOptions::default(),
+            )
+            .await
+            .expect("the loader answers while L2 is down");
+        assert_eq!(got, "v");
+    }
+    assert_eq!(cache.health()[1].circuit, CircuitState::Open);
+}

@@ -363,6 +363,35 @@ async fn builder_errors_are_clear() {
         .build()
         .await;
     assert!(matches!(zero, Err(Error::Config { .. })));
+    // A scheme that is not Redis's would be taken for a plain server by the client library.
+    for url in ["http://127.0.0.1:6379", "mysql://u:p@db:3306"] {
+        let wrong = RedisCache::<ChatReply>::builder().url(url).build().await;
+        match &wrong {
+            Err(Error::Config { reason }) => {
+                assert!(reason.contains("redis://"), "{reason}");
+                assert!(
+                    !reason.contains(":p@"),
+                    "no credentials in errors: {reason}"
+                );
+            }
+            other => panic!("{url}: expected a config error, got {other:?}"),
+        }
+    }
+    let zero_timeout = RedisCache::<ChatReply>::builder()
+        .url("redis://127.0.0.1:1")
+        .unresponsive_after(Duration::ZERO)
+        .build()
+        .await;
+    assert!(matches!(zero_timeout, Err(Error::Config { .. })));
+    // Duration::MAX means "no limit": accepted (not an overflow).
+    let unlimited = RedisCache::<ChatReply>::builder()
+        .url("redis://127.0.0.1:1")
+        .command_timeout(Duration::MAX)
+        .unresponsive_after(Duration::MAX)
+        .connect_timeout(Duration::from_millis(100))
+        .build()
+        .await;
+    assert!(unlimited.is_ok(), "{unlimited:?}");
     // Nothing listens on port 1: not a configuration error. The cache starts without Redis
     // within the connect timeout, and its commands fail at once (a `Layered` in front serves).
     let started = std::time::Instant::now();

@@ -149,6 +149,15 @@ async fn bad_tags_are_config_errors() {
         cache.invalidate_tag("").await,
         Err(Error::Config { .. })
     ));
+    // An over-long tag (a whole prompt by mistake) is named by its start, not copied whole into
+    // the error.
+    match cache.invalidate_tag(&"p".repeat(100_000)).await {
+        Err(Error::Config { reason }) => {
+            assert!(reason.contains("100000"), "{reason}");
+            assert!(reason.len() < 200, "{} bytes", reason.len());
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -663,7 +663,8 @@ impl<F: Format> CodecBuilder<F> {
     /// # Errors
     ///
     /// [`Error::Config`] for a zero or over-4-GiB `max_value_bytes`, a format id of 0, a
-    /// compression setting without the `zstd` feature, a level or dictionary zstd rejects, a
+    /// compression setting without the `zstd` feature, a level or dictionary zstd rejects (or an
+    /// empty dictionary), a
     /// signing key of all zeros, two keys under one id, or two signing keys.
     pub fn build(self) -> Result<Codec<F>> {
         let mut keys = sign::Keys::default();
@@ -677,6 +678,11 @@ impl<F: Format> CodecBuilder<F> {
         }
         if self.format.id() == 0 {
             return Err(Error::config("format id 0 is reserved"));
+        }
+        if self.dictionary.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config(
+                "an empty zstd dictionary is not a dictionary (train one with train_dictionary)",
+            ));
         }
         #[cfg(not(feature = "zstd"))]
         {

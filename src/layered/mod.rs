@@ -731,6 +731,7 @@ where
             return Err(Error::config("max_concurrent_loads must be at least 1"));
         }
         self.defaults.validate()?;
+        self.breaker.check()?;
         #[cfg(feature = "redis")]
         if let Some(ttl) = self.lease_ttl {
             if self.backplane.is_none() {

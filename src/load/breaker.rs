@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use metrics::Gauge;
 
+/// The longest break: a year (longer would overflow the clock arithmetic, and means the same).
+const MAX_BREAK: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// When the circuit breaker of a layer opens and for how long. Defaults: open after 5 failures
 /// within 10 s (or, if set, a failure rate over at least `min_calls` calls in the window), stay
 /// open 500 ms, then let one probe through. A layer that reports a new connection
@@ -59,9 +62,15 @@ impl BreakerConfig {
     }
 
     /// Also open when at least `min_calls` calls were made in the window and this fraction
-    /// (0–1) of them failed.
+    /// (0–1; values outside are clamped) of them failed. A NaN rate is refused with
+    /// [`Error::Config`](crate::Error::Config) when the cache is built.
     pub fn failure_rate(mut self, rate: f64, min_calls: u32) -> Self {
-        self.failure_rate = Some((rate.clamp(0.0, 1.0), min_calls.max(1)));
+        let rate = if rate.is_nan() {
+            rate
+        } else {
+            rate.clamp(0.0, 1.0)
+        };
+        self.failure_rate = Some((rate, min_calls.max(1)));
         self
     }
 
@@ -74,9 +83,21 @@ impl BreakerConfig {
     /// How long the circuit stays open before a probe (default 500 ms: a recovered Redis is used
     /// again within about half a second, at the cost of one probe call per half second while
     /// it is down).
+    ///
+    /// Anything over a year (up to `Duration::MAX`) counts as a year.
     pub fn break_duration(mut self, duration: Duration) -> Self {
-        self.break_duration = duration;
+        self.break_duration = duration.min(MAX_BREAK);
         self
+    }
+
+    /// Settings that cannot be honoured: [`Error::Config`](crate::Error::Config).
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        match self.failure_rate {
+            Some((rate, _)) if rate.is_nan() => Err(crate::Error::config(
+                "the breaker's failure_rate must be a fraction from 0 to 1, not NaN",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Never open: always call the layer.

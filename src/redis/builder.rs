@@ -126,6 +126,31 @@ async fn connect_in_background(pool: Pool, alive: std::sync::Weak<()>, connect_t
     }
 }
 
+/// The URL schemes a Redis (or Valkey) server is reached by: fred would take any other scheme
+/// (`http://…`) for a single server, so it is checked here.
+fn check_scheme(url: &str) -> Result<()> {
+    let Some((scheme, _)) = url.split_once("://") else {
+        return Ok(()); // not a URL at all: fred's parser says so
+    };
+    let lower = scheme.to_ascii_lowercase();
+    let base = lower
+        .strip_suffix("-cluster")
+        .or_else(|| lower.strip_suffix("-sentinel"))
+        .unwrap_or(&lower);
+    if matches!(base, "redis" | "rediss" | "valkey" | "valkeys") {
+        return Ok(());
+    }
+    let shown: String = scheme.chars().take(32).collect();
+    Err(Error::config(format!(
+        "a Redis URL starts with redis://, rediss://, redis-cluster://, redis-sentinel:// \
+         (or the same with valkey), not {shown}://"
+    )))
+}
+
+/// The longest timeout kept: a year. Longer ones (up to `Duration::MAX`, "no limit") mean the
+/// same, and would overflow the clock arithmetic of the layers below.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `url` with any password replaced by `<redacted>`.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -290,19 +315,23 @@ where
     }
 
     /// Time limit for each command (default 250 ms). A hung server costs a caller at most this.
+    /// Zero is refused by [`build`](Self::build); anything over a year (up to `Duration::MAX`)
+    /// counts as a year.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
     }
 
-    /// Time limit for the first connection, in [`build`](Self::build) (default 2 s).
+    /// Time limit for the first connection, in [`build`](Self::build) (default 2 s). Zero is
+    /// refused; anything over a year counts as a year.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Replace a connection that has had a command waiting this long without any reply (default:
-    /// 8 × the command timeout, at least 2 s).
+    /// 8 × the command timeout, at least 2 s). Zero is refused; anything over a year counts as
+    /// a year.
     pub fn unresponsive_after(mut self, after: Duration) -> Self {
         self.unresponsive_after = Some(after);
         self
@@ -329,7 +358,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for missing or contradictory settings; [`Error::Redis`] (op `config`,
+    /// [`Error::Config`] for missing or contradictory settings, a zero timeout or pool size, or a
+    /// URL scheme that is not Redis's or Valkey's (`http://…`); [`Error::Redis`] (op `config`,
     /// kind [`Config`](crate::RedisErrorKind::Config)) for a URL that cannot be parsed;
     /// [`Error::Redis`] (op `connect`) for a server that refuses the credentials (kind
     /// [`Auth`](crate::RedisErrorKind::Auth)) or the connection settings.
@@ -337,7 +367,10 @@ where
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1"));
         }
-        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.command_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.unresponsive_after.is_some_and(|d| d.is_zero())
+        {
             return Err(Error::config("timeouts must be greater than zero"));
         }
         if self.name.is_empty() {
@@ -346,6 +379,9 @@ where
         let Some(url) = self.url else {
             return Err(Error::config("set the Redis url"));
         };
+        check_scheme(&url)?;
+        let command_timeout = self.command_timeout.min(MAX_TIMEOUT);
+        let connect_timeout = self.connect_timeout.min(MAX_TIMEOUT);
         let mut config = Config::from_url(&tls::plain_scheme(&url)).map_err(|source| {
             // fred's message may quote the URL, password included.
             let source = fred::error::Error::new(
@@ -366,15 +402,16 @@ where
         }
         config.fail_fast = true;
         let clustered = config.server.is_clustered();
-        let unresponsive = self
-            .unresponsive_after
-            .unwrap_or_else(|| (self.command_timeout * 8).max(Duration::from_secs(2)));
+        let unresponsive = self.unresponsive_after.map_or_else(
+            || (command_timeout * 8).max(Duration::from_secs(2)),
+            |after| after.min(MAX_TIMEOUT),
+        );
         let connection = ConnectionConfig {
             // On a cluster, redirections come back to us and `cluster::follow` retries them:
             // fred's own `ASK` handling mixes up replies on a pipelined connection.
             max_redirections: if clustered { 0 } else { 5 },
-            connection_timeout: self.connect_timeout,
-            internal_command_timeout: self.connect_timeout,
+            connection_timeout: connect_timeout,
+            internal_command_timeout: connect_timeout,
             max_command_attempts: ATTEMPTS,
             unresponsive: UnresponsiveConfig {
                 max_timeout: Some(unresponsive),
@@ -387,7 +424,7 @@ where
             ..ConnectionConfig::default()
         };
         let performance = PerformanceConfig {
-            default_command_timeout: self.command_timeout,
+            default_command_timeout: command_timeout,
             ..PerformanceConfig::default()
         };
         let setup = Setup {
@@ -395,7 +432,7 @@ where
             policy: self.reconnect.to_fred(),
             connection,
             performance,
-            connect_timeout: self.connect_timeout,
+            connect_timeout,
         };
         let pool = setup
             .builder()
@@ -413,7 +450,7 @@ where
             });
         }
 
-        let connected = tokio::time::timeout(self.connect_timeout, async {
+        let connected = tokio::time::timeout(connect_timeout, async {
             pool.init().await?;
             pool.wait_for_connect().await
         })
@@ -423,7 +460,7 @@ where
             Ok(Err(source)) => Some(source),
             Err(_) => Some(fred::error::Error::new(
                 fred::error::ErrorKind::Timeout,
-                format!("could not connect within {:?}", self.connect_timeout),
+                format!("could not connect within {:?}", connect_timeout),
             )),
         };
         let alive = Arc::new(());
@@ -448,18 +485,18 @@ where
             tokio::spawn(connect_in_background(
                 pool.clone(),
                 Arc::downgrade(&alive),
-                self.connect_timeout,
+                connect_timeout,
             ));
         }
 
         let options = Options {
-            timeout: Some(self.command_timeout),
+            timeout: Some(command_timeout),
             fail_fast: true,
             max_attempts: Some(ATTEMPTS),
             ..Options::default()
         };
         let bulk_options = Options {
-            timeout: Some(self.command_timeout.max(Duration::from_secs(2))),
+            timeout: Some(command_timeout.max(Duration::from_secs(2))),
             ..options.clone()
         };
         let prefix = self
