@@ -184,7 +184,7 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             }
         }
         "bare" => Box::new(|i| {
-            black_box(now(call(i as u64)).ok());
+            black_box(now_in_place!(call(i as u64)).ok());
         }),
         "timed" => {
             let timer = Timer::new("ratios");
@@ -194,7 +194,7 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
                 let _ = now(timer.time(call(1)));
             }
             Box::new(move |i| {
-                black_box(now(timer.time(call(i as u64))).ok());
+                black_box(now_in_place!(timer.time(call(i as u64))).ok());
             })
         }
         "hdrhistogram" => {

@@ -446,7 +446,7 @@ impl<'a, F, J> Timed<'a, F, J> {
 impl<F: Future, J: Judge<F::Output>> Future for Timed<'_, F, J> {
     type Output = F::Output;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let inner = *this.inner;
