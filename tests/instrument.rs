@@ -214,6 +214,46 @@ fn timers_count_outcomes_cancellations_and_in_flight_through_the_facade() {
     assert_eq!(in_flight, Some(0.0));
 }
 
+/// Labels reach every series once by name: a key set twice keeps its last value, and the keys
+/// the timer sets itself (`call`, `outcome`) are not taken from the user — a series with two
+/// labels of one name makes Prometheus reject the whole scrape.
+#[test]
+fn timer_labels_are_unique_by_name() {
+    let recorder = DebuggingRecorder::new();
+    let timer = metrics::with_local_recorder(&recorder, || {
+        Timer::builder("chat")
+            .label("model", "gpt-4")
+            .label("model", "gpt-4o")
+            .label("call", "other")
+            .label("outcome", "ok")
+            .label("region", "eu")
+            .build()
+    });
+    runtime().block_on(async {
+        let _ = timer.time(async { Ok::<u8, LlmError>(1) }).await;
+    });
+    let mut seen = 0;
+    for (key, _, _, _) in recorder.snapshotter().snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let mut names: Vec<&str> = key.labels().map(|l| l.key()).collect();
+        let values = |name: &str| {
+            key.labels()
+                .filter(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("call"), ["chat"]);
+        assert_eq!(values("model"), ["gpt-4o"]);
+        assert_eq!(values("region"), ["eu"]);
+        let total = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), total, "no label twice in {:?}", key);
+        seen += 1;
+    }
+    assert!(seen > 0);
+}
+
 /// A call is in flight from its first `Pending` until it ends; a call that completes in its first
 /// poll is timed and counted but never enters the in-flight count (nor moves the gauge), and one
 /// that panics in its first poll is counted once as cancelled.

@@ -512,9 +512,24 @@ impl fmt::Debug for TimerBuilder {
 }
 
 impl TimerBuilder {
-    /// Add a static label to every metric of this timer (for example `model = gpt-4o`).
+    /// Add a static label to every metric of this timer (for example `model = gpt-4o`). Setting
+    /// a key again replaces its value: a series with two labels of one name would make
+    /// Prometheus reject the whole scrape. The keys the timer sets itself, `call` and
+    /// `outcome`, are not taken (a `tracing` warning says so); name the call with
+    /// [`Timer::builder`].
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.labels.push((key.into(), value.into()));
+        let (key, value) = (key.into(), value.into());
+        if key == "call" || key == "outcome" {
+            crate::log_warn!(
+                label = key.as_str(),
+                "layercache: a Timer sets the `call` and `outcome` labels itself; this label is not taken"
+            );
+            return self;
+        }
+        match self.labels.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.labels.push((key, value)),
+        }
         self
     }
 

@@ -450,8 +450,9 @@ where
             .len()
     }
 
-    /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time, with
-    /// `loader(key)`. Fails only if it cannot start (no runtime); failed loads are counted.
+    /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time (a
+    /// `concurrency` of 0 counts as 1), with `loader(key)`. Fails only if it cannot start (no
+    /// runtime); failed loads are counted.
     pub async fn warm<I, K, F, Fut, E>(
         &self,
         keys: I,
