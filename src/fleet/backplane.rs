@@ -153,6 +153,10 @@ pub struct BackplaneState {
     /// Waits that ended because the holder vanished (its lease expired unreleased), after which
     /// this replica took the lease over.
     pub lease_holders_lost: u64,
+    /// Cold-key loads this replica ran without trying the lease to the end, because it could
+    /// not hear its own heartbeat (it would not be woken by the holder) or Redis did not answer
+    /// the lease request: the fleet stays available, at the cost of a possible second load.
+    pub lease_bypassed: u64,
 }
 
 /// Cross-replica L1 invalidation over Redis pub/sub. Made by
@@ -201,12 +205,13 @@ pub(crate) struct Counters {
     pub(crate) lease_waits: AtomicU64,
     pub(crate) lease_timeouts: AtomicU64,
     pub(crate) lease_holders_lost: AtomicU64,
+    pub(crate) lease_bypassed: AtomicU64,
     published: ::metrics::Counter,
     publish_failed: ::metrics::Counter,
     received: ::metrics::Counter,
     dropped: ::metrics::Counter,
     subscribed: ::metrics::Gauge,
-    pub(crate) lease: [::metrics::Counter; 4],
+    pub(crate) lease: [::metrics::Counter; 5],
 }
 
 impl Counters {
@@ -221,6 +226,7 @@ impl Counters {
             lease_waits: AtomicU64::new(0),
             lease_timeouts: AtomicU64::new(0),
             lease_holders_lost: AtomicU64::new(0),
+            lease_bypassed: AtomicU64::new(0),
             published: message("published"),
             publish_failed: message("publish_failed"),
             received: message("received"),
@@ -231,6 +237,7 @@ impl Counters {
                 lease("waited"),
                 lease("timed_out"),
                 lease("holder_lost"),
+                lease("bypassed"),
             ],
         }
     }
@@ -347,6 +354,7 @@ impl Backplane {
             lease_waits: s.counters.lease_waits.load(Ordering::Relaxed),
             lease_timeouts: s.counters.lease_timeouts.load(Ordering::Relaxed),
             lease_holders_lost: s.counters.lease_holders_lost.load(Ordering::Relaxed),
+            lease_bypassed: s.counters.lease_bypassed.load(Ordering::Relaxed),
         }
     }
 

@@ -204,6 +204,7 @@ impl Backplane {
             WaitOutcome::Served => (&c.lease_waits, 1),
             WaitOutcome::TimedOut => (&c.lease_timeouts, 2),
             WaitOutcome::HolderLost => (&c.lease_holders_lost, 3),
+            WaitOutcome::Bypassed => (&c.lease_bypassed, 4),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         c.lease[index].increment(1);
@@ -219,6 +220,9 @@ pub(crate) enum WaitOutcome {
     TimedOut,
     /// The holder's lease ran out unreleased and this replica took it over.
     HolderLost,
+    /// Not a wait: the lease could not be tried (the backplane is not trusted, or Redis did not
+    /// answer the first request), so this replica loads on its own.
+    Bypassed,
 }
 
 /// Extend the lease every third of its lifetime until aborted.

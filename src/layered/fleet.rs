@@ -35,6 +35,7 @@ where
         };
         // A replica that cannot hear the fleet would not be woken: it loads on its own.
         if !backplane.is_subscribed() {
+            backplane.count_wait(WaitOutcome::Bypassed);
             return FleetLease::Load(None);
         }
         let answers = |e: &Entry<V>| e.is_fresh() && e.fresh_until_ms() > fresher_than_ms;
@@ -45,9 +46,11 @@ where
         loop {
             match backplane.try_lease(key, self.lease_ttl).await {
                 Attempt::Unavailable => {
-                    if waited {
-                        backplane.count_wait(WaitOutcome::TimedOut);
-                    }
+                    backplane.count_wait(if waited {
+                        WaitOutcome::TimedOut
+                    } else {
+                        WaitOutcome::Bypassed
+                    });
                     return FleetLease::Load(None);
                 }
                 Attempt::Won(mut held) => {

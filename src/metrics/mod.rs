@@ -64,9 +64,10 @@ pub const BACKPLANE_MESSAGES_TOTAL: &str = "layercache_backplane_messages_total"
 /// `layercache_backplane_subscribed{namespace}`: gauge, 1 while the replica hears the backplane
 /// (its L1 is trusted), 0 while it does not.
 pub const BACKPLANE_SUBSCRIBED: &str = "layercache_backplane_subscribed";
-/// `layercache_leases_total{namespace,result=won|waited|timed_out|holder_lost}`: cross-process
-/// single-flight: leases won (this replica loaded for the fleet), loads saved by waiting for
-/// another replica's value, waits that ended without it, and holders that vanished.
+/// `layercache_leases_total{namespace,result=won|waited|timed_out|holder_lost|bypassed}`:
+/// cross-process single-flight: leases won (this replica loaded for the fleet), loads saved by
+/// waiting for another replica's value, waits that ended without it, holders that vanished, and
+/// loads run without the lease (the replica could not hear the fleet or reach Redis).
 pub const LEASES_TOTAL: &str = "layercache_leases_total";
 /// `layercache_invalidations_total{cache,kind=tag|clear|prefix}`: group invalidations this
 /// replica made (`invalidate_tag`, `clear`, `invalidate_prefix`).

@@ -282,8 +282,12 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
             ["leases"] => {
                 let s = backplane_state(&cache);
                 say(format!(
-                    "won {} waited {} timed_out {} holder_lost {}",
-                    s.leases_won, s.lease_waits, s.lease_timeouts, s.lease_holders_lost
+                    "won {} waited {} timed_out {} holder_lost {} bypassed {}",
+                    s.leases_won,
+                    s.lease_waits,
+                    s.lease_timeouts,
+                    s.lease_holders_lost,
+                    s.lease_bypassed
                 ));
             }
             _ => say(format!("error unknown command: {line}")),
