@@ -153,9 +153,10 @@ pub struct BackplaneState {
     /// Waits that ended because the holder vanished (its lease expired unreleased), after which
     /// this replica took the lease over.
     pub lease_holders_lost: u64,
-    /// Cold-key loads this replica ran without trying the lease to the end, because it could
-    /// not hear its own heartbeat (it would not be woken by the holder) or Redis did not answer
-    /// the lease request: the fleet stays available, at the cost of a possible second load.
+    /// Cold-key loads this replica ran without the lease, because it could not hear its own
+    /// heartbeat (it would not be woken by the holder) or Redis did not answer (the L2 read
+    /// before the lease, or the lease request): the fleet stays available, at the cost of a
+    /// possible second load of the key.
     pub lease_bypassed: u64,
 }
 

@@ -79,6 +79,9 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// wait for the replica that holds it. A found entry answers only if fresh and fresher than
     /// `fresher_than_ms`.
     async fn fleet_lease(&self, key: &str, fresher_than_ms: u64) -> FleetLease<V>;
+    /// A load that would have tried the fleet lease runs without it (L2 did not answer): count
+    /// it, where there is a fleet.
+    fn lease_bypassed(&self);
 }
 
 /// Turns a loaded value (and the load's duration) into the entry to store (or `None` to return
@@ -374,6 +377,9 @@ async fn run_flight<V, T, F, Fut, E>(
     // One replica of the fleet loads; the others wait for its value (never without L2: the
     // lease is for efficiency, and a replica that cannot reach Redis loads on its own).
     let mut lease = None;
+    if spec.lease && !l2_answered {
+        target.lease_bypassed();
+    }
     if spec.lease && l2_answered {
         match target.fleet_lease(&guard.key, spec.fresher_than_ms).await {
             FleetLease::Found(entry) => {

@@ -60,6 +60,12 @@ where
     async fn fleet_lease(&self, _key: &str, _fresher_than_ms: u64) -> FleetLease<V> {
         FleetLease::Load(None)
     }
+    fn lease_bypassed(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.0.backplane {
+            backplane.count_wait(crate::fleet::WaitOutcome::Bypassed);
+        }
+    }
 }
 
 impl<V> Inner<V>
