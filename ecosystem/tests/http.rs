@@ -54,6 +54,12 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("nobody")
         .to_owned();
+    let accept_encoding = request
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let mut response = Response::new(Body::from(format!(
         "{{\"object\":\"chat.completion\",\"path\":\"{path}\",\"call\":{call},\"user\":\"{auth}\"}}"
     )));
@@ -71,6 +77,29 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         }
         "/cached/cookie" => {
             headers.insert("set-cookie", HeaderValue::from_static("session=abc"));
+        }
+        "/cached/session" => {
+            let cookie = format!("session={call}");
+            headers.insert(
+                "set-cookie",
+                HeaderValue::from_str(&cookie).expect("cookie"),
+            );
+        }
+        "/cached/no-cache" => {
+            headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+        }
+        "/cached/vary-star" => {
+            headers.insert("vary", HeaderValue::from_static("*"));
+        }
+        "/cached/encoded" => {
+            // Compressed or not by the request's Accept-Encoding, as a compression layer does.
+            headers.insert("vary", HeaderValue::from_static("Accept-Encoding"));
+            if accept_encoding.contains("gzip") {
+                headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+                *response.body_mut() = Body::from(format!("gzip:{call}"));
+            } else {
+                *response.body_mut() = Body::from(format!("plain:{call}"));
+            }
         }
         "/cached/missing" => *response.status_mut() = StatusCode::NOT_FOUND,
         "/cached/created" => *response.status_mut() = StatusCode::CREATED,
@@ -272,6 +301,8 @@ async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
         "/cached/private",
         "/cached/no-store",
         "/cached/cookie",
+        "/cached/no-cache",
+        "/cached/vary-star",
         "/cached/created",
         "/cached/big",
         "/cached/huge",
@@ -305,6 +336,105 @@ async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
         response.headers().get("content-type").map(|v| v.as_bytes()),
         Some(&b"application/json"[..])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_varies_on_what_the_key_does_not_hold_is_not_reused() {
+    let server = serve(l1()).await;
+    // The upstream compresses by Accept-Encoding and says so with `Vary`; the route does not
+    // vary on it, so no client may get another's encoding.
+    for round in 0..2 {
+        let gzip = server
+            .get("/cached/encoded", &[("accept-encoding", "gzip")])
+            .await;
+        assert!(
+            gzip.body.starts_with("gzip:"),
+            "round {round}: {}",
+            gzip.body
+        );
+        let plain = server
+            .get("/cached/encoded", &[("accept-encoding", "identity")])
+            .await;
+        assert!(
+            plain.body.starts_with("plain:"),
+            "round {round}: {}",
+            plain.body
+        );
+        assert_eq!(plain.x_cache.as_deref(), Some("miss"));
+    }
+    assert_eq!(server.upstream.calls("/cached/encoded"), 4);
+
+    // Varied on by the route, the same response is stored per encoding.
+    let layer = HttpCacheLayer::builder(l1())
+        .route("/cached", Duration::from_secs(60))
+        .vary("accept-encoding")
+        .build()
+        .expect("layer");
+    let upstream = Upstream::default();
+    let app = Router::new()
+        .fallback(upstream_handler)
+        .with_state(upstream.clone())
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let varied = Server {
+        base,
+        upstream,
+        layer: server.layer.clone(),
+        client: reqwest::Client::new(),
+    };
+    for encoding in ["gzip", "identity", "gzip", "identity"] {
+        let r = varied
+            .get("/cached/encoded", &[("accept-encoding", encoding)])
+            .await;
+        let expected = if encoding == "gzip" {
+            "gzip:"
+        } else {
+            "plain:"
+        };
+        assert!(r.body.starts_with(expected), "{encoding}: {}", r.body);
+    }
+    assert_eq!(
+        varied.upstream.calls("/cached/encoded"),
+        2,
+        "one per encoding"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_wait_on_a_response_that_may_not_be_stored_make_their_own_calls() {
+    let server = serve(l1()).await;
+    // A burst on a page that hands every visitor a session cookie: the requests coalesce onto
+    // one upstream call, but its Set-Cookie must reach one visitor only.
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (
+                server.client.clone(),
+                format!("{}/cached/session", server.base),
+            );
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.expect("request");
+                r.headers()
+                    .get("set-cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+        })
+        .collect();
+    let mut cookies = Vec::new();
+    for handle in burst {
+        cookies.push(handle.await.expect("task").expect("a set-cookie header"));
+    }
+    let distinct: std::collections::HashSet<_> = cookies.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        20,
+        "a session cookie was shared: {cookies:?}"
+    );
+    assert_eq!(server.upstream.calls("/cached/session"), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,12 @@
 //!   carrying `Authorization` or `Cookie` unless the route varies on that header
 //!   ([`HttpCacheBuilder::vary`]): a shared cache must never hand one user's response to another;
 //! * a response is stored only when its status is cacheable (200, 203, 204, 300, 301, 308, 404,
-//!   410), it has no `Cache-Control: no-store` or `private`, no `Set-Cookie`, and its body is at
-//!   most [`HttpCacheBuilder::max_body_bytes`] (1 MiB by default); other responses are
-//!   forwarded as they are;
+//!   410), it has no `Cache-Control: no-store`, `no-cache` or `private`, no `Set-Cookie`, no
+//!   `Vary` naming a request header the route does not vary on (nor `Vary: *`: with
+//!   `Accept-Encoding` varied upstream, a stored gzip body would reach clients that cannot read
+//!   it), and its body is at most [`HttpCacheBuilder::max_body_bytes`] (1 MiB by default); other
+//!   responses are forwarded as they are, and never shared: a request that waited on another's
+//!   upstream call for such a response makes its own (each visitor gets its own `Set-Cookie`);
 //! * every answer from a cached route carries `x-cache: hit`, `miss` or `stale` (`bypass` when
 //!   the request was not eligible).
 //!
@@ -108,6 +111,8 @@ impl HttpCacheBuilder {
 
     /// Keep a separate response per value of request header `name` (for example
     /// `authorization`, `accept-language`). A request without the header is its own variant.
+    /// Only responses whose own `Vary` names nothing but headers given here are stored: vary on
+    /// `accept-encoding` to cache an upstream that compresses by it.
     pub fn vary(mut self, name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) => self.vary.push(name),
@@ -372,20 +377,48 @@ where
                 Ok(response)
             }),
             Plan::Cache { key, ttl } => Box::pin(async move {
-                let max_body = shared.max_body_bytes;
+                // The service and the request go to the loader if this caller runs the load, and
+                // stay here if it joins another caller's load.
+                let mine = Arc::new(std::sync::Mutex::new(Some((inner, request))));
+                let slot = Arc::clone(&mine);
+                let loader_shared = Arc::clone(&shared);
                 let loader = move || async move {
+                    let taken = slot.lock().ok().and_then(|mut taken| taken.take());
+                    let Some((mut inner, request)) = taken else {
+                        return Err::<CachedResponse, BoxError>("the request was taken".into());
+                    };
                     let response = inner.call(request).await.map_err(Into::into)?;
                     let (parts, body) = response.into_parts();
                     let body = body.collect().await.map_err(Into::into)?.to_bytes();
-                    let cached = CachedResponse::from_parts(&parts, body, max_body);
+                    let cached = CachedResponse::from_parts(
+                        &parts,
+                        body,
+                        loader_shared.max_body_bytes,
+                        &loader_shared.vary,
+                    );
                     if parts.status.is_server_error() {
-                        Err::<CachedResponse, BoxError>(Box::new(UpstreamFailed(cached)))
+                        Err(Box::new(UpstreamFailed(cached)))
                     } else {
                         Ok(cached)
                     }
                 };
                 let options = shared.options.clone().with_ttl(ttl);
                 let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
+                if let Ok(answer) = &answered {
+                    // A response that may not be stored (a `Set-Cookie`, `private`, a `Vary` the
+                    // key does not hold) is not handed to another request: one that waited on
+                    // it asks the upstream itself.
+                    if answer.source == crate::Source::Joined && !answer.value.is_storable() {
+                        let own = mine.lock().ok().and_then(|mut own| own.take());
+                        if let Some((mut inner, request)) = own {
+                            let mut response = inner.call(request).await?.map(HttpCacheBody::inner);
+                            response
+                                .headers_mut()
+                                .insert(X_CACHE, HeaderValue::from_static("miss"));
+                            return Ok(response);
+                        }
+                    }
+                }
                 Ok(match answered {
                     Ok(answer) => answer.value.to_response(answer.source.as_header_value()),
                     Err(Error::Loader(shared_error)) => {

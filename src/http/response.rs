@@ -1,6 +1,6 @@
 //! The stored form of an HTTP response.
 
-use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, SET_COOKIE};
+use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, SET_COOKIE, VARY};
 use ::http::response::Parts;
 use ::http::{Response, StatusCode};
 use bytes::Bytes;
@@ -47,7 +47,15 @@ impl std::fmt::Debug for CachedResponse {
 }
 
 impl CachedResponse {
-    pub(crate) fn from_parts(parts: &Parts, body: Bytes, max_body: usize) -> Self {
+    /// The stored form of a response. `varied` are the request headers the route keys on: a
+    /// response whose `Vary` names any other header (or `*`) depends on something the key does
+    /// not hold, and is not storable.
+    pub(crate) fn from_parts(
+        parts: &Parts,
+        body: Bytes,
+        max_body: usize,
+        varied: &[HeaderName],
+    ) -> Self {
         let directives = |name: &HeaderName| -> Vec<String> {
             parts
                 .headers
@@ -59,10 +67,20 @@ impl CachedResponse {
                 .collect()
         };
         let cache_control = directives(&CACHE_CONTROL);
-        let storable = STORABLE.contains(&parts.status.as_u16())
-            && !cache_control
+        // `no-cache` (with or without field names): reuse needs a revalidation this cache
+        // does not do.
+        let forbidden = |d: &String| {
+            ["no-store", "no-cache", "private"]
                 .iter()
-                .any(|d| d == "no-store" || d == "private" || d.starts_with("private="))
+                .any(|f| d == f || d.strip_prefix(f).is_some_and(|rest| rest.starts_with('=')))
+        };
+        let varies_elsewhere = directives(&VARY)
+            .iter()
+            .filter(|name| !name.is_empty())
+            .any(|name| name == "*" || !varied.iter().any(|v| v.as_str() == name));
+        let storable = STORABLE.contains(&parts.status.as_u16())
+            && !cache_control.iter().any(forbidden)
+            && !varies_elsewhere
             && !parts.headers.contains_key(SET_COOKIE)
             && body.len() <= max_body;
         let headers = parts
@@ -79,8 +97,10 @@ impl CachedResponse {
         }
     }
 
-    /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store` or
-    /// `private`, no `Set-Cookie`, a body within the limit.
+    /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store`,
+    /// `no-cache` or `private`, no `Vary` on a request header the route does not vary on (nor
+    /// `Vary: *`), no `Set-Cookie`, a body within the limit. A response that may not be stored
+    /// is not shared either: each request that waited on it makes its own upstream call.
     pub fn is_storable(&self) -> bool {
         self.storable
     }
