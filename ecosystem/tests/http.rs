@@ -132,14 +132,21 @@ struct Server {
 }
 
 async fn serve(cache: LayeredBuilder<CachedResponse>) -> Server {
-    let layer = HttpCacheLayer::builder(cache)
-        .route("/cached", Duration::from_secs(60))
-        .route("/cached/short", Duration::from_millis(300))
-        .vary("authorization")
-        .max_body_bytes(2048)
-        .fail_safe(Duration::from_secs(600))
-        .build()
-        .expect("layer");
+    serve_with(
+        HttpCacheLayer::builder(cache)
+            .route("/cached", Duration::from_secs(60))
+            .route("/cached/short", Duration::from_millis(300))
+            .vary("authorization")
+            .max_body_bytes(2048)
+            .fail_safe(Duration::from_secs(600))
+            .build()
+            .expect("layer"),
+    )
+    .await
+}
+
+/// The upstream on loopback behind `layer`.
+async fn serve_with(layer: HttpCacheLayer) -> Server {
     let upstream = Upstream::default();
     let app = Router::new()
         .fallback(upstream_handler)
@@ -185,29 +192,34 @@ impl Server {
             body: response.text().await.expect("body"),
         }
     }
+
+    /// `n` concurrent GETs of `path`: status, headers and body of each.
+    async fn burst(&self, path: &str, n: usize) -> Vec<(u16, reqwest::header::HeaderMap, String)> {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, url) = (self.client.clone(), format!("{}{path}", self.base));
+                tokio::spawn(async move {
+                    let r = client.get(url).send().await.expect("request");
+                    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+                    (status, headers, r.text().await.expect("body"))
+                })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(n);
+        for request in requests {
+            replies.push(request.await.expect("task"));
+        }
+        replies
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_makes_one_upstream_call_and_later_requests_hit() {
     let server = serve(l1()).await;
-    let burst: Vec<_> = (0..1000)
-        .map(|_| {
-            let (client, url) = (
-                server.client.clone(),
-                format!("{}/cached/models?page=1", server.base),
-            );
-            tokio::spawn(async move {
-                let r = client.get(url).send().await.expect("request");
-                let x_cache = r.headers().get("x-cache").cloned();
-                (r.status().as_u16(), x_cache, r.text().await.expect("body"))
-            })
-        })
-        .collect();
     let mut bodies = Vec::new();
-    for handle in burst {
-        let (status, x_cache, body) = handle.await.expect("task");
+    for (status, headers, body) in server.burst("/cached/models?page=1", 1000).await {
         assert_eq!(status, 200);
-        assert!(x_cache.is_some());
+        assert!(headers.contains_key("x-cache"));
         bodies.push(body);
     }
     assert_eq!(
@@ -365,27 +377,14 @@ async fn a_response_that_varies_on_what_the_key_does_not_hold_is_not_reused() {
     assert_eq!(server.upstream.calls("/cached/encoded"), 4);
 
     // Varied on by the route, the same response is stored per encoding.
-    let layer = HttpCacheLayer::builder(l1())
-        .route("/cached", Duration::from_secs(60))
-        .vary("accept-encoding")
-        .build()
-        .expect("layer");
-    let upstream = Upstream::default();
-    let app = Router::new()
-        .fallback(upstream_handler)
-        .with_state(upstream.clone())
-        .layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let varied = Server {
-        base,
-        upstream,
-        layer: server.layer.clone(),
-        client: reqwest::Client::new(),
-    };
+    let varied = serve_with(
+        HttpCacheLayer::builder(l1())
+            .route("/cached", Duration::from_secs(60))
+            .vary("accept-encoding")
+            .build()
+            .expect("layer"),
+    )
+    .await;
     for encoding in ["gzip", "identity", "gzip", "identity"] {
         let r = varied
             .get("/cached/encoded", &[("accept-encoding", encoding)])
@@ -409,25 +408,12 @@ async fn requests_that_wait_on_a_response_that_may_not_be_stored_make_their_own_
     let server = serve(l1()).await;
     // A burst on a page that hands every visitor a session cookie: the requests coalesce onto
     // one upstream call, but its Set-Cookie must reach one visitor only.
-    let burst: Vec<_> = (0..20)
-        .map(|_| {
-            let (client, url) = (
-                server.client.clone(),
-                format!("{}/cached/session", server.base),
-            );
-            tokio::spawn(async move {
-                let r = client.get(url).send().await.expect("request");
-                r.headers()
-                    .get("set-cookie")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            })
-        })
+    let cookies: Vec<_> = server
+        .burst("/cached/session", 20)
+        .await
+        .into_iter()
+        .map(|(_, headers, _)| headers.get("set-cookie").cloned().expect("a set-cookie"))
         .collect();
-    let mut cookies = Vec::new();
-    for handle in burst {
-        cookies.push(handle.await.expect("task").expect("a set-cookie header"));
-    }
     let distinct: std::collections::HashSet<_> = cookies.iter().collect();
     assert_eq!(
         distinct.len(),
