@@ -401,6 +401,102 @@ async fn streams_are_timed_to_their_first_item_and_their_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_results_counts_a_failed_item_as_the_calls_error() {
+    let timer = Timer::builder("chat_stream")
+        .classify(&["rate_limited"], |e: &LlmError| match e {
+            LlmError::RateLimited => Some("rate_limited"),
+            LlmError::Down => None,
+        })
+        .build();
+    // OpenAI-shaped chunks, then a failure after `fail_after` of them (or none).
+    let chunks = |fail_after: Option<(usize, LlmError)>| {
+        let mut n = 0;
+        let mut fail = fail_after;
+        let tokens = tokens(6, Duration::from_millis(2));
+        futures_stream_map(tokens, move |token| {
+            n += 1;
+            match fail.take_if(|(after, _)| n > *after) {
+                Some((_, error)) => Err(error),
+                None => Ok(serde_json::json!({
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": token}}],
+                })),
+            }
+        })
+    };
+
+    // The consumer stops at the error (`?`) and drops the stream: an error, not a cancellation.
+    async fn consume<S>(stream: S) -> Result<usize, LlmError>
+    where
+        S: futures_core::Stream<Item = Result<serde_json::Value, LlmError>> + Unpin,
+    {
+        let mut stream = stream;
+        let mut got = 0;
+        while let Some(chunk) = next(&mut stream).await {
+            chunk?;
+            got += 1;
+        }
+        Ok(got)
+    }
+    let ok = consume(timer.time_try_stream(chunks(None))).await;
+    assert_eq!(ok.ok(), Some(6));
+    let down = consume(timer.time_try_stream(chunks(Some((2, LlmError::Down))))).await;
+    assert!(matches!(down, Err(LlmError::Down)));
+    let limited = timer.time_try_stream(chunks(Some((0, LlmError::RateLimited))));
+    assert!(matches!(consume(limited).await, Err(LlmError::RateLimited)));
+
+    // Read to its end after the error, the first failure still decides.
+    let mut drained = timer.time_try_stream(chunks(Some((3, LlmError::Down))));
+    let mut items = 0;
+    while next(&mut drained).await.is_some() {
+        items += 1;
+    }
+    assert_eq!(items, 6);
+    drop(drained);
+
+    // Dropped before any failure: cancelled.
+    let mut early = timer.time_try_stream(chunks(None));
+    assert!(matches!(next(&mut early).await, Some(Ok(_))));
+    drop(early);
+
+    let counts = timer.counts();
+    assert_eq!(
+        (counts.ok, counts.error, counts.cancelled),
+        (1, 2, 1),
+        "{counts:?}"
+    );
+    assert_eq!(counts.kinds, vec![("rate_limited", 1)]);
+    assert_eq!(timer.in_flight(), 0);
+    assert_eq!(timer.first_item_snapshot().count(), 5);
+}
+
+/// `stream` with `f` applied to each item.
+fn futures_stream_map<S, F, T>(stream: S, f: F) -> impl futures_core::Stream<Item = T> + Unpin
+where
+    S: futures_core::Stream + Unpin,
+    F: FnMut(S::Item) -> T + Unpin,
+{
+    struct Map<S, F>(S, F);
+    impl<S, F, T> futures_core::Stream for Map<S, F>
+    where
+        S: futures_core::Stream + Unpin,
+        F: FnMut(S::Item) -> T + Unpin,
+    {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            let this = &mut *self;
+            std::pin::Pin::new(&mut this.0)
+                .poll_next(cx)
+                .map(|item| item.map(&mut this.1))
+        }
+    }
+    Map(stream, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caches_expose_load_latency_without_a_recorder() {
     let cache = layercache::MemoryCache::<u32>::builder()
         .build()

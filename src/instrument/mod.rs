@@ -17,7 +17,9 @@
 //!   readings.
 //!
 //! Streams (LLM token streams) are timed with [`Timer::time_stream`]: time to the first item
-//! (`layercache_call_first_item_seconds`) and the whole duration.
+//! (`layercache_call_first_item_seconds`) and the whole duration. A stream of `Result`s (what
+//! LLM clients return) goes through [`Timer::time_try_stream`], which counts a failed item as
+//! the call's error.
 //!
 //! ```
 //! use std::time::Duration;
@@ -224,7 +226,9 @@ impl Timer {
     }
 
     /// Time a stream (an LLM token stream): the time to its first item and its whole duration,
-    /// ending when the stream ends (`ok`) or is dropped first (`cancelled`).
+    /// ending when the stream ends (`ok`) or is dropped first (`cancelled`). Items are not
+    /// judged: for a stream of `Result`s use [`time_try_stream`](Self::time_try_stream), which
+    /// counts a failed item as an error.
     pub fn time_stream<S>(&self, stream: S) -> TimedStream<S>
     where
         S: Stream,
@@ -234,6 +238,51 @@ impl Timer {
             timer: self.clone(),
             state: StreamState::NotStarted,
         }
+    }
+
+    /// Time a stream of `Result`s (what LLM clients return): like
+    /// [`time_stream`](Self::time_stream), but an `Err` item makes the call's outcome `error`
+    /// (or the kind the [classifier](TimerBuilder::classify) names), whether the stream then
+    /// ends or the consumer stops there and drops it (the usual `item?`). The first failed item
+    /// decides; a stream with none is `ok` at its end and `cancelled` if dropped first.
+    ///
+    /// ```
+    /// use std::pin::Pin;
+    /// use std::task::{Context, Poll};
+    /// use futures_core::Stream;
+    /// use layercache::instrument::Timer;
+    ///
+    /// /// A token stream that fails part-way (a rate limit, a dropped connection).
+    /// struct Chunks(std::vec::IntoIter<Result<&'static str, String>>);
+    /// impl Stream for Chunks {
+    ///     type Item = Result<&'static str, String>;
+    ///     fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    ///         Poll::Ready(self.0.next())
+    ///     }
+    /// }
+    ///
+    /// async fn reply(timer: &Timer) -> Result<String, String> {
+    ///     let chunks = Chunks(vec![Ok("Hel"), Ok("lo"), Err("rate limited".into())].into_iter());
+    ///     let mut timed = timer.time_try_stream(chunks);
+    ///     let mut text = String::new();
+    ///     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut timed).poll_next(cx)).await {
+    ///         text.push_str(chunk?); // the stream is dropped at the error
+    ///     }
+    ///     Ok(text)
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let timer = Timer::new("chat_stream");
+    /// assert!(reply(&timer).await.is_err());
+    /// assert_eq!((timer.counts().error, timer.counts().cancelled), (1, 0));
+    /// # });
+    /// ```
+    pub fn time_try_stream<S, T, E>(&self, stream: S) -> impl Stream<Item = S::Item>
+    where
+        S: Stream<Item = std::result::Result<T, E>>,
+        E: 'static,
+    {
+        TimedTryStream(self.time_stream(stream))
     }
 
     /// Durations of every finished call so far (all outcomes), without any recorder.
@@ -594,7 +643,12 @@ impl TimerBuilder {
 
 enum StreamState {
     NotStarted,
-    Running { started: Stopwatch, first: bool },
+    Running {
+        started: Stopwatch,
+        first: bool,
+        /// The first failed item's outcome ([`Timer::time_try_stream`]).
+        failed: Option<Outcome>,
+    },
     Done,
 }
 
@@ -613,37 +667,61 @@ impl<S> fmt::Debug for TimedStream<S> {
     }
 }
 
+impl<S: Stream> TimedStream<S> {
+    /// Poll the inner stream and time it; `failure` judges each item (`None`: not a failure).
+    fn poll_judged(
+        &mut self,
+        cx: &mut Context<'_>,
+        failure: impl FnOnce(&Inner, &S::Item) -> Option<Outcome>,
+    ) -> Poll<Option<S::Item>> {
+        if let StreamState::NotStarted = self.state {
+            // A stream is in flight from its first poll (it may run for minutes).
+            self.timer.inner.waits();
+            self.state = StreamState::Running {
+                started: Stopwatch::start(),
+                first: true,
+                failed: None,
+            };
+        }
+        let polled = self.stream.as_mut().poll_next(cx);
+        if let (
+            Poll::Ready(item),
+            StreamState::Running {
+                started,
+                first,
+                failed,
+            },
+        ) = (&polled, &mut self.state)
+        {
+            let inner = &self.timer.inner;
+            match item {
+                Some(item) => {
+                    if *first {
+                        *first = false;
+                        let ns = started.elapsed_ns();
+                        inner.first_item.record_ns(ns);
+                        inner.first_item_seconds.record(ns as f64 * 1e-9);
+                    }
+                    if failed.is_none() {
+                        *failed = failure(inner, item);
+                    }
+                }
+                None => {
+                    let (ns, outcome) = (started.elapsed_ns(), failed.unwrap_or(Outcome::Ok));
+                    self.state = StreamState::Done;
+                    inner.record(Some(outcome), ns, true);
+                }
+            }
+        }
+        polled
+    }
+}
+
 impl<S: Stream> Stream for TimedStream<S> {
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let StreamState::NotStarted = this.state {
-            // A stream is in flight from its first poll (it may run for minutes).
-            this.timer.inner.waits();
-            this.state = StreamState::Running {
-                started: Stopwatch::start(),
-                first: true,
-            };
-        }
-        let polled = this.stream.as_mut().poll_next(cx);
-        if let (Poll::Ready(item), StreamState::Running { started, first }) =
-            (&polled, &mut this.state)
-        {
-            let inner = &this.timer.inner;
-            if *first && item.is_some() {
-                *first = false;
-                let ns = started.elapsed_ns();
-                inner.first_item.record_ns(ns);
-                inner.first_item_seconds.record(ns as f64 * 1e-9);
-            }
-            if item.is_none() {
-                let ns = started.elapsed_ns();
-                this.state = StreamState::Done;
-                inner.record(Some(Outcome::Ok), ns, true);
-            }
-        }
-        polled
+        self.poll_judged(cx, |_, _| None)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -653,8 +731,33 @@ impl<S: Stream> Stream for TimedStream<S> {
 
 impl<S> Drop for TimedStream<S> {
     fn drop(&mut self) {
-        if let StreamState::Running { started, .. } = self.state {
-            self.timer.inner.record(None, started.elapsed_ns(), true);
+        if let StreamState::Running {
+            started, failed, ..
+        } = self.state
+        {
+            // Dropped after a failed item (a consumer's `?`) is that failure, else cancelled.
+            self.timer.inner.record(failed, started.elapsed_ns(), true);
         }
+    }
+}
+
+/// A stream of `Result`s timed by [`Timer::time_try_stream`].
+struct TimedTryStream<S>(TimedStream<S>);
+
+impl<S, T, E> Stream for TimedTryStream<S>
+where
+    S: Stream<Item = std::result::Result<T, E>>,
+    E: 'static,
+{
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_judged(cx, |inner, item| {
+            item.as_ref().err().map(|e| inner.classified(e))
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
     }
 }
