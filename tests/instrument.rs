@@ -438,7 +438,10 @@ async fn a_stream_of_results_counts_a_failed_item_as_the_calls_error() {
         }
         Ok(got)
     }
-    let ok = consume(timer.time_try_stream(chunks(None))).await;
+    // Sendable and 'static, as an SSE body or a spawned task needs.
+    let ok = tokio::spawn(consume(timer.time_try_stream(chunks(None))))
+        .await
+        .expect("task");
     assert_eq!(ok.ok(), Some(6));
     let down = consume(timer.time_try_stream(chunks(Some((2, LlmError::Down))))).await;
     assert!(matches!(down, Err(LlmError::Down)));
