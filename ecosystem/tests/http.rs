@@ -88,6 +88,10 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         "/cached/no-cache" => {
             headers.insert("cache-control", HeaderValue::from_static("no-cache"));
         }
+        "/cached/aged" => {
+            // It came from a cache in front of the upstream, 100 s after that cache fetched it.
+            headers.insert("age", HeaderValue::from_static("100"));
+        }
         "/cached/vary-star" => {
             headers.insert("vary", HeaderValue::from_static("*"));
         }
@@ -347,6 +351,43 @@ async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
     assert_eq!(
         response.headers().get("content-type").map(|v| v.as_bytes()),
         Some(&b"application/json"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_the_cache_say_their_age() {
+    let server = serve(l1()).await;
+    let age = |path: &'static str| {
+        let (client, url) = (server.client.clone(), format!("{}{path}", server.base));
+        async move {
+            let r = client.get(url).send().await.expect("request");
+            let x_cache = r.headers().get("x-cache").cloned().expect("x-cache");
+            let age = r.headers().get("age").map(|v| {
+                v.to_str()
+                    .expect("ascii")
+                    .parse::<u64>()
+                    .expect("Age is whole seconds")
+            });
+            (x_cache, age)
+        }
+    };
+    let started = Instant::now();
+    // A fresh upstream answer has no Age of ours; one from the cache does.
+    let (x_cache, first) = age("/cached/plain").await;
+    assert_eq!((x_cache.as_bytes(), first), (&b"miss"[..], None));
+    let (x_cache, hit) = age("/cached/plain").await;
+    assert_eq!(x_cache.as_bytes(), b"hit");
+    let hit = hit.expect("a hit says its age");
+    assert!(hit <= started.elapsed().as_secs(), "{hit}");
+    // The upstream's own Age is kept on the miss, and added to on the hit.
+    let (_, first) = age("/cached/aged").await;
+    assert_eq!(first, Some(100));
+    let (x_cache, hit) = age("/cached/aged").await;
+    assert_eq!(x_cache.as_bytes(), b"hit");
+    let hit = hit.expect("age");
+    assert!(
+        (100..=100 + started.elapsed().as_secs()).contains(&hit),
+        "{hit}"
     );
 }
 

@@ -21,7 +21,9 @@
 //!   responses are forwarded as they are, and never shared: a request that waited on another's
 //!   upstream call for such a response makes its own (each visitor gets its own `Set-Cookie`);
 //! * every answer from a cached route carries `x-cache: hit`, `miss` or `stale` (`bypass` when
-//!   the request was not eligible).
+//!   the request was not eligible), and one from the cache an `Age` (seconds since it was
+//!   fetched, added to any `Age` the upstream sent), so that a browser or proxy further on
+//!   counts its time here against the response's own `max-age`.
 //!
 //! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
 //! readable, the path, query and varied header values (an `Authorization` token) are hashed.
@@ -58,7 +60,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, COOKIE};
+use ::http::header::{HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE};
 use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -420,7 +422,17 @@ where
                     }
                 }
                 Ok(match answered {
-                    Ok(answer) => answer.value.to_response(answer.source.as_header_value()),
+                    Ok(answer) => {
+                        let mut response =
+                            answer.value.to_response(answer.source.as_header_value());
+                        if !matches!(
+                            answer.source,
+                            crate::Source::Loaded | crate::Source::Negative
+                        ) {
+                            set_age(&mut response, answer.age());
+                        }
+                        response
+                    }
                     Err(Error::Loader(shared_error)) => {
                         match shared_error.downcast_ref::<UpstreamFailed>() {
                             Some(UpstreamFailed(failed)) => failed.to_response("miss"),
@@ -433,6 +445,20 @@ where
             }),
         }
     }
+}
+
+/// Say how long a response from the cache has been there (`Age`, RFC 9111 §5.1): a client or
+/// proxy further on counts it against the response's own `max-age`. An `Age` the upstream sent
+/// (it had the response from a cache of its own) is added to.
+fn set_age<B>(response: &mut Response<B>, resident: Duration) {
+    let upstream = response
+        .headers()
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let age = upstream.saturating_add(resident.as_secs());
+    response.headers_mut().insert(AGE, HeaderValue::from(age));
 }
 
 /// An empty response with `status`, marked `x-cache: miss`.

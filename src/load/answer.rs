@@ -137,12 +137,14 @@ impl<V> Answer<V> {
         self.value
     }
 
-    /// When the entry was created in this process (loaded here, or read from L2).
+    /// When the value was created: when its load started, here or on the replica that wrote it
+    /// to L2 (that replica's clock; see [`Entry::created_at`]).
     pub fn created_at(&self) -> SystemTime {
         self.entry.created_at()
     }
 
-    /// How long ago the entry was created in this process (zero if the clock went back).
+    /// How long ago the value was created ([`created_at`](Self::created_at); zero if that is in
+    /// the future by this clock).
     pub fn age(&self) -> Duration {
         SystemTime::now()
             .duration_since(self.entry.created_at())
