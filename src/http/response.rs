@@ -87,12 +87,17 @@ impl CachedResponse {
             .headers
             .iter()
             .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
-            .map(|(name, value)| (name.as_str().to_owned(), ByteBuf(value.as_bytes().to_vec())))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    ByteBuf(Bytes::copy_from_slice(value.as_bytes())),
+                )
+            })
             .collect();
         CachedResponse {
             status: parts.status.as_u16(),
             headers,
-            body: ByteBuf(body.to_vec()),
+            body: ByteBuf(body),
             storable,
         }
     }
@@ -117,7 +122,7 @@ impl CachedResponse {
 
     /// The response to send, with `x-cache: <x_cache>`.
     pub(crate) fn to_response<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
-        let mut response = Response::new(HttpCacheBody::full(Bytes::from(self.body.0.clone())));
+        let mut response = Response::new(HttpCacheBody::full(self.body.0.clone()));
         *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
         let headers = response.headers_mut();
         for (name, value) in &self.headers {
@@ -135,9 +140,10 @@ impl CachedResponse {
     }
 }
 
-/// Bytes serialized as one byte string (not a sequence of numbers).
+/// Bytes serialized as one byte string (not a sequence of numbers); shared, not copied, when a
+/// response is cloned or sent.
 #[derive(Clone, PartialEq, Eq)]
-struct ByteBuf(Vec<u8>);
+struct ByteBuf(Bytes);
 
 impl Serialize for ByteBuf {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -154,13 +160,13 @@ impl<'de> Deserialize<'de> for ByteBuf {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
+                Ok(ByteBuf(Bytes::copy_from_slice(v)))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
+                Ok(ByteBuf(Bytes::from(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.as_bytes().to_vec()))
+                Ok(ByteBuf(Bytes::copy_from_slice(v.as_bytes())))
             }
             // Formats without a byte-string type (JSON) write a sequence of numbers.
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
@@ -171,9 +177,54 @@ impl<'de> Deserialize<'de> for ByteBuf {
                 while let Some(byte) = seq.next_element::<u8>()? {
                     out.push(byte);
                 }
-                Ok(ByteBuf(out))
+                Ok(ByteBuf(Bytes::from(out)))
             }
         }
         deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response() -> CachedResponse {
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = StatusCode::NOT_FOUND;
+        parts
+            .headers
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        parts
+            .headers
+            .insert("etag", HeaderValue::from_static("\"v1\""));
+        let body = Bytes::from_static(b"{\"error\":{\"message\":\"no such model\"}}\xff\x00");
+        CachedResponse::from_parts(&parts, body, 1 << 20, &[])
+    }
+
+    #[test]
+    fn a_response_reads_back_from_every_format() {
+        let original = response();
+        assert!(original.is_storable());
+        let json = serde_json::to_vec(&original).expect("json");
+        assert_eq!(
+            serde_json::from_slice::<CachedResponse>(&json).expect("json back"),
+            original
+        );
+        #[cfg(feature = "msgpack")]
+        {
+            let packed = rmp_serde::to_vec(&original).expect("msgpack");
+            let back: CachedResponse = rmp_serde::from_slice(&packed).expect("msgpack back");
+            assert_eq!(back, original);
+        }
+        #[cfg(feature = "postcard")]
+        {
+            let packed = postcard::to_allocvec(&original).expect("postcard");
+            let back: CachedResponse = postcard::from_bytes(&packed).expect("postcard back");
+            assert_eq!(back, original);
+        }
+        let sent = original.to_response::<http_body_util::Empty<Bytes>>("hit");
+        assert_eq!(sent.status(), StatusCode::NOT_FOUND);
+        assert_eq!(sent.headers()["etag"], "\"v1\"");
+        assert_eq!(sent.headers()[X_CACHE], "hit");
     }
 }
