@@ -507,6 +507,20 @@ async fn builder_errors_are_clear() {
         .route("/x", Duration::ZERO)
         .build();
     assert!(matches!(zero, Err(Error::Config { .. })));
+    // A prefix no path can start with would cache nothing, silently.
+    match HttpCacheLayer::builder(l1())
+        .route("v1/models", Duration::from_secs(1))
+        .build()
+    {
+        Err(Error::Config { reason }) => assert!(reason.contains("v1/models"), "{reason}"),
+        other => panic!("a prefix without its leading `/` was taken: {other:?}"),
+    }
+    // The same prefix twice: which lifetime holds would be a guess.
+    let twice = HttpCacheLayer::builder(l1())
+        .route("/v1/models", Duration::from_secs(1))
+        .route("/v1/models", Duration::from_secs(60))
+        .build();
+    assert!(matches!(twice, Err(Error::Config { .. })));
 }
 
 /// Two servers with their own L1 over one real Redis: a response loaded by one is a hit on the

@@ -148,14 +148,25 @@ impl HttpCacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for no route, a zero time to live, a header name that is not one, a
-    /// zero body limit, or load options that do not fit together.
+    /// [`Error::Config`] for no route, a route prefix that does not start with `/` or is given
+    /// twice, a zero time to live, a header name that is not one, a zero body limit, or load
+    /// options that do not fit together.
     pub fn build(self) -> Result<HttpCacheLayer> {
         if let Some(name) = self.bad_header {
             return Err(Error::config(format!("`{name}` is not a header name")));
         }
         if self.routes.is_empty() {
             return Err(Error::config("give at least one route to cache"));
+        }
+        if let Some((prefix, _)) = self.routes.iter().find(|(p, _)| !p.starts_with('/')) {
+            return Err(Error::config(format!(
+                "route `{prefix}` must start with `/`: request paths do, so it would match none"
+            )));
+        }
+        for (i, (prefix, _)) in self.routes.iter().enumerate() {
+            if self.routes[..i].iter().any(|(p, _)| p == prefix) {
+                return Err(Error::config(format!("route `{prefix}` is given twice")));
+            }
         }
         if self.routes.iter().any(|(_, ttl)| ttl.is_zero()) {
             return Err(Error::config(
