@@ -703,15 +703,20 @@ async fn jitter_spreads_expiries() {
     assert!(spread > 5_000, "expiries are spread out: {spread} ms");
 }
 
-/// Breaker settings a user may reach for: a NaN failure rate cannot be honoured (an error at
-/// build), and a break of `Duration::MAX` ("until restarted") opens without overflowing.
+/// Breaker settings a user may reach for: a NaN failure rate, or a breaker on a stack without
+/// L2, cannot be honoured (errors at build), and a break of `Duration::MAX` ("until
+/// restarted") opens without overflowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_settings_at_the_extremes() {
     use layercache::{BreakerConfig, CircuitState};
-    let nan = Layered::single(MemoryCache::<String>::builder().build().expect("l1"))
-        .breaker(BreakerConfig::default().failure_rate(f64::NAN, 10))
-        .build();
-    assert!(matches!(nan, Err(Error::Config { .. })), "{nan:?}");
+    let memory = || MemoryCache::<String>::builder().build().expect("l1");
+    match Layered::single(memory())
+        .breaker(BreakerConfig::default())
+        .build()
+    {
+        Err(Error::Config { reason }) => assert!(reason.contains("L2"), "{reason}"),
+        other => panic!("a breaker without an L2 was taken: {other:?}"),
+    }
 
     // Nothing listens on port 1: every L2 command fails at once.
     let down = RedisCache::<String>::builder()
@@ -720,6 +725,13 @@ async fn breaker_settings_at_the_extremes() {
         .build()
         .await
         .expect("a down server does not fail the build");
+    let nan = Layered::builder(memory(), down.clone())
+        .breaker(BreakerConfig::default().failure_rate(f64::NAN, 10))
+        .build();
+    match nan {
+        Err(Error::Config { reason }) => assert!(reason.contains("NaN"), "{reason}"),
+        other => panic!("a NaN failure rate was taken: {other:?}"),
+    }
     let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), down)
         .breaker(
             BreakerConfig::default()

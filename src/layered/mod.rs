@@ -335,7 +335,7 @@ where
             name: "layered".into(),
             l1_ttl: None,
             defaults: LoadOptions::default(),
-            breaker: BreakerConfig::default(),
+            breaker: None,
             max_concurrent_loads: None,
             admit: None,
             negative: None,
@@ -597,7 +597,8 @@ pub struct LayeredBuilder<V> {
     name: String,
     l1_ttl: Option<Duration>,
     defaults: LoadOptions,
-    breaker: BreakerConfig,
+    /// Set by [`breaker`](LayeredBuilder::breaker) (else the default).
+    breaker: Option<BreakerConfig>,
     max_concurrent_loads: Option<usize>,
     admit: Option<Predicate<V>>,
     negative: Option<(Predicate<V>, Duration)>,
@@ -656,8 +657,9 @@ where
     }
 
     /// The L2 circuit breaker (default: open after 5 failures in 10 s, probe after 500 ms).
+    /// It guards L2: a stack without one refuses it at [`build`](Self::build).
     pub fn breaker(mut self, config: BreakerConfig) -> Self {
-        self.breaker = config;
+        self.breaker = Some(config);
         self
     }
 
@@ -718,7 +720,8 @@ where
     /// # Errors
     ///
     /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero,
-    /// default options that [`LoadOptions::validate`] rejects, or a backplane over an L1 that is
+    /// default options that [`LoadOptions::validate`] rejects, a breaker without an L2 or with
+    /// settings [`BreakerConfig`] refuses, or a backplane over an L1 that is
     /// not a [`MemoryCache`], a lease lifetime without a backplane or under 30 ms;
     /// [`Error::NoRuntime`] for a backplane outside a tokio runtime.
     pub fn build(self) -> Result<Layered<V>> {
@@ -732,7 +735,14 @@ where
             return Err(Error::config("max_concurrent_loads must be at least 1"));
         }
         self.defaults.validate()?;
-        self.breaker.check()?;
+        if let Some(breaker) = &self.breaker {
+            if self.l2.is_none() {
+                return Err(Error::config(
+                    "a circuit breaker guards L2, and this stack has none: add one with l2(..)",
+                ));
+            }
+            breaker.check()?;
+        }
         #[cfg(feature = "redis")]
         if let Some(ttl) = self.lease_ttl {
             if self.backplane.is_none() {
@@ -781,7 +791,7 @@ where
             inner: Arc::new(Inner {
                 metrics,
                 flights: Arc::new(Flights::new(&self.name)),
-                breaker: Breaker::new(self.breaker, gauge),
+                breaker: Breaker::new(self.breaker.unwrap_or_default(), gauge),
                 limit: self
                     .max_concurrent_loads
                     .map(|n| Arc::new(Semaphore::new(n))),
