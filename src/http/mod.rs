@@ -114,7 +114,8 @@ impl HttpCacheBuilder {
     /// Keep a separate response per value of request header `name` (for example
     /// `authorization`, `accept-language`). A request without the header is its own variant.
     /// Only responses whose own `Vary` names nothing but headers given here are stored: vary on
-    /// `accept-encoding` to cache an upstream that compresses by it.
+    /// `accept-encoding` to cache an upstream that compresses by it (a `tracing` warning, once
+    /// per process, names the first header that kept a response out).
     pub fn vary(mut self, name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) => self.vary.push(name),

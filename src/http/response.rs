@@ -75,12 +75,15 @@ impl CachedResponse {
                 .any(|f| d == f || d.strip_prefix(f).is_some_and(|rest| rest.starts_with('=')))
         };
         let varies_elsewhere = directives(&VARY)
-            .iter()
+            .into_iter()
             .filter(|name| !name.is_empty())
-            .any(|name| name == "*" || !varied.iter().any(|v| v.as_str() == name));
+            .find(|name| name == "*" || !varied.iter().any(|v| v.as_str() == name));
+        if let Some(name) = &varies_elsewhere {
+            report_foreign_vary(name);
+        }
         let storable = STORABLE.contains(&parts.status.as_u16())
             && !cache_control.iter().any(forbidden)
-            && !varies_elsewhere
+            && varies_elsewhere.is_none()
             && !parts.headers.contains_key(SET_COOKIE)
             && body.len() <= max_body;
         let headers = parts
@@ -138,6 +141,22 @@ impl CachedResponse {
         headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
         response
     }
+}
+
+/// Say once per process that responses are not stored because they vary on `name`: a CORS or
+/// compression layer inside the cache makes every response do so, and the cache then stores
+/// nothing, which `x-cache: miss` alone does not explain.
+#[cold]
+fn report_foreign_vary(name: &str) {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::log_warn!(
+            vary = name,
+            "layercache: a response with `Vary: {name}` is not stored (the route does not vary on it): vary the route on it with HttpCacheBuilder::vary, or put the layer that adds it outside the cache (reported once)"
+        );
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = name;
 }
 
 /// Bytes serialized as one byte string (not a sequence of numbers); shared, not copied, when a
