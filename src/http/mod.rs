@@ -12,7 +12,9 @@
 //!   its time to live); everything else passes through untouched;
 //! * a request with `Cache-Control: no-store` or `no-cache` bypasses the cache, and so does one
 //!   carrying `Authorization` or `Cookie` unless the route varies on that header
-//!   ([`HttpCacheBuilder::vary`]): a shared cache must never hand one user's response to another;
+//!   ([`HttpCacheBuilder::vary`]): a shared cache must never hand one user's response to another.
+//!   Credentials in a header of your own (`x-api-key`, Azure OpenAI's `api-key`) are not known to
+//!   the cache: name them with `vary`, so each key gets its own responses;
 //! * a response is stored only when its status is cacheable (200, 203, 204, 300, 301, 308, 404,
 //!   410), it has no `Cache-Control: no-store`, `no-cache` or `private`, no `Set-Cookie`, no
 //!   `Vary` naming a request header the route does not vary on (nor `Vary: *`: with
