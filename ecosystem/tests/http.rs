@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,35 @@ use axum::Router;
 use layercache::http::{CachedResponse, HttpCacheLayer};
 use layercache::{Error, Layered, LayeredBuilder, MemoryCache};
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Upstream {
     calls: Arc<Mutex<HashMap<String, u32>>>,
     failing: Arc<AtomicBool>,
+    /// Requests that reached the server (counted in front of the cache).
+    entered: Arc<AtomicU32>,
+    /// Holds `/cached/big-gated` until the test adds permits.
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            calls: Arc::default(),
+            failing: Arc::default(),
+            entered: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+/// Count every request that reaches the server, before the cache sees it.
+async fn count_entered(
+    State(up): State<Upstream>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    up.entered.fetch_add(1, Ordering::SeqCst);
+    next.run(request).await
 }
 
 impl Upstream {
@@ -48,6 +73,9 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
     };
     // Slow enough that concurrent requests overlap.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    if path == "/cached/big-gated" {
+        let _held = up.gate.acquire().await.expect("gate");
+    }
     let auth = request
         .headers()
         .get("authorization")
@@ -107,7 +135,7 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         }
         "/cached/missing" => *response.status_mut() = StatusCode::NOT_FOUND,
         "/cached/created" => *response.status_mut() = StatusCode::CREATED,
-        "/cached/big" => *response.body_mut() = Body::from("x".repeat(4096)),
+        "/cached/big" | "/cached/big-gated" => *response.body_mut() = Body::from("x".repeat(4096)),
         "/cached/huge" => *response.body_mut() = Body::from(vec![b'y'; 10 << 20]),
         p if p.ends_with("/flaky") && up.failing.load(Ordering::SeqCst) => {
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -155,7 +183,11 @@ async fn serve_with(layer: HttpCacheLayer) -> Server {
     let app = Router::new()
         .fallback(upstream_handler)
         .with_state(upstream.clone())
-        .layer(layer.clone());
+        .layer(layer.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            upstream.clone(),
+            count_entered,
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -462,6 +494,35 @@ async fn requests_that_wait_on_a_response_that_may_not_be_stored_make_their_own_
         "a session cookie was shared: {cookies:?}"
     );
     assert_eq!(server.upstream.calls("/cached/session"), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_kept_out_only_by_its_size_still_answers_every_request_that_waited() {
+    let server = serve(l1()).await;
+    // The upstream call is held until all 20 requests have reached the server: they wait on
+    // the one call, whose body is over the cap (not stored) but meant for anyone.
+    let open_the_gate = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.upstream.entered.load(Ordering::SeqCst) < 20 {
+            assert!(Instant::now() < deadline, "the requests never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.upstream.gate.add_permits(1000);
+    };
+    let (replies, ()) = tokio::join!(server.burst("/cached/big-gated", 20), open_the_gate);
+    let x_cache = |r: &(u16, reqwest::header::HeaderMap, String)| {
+        r.1.get("x-cache").cloned().expect("x-cache")
+    };
+    assert!(replies.iter().all(|r| r.0 == 200 && r.2.len() == 4096));
+    let misses = replies.iter().filter(|r| x_cache(r) == "miss").count();
+    let shared = replies.iter().filter(|r| x_cache(r) == "hit").count();
+    assert_eq!(misses + shared, 20);
+    assert_eq!(
+        server.upstream.calls("/cached/big-gated") as usize,
+        misses,
+        "each upstream call answered one request, the others were shared"
+    );
+    assert!(shared > 0, "no request shared the call: {misses} misses");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

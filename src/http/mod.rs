@@ -20,8 +20,10 @@
 //!   `Vary` naming a request header the route does not vary on (nor `Vary: *`: with
 //!   `Accept-Encoding` varied upstream, a stored gzip body would reach clients that cannot read
 //!   it), and its body is at most [`HttpCacheBuilder::max_body_bytes`] (1 MiB by default); other
-//!   responses are forwarded as they are, and never shared: a request that waited on another's
-//!   upstream call for such a response makes its own (each visitor gets its own `Set-Cookie`);
+//!   responses are forwarded as they are. One meant for a single client (`Set-Cookie`,
+//!   `private`, `no-store`, `no-cache`, a foreign `Vary`) is not shared either: a request that
+//!   waited on another's upstream call for it makes its own (each visitor gets its own
+//!   `Set-Cookie`); one kept out only by its status or size answers every request that waited;
 //! * every answer from a cached route carries `x-cache: hit`, `miss` or `stale` (`bypass` when
 //!   the request was not eligible), and one from the cache an `Age` (seconds since it was
 //!   fetched, added to any `Age` the upstream sent), so that a browser or proxy further on
@@ -421,10 +423,10 @@ where
                 let options = shared.options.clone().with_ttl(ttl);
                 let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
                 if let Ok(answer) = &answered {
-                    // A response that may not be stored (a `Set-Cookie`, `private`, a `Vary` the
+                    // A response meant for one client (a `Set-Cookie`, `private`, a `Vary` the
                     // key does not hold) is not handed to another request: one that waited on
                     // it asks the upstream itself.
-                    if answer.source == crate::Source::Joined && !answer.value.is_storable() {
+                    if answer.source == crate::Source::Joined && !answer.value.is_shareable() {
                         let own = mine.lock().ok().and_then(|mut own| own.take());
                         if let Some((mut inner, request)) = own {
                             let mut response = inner.call(request).await?.map(HttpCacheBody::inner);

@@ -33,6 +33,15 @@ pub struct CachedResponse {
     body: ByteBuf,
     /// Whether it may be stored (see [`CachedResponse::is_storable`]).
     storable: bool,
+    /// Whether it may answer other requests that waited on the same upstream call: not when it
+    /// is meant for one client. A stored response always may, so this is not stored.
+    #[serde(skip, default = "shareable_when_read")]
+    shareable: bool,
+}
+
+/// A response read back was stored, so it may be shared.
+fn shareable_when_read() -> bool {
+    true
 }
 
 impl std::fmt::Debug for CachedResponse {
@@ -42,6 +51,7 @@ impl std::fmt::Debug for CachedResponse {
             .field("headers", &self.headers.len())
             .field("body_bytes", &self.body.0.len())
             .field("storable", &self.storable)
+            .field("shareable", &self.shareable)
             .finish()
     }
 }
@@ -81,11 +91,14 @@ impl CachedResponse {
         if let Some(name) = &varies_elsewhere {
             report_foreign_vary(name);
         }
-        let storable = STORABLE.contains(&parts.status.as_u16())
-            && !cache_control.iter().any(forbidden)
-            && varies_elsewhere.is_none()
-            && !parts.headers.contains_key(SET_COOKIE)
-            && body.len() <= max_body;
+        // Meant for one client: neither stored nor handed to another request. (A status not
+        // stored, or a body over the limit, concerns the cache only: requests that waited on
+        // the same call still share it.)
+        let personal = cache_control.iter().any(forbidden)
+            || varies_elsewhere.is_some()
+            || parts.headers.contains_key(SET_COOKIE);
+        let storable =
+            !personal && STORABLE.contains(&parts.status.as_u16()) && body.len() <= max_body;
         let headers = parts
             .headers
             .iter()
@@ -102,15 +115,23 @@ impl CachedResponse {
             headers,
             body: ByteBuf(body),
             storable,
+            shareable: !personal,
         }
     }
 
     /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store`,
     /// `no-cache` or `private`, no `Vary` on a request header the route does not vary on (nor
-    /// `Vary: *`), no `Set-Cookie`, a body within the limit. A response that may not be stored
-    /// is not shared either: each request that waited on it makes its own upstream call.
+    /// `Vary: *`), no `Set-Cookie`, a body within the limit.
     pub fn is_storable(&self) -> bool {
         self.storable
+    }
+
+    /// Whether requests that waited on the upstream call for this response may be answered with
+    /// it. Not when it is meant for one client (`Set-Cookie`, `Cache-Control: private`,
+    /// `no-store` or `no-cache`, a `Vary` the key does not hold): each of them then makes its own
+    /// call. A response kept out of the cache only by its status or its size is shared.
+    pub fn is_shareable(&self) -> bool {
+        self.shareable
     }
 
     /// The status code.
