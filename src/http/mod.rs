@@ -422,19 +422,24 @@ where
                 };
                 let options = shared.options.clone().with_ttl(ttl);
                 let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
-                if let Ok(answer) = &answered {
-                    // A response meant for one client (a `Set-Cookie`, `private`, a `Vary` the
-                    // key does not hold) is not handed to another request: one that waited on
-                    // it asks the upstream itself.
-                    if answer.source == crate::Source::Joined && !answer.value.is_shareable() {
-                        let own = mine.lock().ok().and_then(|mut own| own.take());
-                        if let Some((mut inner, request)) = own {
-                            let mut response = inner.call(request).await?.map(HttpCacheBody::inner);
-                            response
-                                .headers_mut()
-                                .insert(X_CACHE, HeaderValue::from_static("miss"));
-                            return Ok(response);
-                        }
+                // A response meant for one client (a `Set-Cookie`, `private`, a `Vary` the key
+                // does not hold), a failed one included, is not handed to another request: one
+                // that waited on it (its request is still here) asks the upstream itself.
+                let personal = match &answered {
+                    Ok(answer) => !answer.value.is_shareable(),
+                    Err(Error::Loader(shared_error)) => shared_error
+                        .downcast_ref::<UpstreamFailed>()
+                        .is_some_and(|UpstreamFailed(failed)| !failed.is_shareable()),
+                    Err(_) => false,
+                };
+                if personal {
+                    let own = mine.lock().ok().and_then(|mut own| own.take());
+                    if let Some((mut inner, request)) = own {
+                        let mut response = inner.call(request).await?.map(HttpCacheBody::inner);
+                        response
+                            .headers_mut()
+                            .insert(X_CACHE, HeaderValue::from_static("miss"));
+                        return Ok(response);
                     }
                 }
                 Ok(match answered {
