@@ -137,6 +137,15 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         "/cached/created" => *response.status_mut() = StatusCode::CREATED,
         "/cached/big" | "/cached/big-gated" => *response.body_mut() = Body::from("x".repeat(4096)),
         "/cached/huge" => *response.body_mut() = Body::from(vec![b'y'; 10 << 20]),
+        "/cached/down-session" => {
+            // An error page that still hands out a session cookie.
+            let cookie = format!("session={call}");
+            headers.insert(
+                "set-cookie",
+                HeaderValue::from_str(&cookie).expect("cookie"),
+            );
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
         p if p.ends_with("/flaky") && up.failing.load(Ordering::SeqCst) => {
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             *response.body_mut() = Body::from("down");
@@ -494,6 +503,20 @@ async fn requests_that_wait_on_a_response_that_may_not_be_stored_make_their_own_
         "a session cookie was shared: {cookies:?}"
     );
     assert_eq!(server.upstream.calls("/cached/session"), 20);
+
+    // The same for a failed upstream answer (nothing stale to serve instead).
+    let replies = server.burst("/cached/down-session", 10).await;
+    assert!(replies.iter().all(|(status, ..)| *status == 503));
+    let cookies: std::collections::HashSet<_> = replies
+        .iter()
+        .map(|(_, headers, _)| headers.get("set-cookie").cloned().expect("a set-cookie"))
+        .collect();
+    assert_eq!(
+        cookies.len(),
+        10,
+        "a session cookie was shared: {cookies:?}"
+    );
+    assert_eq!(server.upstream.calls("/cached/down-session"), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
