@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
-    ClientLike, Config, EventInterface, Options, PerformanceConfig, Pool, ReconnectPolicy,
+    ClientLike, Config, EventInterface, Options, PerformanceConfig, ReconnectPolicy,
 };
 use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
 
 use super::ops::OpMetrics;
 use super::{
-    tls, watchdog, Inner, RedisCache, ATTEMPTS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_POOL_SIZE,
+    connect, tls, watchdog, Inner, RedisCache, ATTEMPTS, DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
 };
 use crate::codec::ValueCodec;
 use crate::error::{Error, Result};
@@ -103,27 +103,6 @@ fn is_fatal(error: &fred::error::Error) -> bool {
         || message.contains("noauth")
         || message.contains("invalid password")
         || message.contains("invalid username")
-}
-
-/// Connect `pool` once the server is reachable: retry every 100 ms (each try bounded by the
-/// connect timeout) until connected or the cache is dropped.
-async fn connect_in_background(pool: Pool, alive: std::sync::Weak<()>, connect_timeout: Duration) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if alive.upgrade().is_none() {
-            let _ = pool.quit().await;
-            return;
-        }
-        let tried = tokio::time::timeout(connect_timeout, async {
-            pool.init().await?;
-            pool.wait_for_connect().await
-        })
-        .await;
-        if matches!(tried, Ok(Ok(()))) {
-            crate::log_info!("layercache: Redis is reachable now; the cache uses it");
-            return;
-        }
-    }
 }
 
 /// The URL schemes a Redis (or Valkey) server is reached by: fred would take any other scheme
@@ -450,42 +429,33 @@ where
             });
         }
 
-        let connected = tokio::time::timeout(connect_timeout, async {
-            pool.init().await?;
-            pool.wait_for_connect().await
-        })
-        .await;
-        let failure = match connected {
-            Ok(Ok(())) => None,
-            Ok(Err(source)) => Some(source),
-            Err(_) => Some(fred::error::Error::new(
-                fred::error::ErrorKind::Timeout,
-                format!("could not connect within {:?}", connect_timeout),
-            )),
-        };
+        // One connection task per client, restarted whenever it ends, for the life of the cache
+        // (see `connect`): a start without Redis is not an error.
         let alive = Arc::new(());
+        let failure = connect::connect_pool(&pool, Arc::downgrade(&alive), connect_timeout).await;
         if let Some(source) = failure {
             if is_fatal(&source) {
-                // Close the half-made connections in the background: quitting a pool whose
-                // server does not answer can itself take a command timeout, and the caller was
-                // promised an answer within the connect timeout.
+                // Dropping `alive` stops the restarts; close the half-made connections in the
+                // background: quitting a pool whose server does not answer can itself take a
+                // command timeout, and the caller was promised an answer within the connect
+                // timeout.
+                drop(alive);
                 tokio::spawn(async move {
                     let _ = pool.quit().await;
                 });
                 return Err(Error::redis("connect", source));
             }
-            // Unreachable for now (refused, timed out): start anyway and keep connecting in the
-            // background. Until then every command fails at once, which a `Layered` in front
-            // treats as an L2 outage (circuit open; L1 and the loader serve).
+            // Unreachable for now (refused, timed out): start anyway; the clients keep
+            // connecting in the background. Until then every command fails at once, which a
+            // `Layered` in front treats as an L2 outage (circuit open; L1 and the loader serve).
             crate::log_warn!(
                 cache = self.name.as_str(),
                 error = %source,
                 "layercache: Redis is unreachable at start-up; the cache starts without it and keeps connecting in the background"
             );
-            tokio::spawn(connect_in_background(
+            tokio::spawn(connect::announce_when_connected(
                 pool.clone(),
                 Arc::downgrade(&alive),
-                connect_timeout,
             ));
         }
 

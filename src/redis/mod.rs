@@ -94,6 +94,7 @@ use crate::metrics::{LayerMetrics, Stats};
 
 mod builder;
 pub(crate) mod cluster;
+mod connect;
 mod ops;
 mod tls;
 mod watchdog;

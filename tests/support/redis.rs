@@ -45,14 +45,23 @@ pub fn binary(name: &str) -> PathBuf {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (and its cluster bus port, +10000, also free).
+/// A free TCP port on 127.0.0.1 (and its cluster bus port, +10000, also free), never one this
+/// process was given before: a port handed out for a server that is not started yet is not
+/// bound, and the kernel could hand it to the next caller.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let port = listener.local_addr().expect("local addr").port();
         drop(listener);
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
+            let mut given = GIVEN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
         }
     }
 }
