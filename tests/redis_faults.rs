@@ -311,3 +311,38 @@ async fn late_start(seed: u64) {
         }
     }
 }
+
+/// Dropping a cache that is still trying to reach Redis (never connected yet, or reconnecting
+/// after losing it) stops its connection attempts: nothing keeps running for a cache nobody
+/// holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cache_stops_trying_to_reach_redis() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let mut server = RedisServer::not_started();
+    for _ in 0..10 {
+        let cache = cache(&server).await;
+        assert!(is_redis_error(&cache.get("k").await), "down: an error");
+        drop(cache);
+    }
+    // And caches that were connected, and are reconnecting when dropped.
+    tokio::task::block_in_place(|| server.restart());
+    let mut connected = Vec::new();
+    for _ in 0..5 {
+        connected.push(cache(&server).await);
+    }
+    server.kill();
+    for cache in &connected {
+        assert!(is_redis_error(&cache.get("k").await), "down: an error");
+    }
+    drop(connected);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks still running 10 s after the caches were dropped (before: {before})",
+            metrics.num_alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
