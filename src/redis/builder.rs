@@ -333,7 +333,8 @@ where
     /// A server that cannot be reached (connection refused, no answer within the connect
     /// timeout) does not fail the build: the cache starts without it — every command fails at
     /// once, so a [`Layered`](crate::Layered) in front serves from L1 and the loader — keeps
-    /// connecting in the background every 100 ms, and logs one warning (feature `tracing`).
+    /// connecting in the background, each connection of the pool every 100 ms on its own until
+    /// it is up, and logs one warning (feature `tracing`). Dropping the cache stops the attempts.
     ///
     /// # Errors
     ///
