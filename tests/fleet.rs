@@ -622,3 +622,75 @@ async fn with_redis_unreachable_every_replica_loads_on_its_own() {
     let state = a.backplane().expect("backplane").state();
     assert_eq!(state.leases_won + state.lease_waits, 0, "{state:?}");
 }
+
+/// A replica (re)started while Redis is down starts anyway: its backplane is not trusted, so
+/// it answers from its loader; once Redis is back it subscribes, trusts its L1 again, and hears
+/// the other replicas' invalidations like any replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_joins_the_fleet_when_it_is_back() {
+    let mut server = RedisServer::not_started();
+    let late = support::fleet::replica_cache(&server.url(), "late")
+        .await
+        .expect("a replica starts while Redis is down");
+    let backplane = late.backplane().expect("backplane");
+    assert!(
+        !backplane.is_subscribed(),
+        "not trusted while Redis is down"
+    );
+    let ask = |cache: &Layered<String>, value: &'static str| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(
+                    "doc",
+                    move || async move { Ok::<_, std::io::Error>(value.to_owned()) },
+                    layercache::LoadOptions::ttl(Duration::from_secs(60)),
+                )
+                .await
+                .expect("no caller error")
+        }
+    };
+    assert_eq!(ask(&late, "from the loader").await, "from the loader");
+
+    tokio::task::block_in_place(|| server.restart());
+    let up = Instant::now();
+    while !late.backplane().expect("backplane").is_subscribed() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "subscribed within 10 s of Redis coming up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "subscribed and trusted {:?} after Redis came up",
+        up.elapsed()
+    );
+
+    // Another replica changes the key: the late one stops serving its L1 copy (its own value,
+    // loaded during the outage, is kept for the catch-up, which gives way to the newer one).
+    let other = replica_here(&server.url(), "late").await;
+    for (value, before) in [("v1", "from the loader"), ("v2", "v1")] {
+        other
+            .set_value("doc", value.to_owned(), Duration::from_secs(60))
+            .await
+            .expect("set");
+        let changed = Instant::now();
+        loop {
+            let seen = ask(&late, "never loaded").await;
+            if seen == value {
+                break;
+            }
+            assert_eq!(seen, before, "only the old value until the new one");
+            assert!(
+                changed.elapsed() < Duration::from_secs(5),
+                "the change to {value} reached the late replica"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!("{value} seen {:?} after it was set", changed.elapsed());
+    }
+    assert!(
+        late.backplane().expect("backplane").state().received >= 2,
+        "messages heard"
+    );
+}

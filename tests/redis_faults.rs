@@ -312,9 +312,9 @@ async fn late_start(seed: u64) {
     }
 }
 
-/// Dropping a cache that is still trying to reach Redis (never connected yet, or reconnecting
-/// after losing it) stops its connection attempts: nothing keeps running for a cache nobody
-/// holds.
+/// Dropping a cache or a backplane that is still trying to reach Redis (never connected yet, or
+/// reconnecting after losing it) stops its connection attempts and background tasks: nothing
+/// keeps running for a cache nobody holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_cache_stops_trying_to_reach_redis() {
     let metrics = tokio::runtime::Handle::current().metrics();
@@ -323,17 +323,33 @@ async fn a_dropped_cache_stops_trying_to_reach_redis() {
     for _ in 0..10 {
         let cache = cache(&server).await;
         assert!(is_redis_error(&cache.get("k").await), "down: an error");
-        drop(cache);
+        let backplane = cache
+            .backplane()
+            .await
+            .expect("a backplane starts without Redis");
+        assert!(!backplane.is_subscribed());
+        drop((cache, backplane));
     }
     // And caches that were connected, and are reconnecting when dropped.
     tokio::task::block_in_place(|| server.restart());
     let mut connected = Vec::new();
     for _ in 0..5 {
-        connected.push(cache(&server).await);
+        let cache = cache(&server).await;
+        let backplane = cache.backplane().await.expect("backplane");
+        connected.push((cache, backplane));
     }
     server.kill();
-    for cache in &connected {
+    for (cache, _) in &connected {
         assert!(is_redis_error(&cache.get("k").await), "down: an error");
+    }
+    // Until the backplanes have noticed the outage (they publish into it).
+    let noticed = Instant::now() + Duration::from_secs(10);
+    while connected
+        .iter()
+        .any(|(_, backplane)| backplane.is_subscribed())
+    {
+        assert!(Instant::now() < noticed, "backplanes notice the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(connected);
     let deadline = Instant::now() + Duration::from_secs(10);

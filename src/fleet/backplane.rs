@@ -181,7 +181,7 @@ pub(crate) struct Shared {
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
     outbox: Mutex<HashMap<Slot, (Action, u64)>>,
-    wake: Notify,
+    wake: Arc<Notify>,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
     last_heard_ms: AtomicU64,
@@ -191,6 +191,13 @@ pub(crate) struct Shared {
     received: AtomicU64,
     resyncs: AtomicU64,
     dropped: AtomicU64,
+    /// Keeps the clients' connection attempts going while the backplane lives.
+    _connecting: crate::redis::connect::Alive,
+    /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
+    /// (the streams themselves stay open when the client never connected).
+    _stop: watch::Sender<()>,
+    /// fred's task that resubscribes after a reconnect; ended with the backplane.
+    resubscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// An outbox slot: a key (or tag) and the [`Action::class`] of what is announced about it.
@@ -278,6 +285,14 @@ impl fmt::Debug for Backplane {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if let Some(task) = self
+            .resubscriber
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (subscriber, publisher) = (self.subscriber.clone(), self.publisher.clone());
             runtime.spawn(async move {
@@ -289,14 +304,19 @@ impl Drop for Shared {
 }
 
 impl Backplane {
-    /// Start a backplane on `channel` with connected `publisher` and `subscriber` clients.
+    /// Start a backplane on `channel` with `publisher` and `subscriber` clients, kept connecting
+    /// while `connecting` lives. A subscriber that is not connected yet subscribes once it is;
+    /// until then (and until this replica hears its own heartbeat) the backplane is not trusted.
     pub(crate) async fn start(
         namespace: &str,
         channel: String,
         publisher: Client,
         subscriber: SubscriberClient,
+        connecting: crate::redis::connect::Alive,
     ) -> Result<Backplane, fred::error::Error> {
         let (events, _) = broadcast::channel(4096);
+        let (stop, stopped) = watch::channel(());
+        let connected = subscriber.is_connected();
         let shared = Arc::new(Shared {
             id: instance_id(),
             namespace: namespace.to_owned(),
@@ -306,25 +326,39 @@ impl Backplane {
             waiters: Mutex::new(HashMap::new()),
             counters: Counters::new(namespace),
             outbox: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             events,
             last_heard_ms: AtomicU64::new(now_ms()),
-            trusted: AtomicBool::new(true),
+            trusted: AtomicBool::new(connected),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             received: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            _connecting: connecting,
+            _stop: stop,
+            resubscriber: Mutex::new(None),
         });
-        shared.counters.subscribed.set(1.0);
+        shared
+            .counters
+            .subscribed
+            .set(if connected { 1.0 } else { 0.0 });
         let messages = shared.subscriber.message_rx();
         let reconnects = shared.subscriber.reconnect_rx();
-        shared.subscriber.subscribe(shared.channel.as_str()).await?;
-        // The task resubscribes after every reconnect; it ends with the client.
-        drop(shared.subscriber.manage_subscriptions());
+        // The task resubscribes after every reconnect; it ends with the backplane.
+        *shared
+            .resubscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(shared.subscriber.manage_subscriptions());
         let weak = Arc::downgrade(&shared);
-        tokio::spawn(receive(weak.clone(), messages));
-        tokio::spawn(distrust_on_reconnect(weak.clone(), reconnects));
+        if connected {
+            shared.subscriber.subscribe(shared.channel.as_str()).await?;
+        } else {
+            tokio::spawn(subscribe_once_connected(weak.clone()));
+        }
+        tokio::spawn(receive(weak.clone(), messages, stopped.clone()));
+        tokio::spawn(distrust_on_reconnect(weak.clone(), reconnects, stopped));
         tokio::spawn(publish_loop(weak.clone()));
         tokio::spawn(heartbeat(weak));
         Ok(Backplane { shared })
@@ -387,9 +421,13 @@ impl Backplane {
 async fn receive(
     shared: std::sync::Weak<Shared>,
     mut messages: broadcast::Receiver<fred::types::Message>,
+    mut stopped: watch::Receiver<()>,
 ) {
     loop {
-        let message = messages.recv().await;
+        let message = tokio::select! {
+            message = messages.recv() => message,
+            _ = stopped.changed() => return,
+        };
         let Some(s) = shared.upgrade() else {
             return;
         };
@@ -439,14 +477,36 @@ async fn receive(
     }
 }
 
+/// Subscribe as soon as the subscriber is connected (a backplane started while Redis could not
+/// be reached); tried again every [`HEARTBEAT`] until it succeeds or the backplane is dropped.
+async fn subscribe_once_connected(shared: std::sync::Weak<Shared>) {
+    loop {
+        let (subscriber, channel) = {
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            (s.subscriber.clone(), s.channel.clone())
+        };
+        if subscriber.is_connected() && subscriber.subscribe(channel.as_str()).await.is_ok() {
+            return;
+        }
+        drop(subscriber);
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
 /// After the subscriber reconnects, messages may have been lost however short the gap: stop
 /// trusting L1 until our own heartbeat comes through again (which then drops L1).
 async fn distrust_on_reconnect(
     shared: std::sync::Weak<Shared>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    mut stopped: watch::Receiver<()>,
 ) {
     loop {
-        let event = reconnects.recv().await;
+        let event = tokio::select! {
+            event = reconnects.recv() => event,
+            _ = stopped.changed() => return,
+        };
         let Some(s) = shared.upgrade() else {
             return;
         };
@@ -460,9 +520,13 @@ async fn distrust_on_reconnect(
 }
 
 /// Publish the outbox, latest action per key; failures are counted and retried.
+///
+/// The background tasks hold the backplane only between awaits, never across a Redis call or a
+/// wait: two tasks that each held it across a 250 ms timed-out call, one picking it up as the
+/// other let go, kept a dropped backplane alive for good while Redis was down.
 async fn publish_loop(shared: std::sync::Weak<Shared>) {
     loop {
-        let wake = {
+        let (publisher, channel, id, wake, batch) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
@@ -470,31 +534,33 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 outbox.drain().collect()
             };
-            let mut failed = false;
-            for (key, (action, us)) in batch {
-                let message = encode(s.id, action, us, &key.0);
-                let sent: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
-                if sent.is_ok() {
-                    s.published.fetch_add(1, Ordering::Relaxed);
-                    s.counters.published.increment(1);
-                } else {
-                    s.publish_failures.fetch_add(1, Ordering::Relaxed);
-                    s.counters.publish_failed.increment(1);
-                    failed = true;
-                    let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-                    // A newer action for the key, queued meanwhile, wins.
-                    outbox.entry(key).or_insert((action, us));
-                }
-            }
-            failed
+            let wake = Arc::clone(&s.wake);
+            (s.publisher.clone(), s.channel.clone(), s.id, wake, batch)
         };
-        match (wake, shared.upgrade()) {
-            (_, None) => return,
-            (true, Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            (false, Some(s)) => {
-                // Re-check at least every heartbeat so a dropped cache ends this task.
-                let _ = tokio::time::timeout(HEARTBEAT, s.wake.notified()).await;
+        let mut failed = false;
+        for (key, (action, us)) in batch {
+            let message = encode(id, action, us, &key.0);
+            let sent: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            if sent.is_ok() {
+                s.published.fetch_add(1, Ordering::Relaxed);
+                s.counters.published.increment(1);
+            } else {
+                s.publish_failures.fetch_add(1, Ordering::Relaxed);
+                s.counters.publish_failed.increment(1);
+                failed = true;
+                let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                // A newer action for the key, queued meanwhile, wins.
+                outbox.entry(key).or_insert((action, us));
             }
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            // Re-check at least every heartbeat so a dropped backplane ends this task.
+            let _ = tokio::time::timeout(HEARTBEAT, wake.notified()).await;
         }
     }
 }
@@ -505,12 +571,18 @@ async fn heartbeat(shared: std::sync::Weak<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let (publisher, channel, id) = {
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            (s.publisher.clone(), s.channel.clone(), s.id)
+        };
+        let message = encode(id, Action::Heartbeat, now_us(), "");
+        // Bounded by the client's command timeout; a failure just means no heartbeat.
+        let _: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
         let Some(s) = shared.upgrade() else {
             return;
         };
-        let message = encode(s.id, Action::Heartbeat, now_us(), "");
-        // Bounded by the client's command timeout; a failure just means no heartbeat.
-        let _: Result<i64, _> = s.publisher.publish(s.channel.as_str(), message).await;
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
         if silent_for > TRUST_WINDOW.as_millis() as u64 {
             s.set_trusted(false);

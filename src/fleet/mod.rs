@@ -39,6 +39,9 @@
 //!   everything in L1 that could have missed an invalidation is dropped. So a replica serves a
 //!   value another replica invalidated at most `TRUST_WINDOW + HEARTBEAT` (1.25 s) plus the
 //!   delivery delay after the invalidation, whatever happened to the subscription.
+//! * **A replica can start while Redis is down**: the backplane starts unsubscribed (so L1 is not
+//!   trusted), keeps connecting, subscribes once Redis answers and is trusted once it hears its
+//!   own heartbeat — the replica rejoins the fleet without help.
 //! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows
 //!   the master like any client).
 //!

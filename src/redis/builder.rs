@@ -87,7 +87,7 @@ impl Setup {
 
 /// Whether a failure to connect is a mistake in the settings (bad URL, wrong password, TLS), so
 /// that `build` must fail, rather than a server that is not reachable yet.
-fn is_fatal(error: &fred::error::Error) -> bool {
+pub(super) fn is_fatal(error: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
     let message = error.details().to_ascii_lowercase();
     matches!(
@@ -432,8 +432,8 @@ where
 
         // One connection task per client, restarted whenever it ends, for the life of the cache
         // (see `connect`): a start without Redis is not an error.
-        let alive = Arc::new(());
-        let failure = connect::connect_pool(&pool, Arc::downgrade(&alive), connect_timeout).await;
+        let alive = connect::Alive::new();
+        let failure = connect::connect_pool(&pool, alive.token(), connect_timeout).await;
         if let Some(source) = failure {
             if is_fatal(&source) {
                 // Dropping `alive` stops the restarts; close the half-made connections in the
@@ -456,7 +456,7 @@ where
             );
             tokio::spawn(connect::announce_when_connected(
                 pool.clone(),
-                Arc::downgrade(&alive),
+                alive.token(),
             ));
         }
 

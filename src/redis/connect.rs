@@ -14,12 +14,46 @@
 //! nothing ever reconnects it: a cache built while Redis was down could ignore Redis for good.
 //! Starting a task only when the previous one has ended rules that out.
 
-use std::sync::Weak;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-use fred::clients::Client;
 use fred::prelude::{ClientLike, Pool};
 use fred::types::{ClientState, ConnectHandle};
+
+/// Held by the owner of some clients (a cache, a backplane): while it lives, their connection
+/// attempts go on; when it is dropped, their supervisors stop them.
+#[derive(Debug)]
+pub(crate) struct Alive(watch::Sender<()>);
+
+impl Alive {
+    pub(crate) fn new() -> Self {
+        Alive(watch::channel(()).0)
+    }
+
+    /// A token that tells when this owner is gone.
+    pub(crate) fn token(&self) -> Token {
+        Token(self.0.subscribe())
+    }
+}
+
+/// Tells whether the [`Alive`] it came from was dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Token(watch::Receiver<()>);
+
+impl Token {
+    fn is_dead(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+
+    /// Resolves when the owner is dropped.
+    async fn dropped(&mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// How long a stopped owner's connection task gets to end by itself (a `QUIT` on the way)
+/// before it is aborted.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// The pause before a client whose connection task ended is started again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -27,17 +61,29 @@ const RETRY: Duration = Duration::from_millis(100);
 /// How often the connection state is looked at while `build` waits for the first connections.
 const POLL: Duration = Duration::from_millis(1);
 
-/// Start a connection task for every client of `pool` and wait, at most `timeout`, until all of
-/// them are connected. Returns `None` when they are, or the first error a client's task ended
-/// with (or a timeout error). Either way every client is kept connecting in the background (see
-/// [`supervise`]) until `alive` can no longer be upgraded; a caller that gives up on the pool
-/// quits it.
+/// [`connect_clients`] for every client of `pool`.
 pub(super) async fn connect_pool(
     pool: &Pool,
-    alive: Weak<()>,
+    alive: Token,
     timeout: Duration,
 ) -> Option<fred::error::Error> {
-    let clients: Vec<Client> = pool.clients().to_vec();
+    connect_clients(pool.clients(), alive, timeout).await
+}
+
+/// Start a connection task for every one of `clients` and wait, at most `timeout`, until all of
+/// them are connected. Returns `None` when they are, or the first error a client's task ended
+/// with (or a timeout error). Either way every client is kept connecting in the background (see
+/// [`supervise`]) until the owner of `alive` is dropped; a caller that gives up on the
+/// clients quits them.
+pub(super) async fn connect_clients<C>(
+    clients: &[C],
+    alive: Token,
+    timeout: Duration,
+) -> Option<fred::error::Error>
+where
+    C: ClientLike + Clone + Send + Sync + 'static,
+{
+    let clients: Vec<C> = clients.to_vec();
     // A handle is taken out once its task's end has been read (a join handle is read once).
     let mut handles: Vec<Option<ConnectHandle>> =
         clients.iter().map(|c| Some(c.connect())).collect();
@@ -77,21 +123,32 @@ pub(super) async fn connect_pool(
     failure
 }
 
-/// Keep `client` connecting: whenever its connection task ends while the cache is alive, start
-/// a new one after [`RETRY`]. Only one task per client runs at any time. `handle` is `None` when
-/// the task has ended and its end was read already.
-async fn supervise(client: Client, handle: Option<ConnectHandle>, alive: Weak<()>) {
+/// Keep `client` connecting: whenever its connection task ends while the owner lives, start a
+/// new one after [`RETRY`]. Only one task per client runs at any time. `handle` is `None` when
+/// the task has ended and its end was read already. When the owner is dropped, a running task
+/// gets [`GRACE`] to end (the owner's drop sends `QUIT`) and is then aborted: a `QUIT` that
+/// arrives while fred is between two reconnection attempts can go unseen, and the task would
+/// otherwise reconnect for good on behalf of nobody.
+async fn supervise<C: ClientLike>(client: C, handle: Option<ConnectHandle>, mut alive: Token) {
     let mut handle = handle;
     loop {
-        if let Some(running) = handle.take() {
-            let _ended = running.await;
+        if let Some(mut running) = handle.take() {
+            tokio::select! {
+                _ = &mut running => {}
+                () = alive.dropped() => {
+                    if tokio::time::timeout(GRACE, &mut running).await.is_err() {
+                        running.abort();
+                    }
+                    return;
+                }
+            }
         }
-        if alive.upgrade().is_none() {
+        if alive.is_dead() {
             return;
         }
-        tokio::time::sleep(RETRY).await;
-        if alive.upgrade().is_none() {
-            return;
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            () = alive.dropped() => return,
         }
         handle = Some(client.connect());
     }
@@ -99,8 +156,8 @@ async fn supervise(client: Client, handle: Option<ConnectHandle>, alive: Weak<()
 
 /// Log once that Redis is in use, when every client of `pool` is connected (after a start
 /// without Redis). Ends then, or when the cache is dropped.
-pub(super) async fn announce_when_connected(pool: Pool, alive: Weak<()>) {
-    while alive.upgrade().is_some() {
+pub(super) async fn announce_when_connected(pool: Pool, alive: Token) {
+    while !alive.is_dead() {
         if pool
             .clients()
             .iter()

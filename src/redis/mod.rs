@@ -94,7 +94,7 @@ use crate::metrics::{LayerMetrics, Stats};
 
 mod builder;
 pub(crate) mod cluster;
-mod connect;
+pub(crate) mod connect;
 mod ops;
 mod tls;
 mod watchdog;
@@ -175,7 +175,7 @@ pub struct RedisCache<V> {
 
 struct Inner<V> {
     /// Held while the cache exists; a background connect loop stops when it goes.
-    _alive: Arc<()>,
+    _alive: connect::Alive,
     /// How the pool was built, for the backplane's own connections.
     setup: Setup,
     pool: Pool,
@@ -361,10 +361,17 @@ where
     /// `layercache:backplane:v1:<namespace>`), with connections of its own: a subscriber and a
     /// publisher. Give it to [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
     ///
+    /// Like the cache itself, a backplane can start while Redis cannot be reached (refused, no
+    /// answer within the connect timeout): it starts unsubscribed — a `Layered` then does not
+    /// trust its L1 and each replica loads on its own — keeps connecting in the background,
+    /// subscribes once Redis answers, and is trusted once it hears its own heartbeat. A replica
+    /// restarted during a Redis outage therefore starts, and joins the fleet when Redis is back.
+    ///
     /// # Errors
     ///
-    /// [`Error::Redis`] (op `connect`) when its connections cannot be made within the connect
-    /// timeout, (op `subscribe`) when the subscription fails.
+    /// [`Error::Redis`] (op `connect`) when the server refuses the credentials or the connection
+    /// settings (as for [`RedisCacheBuilder::build`]); (op `subscribe`) when the server answers
+    /// but refuses the subscription.
     pub async fn backplane(&self) -> Result<crate::fleet::Backplane> {
         let setup = &self.inner.setup;
         let subscriber = setup
@@ -375,31 +382,41 @@ where
             .builder()
             .build()
             .map_err(|e| Error::redis("config", e))?;
-        let connected = tokio::time::timeout(setup.connect_timeout, async {
-            subscriber.init().await?;
-            publisher.init().await?;
-            Ok::<(), fred::error::Error>(())
-        })
-        .await;
-        match connected {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::redis("connect", e)),
-            Err(_) => {
-                return Err(Error::redis(
-                    "connect",
-                    fred::error::Error::new(
-                        fred::error::ErrorKind::Timeout,
-                        "the backplane could not connect within the connect timeout",
-                    ),
-                ))
+        // Both are kept connecting for as long as the backplane lives (it holds `alive`).
+        let alive = connect::Alive::new();
+        let (heard, told) = tokio::join!(
+            connect::connect_clients(
+                std::slice::from_ref(&subscriber),
+                alive.token(),
+                setup.connect_timeout,
+            ),
+            connect::connect_clients(
+                std::slice::from_ref(&publisher),
+                alive.token(),
+                setup.connect_timeout,
+            ),
+        );
+        if let Some(source) = heard.or(told) {
+            if builder::is_fatal(&source) {
+                drop(alive);
+                tokio::spawn(async move {
+                    let _ = subscriber.quit().await;
+                    let _ = publisher.quit().await;
+                });
+                return Err(Error::redis("connect", source));
             }
+            crate::log_warn!(
+                cache = self.inner.name.as_ref(),
+                error = %source,
+                "layercache: Redis is unreachable; the backplane starts unsubscribed (L1 not trusted) and keeps connecting in the background"
+            );
         }
         let namespace = self.inner.prefix.trim_end_matches(':');
         let channel = format!(
             "layercache:backplane:v{}:{namespace}",
             crate::fleet::backplane::WIRE
         );
-        crate::fleet::Backplane::start(namespace, channel, publisher, subscriber)
+        crate::fleet::Backplane::start(namespace, channel, publisher, subscriber, alive)
             .await
             .map_err(|e| Error::redis("subscribe", e))
     }
