@@ -1,0 +1,75 @@
+//! [`RedisCache::backplane`]: the backplane's own connections on the cache's server.
+
+use fred::interfaces::ClientLike;
+
+use super::{builder, connect, RedisCache};
+use crate::error::{Error, Result};
+
+impl<V> RedisCache<V>
+where
+    V: Send + Sync + 'static,
+{
+    /// A [`Backplane`](crate::fleet::Backplane) on this cache's server and namespace (channel
+    /// `layercache:backplane:v1:<namespace>`), with connections of its own: a subscriber and a
+    /// publisher. Give it to [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
+    ///
+    /// Like the cache itself, a backplane can start while Redis cannot be reached (refused, no
+    /// answer within the connect timeout): it starts unsubscribed — a `Layered` then does not
+    /// trust its L1 and each replica loads on its own — keeps connecting in the background,
+    /// subscribes once Redis answers, and is trusted once it hears its own heartbeat. A replica
+    /// restarted during a Redis outage therefore starts, and joins the fleet when Redis is back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] (op `connect`) when the server refuses the credentials or the connection
+    /// settings (as for [`RedisCacheBuilder::build`](super::RedisCacheBuilder::build)); (op `subscribe`) when the server answers
+    /// but refuses the subscription.
+    pub async fn backplane(&self) -> Result<crate::fleet::Backplane> {
+        let setup = &self.inner.setup;
+        let subscriber = setup
+            .builder()
+            .build_subscriber_client()
+            .map_err(|e| Error::redis("config", e))?;
+        let publisher = setup
+            .builder()
+            .build()
+            .map_err(|e| Error::redis("config", e))?;
+        // Both are kept connecting for as long as the backplane lives (it holds `alive`).
+        let alive = connect::Alive::new();
+        let (heard, told) = tokio::join!(
+            connect::connect_clients(
+                std::slice::from_ref(&subscriber),
+                alive.token(),
+                setup.connect_timeout,
+            ),
+            connect::connect_clients(
+                std::slice::from_ref(&publisher),
+                alive.token(),
+                setup.connect_timeout,
+            ),
+        );
+        if let Some(source) = heard.or(told) {
+            if builder::is_fatal(&source) {
+                drop(alive);
+                tokio::spawn(async move {
+                    let _ = subscriber.quit().await;
+                    let _ = publisher.quit().await;
+                });
+                return Err(Error::redis("connect", source));
+            }
+            crate::log_warn!(
+                cache = self.inner.name.as_ref(),
+                error = %source,
+                "layercache: Redis is unreachable; the backplane starts unsubscribed (L1 not trusted) and keeps connecting in the background"
+            );
+        }
+        let namespace = self.inner.prefix.trim_end_matches(':');
+        let channel = format!(
+            "layercache:backplane:v{}:{namespace}",
+            crate::fleet::backplane::WIRE
+        );
+        crate::fleet::Backplane::start(namespace, channel, publisher, subscriber, alive)
+            .await
+            .map_err(|e| Error::redis("subscribe", e))
+    }
+}
