@@ -433,7 +433,8 @@ where
         // One connection task per client, restarted whenever it ends, for the life of the cache
         // (see `connect`): a start without Redis is not an error.
         let alive = connect::Alive::new();
-        let failure = connect::connect_pool(&pool, alive.token(), connect_timeout).await;
+        let failure =
+            connect::connect_clients(pool.clients(), alive.token(), connect_timeout).await;
         if let Some(source) = failure {
             if is_fatal(&source) {
                 // Dropping `alive` stops the restarts; close the half-made connections in the

@@ -61,15 +61,6 @@ const RETRY: Duration = Duration::from_millis(100);
 /// How often the connection state is looked at while `build` waits for the first connections.
 const POLL: Duration = Duration::from_millis(1);
 
-/// [`connect_clients`] for every client of `pool`.
-pub(super) async fn connect_pool(
-    pool: &Pool,
-    alive: Token,
-    timeout: Duration,
-) -> Option<fred::error::Error> {
-    connect_clients(pool.clients(), alive, timeout).await
-}
-
 /// Start a connection task for every one of `clients` and wait, at most `timeout`, until all of
 /// them are connected. Returns `None` when they are, or the first error a client's task ended
 /// with (or a timeout error). Either way every client is kept connecting in the background (see
