@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name("embeddings") // "redis": the metrics label
         .url(&url)
         .namespace("emb:v1") // none: keys are prefixed "emb:v1:"
-        .pool_size(4) // 4 connections, each key always on the same one
+        .pool_size(4) // 2: half for writes (each key always on the same one), half for reads
         .command_timeout(Duration::from_millis(200)) // 250 ms
         .connect_timeout(Duration::from_secs(2)) // 2 s
         .unresponsive_after(Duration::from_secs(2)) // 8 × command timeout, at least 2 s

@@ -1,8 +1,8 @@
 //! `l2_throughput`: L2 reads per second with 1, 16, 64 and 256 requests in flight, on a
 //! multi-thread runtime, against one local `redis-server`:
 //!
-//! * `raw_fred`: a fred pool of the same size as ours (4 connections; `LAYERCACHE_L2_POOL` sets
-//!   both), `GET` of the stored bytes;
+//! * `raw_fred`: a fred pool of the same size as ours (`DEFAULT_POOL_SIZE`, 2 connections;
+//!   `LAYERCACHE_L2_POOL` sets both), `GET` of the stored bytes;
 //! * `raw_fred_decode`: the same `GET`, then the same decode as ours (the default codec) — the
 //!   like-for-like peer, as in the `l2_hit` group;
 //! * `raw_redis_rs_decode`: redis-rs 1.x's `ConnectionManager` (the client a user might pick

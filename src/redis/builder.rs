@@ -286,8 +286,14 @@ where
         self
     }
 
-    /// Number of connections (default 4): half carry writes (each key's writes always on the same
-    /// one), half carry reads. With 1, reads and writes share it.
+    /// Number of connections (default [`DEFAULT_POOL_SIZE`], 2): half carry writes (each key's
+    /// writes always on the same one), half carry reads. With 1, reads and writes share it.
+    /// Zero is refused by [`build`](Self::build).
+    ///
+    /// More connections rarely read faster: Redis runs commands on one thread, and each
+    /// connection pipelines whatever is in flight on it. On 2 cores a pool of 4 served 12–17 %
+    /// fewer reads per second than the default with 16–256 reads in flight (BENCHMARKS.md,
+    /// `l2_throughput`); measure before raising it.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections;
         self
