@@ -20,6 +20,7 @@ GROUPS = [
     ("l2_hit", "raw_fred", "layered", "L2 hit: fred GET + the same decode vs RedisCache::get (default MessagePack)"),
     ("l2_hit", "raw_fred", "layered_postcard", "L2 hit of the same value written as postcard"),
     ("l2_hit", "raw_fred", "layered_json", "L2 hit of the same value written as JSON"),
+    ("l2_hit", "raw_redis_rs", "layered", "L2 hit: redis-rs 1.x `ConnectionManager` GET + the same decode vs RedisCache::get (target ≤ 1.05; interleaved: `l2_throughput` at 1 in flight)"),
     ("hand_rolled_aside", "moka_fred_by_hand", "layered", "L2-hit path: hand-written moka+fred cache-aside vs Layered"),
     ("batch_get_100", "sequential_get", "get_many", "100 keys: sequential gets vs one get_many"),
     ("get_or_load_hit", "moka_try_get_with", "layered_quick_cache", "get_or_load on a warm key, quick_cache engine"),
