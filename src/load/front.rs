@@ -154,7 +154,8 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// The value under `key` if it is fresh in L1 or L2; otherwise run `loader` once — however
-    /// many callers ask at the same time — store its value in every layer and return it.
+    /// many callers ask at the same time — store its value in L1, return it, and write it to L2
+    /// right after (see [`crate::load#single-flight`]: a slow Redis never delays the answer).
     ///
     /// With the options (per call, over the builder's defaults): a stale value is returned when
     /// the loader fails or times out (fail-safe), or when the soft timeout passes; a hard timeout

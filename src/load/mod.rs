@@ -13,6 +13,12 @@
 //! stampede of a thousand callers on a cold key makes one L2 read and one load; the first caller
 //! is counted as a miss, the others as `joined` (never as misses).
 //!
+//! A loaded value is in L1 when the callers get it; the write to L2 (and, with a backplane, the
+//! announcement to the other replicas) follows at once, within the Redis command timeout, so a
+//! slow or unreachable Redis never delays an answer. In that moment another replica's `get` can
+//! still miss the value; its `get_or_load` does not load it again when a backplane is set (the
+//! fleet lease, held until the write is done, makes it wait for the value).
+//!
 //! # Which lifetime wins
 //!
 //! * A loaded value is fresh for the call's `ttl`, else the cache's `default_options` ttl, else
