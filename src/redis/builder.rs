@@ -291,8 +291,8 @@ where
     /// Zero is refused by [`build`](Self::build).
     ///
     /// More connections rarely read faster: Redis runs commands on one thread, and each
-    /// connection pipelines whatever is in flight on it. On 2 cores a pool of 4 served 12–17 %
-    /// fewer reads per second than the default with 16–256 reads in flight (BENCHMARKS.md,
+    /// connection pipelines whatever is in flight on it. On 2 cores the default served 13–18 %
+    /// more reads per second than a pool of 4 with 16–256 reads in flight (BENCHMARKS.md,
     /// `l2_throughput`); measure before raising it. Reads on one connection are answered in
     /// order, so with values of megabytes a larger pool keeps one large read from holding up
     /// the small ones behind it.

@@ -113,7 +113,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default number of connections: one for writes, one for reads.
 ///
 /// Measured with `l2_throughput` (BENCHMARKS.md, 2 cores): with 16 to 256 reads in flight, a
-/// pool of 2 served 12–17 % more reads per second than a pool of 4, and a pool of 8 fewer
+/// pool of 2 served 13–18 % more reads per second than a pool of 4, and a pool of 8 fewer
 /// still. Redis runs commands on one thread, so more connections add no server parallelism;
 /// they only split the same requests into smaller batches, each paying its own system calls.
 /// One fred connection pipelines whatever is in flight on it.
