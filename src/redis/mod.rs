@@ -316,18 +316,23 @@ where
                     Error::Decode { kind, .. } => !kind.is_foreign(),
                     _ => false,
                 };
-                if !corrupted {
-                    return None;
+                if corrupted {
+                    // Boxed: a rare path, kept out of every read's future.
+                    Box::pin(self.evict(key, full_key)).await;
                 }
-                let client = self.client(self.writer_for(key));
-                let _ = cluster::follow(Instant::now(), &self.inner.options, |o| {
-                    let c = client.with_options(o);
-                    async move { c.unlink::<i64, _>(full_key).await }
-                })
-                .await;
                 None
             }
         }
+    }
+
+    /// Delete the corrupted value under `full_key` (best effort).
+    async fn evict(&self, key: &str, full_key: &str) {
+        let client = self.client(self.writer_for(key));
+        let _ = cluster::follow(Instant::now(), &self.inner.options, |o| {
+            let c = client.with_options(o);
+            async move { c.unlink::<i64, _>(full_key).await }
+        })
+        .await;
     }
 
     /// GET `key` and decode it (not counted).
@@ -340,7 +345,9 @@ where
             self.op_span(Op::Get),
             cluster::follow_read(started, &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
-                async move { c.get(full).await }
+                // Boxed: fred's command future is several KB, and every future around it (the
+                // retries, the span, `get`'s own) would otherwise hold and copy it whole.
+                Box::pin(async move { c.get(full).await })
             })
         )
         .await;
@@ -577,10 +584,11 @@ where
             cluster::follow(started, &self.inner.options, |o| {
                 let (c, bytes) = (client.with_options(o), bytes.clone());
                 let full = full.as_str();
-                async move {
+                // Boxed, as in `read`: the command future stays out of the ones around it.
+                Box::pin(async move {
                     c.set(full, bytes, Some(Expiration::PX(ttl_ms)), None, false)
                         .await
-                }
+                })
             })
         )
         .await;
@@ -636,7 +644,7 @@ where
             self.op_span(Op::Delete),
             cluster::follow(started, &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
-                async move { c.unlink(full).await }
+                Box::pin(async move { c.unlink(full).await })
             })
         )
         .await;
