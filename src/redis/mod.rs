@@ -317,8 +317,7 @@ where
                     _ => false,
                 };
                 if corrupted {
-                    // Boxed: a rare path, kept out of every read's future.
-                    Box::pin(self.evict(key, full_key)).await;
+                    self.evict(key, full_key).await;
                 }
                 None
             }
@@ -345,9 +344,7 @@ where
             self.op_span(Op::Get),
             cluster::follow_read(started, &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
-                // Boxed: fred's command future is several KB, and every future around it (the
-                // retries, the span, `get`'s own) would otherwise hold and copy it whole.
-                Box::pin(async move { c.get(full).await })
+                async move { c.get(full).await }
             })
         )
         .await;
@@ -584,11 +581,10 @@ where
             cluster::follow(started, &self.inner.options, |o| {
                 let (c, bytes) = (client.with_options(o), bytes.clone());
                 let full = full.as_str();
-                // Boxed, as in `read`: the command future stays out of the ones around it.
-                Box::pin(async move {
+                async move {
                     c.set(full, bytes, Some(Expiration::PX(ttl_ms)), None, false)
                         .await
-                })
+                }
             })
         )
         .await;
@@ -644,7 +640,7 @@ where
             self.op_span(Op::Delete),
             cluster::follow(started, &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
-                Box::pin(async move { c.unlink(full).await })
+                async move { c.unlink(full).await }
             })
         )
         .await;
