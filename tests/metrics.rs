@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercache::metrics::{COALESCED_TOTAL, LOADS_TOTAL, LOAD_DURATION_SECONDS, REQUESTS_TOTAL};
-use layercache::{LoadOptions, MemoryCache};
+use layercache::{Cache, CacheExt, LoadOptions, MemoryCache};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
 
@@ -421,4 +421,244 @@ fn a_stampede_is_one_miss_and_999_joined_in_the_recorder() {
         (stats.misses, stats.coalesced, stats.hits, stats.loads),
         (1, (CALLERS - 1) as u64, 0, 1)
     );
+}
+
+/// What a `DebuggingRecorder` has received so far: its snapshots drain the counters they read,
+/// so this adds them up.
+struct Tally<'a> {
+    recorder: &'a DebuggingRecorder,
+    seen: std::cell::RefCell<Counters>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(recorder: &'a DebuggingRecorder) -> Self {
+        Tally {
+            recorder,
+            seen: Default::default(),
+        }
+    }
+
+    /// Every counter received so far.
+    fn counters(&self) -> Counters {
+        let mut seen = self.seen.borrow_mut();
+        for (key, n) in snapshot(self.recorder).0 {
+            *seen.entry(key).or_default() += n;
+        }
+        seen.clone()
+    }
+
+    /// The sum of every `layercache_requests_total` series of cache `name` received so far.
+    fn requests(&self, name: &str) -> u64 {
+        self.counters()
+            .iter()
+            .filter(|((metric, labels), _)| {
+                metric == REQUESTS_TOTAL && labels.contains(&("cache".to_owned(), name.to_owned()))
+            })
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Wait (up to 10 s) until `expected` answers of cache `name` have arrived; how many did.
+    fn wait_for_requests(&self, name: &str, expected: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.requests(name);
+            if seen >= expected || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A memory cache named `name` that hands its counts to `recorder` every `interval`.
+fn batched(recorder: &DebuggingRecorder, name: &str, interval: Duration) -> MemoryCache<u64> {
+    metrics::with_local_recorder(recorder, || {
+        MemoryCache::builder()
+            .name(name)
+            .metrics_interval(interval)
+            .build()
+            .expect("valid")
+    })
+}
+
+#[test]
+fn with_a_metrics_interval_every_answer_reaches_the_recorder_once() {
+    use layercache::Layered;
+    const TASKS: u64 = 8;
+    const EACH: u64 = 5_000;
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache: Layered<String> = metrics::with_local_recorder(&recorder, || {
+        let l1 = MemoryCache::<String>::builder().build().expect("l1");
+        Layered::single(l1)
+            .name("batched")
+            .metrics_interval(Duration::from_millis(50))
+            .build()
+            .expect("layered")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        // 50 keys a task: mostly hits, a miss for each key's first ask.
+                        let key = format!("t{t}:k{}", i % 50);
+                        cache
+                            .get_or_load(
+                                &key,
+                                || async { Ok::<_, std::io::Error>("a reply".to_owned()) },
+                                LoadOptions::ttl(Duration::from_secs(60)),
+                            )
+                            .await
+                            .expect("ok");
+                        if i % 500 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("no panic");
+        }
+    });
+    let stats = cache.stats();
+    assert_eq!(stats.requests(), TASKS * EACH);
+    assert_eq!(
+        (stats.misses, stats.hits),
+        (TASKS * 50, TASKS * (EACH - 50))
+    );
+    // The runtime is still up: its publication task hands the rest over within the interval.
+    assert_eq!(
+        tally.wait_for_requests("batched", TASKS * EACH),
+        TASKS * EACH,
+        "every answer once in the recorder, none twice"
+    );
+    let counters = tally.counters();
+    let series = |layer: &str, result: &str| {
+        counters
+            .get(&(
+                REQUESTS_TOTAL.to_owned(),
+                labels(&[("cache", "batched"), ("layer", layer), ("result", result)]),
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(series("l1", "hit"), stats.hits);
+    assert_eq!(series("none", "miss"), stats.misses);
+}
+
+#[test]
+fn a_batched_cache_hands_over_its_last_counts_when_dropped() {
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    // A long interval: only the drop can hand the counts over before the test ends.
+    let cache = batched(&recorder, "dropped", Duration::from_secs(60));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        cache
+            .set_value("a", 1, Duration::from_secs(60))
+            .await
+            .expect("set");
+        for _ in 0..100 {
+            assert!(cache.get("a").await.expect("get").is_some());
+        }
+        assert!(cache.get("missing").await.expect("get").is_none());
+    });
+    assert_eq!(cache.stats().requests(), 101);
+    drop(cache);
+    assert_eq!(tally.requests("dropped"), 101);
+    drop(runtime);
+}
+
+#[test]
+fn outside_a_runtime_a_batched_cache_counts_at_once() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache = batched(&recorder, "no_runtime", Duration::from_millis(100));
+    // A hit and a miss are ready at once: poll them here, with no runtime anywhere.
+    let poll = |key: &str| {
+        let mut get = std::pin::pin!(cache.get(key));
+        match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(found) => found.expect("get").is_some(),
+            Poll::Pending => panic!("a memory get had to wait"),
+        }
+    };
+    assert!(!poll("a"));
+    assert_eq!(tally.requests("no_runtime"), 1);
+    assert!(!poll("b"));
+    assert_eq!(tally.requests("no_runtime"), 2);
+}
+
+#[test]
+fn on_a_runtime_without_timers_batched_counts_still_arrive() {
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache = batched(&recorder, "untimed", Duration::from_millis(20));
+    // No `enable_time`: the publication task cannot sleep (its panic is expected here, and
+    // printed); the counts must reach the recorder all the same.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        cache
+            .set_value("a", 1, Duration::from_secs(60))
+            .await
+            .expect("set");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(cache.get("a").await.expect("get").is_some());
+            // Let the publication task run (and fail to sleep).
+            tokio::task::yield_now().await;
+            let asked = cache.stats().requests();
+            if tally.requests("untimed") == asked && asked > 10 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recorder never caught up: {} of {asked}",
+                tally.requests("untimed")
+            );
+        }
+    });
+}
+
+#[test]
+fn a_metrics_interval_over_a_minute_is_refused_and_zero_counts_every_answer() {
+    let err = MemoryCache::<u64>::builder()
+        .metrics_interval(Duration::from_secs(61))
+        .build()
+        .expect_err("over a minute");
+    assert!(matches!(err, layercache::Error::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("metrics_interval"), "{err}");
+    let l1 = MemoryCache::<u64>::builder().build().expect("l1");
+    let err = layercache::Layered::single(l1)
+        .metrics_interval(Duration::from_secs(3600))
+        .build()
+        .expect_err("over a minute");
+    assert!(err.to_string().contains("metrics_interval"), "{err}");
+
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache = batched(&recorder, "zero", Duration::ZERO);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        assert!(cache.get("a").await.expect("get").is_none());
+        assert_eq!(tally.requests("zero"), 1);
+    });
 }

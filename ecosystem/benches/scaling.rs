@@ -8,7 +8,10 @@
 //!
 //! IDs: `raw_moka` (`moka::sync::Cache::get`), `raw_quick_cache` (`quick_cache::sync::Cache::get`),
 //! `memory_moka` and `memory_quick_cache` (`MemoryCache` on each engine, through the `Cache`
-//! trait), `layered_get` and `layered_get_or_load` (`Layered` on the default engine). Our async
+//! trait), `memory_quick_cache_prometheus` (the same, built under a Prometheus recorder, so every
+//! hit also increments the recorder's counter) and `memory_quick_cache_prometheus_interval`
+//! (the same with `metrics_interval(100 ms)`), `layered_get` and `layered_get_or_load`
+//! (`Layered` on the default engine). Our async
 //! calls are polled once with a no-op waker (a hit never waits), inside a tokio runtime context,
 //! so the figure is the hit path and not an executor.
 //!
@@ -60,15 +63,41 @@ fn implementations(
     ));
 
     let _guard = runtime.enter();
-    for (id, engine) in [
-        ("memory_moka", Engine::Moka),
-        ("memory_quick_cache", Engine::QuickCache),
-    ] {
-        let memory: MemoryCache<Value> = MemoryCache::builder()
-            .engine(engine)
-            .max_entries(n * 2)
-            .build()
-            .expect("memory cache");
+    // The quick_cache engine is also built while a Prometheus recorder is current, as in a
+    // service that exports its metrics: every answer then also increments the recorder's shared
+    // counter, or, with a metrics interval, only the thread's own slot (handed over every 100 ms).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let none = metrics::NoopRecorder;
+    let caches: [(&'static str, Engine, &dyn metrics::Recorder, Duration); 4] = [
+        ("memory_moka", Engine::Moka, &none, Duration::ZERO),
+        (
+            "memory_quick_cache",
+            Engine::QuickCache,
+            &none,
+            Duration::ZERO,
+        ),
+        (
+            "memory_quick_cache_prometheus",
+            Engine::QuickCache,
+            &prometheus,
+            Duration::ZERO,
+        ),
+        (
+            "memory_quick_cache_prometheus_interval",
+            Engine::QuickCache,
+            &prometheus,
+            Duration::from_millis(100),
+        ),
+    ];
+    for (id, engine, recorder, interval) in caches {
+        let memory: MemoryCache<Value> = metrics::with_local_recorder(recorder, || {
+            MemoryCache::builder()
+                .engine(engine)
+                .max_entries(n * 2)
+                .metrics_interval(interval)
+                .build()
+        })
+        .expect("memory cache");
         for (i, k) in keys.iter().enumerate() {
             runtime
                 .block_on(memory.set_value(k, value(i), Duration::from_secs(3600)))

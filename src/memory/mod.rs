@@ -335,6 +335,7 @@ pub struct MemoryCacheBuilder<V> {
     time_to_live: Option<Duration>,
     time_to_idle: Option<Duration>,
     engine: Engine,
+    metrics_interval: Option<Duration>,
 }
 
 impl<V> Default for MemoryCacheBuilder<V> {
@@ -347,6 +348,7 @@ impl<V> Default for MemoryCacheBuilder<V> {
             time_to_live: None,
             time_to_idle: None,
             engine: Engine::default(),
+            metrics_interval: None,
         }
     }
 }
@@ -361,6 +363,7 @@ impl<V> fmt::Debug for MemoryCacheBuilder<V> {
             .field("time_to_live", &self.time_to_live)
             .field("time_to_idle", &self.time_to_idle)
             .field("engine", &self.engine)
+            .field("metrics_interval", &self.metrics_interval)
             .finish()
     }
 }
@@ -427,19 +430,39 @@ where
         self
     }
 
+    /// Hand answer counts to the metrics recorder once per `interval` instead of on every
+    /// answer (default: on every answer). See [`crate::metrics`] ("Counting on many cores") for
+    /// when to set it and what it changes; [`stats`](MemoryCache::stats) stays exact either way.
+    /// `Duration::ZERO` keeps the default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::MemoryCache;
+    ///
+    /// let cache: MemoryCache<String> = MemoryCache::builder()
+    ///     .metrics_interval(Duration::from_millis(100))
+    ///     .build()?;
+    /// # Ok::<(), layercache::Error>(())
+    /// ```
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = Some(interval);
+        self
+    }
+
     /// Build the cache.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the name is empty, when both `max_entries` and `max_bytes` are
-    /// set, when a capacity or duration is zero, when `max_bytes` has no weigher, or when a
-    /// weigher is given without `max_bytes`. Any lifetime up to `Duration::MAX` ("forever") is
-    /// accepted.
+    /// set, when a capacity or duration is zero, when `max_bytes` has no weigher, when a
+    /// weigher is given without `max_bytes`, or when the metrics interval is over a minute. Any
+    /// lifetime up to `Duration::MAX` ("forever") is accepted.
     pub fn build(self) -> Result<MemoryCache<V>> {
         let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or("memory"));
         if name.is_empty() {
             return Err(Error::config("the cache name must not be empty"));
         }
+        crate::metrics::batch::check_interval(self.metrics_interval)?;
         // (capacity in weight units, byte weigher if bounded by bytes)
         let (capacity, weigher): (u64, Option<Weigher<V>>) =
             match (self.max_entries, self.max_bytes, self.weigher) {
@@ -537,7 +560,7 @@ where
         let bare = MemoryCache {
             inner: Arc::new(Inner {
                 store,
-                metrics: Arc::new(FrontMetrics::new(&name, false)),
+                metrics: Arc::new(FrontMetrics::new(&name, false, self.metrics_interval)),
                 default_ttl: self.time_to_live.unwrap_or(DEFAULT_TTL),
                 name,
             }),

@@ -1,0 +1,296 @@
+//! [`LayeredBuilder`]: the settings of a [`Layered`] cache, checked when it is built.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+#[cfg(feature = "redis")]
+use super::fleet;
+use super::{Inner, Layered, Predicate};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::load::breaker::{Breaker, BreakerConfig};
+use crate::load::{Flights, LoadOptions, DEFAULT_TTL};
+use crate::memory::MemoryCache;
+use crate::metrics::{circuit_gauge, FrontMetrics};
+
+/// Builds a [`Layered`] cache; see [`Layered::builder`] and [`Layered::single`].
+#[must_use]
+pub struct LayeredBuilder<V> {
+    l1: Arc<dyn Cache<V>>,
+    l1_memory: Option<MemoryCache<V>>,
+    l2: Option<Arc<dyn Cache<V>>>,
+    name: String,
+    l1_ttl: Option<Duration>,
+    defaults: LoadOptions,
+    /// Set by [`breaker`](LayeredBuilder::breaker) (else the default).
+    breaker: Option<BreakerConfig>,
+    max_concurrent_loads: Option<usize>,
+    admit: Option<Predicate<V>>,
+    negative: Option<(Predicate<V>, Duration)>,
+    /// Counters shared with a `MemoryCache` whose front this is.
+    metrics: Option<Arc<FrontMetrics>>,
+    metrics_interval: Option<Duration>,
+    #[cfg(feature = "redis")]
+    backplane: Option<crate::fleet::Backplane>,
+    #[cfg(feature = "redis")]
+    lease_ttl: Option<Duration>,
+}
+
+impl<V: Send + Sync + 'static> fmt::Debug for LayeredBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayeredBuilder")
+            .field("name", &self.name)
+            .field("l1", &self.l1.name())
+            .field("l2", &self.l2.as_ref().map(|l2| l2.name().to_owned()))
+            .field("l1_ttl", &self.l1_ttl)
+            .field("defaults", &self.defaults)
+            .field("breaker", &self.breaker)
+            .field("max_concurrent_loads", &self.max_concurrent_loads)
+            .field("metrics_interval", &self.metrics_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> LayeredBuilder<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Defaults around `l1` (`l1_memory`: the same cache when it is a `MemoryCache`).
+    pub(super) fn new(l1: Arc<dyn Cache<V>>, l1_memory: Option<MemoryCache<V>>) -> Self {
+        LayeredBuilder {
+            l1,
+            l1_memory,
+            l2: None,
+            name: "layered".into(),
+            l1_ttl: None,
+            defaults: LoadOptions::default(),
+            breaker: None,
+            max_concurrent_loads: None,
+            admit: None,
+            negative: None,
+            metrics: None,
+            metrics_interval: None,
+            #[cfg(feature = "redis")]
+            backplane: None,
+            #[cfg(feature = "redis")]
+            lease_ttl: None,
+        }
+    }
+
+    /// Put `l2` behind L1 (replacing an L2 set before).
+    pub fn l2(mut self, l2: impl Cache<V> + 'static) -> Self {
+        self.l2 = Some(Arc::new(l2));
+        self
+    }
+
+    /// The cache's name in metric labels (`cache="…"`). Default `"layered"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Keep values in L1 at most this long before checking L2 again (default: as long as the
+    /// value is fresh). Short L1 lifetimes bound how long a process serves a value another
+    /// process has replaced.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// Defaults for every `get_or_load` call (each call's options override them field by
+    /// field). Without a lifetime here or in the call, loaded values live for
+    /// [`DEFAULT_TTL`].
+    pub fn default_options(mut self, options: LoadOptions) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// The L2 circuit breaker (default: open after 5 failures in 10 s, probe after 500 ms).
+    /// It guards L2: a stack without one refuses it at [`build`](Self::build).
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// Run at most this many loads at once (across all keys), to protect a rate-limited API.
+    pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
+        self.max_concurrent_loads = Some(loads);
+        self
+    }
+
+    /// Store a loaded value only if `admit` says so (it is still returned to the callers): for
+    /// example, not an AI reply cut off by a length limit, or a refusal.
+    pub fn admit(mut self, admit: impl Fn(&V) -> bool + Send + Sync + 'static) -> Self {
+        self.admit = Some(Arc::new(admit));
+        self
+    }
+
+    /// Negative caching: values for which `is_negative` holds (a `None`, a not-found) are stored
+    /// with their own, usually shorter, lifetime `ttl`, and without a stale period.
+    pub fn negative(
+        mut self,
+        is_negative: impl Fn(&V) -> bool + Send + Sync + 'static,
+        ttl: Duration,
+    ) -> Self {
+        self.negative = Some((Arc::new(is_negative), ttl));
+        self
+    }
+
+    /// Keep this replica's L1 in step with the fleet's: changes made here are announced on
+    /// `backplane`, and changes announced by other replicas evict the key from this L1 (see
+    /// [`crate::fleet`] for the guarantees and the bound on lost messages). L1 must be a
+    /// [`MemoryCache`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn backplane(mut self, backplane: crate::fleet::Backplane) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
+    /// How long a fleet lease lasts unless its holder extends it (default
+    /// [`DEFAULT_LEASE_TTL`](crate::fleet::DEFAULT_LEASE_TTL), 5 s; the holder extends it every
+    /// third of this while its load runs). It bounds how long the fleet waits for a replica
+    /// that died mid-load. Needs a [`backplane`](Self::backplane).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// Hand answer counts to the metrics recorder once per `interval` instead of on every
+    /// answer (default: on every answer), so that threads serving hits do not all write one
+    /// shared counter. See [`crate::metrics`] ("Counting on many cores") for when to set it and
+    /// what it changes; [`stats`](Layered::stats) stays exact either way. `Duration::ZERO` keeps
+    /// the default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Layered, MemoryCache};
+    ///
+    /// let l1 = MemoryCache::<String>::builder().build()?;
+    /// let cache: Layered<String> = Layered::single(l1)
+    ///     .name("chat")
+    ///     .metrics_interval(Duration::from_millis(100))
+    ///     .build()?;
+    /// # Ok::<(), layercache::Error>(())
+    /// ```
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = Some(interval);
+        self
+    }
+
+    /// Count answers into `metrics` (a `MemoryCache`'s own counters).
+    pub(crate) fn shared_metrics(mut self, metrics: Arc<FrontMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Build the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty name, a zero `l1_ttl`, a concurrency limit of zero,
+    /// default options that [`LoadOptions::validate`] rejects, a breaker without an L2 or with
+    /// settings [`BreakerConfig`] refuses, or a backplane over an L1 that is
+    /// not a [`MemoryCache`], a lease lifetime without a backplane or under 30 ms, a metrics
+    /// interval over a minute;
+    /// [`Error::NoRuntime`] for a backplane outside a tokio runtime.
+    pub fn build(self) -> Result<Layered<V>> {
+        if self.name.is_empty() {
+            return Err(Error::config("the cache name must not be empty"));
+        }
+        if self.l1_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("l1_ttl must be greater than zero"));
+        }
+        if self.max_concurrent_loads == Some(0) {
+            return Err(Error::config("max_concurrent_loads must be at least 1"));
+        }
+        self.defaults.validate()?;
+        crate::metrics::batch::check_interval(self.metrics_interval)?;
+        if let Some(breaker) = &self.breaker {
+            if self.l2.is_none() {
+                return Err(Error::config(
+                    "a circuit breaker guards L2, and this stack has none: add one with l2(..)",
+                ));
+            }
+            breaker.check()?;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(ttl) = self.lease_ttl {
+            if self.backplane.is_none() {
+                return Err(Error::config(
+                    "lease_ttl needs a backplane: the fleet lease works through it",
+                ));
+            }
+            if ttl < Duration::from_millis(30) {
+                return Err(Error::config(format!(
+                    "lease_ttl must be at least 30 ms, not {ttl:?}"
+                )));
+            }
+        }
+        #[cfg(feature = "redis")]
+        if self.backplane.is_some() {
+            if self.l1_memory.is_none() {
+                return Err(Error::config(
+                    "a backplane needs a MemoryCache as L1 (it drops all of L1 after a gap in the subscription)",
+                ));
+            }
+            let runtime =
+                tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
+            let cache = self.assemble();
+            runtime.spawn(fleet::apply_events(Arc::downgrade(&cache.inner)));
+            return Ok(cache);
+        }
+        Ok(self.assemble())
+    }
+
+    /// Build without checking the settings (the caller knows they are valid).
+    pub(crate) fn assemble(self) -> Layered<V> {
+        let mut defaults = self.defaults;
+        if defaults.time_to_live().is_none() {
+            defaults = defaults.with_ttl(DEFAULT_TTL);
+        }
+        let has_l2 = self.l2.is_some();
+        #[cfg(feature = "redis")]
+        let has_backplane = self.backplane.is_some();
+        #[cfg(not(feature = "redis"))]
+        let has_backplane = false;
+        let gauge = circuit_gauge(&self.name, "l2", has_l2);
+        let metrics = self.metrics.unwrap_or_else(|| {
+            Arc::new(FrontMetrics::new(&self.name, has_l2, self.metrics_interval))
+        });
+        Layered {
+            inner: Arc::new(Inner {
+                metrics,
+                flights: Arc::new(Flights::new(&self.name)),
+                breaker: Breaker::new(self.breaker.unwrap_or_default(), gauge),
+                limit: self
+                    .max_concurrent_loads
+                    .map(|n| Arc::new(Semaphore::new(n))),
+                name: Arc::from(self.name),
+                l1: self.l1,
+                l1_memory: self.l1_memory,
+                l2: self.l2,
+                l1_ttl: self.l1_ttl,
+                defaults,
+                admit: self.admit,
+                negative: self.negative,
+                pending: Mutex::new(HashSet::new()),
+                flushing: AtomicBool::new(false),
+                refusal_reported: AtomicBool::new(false),
+                #[cfg(feature = "redis")]
+                backplane: self.backplane,
+                #[cfg(feature = "redis")]
+                lease_ttl: self.lease_ttl.unwrap_or(crate::fleet::DEFAULT_LEASE_TTL),
+                evictions: std::sync::atomic::AtomicU64::new(0),
+                tag_times: crate::tags::TagTimes::new(!has_backplane),
+            }),
+        }
+    }
+}
