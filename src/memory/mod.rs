@@ -433,7 +433,9 @@ where
     /// Hand answer counts to the metrics recorder once per `interval` instead of on every
     /// answer (default: on every answer). See [`crate::metrics`] ("Counting on many cores") for
     /// when to set it and what it changes; [`stats`](MemoryCache::stats) stays exact either way.
-    /// `Duration::ZERO` keeps the default.
+    /// `Duration::ZERO` keeps the default. It applies to this cache's own answers: a
+    /// [`Layered`] stack with this cache as L1 counts its answers itself, so set it on
+    /// [`LayeredBuilder::metrics_interval`](crate::LayeredBuilder::metrics_interval) there.
     ///
     /// ```
     /// use std::time::Duration;
