@@ -662,3 +662,40 @@ fn a_metrics_interval_over_a_minute_is_refused_and_zero_counts_every_answer() {
         assert_eq!(tally.requests("zero"), 1);
     });
 }
+
+#[test]
+fn batched_counts_reach_the_recorder_while_answers_keep_coming() {
+    use std::sync::atomic::AtomicBool;
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache = batched(&recorder, "busy", Duration::from_millis(20));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        runtime.spawn(async move {
+            cache
+                .set_value("a", 1, Duration::from_secs(60))
+                .await
+                .expect("set");
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..100 {
+                    assert!(cache.get("a").await.expect("get").is_some());
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // The cache never goes quiet here: the publishing task must hand counts over as it goes.
+    let seen = tally.wait_for_requests("busy", 10_000);
+    assert!(seen >= 10_000, "only {seen} answers reached the recorder");
+    assert!(!hammer.is_finished(), "the answers were still coming");
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(hammer).expect("no panic");
+    let asked = cache.stats().requests();
+    assert_eq!(tally.wait_for_requests("busy", asked), asked);
+}

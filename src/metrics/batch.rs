@@ -7,13 +7,14 @@
 //! `stats()`); with an interval set, a task publishes what those slots gained since the last
 //! publication — one increment per series per interval — and a hit only reads a flag.
 //!
-//! * The first answer after a publication schedules the next one, `interval` later, on the tokio
-//!   runtime it runs in; while one is scheduled, answers only count locally.
+//! * An answer that finds no publishing task starts one on the tokio runtime it runs in. The
+//!   task publishes every `interval` while answers keep coming; after an interval with none it
+//!   lets the next answer start a new task, and publishes once more an interval later (for an
+//!   answer that raced it letting go). While a task runs, answers only count locally.
 //! * An answer outside a runtime publishes at once.
-//! * The scheduled task publishes when it ends, however it ends — its sleep elapsed, the runtime
-//!   shut down, or (on a runtime built without timers) its sleep panicked; in that last case the
-//!   cache stops scheduling tasks and publishes on the first answer `interval` after the last
-//!   publication instead.
+//! * The task publishes when it ends, however it ends — done, the runtime shut down, or (on a
+//!   runtime built without timers) its sleep panicked; in that last case the cache starts no
+//!   more tasks and publishes on the first answer `interval` after the last publication instead.
 //! * Dropping the cache publishes what is left.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,14 +72,20 @@ impl Batch {
         !self.scheduled.load(Ordering::Relaxed)
     }
 
-    /// Hand the recorder everything `local` gained since the last publication.
-    pub(crate) fn publish<const K: usize>(&self, local: &Local<K>, counters: &[Option<Counter>]) {
+    /// Hand the recorder everything `local` gained since the last publication; whether there
+    /// was anything.
+    pub(crate) fn publish<const K: usize>(
+        &self,
+        local: &Local<K>,
+        counters: &[Option<Counter>],
+    ) -> bool {
         // A poisoned lock only means a publisher panicked between two increments: the totals
         // it holds are still the ones handed over.
         let mut published = self
             .published
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut any = false;
         for (i, counter) in counters.iter().enumerate() {
             let (Some(counter), Some(done)) = (counter, published.get_mut(i)) else {
                 continue;
@@ -88,8 +95,10 @@ impl Batch {
             if gained != 0 {
                 counter.increment(gained);
                 *done = total;
+                any = true;
             }
         }
+        any
     }
 }
 
@@ -97,8 +106,9 @@ impl Batch {
 pub(crate) trait Publish: Send + Sync + 'static {
     /// The batch state (`None`: counts go to the recorder one by one).
     fn batch(&self) -> Option<&Batch>;
-    /// Hand the recorder what was counted since the last publication.
-    fn publish(&self);
+    /// Hand the recorder what was counted since the last publication; whether there was
+    /// anything.
+    fn publish(&self) -> bool;
 }
 
 /// Arrange for `owner`'s counts to reach the recorder (cold: once per interval).
@@ -134,41 +144,71 @@ pub(crate) fn attend<P: Publish>(owner: &Arc<P>) {
         owner.publish();
         return;
     };
-    let guard = PublishOnDrop(Arc::downgrade(owner));
-    let interval = batch.interval;
-    runtime.spawn(async move {
-        let guard = guard;
+    runtime.spawn(publish_while_used(Arc::downgrade(owner), batch.interval));
+}
+
+/// The publishing task: every `interval` while answers keep coming, then once more an interval
+/// after the cache went quiet (for a count made in the instant the task let go of `scheduled`,
+/// which saw it still set and did not schedule a task of its own).
+async fn publish_while_used<P: Publish>(owner: Weak<P>, interval: Duration) {
+    let mut guard = PublishOnDrop {
+        owner,
+        holds_schedule: true,
+    };
+    loop {
         tokio::time::sleep(interval).await;
-        drop(guard);
-    });
+        let Some(owner) = guard.owner.upgrade() else {
+            return; // the cache is gone; its own drop published
+        };
+        if !owner.publish() {
+            break;
+        }
+    }
+    guard.let_go();
+    tokio::time::sleep(interval).await;
+    // `guard` publishes as it drops.
 }
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Publishes when the scheduled task ends, whichever way it ends.
-struct PublishOnDrop<P: Publish>(Weak<P>);
+/// Publishes when the publishing task ends, whichever way it ends, and lets the next answer
+/// schedule a task again.
+struct PublishOnDrop<P: Publish> {
+    owner: Weak<P>,
+    /// This task still owns `scheduled` (sets it back when it lets go).
+    holds_schedule: bool,
+}
+
+impl<P: Publish> PublishOnDrop<P> {
+    /// Clear `scheduled`: an answer counted from here on schedules the next publication.
+    fn let_go(&mut self) {
+        if std::mem::take(&mut self.holds_schedule) {
+            if let Some(batch) = self.owner.upgrade().as_deref().and_then(Publish::batch) {
+                batch.scheduled.store(false, Ordering::Release);
+            }
+        }
+    }
+}
 
 impl<P: Publish> Drop for PublishOnDrop<P> {
     fn drop(&mut self) {
-        let Some(owner) = self.0.upgrade() else {
+        let Some(owner) = self.owner.upgrade() else {
             return; // the cache is gone; its own drop published
         };
         let Some(batch) = owner.batch() else {
             return;
         };
         if std::thread::panicking() {
-            // The sleep failed (no timers): stop scheduling tasks.
+            // A sleep failed (a runtime without timers): stop scheduling tasks.
             batch.due_ms.store(
                 crate::clock::now_ms().saturating_add(ms(batch.interval)),
                 Ordering::Relaxed,
             );
             batch.untimed.store(true, Ordering::Relaxed);
         }
-        // Cleared before publishing: an answer counted from here on schedules the next
-        // publication, so none is left behind.
-        batch.scheduled.store(false, Ordering::Release);
+        self.let_go();
         owner.publish();
     }
 }

@@ -304,17 +304,17 @@ impl batch::Publish for FrontMetrics {
         self.batch.as_ref()
     }
 
-    fn publish(&self) {
-        if let Some(batch) = &self.batch {
-            batch.publish(&self.local, &self.requests);
-        }
+    fn publish(&self) -> bool {
+        self.batch
+            .as_ref()
+            .is_some_and(|batch| batch.publish(&self.local, &self.requests))
     }
 }
 
 impl Drop for FrontMetrics {
     /// Hand the recorder the counts made since the last publication.
     fn drop(&mut self) {
-        batch::Publish::publish(self);
+        let _ = batch::Publish::publish(self);
     }
 }
 
