@@ -2,7 +2,7 @@
 //!
 //! A recorder's counter is one atomic shared by every thread, so incrementing it on every cache
 //! hit moves its cache line between cores on every hit: with a Prometheus recorder installed,
-//! two threads on the 2-core benchmark VM served ~23 % fewer hits than with none, and the cost
+//! two threads on the 2-core benchmark VM served ~22 % fewer hits than with none, and the cost
 //! grows with the core count. The answers are already counted in per-thread slots (for
 //! `stats()`); with an interval set, a task publishes what those slots gained since the last
 //! publication — one increment per series per interval — and a hit only reads a flag.

@@ -14,7 +14,7 @@
 //! cache line for it. A recorder's counter is different: it is one atomic that every thread
 //! increments, and on a cache hit — tens of nanoseconds — that shared write is the one part
 //! that does not scale with cores. On the 2-core benchmark VM a Prometheus recorder cost the
-//! quick_cache engine 12 % of its hits on one thread and 23 % on two (`l1_scaling`,
+//! quick_cache engine 12 % of its hits on one thread and 22 % on two (`l1_scaling`,
 //! `memory_quick_cache_prometheus`); on more cores each added thread adds to the wait.
 //!
 //! For a cache that serves many hits per second on many cores, set
