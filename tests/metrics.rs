@@ -581,25 +581,55 @@ fn a_batched_cache_hands_over_its_last_counts_when_dropped() {
     drop(runtime);
 }
 
-#[test]
-fn outside_a_runtime_a_batched_cache_counts_at_once() {
+/// A memory `get`, polled once on this thread (it never waits): whether it found the key.
+fn get_here(cache: &MemoryCache<u64>, key: &str) -> bool {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
+    let mut get = std::pin::pin!(cache.get(key));
+    match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(found) => found.expect("get").is_some(),
+        Poll::Pending => panic!("a memory get had to wait"),
+    }
+}
+
+#[test]
+fn outside_a_runtime_a_batched_cache_counts_at_once() {
     let recorder = DebuggingRecorder::new();
     let tally = Tally::new(&recorder);
     let cache = batched(&recorder, "no_runtime", Duration::from_millis(100));
-    // A hit and a miss are ready at once: poll them here, with no runtime anywhere.
-    let poll = |key: &str| {
-        let mut get = std::pin::pin!(cache.get(key));
-        match get.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(found) => found.expect("get").is_some(),
-            Poll::Pending => panic!("a memory get had to wait"),
-        }
-    };
+    // With no runtime anywhere, there is no task to hand counts over later.
+    let poll = |key: &str| get_here(&cache, key);
     assert!(!poll("a"));
     assert_eq!(tally.requests("no_runtime"), 1);
     assert!(!poll("b"));
     assert_eq!(tally.requests("no_runtime"), 2);
+}
+
+#[test]
+fn a_runtime_shut_down_before_its_publishing_task_ran_loses_nothing() {
+    let recorder = DebuggingRecorder::new();
+    let tally = Tally::new(&recorder);
+    let cache = batched(&recorder, "shut_down", Duration::from_secs(30));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The miss starts a publishing task, which this runtime never polls: `get` is ready at once.
+    runtime.block_on(async { assert!(!get_here(&cache, "a")) });
+    assert_eq!(
+        tally.requests("shut_down"),
+        0,
+        "handed over in 30 s, not now"
+    );
+    drop(runtime);
+    assert_eq!(
+        tally.requests("shut_down"),
+        1,
+        "the dropped task hands its count over"
+    );
+    // And lets go of the schedule: the next answer, with no runtime, arrives at once.
+    assert!(!get_here(&cache, "b"));
+    assert_eq!(tally.requests("shut_down"), 2);
 }
 
 #[test]

@@ -144,17 +144,19 @@ pub(crate) fn attend<P: Publish>(owner: &Arc<P>) {
         owner.publish();
         return;
     };
-    runtime.spawn(publish_while_used(Arc::downgrade(owner), batch.interval));
+    // The guard is made here, not in the task: a task dropped before its first poll (a runtime
+    // shutting down) must still publish and let go of `scheduled`.
+    let guard = PublishOnDrop {
+        owner: Arc::downgrade(owner),
+        holds_schedule: true,
+    };
+    runtime.spawn(publish_while_used(guard, batch.interval));
 }
 
 /// The publishing task: every `interval` while answers keep coming, then once more an interval
 /// after the cache went quiet (for a count made in the instant the task let go of `scheduled`,
 /// which saw it still set and did not schedule a task of its own).
-async fn publish_while_used<P: Publish>(owner: Weak<P>, interval: Duration) {
-    let mut guard = PublishOnDrop {
-        owner,
-        holds_schedule: true,
-    };
+async fn publish_while_used<P: Publish>(mut guard: PublishOnDrop<P>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let Some(owner) = guard.owner.upgrade() else {
