@@ -23,8 +23,9 @@
 //! then counted only in the threads' slots, and what they gained is handed to the recorder once
 //! per interval, one increment per series. What changes:
 //!
-//! * the recorder's `layercache_requests_total` lags the cache by up to one interval (plus the
-//!   time a busy runtime takes to run the publishing task). Nothing is lost or counted twice:
+//! * the recorder's `layercache_requests_total` lags the cache by up to one interval (two for
+//!   an answer made in the instant the publishing task stops, plus the time a busy runtime
+//!   takes to run that task). Nothing is lost or counted twice:
 //!   each publication hands over the difference since the last, and dropping the cache hands
 //!   over the rest. Keep the interval well under your scrape interval; 100 ms–1 s is typical;
 //! * the publishing task runs on the tokio runtime that served the answer; an answer outside
