@@ -471,6 +471,14 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// A single-threaded runtime with timers, as `#[tokio::main(flavor = "current_thread")]` builds.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A memory cache named `name` that hands its counts to `recorder` every `interval`.
 fn batched(recorder: &DebuggingRecorder, name: &str, interval: Duration) -> MemoryCache<u64> {
     metrics::with_local_recorder(recorder, || {
@@ -561,10 +569,7 @@ fn a_batched_cache_hands_over_its_last_counts_when_dropped() {
     let tally = Tally::new(&recorder);
     // A long interval: only the drop can hand the counts over before the test ends.
     let cache = batched(&recorder, "dropped", Duration::from_secs(60));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread();
     runtime.block_on(async {
         cache
             .set_value("a", 1, Duration::from_secs(60))
@@ -610,10 +615,7 @@ fn a_runtime_shut_down_before_its_publishing_task_ran_loses_nothing() {
     let recorder = DebuggingRecorder::new();
     let tally = Tally::new(&recorder);
     let cache = batched(&recorder, "shut_down", Duration::from_secs(30));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread();
     // The miss starts a publishing task, which this runtime never polls: `get` is ready at once.
     runtime.block_on(async { assert!(!get_here(&cache, "a")) });
     assert_eq!(
@@ -683,10 +685,7 @@ fn a_metrics_interval_over_a_minute_is_refused_and_zero_counts_every_answer() {
     let recorder = DebuggingRecorder::new();
     let tally = Tally::new(&recorder);
     let cache = batched(&recorder, "zero", Duration::ZERO);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread();
     runtime.block_on(async {
         assert!(cache.get("a").await.expect("get").is_none());
         assert_eq!(tally.requests("zero"), 1);
