@@ -94,7 +94,7 @@ where
 
     /// The entry under `key` if it is still usable at `now` (ms since the epoch); an expired
     /// one is removed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, key: &str, now: u64) -> Option<Entry<V>> {
         let found = match &self.engine {
             Backend::Moka(moka) => moka.get(key),
@@ -339,7 +339,7 @@ where
     /// time-to-idle, a hit pushes the idle time back — but writes it only when an eighth of the
     /// time-to-idle has passed since the last push, so a hot key costs one write per interval
     /// instead of one per hit.
-    #[inline]
+    #[inline(always)]
     fn get(&self, key: &str, now: u64) -> Option<Entry<V>> {
         let stored = self.cache.get(key)?;
         if let Some(tti) = self.time_to_idle_ms {
