@@ -256,8 +256,13 @@ impl<V> quick_cache::Weighter<Arc<str>, Stored<V>> for QuickWeighter<V> {
 
 /// An entry as the quick_cache engine keeps it: with the time it goes idle (`u64::MAX` without
 /// a time-to-idle).
+///
+/// `repr(C)` keeps the entry at offset 0: a hit copies the entry out of the clone quick_cache
+/// returns, and with the entry 8 bytes in (where the compiler put it), every 16-byte load of
+/// that copy straddled two stores of the clone and missed store forwarding.
 #[cfg(feature = "quick-cache")]
 #[derive(Clone)]
+#[repr(C)]
 pub(crate) struct Stored<V> {
     entry: Entry<V>,
     idle_until_ms: u64,
