@@ -73,7 +73,7 @@ count() { # count <pair> <peer|ours> <calls>: instructions the whole run execute
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$ratios_bin" count "$@" 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1
 }
-calls=20000
+calls=100000
 {
     echo '{"calls":'"$calls"',"rows":['
     first=1

@@ -188,11 +188,14 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
         }),
         "timed" => {
             let timer = Timer::new("ratios");
-            // Let the calibrated clock come up (it calibrates in the background).
-            let warm = Instant::now();
-            while warm.elapsed() < Duration::from_millis(300) {
+            // Let the calibrated clock come up (it calibrates in the background, started by the
+            // first reading). A fixed number of calls and a sleep, not calls for a fixed time:
+            // under callgrind a timed loop ran a different number of calls in each run, and the
+            // instruction count (a difference of two runs) moved from ~270 to ~440 with it.
+            for _ in 0..1_000 {
                 let _ = now(timer.time(call(1)));
             }
+            std::thread::sleep(Duration::from_millis(300));
             Box::new(move |i| {
                 black_box(now_in_place!(timer.time(call(i as u64))).ok());
             })
