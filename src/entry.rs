@@ -45,13 +45,15 @@ fn duration_ms(d: Duration) -> u64 {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<V> {
-    value: V,
+    // Crate-visible so that a memory hit can take the value alone out of an entry it judged in
+    // place (`memory::store`): moving the whole entry cost the hit a store-forwarding stall.
+    pub(crate) value: V,
     /// Microseconds since the Unix epoch.
-    created_us: u64,
-    fresh_until_ms: u64,
-    stale_until_ms: u64,
-    load_duration: Option<Duration>,
-    tags: Tags,
+    pub(crate) created_us: u64,
+    pub(crate) fresh_until_ms: u64,
+    pub(crate) stale_until_ms: u64,
+    pub(crate) load_duration: Option<Duration>,
+    pub(crate) tags: Tags,
 }
 
 impl<V> Entry<V> {

@@ -129,11 +129,33 @@ async fn a_lifetime_of_duration_max_means_forever() {
 /// (The quick_cache engine pushes the idle time back at most once per eighth of it.)
 #[tokio::test]
 async fn time_to_idle_evicts_unread_entries() {
+    time_to_idle_keeps_only_read_entries(false).await;
+}
+
+/// With a time-to-idle, `get_value_sync` keeps an entry alive as `get` does.
+#[tokio::test]
+async fn get_value_sync_keeps_an_entry_alive_under_time_to_idle() {
+    time_to_idle_keeps_only_read_entries(true).await;
+}
+
+/// Read one key (with `get_value_sync` if `sync`, else `get`) every quarter of the time-to-idle
+/// and leave another unread: the read one stays, the unread one goes.
+async fn time_to_idle_keeps_only_read_entries(sync: bool) {
     const TTI: Duration = Duration::from_millis(300);
     let cache = support::memory_builder::<u32>()
         .time_to_idle(TTI)
         .build()
         .expect("valid on every engine");
+    let found = |cache: &MemoryCache<u32>, key: &'static str| {
+        let cache = cache.clone();
+        async move {
+            if sync {
+                cache.get_value_sync(key).is_some()
+            } else {
+                cache.get(key).await.expect("get").is_some()
+            }
+        }
+    };
     cache
         .set_value("read", 1, Duration::from_secs(60))
         .await
@@ -148,14 +170,14 @@ async fn time_to_idle_evicts_unread_entries() {
     while started.elapsed() < TTI * 2 {
         tokio::time::sleep(TTI / 4).await;
         let gap = last_read.elapsed();
-        let found = cache.get("read").await.expect("get").is_some();
+        let read = found(&cache, "read").await;
         last_read = Instant::now();
         // Read well within the time-to-idle: still there. (A gap stretched past it by a loaded
         // machine says nothing either way.)
         if gap < TTI - TTI / 4 {
-            assert!(found, "read again after {gap:?}: kept alive");
+            assert!(read, "read again after {gap:?}: kept alive");
             kept_alive += 1;
-        } else if !found {
+        } else if !read {
             cache
                 .set_value("read", 1, Duration::from_secs(60))
                 .await
@@ -164,7 +186,7 @@ async fn time_to_idle_evicts_unread_entries() {
     }
     assert!(kept_alive > 0, "no read came within the time-to-idle");
     assert!(
-        cache.get("idle").await.expect("get").is_none(),
+        !found(&cache, "idle").await,
         "unread for {:?}",
         started.elapsed()
     );
@@ -462,4 +484,98 @@ async fn invalidate_prefix_removes_exactly_the_prefixed_keys() {
     for key in ["user:10:a", "user:2:a"] {
         assert_eq!(memory.get_value(key).await.expect("get"), None);
     }
+}
+
+/// `get_value_sync` gives the answer `get_value` gives — fresh values only — and counts it the
+/// same way, on either engine: a hit, a stale entry, a miss, an expired entry (removed), and an
+/// entry whose tag was invalidated.
+#[tokio::test]
+async fn get_value_sync_answers_as_get_value_does() {
+    use layercache::LoadOptions;
+    use support::openai::{completion, ChatCompletion};
+
+    let cache = support::memory_builder::<ChatCompletion>()
+        .build()
+        .expect("valid");
+    let reply = completion(1);
+    cache
+        .set_value("fresh", reply.clone(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let stale = Entry::new(completion(2), Duration::from_millis(20))
+        .with_max_stale(Duration::from_secs(60));
+    cache.set("stale", stale).await.expect("set");
+    cache
+        .set(
+            "expiring",
+            Entry::new(completion(3), Duration::from_millis(20)),
+        )
+        .await
+        .expect("set");
+    let tagged = LoadOptions::ttl(Duration::from_secs(60)).with_tags(["user:7"]);
+    cache
+        .get_or_load(
+            "tagged",
+            || async { Ok::<_, std::io::Error>(completion(4)) },
+            tagged,
+        )
+        .await
+        .expect("load");
+
+    let base = cache.stats();
+    assert_eq!(cache.get_value_sync("fresh"), Some(reply.clone()));
+    assert_eq!(cache.get_value_sync("tagged"), Some(completion(4)));
+    assert_eq!(cache.get_value_sync("absent"), None);
+    let after = cache.stats();
+    assert_eq!((after.hits - base.hits, after.misses - base.misses), (2, 1));
+
+    // Wait (with a deadline) until both short entries are past their fresh deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.get_value("expiring").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "an entry of 20 ms still fresh after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let base = cache.stats();
+    assert_eq!(
+        cache.get_value_sync("stale"),
+        None,
+        "stale counts as absent"
+    );
+    assert_eq!(
+        cache.stats().stale_hits,
+        base.stale_hits + 1,
+        "and is counted as stale"
+    );
+    assert_eq!(
+        cache
+            .get("stale")
+            .await
+            .expect("get")
+            .map(|e| e.into_value()),
+        Some(completion(2)),
+        "still kept as a fail-safe fallback"
+    );
+    assert_eq!(cache.get_value_sync("expiring"), None);
+    cache.run_pending_tasks().await;
+    assert!(
+        cache.peek("expiring").await.expect("peek").is_none(),
+        "expired and removed"
+    );
+
+    cache.invalidate_tag("user:7").await.expect("invalidate");
+    let base = cache.stats();
+    assert_eq!(
+        cache.get_value_sync("tagged"),
+        None,
+        "its tag was invalidated"
+    );
+    assert_eq!(cache.stats().stale_hits, base.stale_hits + 1);
+    assert_eq!(
+        cache.get_value_sync("fresh"),
+        Some(reply),
+        "other entries are untouched"
+    );
 }

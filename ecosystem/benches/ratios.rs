@@ -48,10 +48,28 @@ const PAIRS: &[(&str, &str, &str, &str)] = &[
         "a hit: quick_cache::sync::Cache::get vs MemoryCache on the quick_cache engine (target ≤ 1.3)",
     ),
     (
+        "l1_engine_quick_cache_sync",
+        "raw_quick_cache",
+        "memory_quick_cache_sync",
+        "a hit: quick_cache::sync::Cache::get vs MemoryCache::get_value_sync on the quick_cache engine (target ≤ 1.3)",
+    ),
+    (
+        "get_or_load_hit_quick_cache",
+        "raw_quick_cache",
+        "layered_get_or_load_quick_cache",
+        "a warm key: quick_cache::sync::Cache::get vs Layered::get_or_load on the quick_cache engine",
+    ),
+    (
         "l1_engine_moka",
         "raw_moka",
         "memory_moka",
         "a hit: moka::sync::Cache::get vs MemoryCache on the moka engine",
+    ),
+    (
+        "l1_engine_moka_sync",
+        "raw_moka",
+        "memory_moka_sync",
+        "a hit: moka::sync::Cache::get vs MemoryCache::get_value_sync on the moka engine",
     ),
     (
         "l1_vs_cached",
@@ -159,21 +177,32 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             };
             let cache = memory(engine, rt, &keys);
             Box::new(move |i| {
-                black_box(now(cache.get(&keys[i])).ok());
+                black_box(now_in_place!(cache.get(&keys[i])).ok());
             })
         }
-        "layered_get" | "layered_get_or_load" => {
-            let layered: Layered<Value> = Layered::single(memory(None, rt, &keys))
+        "memory_quick_cache_sync" | "memory_moka_sync" => {
+            let engine = match id {
+                "memory_quick_cache_sync" => Engine::QuickCache,
+                _ => Engine::Moka,
+            };
+            let cache = memory(Some(engine), rt, &keys);
+            Box::new(move |i| {
+                black_box(cache.get_value_sync(&keys[i]));
+            })
+        }
+        "layered_get" | "layered_get_or_load" | "layered_get_or_load_quick_cache" => {
+            let engine = (id == "layered_get_or_load_quick_cache").then_some(Engine::QuickCache);
+            let layered: Layered<Value> = Layered::single(memory(engine, rt, &keys))
                 .build()
                 .expect("layered");
             if id == "layered_get" {
                 Box::new(move |i| {
-                    black_box(now(layered.get(&keys[i])).ok());
+                    black_box(now_in_place!(layered.get(&keys[i])).ok());
                 })
             } else {
                 Box::new(move |i| {
                     black_box(
-                        now(layered.get_or_load(
+                        now_in_place!(layered.get_or_load(
                             &keys[i],
                             || async { Ok::<_, std::io::Error>(value(0)) },
                             LoadOptions::default(),

@@ -8,7 +8,8 @@
 //!
 //! IDs: `raw_moka` (`moka::sync::Cache::get`), `raw_quick_cache` (`quick_cache::sync::Cache::get`),
 //! `memory_moka` and `memory_quick_cache` (`MemoryCache` on each engine, through the `Cache`
-//! trait), `memory_quick_cache_prometheus` (the same, built under a Prometheus recorder, so every
+//! trait), `memory_quick_cache_sync` (`MemoryCache::get_value_sync` on the quick_cache engine:
+//! the value alone, no future), `memory_quick_cache_prometheus` (the same, built under a Prometheus recorder, so every
 //! hit also increments the recorder's counter) and `memory_quick_cache_prometheus_interval`
 //! (the same with `metrics_interval(100 ms)`), `layered_get` and `layered_get_or_load`
 //! (`Layered` on the default engine). Our async
@@ -104,6 +105,13 @@ fn implementations(
                 .expect("fill");
         }
         let k = Arc::clone(keys);
+        if id == "memory_quick_cache" {
+            let (k, memory) = (Arc::clone(&k), memory.clone());
+            out.push((
+                "memory_quick_cache_sync",
+                Arc::new(move |i| memory.get_value_sync(&k[i]).is_some()),
+            ));
+        }
         out.push((
             id,
             Arc::new(move |i| now(memory.get(&k[i])).is_ok_and(|e| e.is_some())),

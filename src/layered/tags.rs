@@ -4,7 +4,7 @@
 use super::{Inner, Layered};
 use crate::entry::{now_us, Entry};
 use crate::error::{Error, Result};
-use crate::tags::{Check, CLEAR};
+use crate::tags::{Check, Tags, CLEAR};
 
 impl<V> Inner<V>
 where
@@ -14,8 +14,13 @@ where
     /// known and not invalidated since it was created. Two atomic loads for a tagged entry.
     #[inline]
     pub(crate) fn tags_allow(&self, entry: &Entry<V>) -> bool {
-        let tags = entry.tag_set();
-        tags.is_empty() || self.tag_times.check(tags, entry.created_us(), false) == Check::Valid
+        self.tags_valid(entry.tag_set(), entry.created_us())
+    }
+
+    /// [`tags_allow`](Self::tags_allow) for an entry's tags and creation time.
+    #[inline]
+    pub(crate) fn tags_valid(&self, tags: &Tags, created_us: u64) -> bool {
+        tags.is_empty() || self.tag_times.check(tags, created_us, false) == Check::Valid
     }
 
     /// [`checked`](Self::checked) without reading unknown times (they make the entry stale).

@@ -18,6 +18,7 @@ use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::layered::{Inner, Layered};
+use crate::memory::{Lookup, MemoryCache};
 use crate::metrics::Counted;
 
 /// Where a flight of a [`Layered`] reads and stores: L1 before answering, L2 after.
@@ -180,8 +181,8 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        match self.hit_in_place(key, &options) {
-            Ok(Some(entry)) => Ok(entry.into_value()),
+        match self.hit_value_in_place(key, &options) {
+            Ok(Some(value)) => Ok(value),
             Ok(None) => Box::pin(self.resolve_traced(key, loader, options))
                 .await
                 .map(Answer::into_value),
@@ -217,6 +218,42 @@ where
     /// A fresh memory-L1 hit that needs no refresh check, counted; `None` for everything else.
     #[inline]
     fn hit_in_place(&self, key: &str, options: &LoadOptions) -> Result<Option<Entry<V>>> {
+        let Some((memory, now)) = self.in_place(options)? else {
+            return Ok(None);
+        };
+        let inner = &self.inner;
+        match memory.peek_at(key, now) {
+            Some(entry) if entry.is_fresh_at(now) && inner.tags_allow(&entry) => {
+                self.count_hit_in_place();
+                Ok(Some(entry))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// [`hit_in_place`](Self::hit_in_place) for the value alone (no entry is copied out).
+    #[inline]
+    fn hit_value_in_place(&self, key: &str, options: &LoadOptions) -> Result<Option<V>> {
+        let Some((memory, now)) = self.in_place(options)? else {
+            return Ok(None);
+        };
+        let inner = &self.inner;
+        match memory.peek_value_at(key, now, |tags, created_us| {
+            inner.tags_valid(tags, created_us)
+        }) {
+            Lookup::Fresh(value) => {
+                self.count_hit_in_place();
+                Ok(Some(value))
+            }
+            Lookup::Stale | Lookup::Miss => Ok(None),
+        }
+    }
+
+    /// The memory L1 and the clock reading when a call may be answered by an L1 hit in place:
+    /// valid options that ask for no refresh check, and an L1 no other replica's write can have
+    /// outdated unseen.
+    #[inline]
+    fn in_place(&self, options: &LoadOptions) -> Result<Option<(&MemoryCache<V>, u64)>> {
         let inner = &self.inner;
         options.validate_over(&inner.defaults)?;
         let Some(memory) = &inner.l1_memory else {
@@ -225,25 +262,25 @@ where
         if options.refreshes() || inner.defaults.refreshes() || !inner.l1_trusted() {
             return Ok(None);
         }
-        let now = now_ms();
-        match memory.peek_at(key, now) {
-            Some(entry) if entry.is_fresh_at(now) && inner.tags_allow(&entry) => {
-                inner.metrics.count(Counted::L1Hit);
-                // A disabled span costs one check of a cached flag.
-                #[cfg(feature = "tracing")]
-                let _span = tracing::debug_span!(
-                    "layercache.get_or_load",
-                    cache = %inner.name,
-                    source = "l1_hit",
-                    layer = "l1",
-                    joined = false,
-                    outcome = "ok",
-                )
-                .entered();
-                Ok(Some(entry))
-            }
-            _ => Ok(None),
-        }
+        Ok(Some((memory, now_ms())))
+    }
+
+    /// Count an answer of [`hit_in_place`](Self::hit_in_place), in a `layercache.get_or_load`
+    /// span (feature `tracing`; a disabled span costs one check of a cached flag).
+    #[inline]
+    fn count_hit_in_place(&self) {
+        let inner = &self.inner;
+        inner.metrics.count(Counted::L1Hit);
+        #[cfg(feature = "tracing")]
+        let _span = tracing::debug_span!(
+            "layercache.get_or_load",
+            cache = %inner.name,
+            source = "l1_hit",
+            layer = "l1",
+            joined = false,
+            outcome = "ok",
+        )
+        .entered();
     }
 
     /// [`resolve`](Self::resolve) in a `layercache.get_or_load` span (feature `tracing`) that
