@@ -221,10 +221,13 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             // first reading). A fixed number of calls and a sleep, not calls for a fixed time:
             // under callgrind a timed loop ran a different number of calls in each run, and the
             // instruction count (a difference of two runs) moved from ~270 to ~440 with it.
+            // The sleep is 3 s because under callgrind the calibration takes longer than 300 ms,
+            // and while it still runs its thread's instructions land in the count: with 300 ms,
+            // one pair of runs read 126 instructions a call and the next 1.
             for _ in 0..1_000 {
                 let _ = now(timer.time(call(1)));
             }
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_secs(3));
             Box::new(move |i| {
                 black_box(now_in_place!(timer.time(call(i as u64))).ok());
             })
