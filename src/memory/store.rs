@@ -431,11 +431,29 @@ where
     /// instead of one per hit.
     #[inline(always)]
     fn get(&self, key: &str, now: u64) -> Option<Entry<V>> {
-        let stored = self.cache.get(key)?;
-        if self.went_idle(key, stored.entry.created_us, stored.idle_until_ms, now) {
+        let Stored {
+            entry:
+                Entry {
+                    value,
+                    created_us,
+                    fresh_until_ms,
+                    stale_until_ms,
+                    load_duration,
+                    tags,
+                },
+            idle_until_ms,
+        } = self.cache.get(key)?;
+        if self.went_idle(key, created_us, idle_until_ms, now) {
             return None;
         }
-        Some(stored.entry)
+        Some(Entry {
+            value,
+            created_us,
+            fresh_until_ms,
+            stale_until_ms,
+            load_duration,
+            tags,
+        })
     }
 
     /// With a time-to-idle: whether the entry found (created at `created`, idle at `idle_until_ms`) has been
