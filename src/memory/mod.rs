@@ -231,7 +231,7 @@ where
     /// It is also the cheapest read: it hands back the value alone, where
     /// [`Cache::get`] builds an [`Entry`] with its lifetimes inside a future. On the quick_cache
     /// engine a hit costs about 1.3× a raw `quick_cache::sync::Cache::get` (BENCHMARKS.md:
-    /// `ratios` `l1_engine_quick_cache_sync`), against about 2.2× through [`Cache::get`].
+    /// `ratios` `l1_engine_quick_cache_sync`), against about 2.1× through [`Cache::get`].
     ///
     /// ```
     /// use std::time::Duration;
