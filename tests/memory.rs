@@ -579,3 +579,30 @@ async fn get_value_sync_answers_as_get_value_does() {
         "other entries are untouched"
     );
 }
+
+/// `get_value_sync` is for synchronous code: it answers on a plain thread with no tokio runtime,
+/// with a metrics interval set too (its batch is handed over later, by an async caller).
+#[test]
+fn get_value_sync_needs_no_runtime() {
+    let cache = support::memory_builder::<serde_json::Value>()
+        .metrics_interval(Duration::from_millis(100))
+        .build()
+        .expect("valid");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let value = serde_json::json!({"model": "gpt-4o", "choices": [{"index": 0, "text": "hi"}]});
+    runtime
+        .block_on(cache.set_value("k", value.clone(), Duration::from_secs(60)))
+        .expect("set");
+    drop(runtime);
+    let reader = cache.clone();
+    let found =
+        std::thread::spawn(move || (reader.get_value_sync("k"), reader.get_value_sync("x")))
+            .join()
+            .expect("no panic without a runtime");
+    assert_eq!(found, (Some(value), None));
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+}
