@@ -320,23 +320,36 @@ macro_rules! forward_cache_impl {
 forward_cache_impl!(Arc, Box);
 
 /// Conveniences for every [`Cache`]: work with bare values instead of entries.
-#[async_trait]
+///
+/// The methods return their futures unboxed (no allocation per call): through a memory layer a
+/// `get_value` hit costs what a [`Cache::get`] hit does.
 pub trait CacheExt<V>: Cache<V>
 where
     V: Send + Sync + 'static,
 {
     /// The value under `key` if it is there and **fresh**; a stale entry counts as absent.
-    async fn get_value(&self, key: &str) -> Result<Option<V>> {
-        Ok(self
-            .get(key)
-            .await?
-            .filter(Entry::is_fresh)
-            .map(Entry::into_value))
+    fn get_value<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Option<V>>> + Send + 'a {
+        // Lazy like any future: nothing is read (or counted) until it is polled.
+        async move {
+            Ok(self
+                .get(key)
+                .await?
+                .filter(Entry::is_fresh)
+                .map(Entry::into_value))
+        }
     }
 
     /// Store `value` under `key`, fresh for `ttl`.
-    async fn set_value(&self, key: &str, value: V, ttl: Duration) -> Result<()> {
-        self.set(key, Entry::new(value, ttl)).await
+    fn set_value<'a>(
+        &'a self,
+        key: &'a str,
+        value: V,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        async move { self.set(key, Entry::new(value, ttl)).await }
     }
 }
 

@@ -54,6 +54,12 @@ const PAIRS: &[(&str, &str, &str, &str)] = &[
         "a hit: quick_cache::sync::Cache::get vs MemoryCache::get_value_sync on the quick_cache engine (target ≤ 1.3)",
     ),
     (
+        "get_value_quick_cache",
+        "raw_quick_cache",
+        "memory_quick_cache_get_value",
+        "a hit: quick_cache::sync::Cache::get vs CacheExt::get_value on the quick_cache engine",
+    ),
+    (
         "get_or_load_hit_quick_cache",
         "raw_quick_cache",
         "layered_get_or_load_quick_cache",
@@ -178,6 +184,12 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             let cache = memory(engine, rt, &keys);
             Box::new(move |i| {
                 black_box(now_in_place!(cache.get(&keys[i])).ok());
+            })
+        }
+        "memory_quick_cache_get_value" => {
+            let cache = memory(Some(Engine::QuickCache), rt, &keys);
+            Box::new(move |i| {
+                black_box(now_in_place!(cache.get_value(&keys[i])).ok());
             })
         }
         "memory_quick_cache_sync" | "memory_moka_sync" => {
