@@ -240,7 +240,7 @@ def main():
               f"batches of 10,000 calls for {ratios['secs']} s, pinned; median ns per call), and in "
               "**instructions per call** under callgrind (the difference between runs of "
               f"{instructions.get('calls', 20000):,} and {2 * instructions.get('calls', 20000):,} calls, "
-              "so the set-up cancels out; no neighbour can move it).\n")
+              "collected only inside the calling loop; no neighbour can move it).\n")
         print("| pair | peer | ours | interleaved ns (peer / ours) | ratio | instructions (peer / ours) | ratio | what |")
         print("|---|---|---|---|---|---|---|---|")
         for r in ratios["rows"]:

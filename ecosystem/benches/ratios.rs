@@ -7,13 +7,14 @@
 //!   the machine slows both sides in the same windows. Writes
 //!   `target/criterion/ratios/report.json` (the per-call medians and their ratio), which
 //!   `scripts/bench_report.py` puts in BENCHMARKS.md.
-//! * **count** (`ratios count <pair> <side> <calls>`): sets up one side, makes `calls` calls and
-//!   exits. `scripts/bench.sh` runs it under callgrind at two call counts and takes the
-//!   difference, so the setup cancels out and what is left is instructions per call — a figure
-//!   no neighbour can move. Run `scripts/bench.sh` to get both. One caveat: under callgrind
-//!   the emulated CPU reports no invariant time-stamp counter, so the crate's clock falls back
-//!   to the OS clock there (as it would on such a CPU): each clock reading counts ~100
-//!   instructions more than it costs natively, which inflates `timed` and, less, the cache hits.
+//! * **count** (`ratios count <pair> <side> <calls>`): sets up one side, waits 3 s for the
+//!   crate's clock to finish calibrating, makes `calls` calls in `counted_calls` and exits.
+//!   `scripts/bench.sh` runs it under callgrind collecting only inside `counted_calls`
+//!   (`--toggle-collect`), at two call counts, and takes the difference: instructions per call,
+//!   a figure no neighbour can move (the same to the instruction idle and loaded). Run
+//!   `scripts/bench.sh` to get both. Counting whole runs instead let the set-up and the
+//!   calibration thread in: they varied by ~10M instructions between runs and moved per-call
+//!   figures by up to ~200.
 //!
 //! ```text
 //! cargo bench -p layercache-ecosystem --bench ratios
@@ -233,13 +234,10 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             // first reading). A fixed number of calls and a sleep, not calls for a fixed time:
             // under callgrind a timed loop ran a different number of calls in each run, and the
             // instruction count (a difference of two runs) moved from ~270 to ~440 with it.
-            // The sleep is 3 s because under callgrind the calibration takes longer than 300 ms,
-            // and while it still runs its thread's instructions land in the count: with 300 ms,
-            // one pair of runs read 126 instructions a call and the next 1.
+            // `settle` then waits for the calibration to end.
             for _ in 0..1_000 {
                 let _ = now(timer.time(call(1)));
             }
-            std::thread::sleep(Duration::from_secs(3));
             Box::new(move |i| {
                 black_box(now_in_place!(timer.time(call(i as u64))).ok());
             })
@@ -262,6 +260,24 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             })
         }
         other => panic!("no side called {other:?}"),
+    }
+}
+
+/// Wait for the crate's clock to finish calibrating (started by the set-up's first reading, on a
+/// thread of its own) before the counted calls. Under callgrind the calibration takes well over
+/// 300 ms of wall time, and while it runs its thread's instructions land in the count: one pair
+/// of `timed` runs read 126 instructions a call and the next 1, and a cache pair moved by up to
+/// 220 instructions with the load on the machine. 3 s leaves it done in every run measured.
+fn settle() {
+    std::thread::sleep(Duration::from_secs(3));
+}
+
+/// The calls `scripts/bench.sh` counts: callgrind collects only inside this function
+/// (`--toggle-collect`), so neither the set-up nor another thread's work is in the count.
+#[inline(never)]
+fn counted_calls(call: &mut Call, order: &[usize], calls: usize) {
+    for n in 0..calls {
+        call(order[n % order.len()]);
     }
 }
 
@@ -351,10 +367,8 @@ fn main() {
         let id = if which == "peer" { peer } else { ours };
         let calls: usize = calls.parse().expect("a call count");
         let mut call = side(id, &rt);
-        let order = order();
-        for n in 0..calls {
-            call(order[n % order.len()]);
-        }
+        settle();
+        counted_calls(&mut call, &order(), calls);
         return;
     }
     if args.first().map(String::as_str) == Some("list") {
