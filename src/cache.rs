@@ -77,6 +77,34 @@ where
     /// ```
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V>;
 
+    /// The answer [`CacheExt::get_value`] gives for `key` (the value if it is there and fresh),
+    /// when this layer can give it at once; `None` when it must wait, and then nothing has been
+    /// read or counted: `get_value` goes on to await [`get`](Cache::get).
+    ///
+    /// `get_value` calls it first, so a layer that answers from memory hands back the value
+    /// alone instead of building an [`Entry`] inside a future. [`MemoryCache`](crate::MemoryCache)
+    /// always answers (it is its
+    /// [`get_value_sync`](crate::MemoryCache::get_value_sync)), and [`Layered`](crate::Layered)
+    /// answers a fresh L1 hit; the default answers nothing. An answer must be counted as `get`
+    /// would count it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Cache, CacheExt, MemoryCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
+    /// let cache = MemoryCache::<String>::builder().build()?;
+    /// cache.set_value("k", "v".to_string(), Duration::from_secs(60)).await?;
+    /// assert_eq!(cache.get_value_now("k").transpose()?, Some(Some("v".to_string())));
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        let _ = key;
+        None
+    }
+
     /// Like [`get`](Cache::get), but not counted in the layer's hit/miss metrics and without side
     /// effects such as refreshing an idle timer. `get_or_load` uses it to re-check a key just
     /// before paying for a load. Defaults to `get`.
@@ -250,6 +278,9 @@ macro_rules! forward_cache_impl {
             fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
                 (**self).get(key)
             }
+            fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
+                (**self).get_value_now(key)
+            }
             fn peek<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxFuture<'f, Result<Option<Entry<V>>>>
             where
                 's: 'f,
@@ -321,8 +352,9 @@ forward_cache_impl!(Arc, Box);
 
 /// Conveniences for every [`Cache`]: work with bare values instead of entries.
 ///
-/// The methods return their futures unboxed (no allocation per call): through a memory layer a
-/// `get_value` hit costs what a [`Cache::get`] hit does.
+/// The methods return their futures unboxed (no allocation per call). `get_value` asks
+/// [`Cache::get_value_now`] first: through a memory layer (or a `Layered` L1 hit) it costs about
+/// what [`MemoryCache::get_value_sync`](crate::MemoryCache::get_value_sync) does.
 pub trait CacheExt<V>: Cache<V>
 where
     V: Send + Sync + 'static,
@@ -334,6 +366,9 @@ where
     ) -> impl Future<Output = Result<Option<V>>> + Send + 'a {
         // Lazy like any future: nothing is read (or counted) until it is polled.
         async move {
+            if let Some(answer) = self.get_value_now(key) {
+                return answer;
+            }
             Ok(self
                 .get(key)
                 .await?

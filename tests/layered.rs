@@ -755,3 +755,93 @@ async fn breaker_settings_at_the_extremes() {
     }
     assert_eq!(cache.health()[1].circuit, CircuitState::Open);
 }
+
+/// `get_value` answers a fresh L1 hit in place (`Cache::get_value_now`) and anything else through
+/// `get`: an L1 miss is read from L2, a stale L1 entry gives way to L2's fresh one, and each
+/// call is counted once, as `get` counts it — also through `Arc` and `dyn Cache`.
+#[tokio::test]
+async fn get_value_answers_l1_hits_in_place_and_the_rest_through_l2() {
+    let s = stack().await;
+    s.cache
+        .set_value("both", "in both".to_string(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    s.l2.set_value("l2 only", "from L2".to_string(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let stale = Entry::new("old".to_string(), Duration::from_millis(1))
+        .with_max_stale(Duration::from_secs(60));
+    s.l1.set("stale in l1", stale).await.expect("set");
+    s.l2.set_value("stale in l1", "new".to_string(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    // Wait (with a deadline) until the 1 ms entry is past its fresh deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .l1
+        .peek("stale in l1")
+        .await
+        .expect("peek")
+        .is_some_and(|e| e.is_fresh())
+    {
+        assert!(Instant::now() < deadline, "a 1 ms entry fresh after 10 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    let l2_reads = s.l2.stats().requests();
+    assert_eq!(
+        s.cache.get_value_now("both").transpose().expect("answer"),
+        Some(Some("in both".to_string())),
+        "a fresh L1 hit is answered at once"
+    );
+    assert_eq!(
+        s.cache
+            .get_value_now("l2 only")
+            .transpose()
+            .expect("answer"),
+        None
+    );
+    assert_eq!(
+        s.cache
+            .get_value_now("stale in l1")
+            .transpose()
+            .expect("answer"),
+        None
+    );
+    assert_eq!(
+        s.l2.stats().requests(),
+        l2_reads,
+        "get_value_now never waits on L2"
+    );
+    let base = s.cache.stats();
+    assert_eq!(base.hits, 1, "only the answer given was counted: {base:?}");
+
+    let shared: Arc<dyn Cache<String>> = Arc::new(s.cache.clone());
+    for (key, want) in [
+        ("both", Some("in both")),
+        ("l2 only", Some("from L2")),
+        ("stale in l1", Some("new")),
+        ("absent", None),
+    ] {
+        let direct = s.cache.get_value(key).await.expect("get_value");
+        let through_dyn = shared.get_value(key).await.expect("get_value");
+        assert_eq!(direct.as_deref(), want, "{key}");
+        assert_eq!(through_dyn.as_deref(), want, "{key} through dyn Cache");
+    }
+    let after = s.cache.stats();
+    assert_eq!(
+        after.requests() - base.requests(),
+        8,
+        "each call counted once: {after:?}"
+    );
+    assert_eq!(
+        after.misses - base.misses,
+        2,
+        "the absent key, twice: {after:?}"
+    );
+    assert_eq!(
+        after.l2_hits - base.l2_hits,
+        2,
+        "L2 answered the L1 miss: {after:?}"
+    );
+}

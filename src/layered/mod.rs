@@ -532,6 +532,23 @@ where
         })
     }
 
+    /// A fresh L1 hit (a [`MemoryCache`] L1 that no other replica's write can have outdated
+    /// unseen), counted as [`get`](Cache::get) counts it; anything else is left to `get`.
+    #[inline]
+    fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        let inner = &self.inner;
+        let memory = inner.l1_memory.as_ref().filter(|_| inner.l1_trusted())?;
+        match memory.peek_value_at(key, now_ms(), |tags, created_us| {
+            inner.tags_valid(tags, created_us)
+        }) {
+            crate::memory::Lookup::Fresh(value) => {
+                inner.metrics.count(Counted::L1Hit);
+                Some(Ok(Some(value)))
+            }
+            crate::memory::Lookup::Stale | crate::memory::Lookup::Miss => None,
+        }
+    }
+
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
         Ok(self.inner.lookup_at(key, now_ms()).await.map(|(e, _)| e))
     }

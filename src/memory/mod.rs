@@ -369,6 +369,12 @@ where
         }
     }
 
+    /// Always answers: [`get_value_sync`](MemoryCache::get_value_sync).
+    #[inline]
+    fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
+        Some(Ok(self.get_value_sync(key)))
+    }
+
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
         Ok(self.peek_at(key, now_ms()))
     }
