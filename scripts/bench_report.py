@@ -209,16 +209,22 @@ def main():
     if l2:
         print(f"\n`l2_throughput` (`ecosystem/benches/l2_throughput.rs`): L2 reads per second by requests in "
               f"flight, {l2['cores']} cores, fred pools of {l2['pool_size']} connections (redis-rs: one multiplexed `ConnectionManager`, as it is used), "
-              f"median of 3 alternating rounds of {l2['seconds']} s.\n")
+              f"{l2.get('rounds', 3)} alternating rounds of {l2['seconds']} s, each starting with another client: each rate is the median over the rounds, "
+              f"each ratio the median of ours / the peer within a round (the two measured back to back).\n")
         print("| in flight | `raw_fred` | `raw_fred_decode` | `raw_redis_rs_decode` | `redis_cache` | ours / raw fred | ours / fred + decode | ours / redis-rs + decode | `redis-benchmark -c N -t get` |")
         print("|---|---|---|---|---|---|---|---|---|")
         cell = lambda v: f"{v:,}/s" if v else "—"
-        ratio = lambda ours, peer: f"{ours / peer:.2f}" if peer else "—"
+        def ratio(r, name, peer):
+            # The paired ratio when the report has it, else the ratio of the medians.
+            if f"ratio_{name}" in r:
+                return f"{r[f'ratio_{name}']:.2f}"
+            return f"{r['redis_cache'] / r[peer]:.2f}" if r.get(peer) else "—"
         for r in l2["results"]:
             ours = r["redis_cache"]
             decode, rs = r.get("raw_fred_decode"), r.get("raw_redis_rs_decode")
             print(f"| {r['in_flight']} | {cell(r['raw_fred'])} | {cell(decode)} | {cell(rs)} | {cell(ours)} | "
-                  f"{ratio(ours, r['raw_fred'])} | {ratio(ours, decode)} | {ratio(ours, rs)} | "
+                  f"{ratio(r, 'raw_fred', 'raw_fred')} | {ratio(r, 'fred_decode', 'raw_fred_decode')} | "
+                  f"{ratio(r, 'redis_rs_decode', 'raw_redis_rs_decode')} | "
                   f"{cell(r.get('redis_benchmark'))} |")
     memory = load_json(os.path.join(ROOT, "memory_per_entry", "report.json"))
     if memory:

@@ -13,8 +13,12 @@
 //! * `redis_benchmark`: `redis-benchmark -c N -t get` against the same server (the server's own
 //!   limit; its own value size).
 //!
-//! The peer and ours alternate, three rounds of `LAYERCACHE_L2_SECS` seconds each (1 s by
-//! default), and the median of each is kept. Writes `target/criterion/l2_throughput/report.json`.
+//! The four clients alternate: `LAYERCACHE_L2_ROUNDS` rounds (7 by default) of
+//! `LAYERCACHE_L2_SECS` seconds each (0.4 s by default), each round starting with another client.
+//! Each rate is the median over the rounds; each ratio (ours / a peer) is taken within a round,
+//! where the two were measured back to back, and its median kept, so that a round in which the
+//! host slowed the machine moves both sides of it. Writes
+//! `target/criterion/l2_throughput/report.json`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,6 +70,15 @@ where
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The rates of one level of requests in flight, and ours over each peer.
+struct Row {
+    in_flight: usize,
+    /// Median reads per second: raw fred, fred + decode, redis-rs + decode, ours.
+    rates: [f64; 4],
+    /// Median over the rounds of ours / each peer in the same round.
+    ratios: [f64; 3],
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -89,7 +102,12 @@ fn main() {
     let secs: f64 = std::env::var("LAYERCACHE_L2_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(0.4);
+    let rounds: usize = std::env::var("LAYERCACHE_L2_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(7);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     // Connections for both clients (`LAYERCACHE_L2_POOL`, default: ours).
     let pool_size: usize = std::env::var("LAYERCACHE_L2_POOL")
@@ -140,98 +158,118 @@ fn main() {
         let short: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
         let mut results = Vec::new();
         for in_flight in [1usize, 16, 64, 256] {
-            let (mut raw_rates, mut decode_rates, mut rs_rates, mut our_rates) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..3 {
-                let (pool, raw_keys) = (raw.clone(), Arc::clone(&keys));
-                raw_rates.push(
-                    rate(in_flight, secs, move |i| {
-                        let (pool, keys) = (pool.clone(), Arc::clone(&raw_keys));
-                        async move {
-                            let got: Option<Bytes> =
-                                pool.next().get(&keys[i]).await.expect("raw get");
-                            got.is_some()
+            // rates[round][client]: raw fred, fred + decode, redis-rs + decode, ours.
+            let mut rates = Vec::new();
+            for round in 0..rounds {
+                let mut row = [0.0f64; 4];
+                // Each round starts with another client, so none is always measured first.
+                for step in 0..4 {
+                    let client = (round + step) % 4;
+                    let (keys, short, codec) =
+                        (Arc::clone(&keys), Arc::clone(&short), Arc::clone(&codec));
+                    row[client] = match client {
+                        0 => {
+                            let pool = raw.clone();
+                            rate(in_flight, secs, move |i| {
+                                let (pool, keys) = (pool.clone(), Arc::clone(&keys));
+                                async move {
+                                    let got: Option<Bytes> =
+                                        pool.next().get(&keys[i]).await.expect("raw get");
+                                    got.is_some()
+                                }
+                            })
+                            .await
                         }
-                    })
-                    .await,
-                );
-                let (pool, raw_keys, fred_codec) =
-                    (raw.clone(), Arc::clone(&keys), Arc::clone(&codec));
-                decode_rates.push(
-                    rate(in_flight, secs, move |i| {
-                        let (pool, keys, codec) =
-                            (pool.clone(), Arc::clone(&raw_keys), Arc::clone(&fred_codec));
-                        async move {
-                            let got: Option<Bytes> =
-                                pool.next().get(&keys[i]).await.expect("raw get");
-                            let entry: Option<Entry<chat::ChatReply>> =
-                                got.map(|b| codec.decode(&b).expect("decode"));
-                            entry.is_some()
+                        1 => {
+                            let pool = raw.clone();
+                            rate(in_flight, secs, move |i| {
+                                let (pool, keys, codec) =
+                                    (pool.clone(), Arc::clone(&keys), Arc::clone(&codec));
+                                async move {
+                                    let got: Option<Bytes> =
+                                        pool.next().get(&keys[i]).await.expect("raw get");
+                                    let entry: Option<Entry<chat::ChatReply>> =
+                                        got.map(|b| codec.decode(&b).expect("decode"));
+                                    entry.is_some()
+                                }
+                            })
+                            .await
                         }
-                    })
-                    .await,
-                );
-                let (con, rs_keys, rs_codec) =
-                    (redis_rs.clone(), Arc::clone(&keys), Arc::clone(&codec));
-                rs_rates.push(
-                    rate(in_flight, secs, move |i| {
-                        let (mut con, keys, codec) =
-                            (con.clone(), Arc::clone(&rs_keys), Arc::clone(&rs_codec));
-                        async move {
-                            let got: Option<Vec<u8>> =
-                                redis::AsyncCommands::get(&mut con, &keys[i])
-                                    .await
-                                    .expect("redis-rs get");
-                            let entry: Option<Entry<chat::ChatReply>> =
-                                got.map(|b| codec.decode(&b).expect("decode"));
-                            entry.is_some()
+                        2 => {
+                            let con = redis_rs.clone();
+                            rate(in_flight, secs, move |i| {
+                                let (mut con, keys, codec) =
+                                    (con.clone(), Arc::clone(&keys), Arc::clone(&codec));
+                                async move {
+                                    let got: Option<Vec<u8>> =
+                                        redis::AsyncCommands::get(&mut con, &keys[i])
+                                            .await
+                                            .expect("redis-rs get");
+                                    let entry: Option<Entry<chat::ChatReply>> =
+                                        got.map(|b| codec.decode(&b).expect("decode"));
+                                    entry.is_some()
+                                }
+                            })
+                            .await
                         }
-                    })
-                    .await,
-                );
-                let (cache, keys) = (Arc::clone(&ours), Arc::clone(&short));
-                our_rates.push(
-                    rate(in_flight, secs, move |i| {
-                        let (cache, keys) = (Arc::clone(&cache), Arc::clone(&keys));
-                        async move { cache.get(&keys[i]).await.expect("get").is_some() }
-                    })
-                    .await,
-                );
+                        _ => {
+                            let cache = Arc::clone(&ours);
+                            rate(in_flight, secs, move |i| {
+                                let (cache, keys) = (Arc::clone(&cache), Arc::clone(&short));
+                                async move { cache.get(&keys[i]).await.expect("get").is_some() }
+                            })
+                            .await
+                        }
+                    };
+                }
+                rates.push(row);
             }
-            results.push((
+            let of = |client: usize| median(rates.iter().map(|r| r[client]).collect());
+            // Each ratio paired within its round (the four were measured back to back), then
+            // the median over the rounds: a round the host slowed moves both sides.
+            let paired = |peer: usize| median(rates.iter().map(|r| r[3] / r[peer]).collect());
+            results.push(Row {
                 in_flight,
-                median(raw_rates),
-                median(decode_rates),
-                median(rs_rates),
-                median(our_rates),
-            ));
+                rates: [of(0), of(1), of(2), of(3)],
+                ratios: [paired(0), paired(1), paired(2)],
+            });
         }
         results
     });
-    println!("l2_throughput: {cores} cores, {KEYS} keys of ~1 KB, median of 3 × {secs} s");
+    println!(
+        "l2_throughput: {cores} cores, {KEYS} keys of ~1 KB, {rounds} alternating rounds of {secs} s (median)"
+    );
     let mut rows = Vec::new();
-    for (in_flight, raw, decode, rs, ours) in results {
+    for Row {
+        in_flight,
+        rates: [raw, decode, rs, ours],
+        ratios,
+    } in results
+    {
         let benchmark = redis_benchmark(server.port, in_flight);
         println!(
-            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  raw_fred_decode {:>9.0}/s  raw_redis_rs_decode {:>9.0}/s  redis_cache {:>9.0}/s  ratio {:.2} / {:.2} / {:.2}  redis-benchmark {}",
+            "{in_flight:>4} in flight: raw_fred {:>9.0}/s  raw_fred_decode {:>9.0}/s  raw_redis_rs_decode {:>9.0}/s  redis_cache {:>9.0}/s  paired ratio {:.2} / {:.2} / {:.2}  redis-benchmark {}",
             raw,
             decode,
             rs,
             ours,
-            ours / raw,
-            ours / decode,
-            ours / rs,
+            ratios[0],
+            ratios[1],
+            ratios[2],
             benchmark.map_or("—".to_owned(), |b| format!("{b:.0}/s"))
         );
         rows.push(format!(
-            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"raw_fred_decode\":{decode:.0},\"raw_redis_rs_decode\":{rs:.0},\"redis_cache\":{ours:.0},\"redis_benchmark\":{}}}",
+            "{{\"in_flight\":{in_flight},\"raw_fred\":{raw:.0},\"raw_fred_decode\":{decode:.0},\"raw_redis_rs_decode\":{rs:.0},\"redis_cache\":{ours:.0},\"ratio_raw_fred\":{:.3},\"ratio_fred_decode\":{:.3},\"ratio_redis_rs_decode\":{:.3},\"redis_benchmark\":{}}}",
+            ratios[0],
+            ratios[1],
+            ratios[2],
             benchmark.map_or("null".to_owned(), |b| format!("{b:.0}"))
         ));
     }
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/l2_throughput");
     let report = format!(
-        "{{\"cores\":{cores},\"pool_size\":{pool_size},\"seconds\":{secs},\"results\":[{}]}}\n",
+        "{{\"cores\":{cores},\"pool_size\":{pool_size},\"seconds\":{secs},\"rounds\":{rounds},\"results\":[{}]}}\n",
         rows.join(",")
     );
     if std::fs::create_dir_all(&dir).is_ok() {
