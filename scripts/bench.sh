@@ -35,7 +35,7 @@ LAYERCACHE_BENCH_KEYS=1000 CRITERION_HOME="$PWD/target/criterion-1k" \
 cargo bench -p layercache-ecosystem --bench layers -- "${args[@]}" '^l1_hit_parallel/'
 
 # L1 throughput as threads are added (unpinned: it is about cores), up to the machine's cores.
-if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_SCALING_SECS=0.3; fi
+if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_SCALING_SECS=0.15 LAYERCACHE_SCALING_ROUNDS=3; fi
 cargo bench -p layercache-ecosystem --bench scaling
 # Hit ratios of each engine on Zipf, scan and shifting streams (exact: no timing involved).
 if [ "${QUICK:-0}" = "1" ]; then export LAYERCACHE_HIT_RATIO_REQUESTS=300000; fi

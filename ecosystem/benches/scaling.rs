@@ -1,7 +1,11 @@
 //! `l1_scaling`: total L1 hits per second as threads are added, for the raw engines and ours.
 //!
-//! Each point runs N OS threads for a fixed time (1 s; `LAYERCACHE_SCALING_SECS`), every thread
-//! looking up warm keys in a loop, and reports the total lookups per second. Thread counts are
+//! Each point runs N OS threads for a fixed time (0.25 s; `LAYERCACHE_SCALING_SECS`), every
+//! thread looking up warm keys in a loop, and takes the total lookups per second. The
+//! implementations alternate, point by point, for `LAYERCACHE_SCALING_ROUNDS` rounds (5), each
+//! round starting with another one; a rate is the median over the rounds, and each
+//! implementation's share of its raw engine's rate (`vs_raw`) the median of the shares within a
+//! round, so that a host taking a CPU away for a while moves both sides. Thread counts are
 //! 1, 2, 4, 8 and 16, capped at the machine's cores: a count above them is listed as skipped
 //! (on 2 cores, 16 threads would measure the scheduler, not the cache). Key patterns: `uniform`
 //! (random keys over 1,000 warm ones; `LAYERCACHE_SCALING_KEYS`) and `hot` (one key).
@@ -29,6 +33,11 @@ mod support;
 use support::{now, Rng};
 
 type Value = Arc<String>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -199,7 +208,8 @@ fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let keys_n: usize = env_or("LAYERCACHE_SCALING_KEYS", 1000);
-    let secs: f64 = env_or("LAYERCACHE_SCALING_SECS", 1.0);
+    let secs: f64 = env_or("LAYERCACHE_SCALING_SECS", 0.25);
+    let rounds: usize = env_or("LAYERCACHE_SCALING_ROUNDS", 5).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -215,16 +225,52 @@ fn main() {
         .filter(|&t| t <= cores)
         .collect();
     let skipped: Vec<usize> = all_threads.iter().copied().filter(|&t| t > cores).collect();
-    println!("l1_scaling: {cores} cores, {keys_n} keys, {secs} s a point; skipped (above the core count): {skipped:?}");
+    println!(
+        "l1_scaling: {cores} cores, {keys_n} keys, {rounds} rounds of {secs} s a point; skipped (above the core count): {skipped:?}"
+    );
+    let raw_of = |id: &str| {
+        let raw = if id.contains("quick_cache") {
+            "raw_quick_cache"
+        } else {
+            "raw_moka"
+        };
+        implementations
+            .iter()
+            .position(|(other, _)| *other == raw)
+            .expect("both raw engines are measured")
+    };
     let mut results = Vec::new();
     for pattern in ["uniform", "hot"] {
-        for (id, lookup) in &implementations {
+        // rates[implementation][thread count][round]
+        let mut rates = vec![vec![Vec::new(); threads.len()]; implementations.len()];
+        for round in 0..rounds {
+            for (ti, &t) in threads.iter().enumerate() {
+                // Each round starts with another implementation, so that a stretch in which the
+                // host takes a CPU away lands on different ones in different rounds.
+                for step in 0..implementations.len() {
+                    let which = (round + step) % implementations.len();
+                    let lookup = &implementations[which].1;
+                    let rate = measure(lookup, keys_n, pattern == "hot", t, secs, &runtime);
+                    rates[which][ti].push(rate);
+                }
+            }
+        }
+        for (which, (id, _)) in implementations.iter().enumerate() {
+            let raw = raw_of(id);
             let mut line = format!("{pattern:8} {id:22}");
-            for &t in &threads {
-                let rate = measure(lookup, keys_n, pattern == "hot", t, secs, &runtime);
-                line.push_str(&format!(" {t:>2}t {:>8.2} M/s", rate / 1e6));
+            for (ti, &t) in threads.iter().enumerate() {
+                let rate = median(rates[which][ti].clone());
+                // Ours over the raw engine, paired within each round (measured moments apart).
+                let vs_raw = median(
+                    rates[which][ti]
+                        .iter()
+                        .zip(&rates[raw][ti])
+                        .map(|(ours, raw)| ours / raw)
+                        .collect(),
+                );
+                line.push_str(&format!(" {t:>2}t {:>8.2} M/s ({vs_raw:.2} of raw)", rate / 1e6));
                 results.push(format!(
-                    "{{\"id\":\"{id}\",\"pattern\":\"{pattern}\",\"threads\":{t},\"ops_per_sec\":{rate:.0}}}"
+                    "{{\"id\":\"{id}\",\"pattern\":\"{pattern}\",\"threads\":{t},\"ops_per_sec\":{rate:.0},\"vs_raw\":{vs_raw:.3}}}"
                 ));
             }
             println!("{line}");
@@ -233,7 +279,7 @@ fn main() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/l1_scaling");
     let report = format!(
-        "{{\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
+        "{{\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"rounds\":{rounds},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
         results.join(",")
     );
     if std::fs::create_dir_all(&dir).is_ok() {
