@@ -268,7 +268,10 @@ fn main() {
                         .map(|(ours, raw)| ours / raw)
                         .collect(),
                 );
-                line.push_str(&format!(" {t:>2}t {:>8.2} M/s ({vs_raw:.2} of raw)", rate / 1e6));
+                line.push_str(&format!(
+                    " {t:>2}t {:>8.2} M/s ({vs_raw:.2} of raw)",
+                    rate / 1e6
+                ));
                 results.push(format!(
                     "{{\"id\":\"{id}\",\"pattern\":\"{pattern}\",\"threads\":{t},\"ops_per_sec\":{rate:.0},\"vs_raw\":{vs_raw:.3}}}"
                 ));
