@@ -352,6 +352,75 @@ async fn an_entry_bounded_cache_keeps_its_count() {
 }
 
 #[tokio::test]
+async fn the_capacity_holds_between_maintenance_runs() {
+    // No `run_pending_tasks`: what a reader can see right after the writes is what the cache
+    // holds. moka applies its capacity in batches (every 64 writes); the cache applies it early
+    // enough to stay within an eighth (and one entry) of the bound.
+    for capacity in [10u64, 100, 1_000] {
+        let cache = support::memory_builder::<u64>()
+            .max_entries(capacity)
+            .build()
+            .expect("valid");
+        let written = capacity * 5;
+        for i in 0..written {
+            cache
+                .set_value(&format!("key-{i}"), i, Duration::from_secs(60))
+                .await
+                .expect("set");
+        }
+        let mut visible = 0;
+        for i in 0..written {
+            visible += u64::from(cache.get_value_sync(&format!("key-{i}")).is_some());
+        }
+        assert!(
+            visible <= capacity + capacity / 8 + 1,
+            "{visible} visible in a cache of {capacity}"
+        );
+        assert!(visible * 2 >= capacity, "the cache is used: {visible}");
+    }
+
+    // Bytes: 1 KB replies into a 16 KB budget, and one reply heavier than the whole budget,
+    // which is not kept even for a moment (and takes the key's older value with it).
+    const BUDGET: u64 = 16 * 1024;
+    let cache = support::memory_builder::<Arc<String>>()
+        .max_bytes(BUDGET)
+        .weigher(|v| v.len())
+        .build()
+        .expect("valid");
+    for i in 0..200 {
+        cache
+            .set_value(
+                &format!("reply-{i}"),
+                Arc::new("r".repeat(1_000)),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("set");
+    }
+    let visible = (0..200)
+        .filter(|i| cache.get_value_sync(&format!("reply-{i}")).is_some())
+        .count() as u64;
+    let per_entry = 1_000 + 8 + 96;
+    assert!(
+        visible * per_entry <= BUDGET + BUDGET / 8 + per_entry,
+        "{visible} replies of ~{per_entry} B visible in {BUDGET} B"
+    );
+    cache
+        .set_value("huge", Arc::new("h".repeat(10)), Duration::from_secs(60))
+        .await
+        .expect("set");
+    cache
+        .set_value(
+            "huge",
+            Arc::new("h".repeat(100_000)),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("set");
+    assert_eq!(cache.get_value_sync("huge"), None);
+}
+
+#[tokio::test]
 async fn stale_entries_are_returned_as_stale_and_counted() {
     let cache = support::memory_builder::<u32>().build().expect("valid");
     let entry = Entry::new(7, Duration::from_millis(20)).with_max_stale(Duration::from_secs(60));

@@ -457,6 +457,11 @@ where
 
     /// Bound the cache by number of entries. Default [`DEFAULT_MAX_ENTRIES`] when neither this nor
     /// [`max_bytes`](Self::max_bytes) is set.
+    ///
+    /// The bound holds at every moment to within an eighth of it (and one entry): the moka engine
+    /// evicts in batches, and the cache runs a batch early whenever the writes since the last one
+    /// would take it further over. [`entry_count`](MemoryCache::entry_count) is exact after
+    /// [`run_pending_tasks`](MemoryCache::run_pending_tasks).
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.max_entries = Some(entries);
         self
@@ -465,9 +470,11 @@ where
     /// Bound the cache by bytes. Needs a [`weigher`](Self::weigher) that reports the bytes a value
     /// owns; each entry is charged that plus its key length and a fixed overhead.
     ///
-    /// A value heavier than the budget is not kept (setting it removes what the key held). On the
-    /// quick_cache engine the limit is 12 % of the budget, which that engine splits over up to 8
-    /// shards (see [`Engine`]).
+    /// A value heavier than the budget is not kept, not even until the next eviction (setting it
+    /// removes what the key held). On the quick_cache engine the limit is 12 % of the budget,
+    /// which that engine splits over up to 8 shards (see [`Engine`]). As with
+    /// [`max_entries`](Self::max_entries), the budget holds at every moment to within an eighth
+    /// of it (and one value).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(bytes);
         self
@@ -576,6 +583,7 @@ where
                 let mut builder = moka::sync::Cache::builder()
                     .name(&name)
                     .max_capacity(capacity);
+                let bound = store::Bound::new(capacity, weigher.clone());
                 if let Some(weigher) = weigher {
                     builder = builder.weigher(move |key: &Arc<str>, entry: &Entry<V>| {
                         u32::try_from(weight(Some(&weigher), key, entry.value()))
@@ -590,7 +598,7 @@ where
                 if let Some(tti) = self.time_to_idle {
                     builder = builder.time_to_idle(tti.min(MOKA_MAX_LIFETIME));
                 }
-                Store::new(Backend::Moka(builder.build()))
+                Store::new(Backend::Moka(builder.build()), bound)
             }
             #[cfg(feature = "quick-cache")]
             Engine::QuickCache => {
@@ -618,20 +626,24 @@ where
                     .shards(shards)
                     .build()
                     .map_err(|e| Error::config(format!("quick_cache options: {e}")))?;
-                Store::new(Backend::Quick(Arc::new(store::QuickStore {
-                    weigher: weigher.clone(),
-                    cache: quick_cache::sync::Cache::with_options(
-                        options,
-                        store::QuickWeighter(weigher),
-                        Default::default(),
-                        Default::default(),
-                    ),
-                    warned_too_large: std::sync::atomic::AtomicBool::new(false),
-                    time_to_live: self.time_to_live,
-                    time_to_idle_ms: self
-                        .time_to_idle
-                        .map(|tti| u64::try_from(tti.as_millis()).unwrap_or(u64::MAX).max(1)),
-                })))
+                Store::new(
+                    Backend::Quick(Arc::new(store::QuickStore {
+                        weigher: weigher.clone(),
+                        cache: quick_cache::sync::Cache::with_options(
+                            options,
+                            store::QuickWeighter(weigher),
+                            Default::default(),
+                            Default::default(),
+                        ),
+                        warned_too_large: std::sync::atomic::AtomicBool::new(false),
+                        time_to_live: self.time_to_live,
+                        time_to_idle_ms: self
+                            .time_to_idle
+                            .map(|tti| u64::try_from(tti.as_millis()).unwrap_or(u64::MAX).max(1)),
+                    })),
+                    // quick_cache applies its capacity on every insert itself.
+                    store::Bound::new(capacity, None),
+                )
             }
         };
         let bare = MemoryCache {

@@ -74,6 +74,38 @@ pub(crate) struct Store<V> {
     engine: Backend<V>,
     /// When the last sweep started (ms since the epoch).
     last_sweep_ms: AtomicU64,
+    /// The capacity promise, kept on inserts where the engine alone would let it slip (moka).
+    bound: Bound<V>,
+}
+
+/// A moka cache applies its capacity in batches: an insert is logged, and the log is applied
+/// (evicting down to capacity) every 64 writes or so. Until then the cache holds more than its
+/// capacity — 64 values more, whatever their size, or a value heavier than the whole budget.
+/// `Bound` keeps the promise closer: a value heavier than the budget is refused at once, and
+/// the log is applied as soon as what it holds would take the cache more than an eighth over
+/// its capacity (so a small cache is never more than one entry over, and a large one keeps
+/// moka's batching).
+pub(crate) struct Bound<V> {
+    /// Capacity in weight units (bytes with a weigher, entries without).
+    capacity: u64,
+    weigher: Option<Weigher<V>>,
+    /// Weight inserted since the log was last applied by us.
+    pending: AtomicU64,
+}
+
+impl<V> Bound<V> {
+    pub(crate) fn new(capacity: u64, weigher: Option<Weigher<V>>) -> Self {
+        Bound {
+            capacity,
+            weigher,
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// The weight moka charges for `value` under `key` (clamped to `u32`, as its weigher is).
+    pub(crate) fn weight_of(&self, key: &str, value: &V) -> u64 {
+        weight(self.weigher.as_ref(), key, value).min(u64::from(u32::MAX))
+    }
 }
 
 #[derive(Clone)]
@@ -87,10 +119,11 @@ impl<V> Store<V>
 where
     V: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(engine: Backend<V>) -> Self {
+    pub(crate) fn new(engine: Backend<V>, bound: Bound<V>) -> Self {
         Store {
             engine,
             last_sweep_ms: AtomicU64::new(crate::entry::now_ms()),
+            bound,
         }
     }
 
@@ -145,11 +178,35 @@ where
 
     pub(crate) fn insert(&self, key: Arc<str>, entry: Entry<V>) {
         match &self.engine {
-            Backend::Moka(moka) => moka.insert(key, entry),
+            Backend::Moka(moka) => self.insert_moka(moka, key, entry),
             #[cfg(feature = "quick-cache")]
             Backend::Quick(quick) => quick.insert(key, entry),
         }
         self.maybe_sweep();
+    }
+
+    fn insert_moka(
+        &self,
+        moka: &moka::sync::Cache<Arc<str>, Entry<V>>,
+        key: Arc<str>,
+        entry: Entry<V>,
+    ) {
+        let bound = &self.bound;
+        let weight = bound.weight_of(&key, entry.value());
+        if weight > bound.capacity {
+            // moka would take it and evict it at its next maintenance; refuse it now, and remove
+            // what the key held before, as a set that cannot be kept does.
+            moka.invalidate(&*key);
+            return;
+        }
+        moka.insert(key, entry);
+        let pending = bound.pending.fetch_add(weight, Ordering::Relaxed) + weight;
+        if moka.weighted_size().saturating_add(pending)
+            > bound.capacity.saturating_add(bound.capacity / 8)
+        {
+            bound.pending.store(0, Ordering::Relaxed);
+            moka.run_pending_tasks();
+        }
     }
 
     /// Remove every entry whose key starts with `prefix`; how many.
