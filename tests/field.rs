@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use layercache::codec::{Codec, Format};
 use layercache::{
-    Cache, CircuitState, Entry, KeyBuilder, Layered, LoadOptions, MemoryCache, RedisCache, Source,
+    Cache, CacheExt, CircuitState, Entry, KeyBuilder, Layered, LoadOptions, MemoryCache,
+    RedisCache, Source,
 };
 use support::openai::{completion, ChatCompletion};
 use support::redis::RedisServer;
@@ -77,7 +78,7 @@ async fn second_replica_reads_what_the_first_wrote<F: Format + Clone>(format: F)
         assert_eq!(answer.value, completion(i));
     }
     assert_eq!(loads.load(Ordering::SeqCst), PROMPTS as usize);
-    // L2 writes follow the answers: wait until they are all done.
+    // Each answer waited for its L2 write; wait for any flight still finishing anyway.
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.pending_loads() > 0 {
         assert!(Instant::now() < deadline, "L2 writes still running");
@@ -131,6 +132,37 @@ async fn openai_replies_cross_replicas_with_the_default_builder() {
         assert_eq!(back.value(), &completion(i));
     }
     assert_eq!(l2.stats().errors, 0);
+}
+
+/// Read-your-writes across replicas: once `get_or_load` has answered on replica A, a plain read
+/// on replica B (another L1, the same Redis) finds the value at once — no waiting, no reload.
+/// On a multi-thread runtime the L2 write used to follow the answer, and B missed ~1 read in 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_value_loaded_on_one_replica_is_in_redis_when_the_caller_gets_it() {
+    const ROUNDS: u64 = 400;
+    let server = RedisServer::start();
+    let codec = || layercache::codec::Codec::builder().build().expect("codec");
+    let (a, _) = replica(&server.url(), codec()).await;
+    let (b, _) = replica(&server.url(), codec()).await;
+    for i in 0..ROUNDS {
+        let answer = a
+            .get_or_load_answer(
+                &key(i),
+                move || async move { Ok::<_, std::io::Error>(completion(i)) },
+                LoadOptions::ttl(Duration::from_secs(3600)),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(answer.source, Source::Loaded);
+        let on_b = b.get_value(&key(i)).await.expect("read on B");
+        assert_eq!(
+            on_b.as_ref(),
+            Some(&completion(i)),
+            "prompt {i} on replica B"
+        );
+    }
+    assert_eq!(b.stats().l2_hits, ROUNDS);
+    assert_eq!(b.stats().misses, 0);
 }
 
 /// A type the format cannot read back fails at its first write, with a clear error, and never

@@ -16,10 +16,13 @@
 //!   codec refuses (too large, not encodable) are not failures: see [`Error::is_refusal`].
 //!
 //! L2 failures never reach the caller of `get` or `get_or_load`: a failing L2 is a miss. Loaded
-//! values are written to L1 before the waiting callers are answered and to L2 just after, so a
-//! hung L2 costs a caller at most one L2 timeout (its read), never two. Writes that could not
-//! reach L2 (open circuit, errors) are remembered (up to 10,000 keys) and copied from L1 to L2 as
-//! soon as L2 answers again.
+//! values are written to L1 and then to L2 before the waiting callers are answered, so a read
+//! made after `get_or_load` returns — here, or with `get` on another replica — finds the value
+//! in Redis. The wait for L2 is bounded: at most 50 ms, and none when L2 did not answer the
+//! load's own read; past that the callers are answered and the write finishes meanwhile. So a
+//! hung L2 costs a caller at most one L2 timeout (its read) and 50 ms, never two timeouts.
+//! Writes that could not reach L2 (open circuit, errors) are remembered (up to 10,000 keys) and
+//! copied from L1 to L2 as soon as L2 answers again.
 //!
 //! Both layers are `Arc<dyn Cache<V>>`, so any cache composes — a `Layered` is itself a
 //! [`Cache`], and three-level stacks nest.

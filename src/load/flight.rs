@@ -30,6 +30,10 @@ use crate::error::{BoxError, Error, Result, SharedError};
 use crate::load::answer::{Origin, Source};
 use crate::metrics::{LoadMetrics, Stats};
 
+/// How long a flight's callers wait for the value to reach the slow layers (L2) before they are
+/// answered anyway (the write then goes on without them).
+pub(crate) const STORE_WAIT: Duration = Duration::from_millis(50);
+
 /// What an L2 read found.
 pub(crate) enum L2Read<V> {
     /// An entry that is still usable.
@@ -438,8 +442,28 @@ async fn run_flight<V, T, F, Fut, E>(
                 Some(entry) => {
                     target.store_before_answer(&guard.key, entry.clone()).await;
                     flights.completed.fetch_add(1, Ordering::Release);
-                    done(&tx, entry.clone(), source);
-                    target.store_after_answer(&guard.key, entry).await;
+                    // Answer once the value is in the slow layers too, so that a read after the
+                    // answer — here or on another replica — finds it there; but never wait for
+                    // them longer than `STORE_WAIT`, nor at all when L2 did not answer this
+                    // flight's read (a call pays for an unresponsive L2 once): then answer, and
+                    // finish storing meanwhile.
+                    let mut store = target.store_after_answer(&guard.key, entry.clone());
+                    let stored_at_once = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(store.as_mut().poll(cx).is_ready())
+                    })
+                    .await;
+                    // Nothing to wait for (no L2, an open circuit) takes no timer.
+                    let stored = stored_at_once
+                        || (l2_answered
+                            && tokio::time::timeout(STORE_WAIT, store.as_mut())
+                                .await
+                                .is_ok());
+                    done(&tx, entry, source);
+                    if stored {
+                        drop(store);
+                    } else {
+                        store.await;
+                    }
                     if let Some(lease) = &mut lease {
                         lease.stored();
                     }
