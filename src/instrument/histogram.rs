@@ -279,8 +279,9 @@ impl LatencySnapshot {
         Duration::from_nanos(self.max_ns)
     }
 
-    /// The `q`-quantile (`q` in 0..=1, clamped): the smallest recorded value with at least
-    /// `q × count` values at or below it, within 0.78 %. Zero when empty.
+    /// The `q`-quantile (`q` in 0..=1, clamped; a NaN `q` reads as 0.5, the median): the
+    /// smallest recorded value with at least `q × count` values at or below it, within 0.78 %.
+    /// Zero when empty.
     pub fn quantile(&self, q: f64) -> Duration {
         if self.count == 0 {
             return Duration::ZERO;
