@@ -598,7 +598,7 @@ where
                 if let Some(tti) = self.time_to_idle {
                     builder = builder.time_to_idle(tti.min(MOKA_MAX_LIFETIME));
                 }
-                Store::new(Backend::Moka(builder.build()), bound)
+                Store::new(Backend::Moka(builder.build()), Some(bound))
             }
             #[cfg(feature = "quick-cache")]
             Engine::QuickCache => {
@@ -642,7 +642,7 @@ where
                             .map(|tti| u64::try_from(tti.as_millis()).unwrap_or(u64::MAX).max(1)),
                     })),
                     // quick_cache applies its capacity on every insert itself.
-                    store::Bound::new(capacity, None),
+                    None,
                 )
             }
         };

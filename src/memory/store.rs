@@ -74,8 +74,9 @@ pub(crate) struct Store<V> {
     engine: Backend<V>,
     /// When the last sweep started (ms since the epoch).
     last_sweep_ms: AtomicU64,
-    /// The capacity promise, kept on inserts where the engine alone would let it slip (moka).
-    bound: Bound<V>,
+    /// The capacity promise, kept on inserts where the engine alone would let it slip (moka;
+    /// quick_cache applies its capacity on every insert itself).
+    bound: Option<Bound<V>>,
 }
 
 /// A moka cache applies its capacity in batches: an insert is logged, and the log is applied
@@ -119,7 +120,7 @@ impl<V> Store<V>
 where
     V: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(engine: Backend<V>, bound: Bound<V>) -> Self {
+    pub(crate) fn new(engine: Backend<V>, bound: Option<Bound<V>>) -> Self {
         Store {
             engine,
             last_sweep_ms: AtomicU64::new(crate::entry::now_ms()),
@@ -191,7 +192,10 @@ where
         key: Arc<str>,
         entry: Entry<V>,
     ) {
-        let bound = &self.bound;
+        let Some(bound) = &self.bound else {
+            moka.insert(key, entry);
+            return;
+        };
         let weight = bound.weight_of(&key, entry.value());
         if weight > bound.capacity {
             // moka would take it and evict it at its next maintenance; refuse it now, and remove
