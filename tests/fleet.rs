@@ -708,3 +708,73 @@ async fn a_replica_started_while_redis_is_down_joins_the_fleet_when_it_is_back()
         "messages heard"
     );
 }
+
+/// A replica that cannot publish for a long time keeps the latest change per key for later,
+/// but not without bound: past `MAX_OUTBOX` keys its outbox becomes one `resync` message, and
+/// once it can publish again every other replica drops its whole L1 — so nothing it changed
+/// meanwhile is served stale from another replica's memory, and its memory stayed bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_overflows_the_outbox_into_one_resync() {
+    use layercache::fleet::MAX_OUTBOX;
+    use layercache::MemoryCache;
+    use support::proxy::Mode;
+    let server = RedisServer::start();
+    let (a, proxy) = replica_behind_proxy(&server, "fo").await;
+    let b_l1 = MemoryCache::builder().build().expect("l1");
+    let b_l2 = layercache::RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("fo")
+        .build()
+        .await
+        .expect("l2");
+    let b_backplane = b_l2.backplane().await.expect("backplane");
+    let b = Layered::builder(b_l1.clone(), b_l2)
+        .name("direct")
+        .backplane(b_backplane)
+        .build()
+        .expect("b");
+    let ttl = Duration::from_secs(600);
+    b.set_value("only-b", "kept by b".into(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(b_l1.get_value_sync("only-b").as_deref(), Some("kept by b"));
+
+    // A cannot reach Redis: more distinct changes than the outbox holds.
+    proxy.set(Mode::Reset);
+    for i in 0..=MAX_OUTBOX {
+        a.set_value(&format!("k{i}"), format!("v{i}"), ttl)
+            .await
+            .expect("set: answered from L1");
+    }
+    let overflowed = a.backplane().expect("backplane").state();
+    assert_eq!(overflowed.outbox_overflows, 1, "{overflowed:?}");
+    // (B drops its L1 on its own only if it stops hearing itself, which a loaded machine can
+    // cause: count from here.)
+    let before = backplane_resyncs(&b);
+
+    // A is back: its resync reaches B, which drops its L1 (a key A never touched included).
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backplane_resyncs(&b) == before {
+        assert!(
+            Instant::now() < deadline,
+            "B never heard A's resync: A {:?}",
+            a.backplane().map(|p| p.state())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b_l1.get_value_sync("only-b").is_some() {
+        assert!(Instant::now() < deadline, "B's L1 was not dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nothing was lost: B reads its own value back from Redis.
+    assert_eq!(
+        b.get_value("only-b").await.expect("get").as_deref(),
+        Some("kept by b")
+    );
+}
+
+fn backplane_resyncs(cache: &Layered<String>) -> u64 {
+    cache.backplane().expect("backplane").state().resyncs
+}

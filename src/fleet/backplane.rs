@@ -22,6 +22,12 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// lost invalidation can be served.
 pub const TRUST_WINDOW: Duration = Duration::from_secs(1);
 
+/// Most changes (distinct keys) waiting to be published. While Redis cannot be reached the
+/// outbox keeps the latest change per key; when this many are waiting, they are replaced by one
+/// `resync` message that makes the other replicas drop their whole L1, so a long outage costs
+/// bounded memory and loses no invalidation.
+pub const MAX_OUTBOX: usize = 10_000;
+
 /// The wire version, in every message and in the channel name.
 const WIRE_VERSION: u8 = 1;
 /// version(1) + action(1) + source(16) + timestamp(8: µs since the epoch; for `tag` and `clear`
@@ -42,6 +48,9 @@ pub(crate) enum Action {
     Tag = 7,
     /// Every key starting with the message's key was removed.
     Prefix = 8,
+    /// The sender's outbox overflowed and some of its changes were never announced: drop
+    /// everything in L1 (no key).
+    Resync = 9,
 }
 
 impl Action {
@@ -52,6 +61,7 @@ impl Action {
             Action::Released => 1,
             Action::Tag | Action::Clear => 2,
             Action::Prefix => 3,
+            Action::Resync => 4,
             _ => 0,
         }
     }
@@ -68,6 +78,7 @@ impl Action {
             6 => Action::Released,
             7 => Action::Tag,
             8 => Action::Prefix,
+            9 => Action::Resync,
             _ => return None,
         })
     }
@@ -142,6 +153,10 @@ pub struct BackplaneState {
     /// Messages ignored: not of our wire version, garbled, or lost because this replica fell
     /// behind (which drops its L1, see [`resyncs`](Self::resyncs)).
     pub dropped: u64,
+    /// Times this replica's outbox reached [`MAX_OUTBOX`] changes it could not publish (Redis
+    /// unreachable for long): the queued changes were replaced by one message that makes every
+    /// other replica drop its whole L1 once it can be published.
+    pub outbox_overflows: u64,
     /// Fleet leases this replica won (it loaded the key for the fleet).
     pub leases_won: u64,
     /// Loads this replica did not run because another replica held the lease and its value
@@ -191,6 +206,7 @@ pub(crate) struct Shared {
     received: AtomicU64,
     resyncs: AtomicU64,
     dropped: AtomicU64,
+    outbox_overflows: AtomicU64,
     /// Keeps the clients' connection attempts going while the backplane lives.
     _connecting: crate::redis::connect::Alive,
     /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
@@ -335,6 +351,7 @@ impl Backplane {
             received: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            outbox_overflows: AtomicU64::new(0),
             _connecting: connecting,
             _stop: stop,
             resubscriber: Mutex::new(None),
@@ -385,6 +402,7 @@ impl Backplane {
             received: s.received.load(Ordering::Relaxed),
             resyncs: s.resyncs.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            outbox_overflows: s.outbox_overflows.load(Ordering::Relaxed),
             leases_won: s.counters.leases_won.load(Ordering::Relaxed),
             lease_waits: s.counters.lease_waits.load(Ordering::Relaxed),
             lease_timeouts: s.counters.lease_timeouts.load(Ordering::Relaxed),
@@ -405,7 +423,19 @@ impl Backplane {
             .outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        outbox.insert((Arc::from(key), action.class()), (action, us));
+        let slot: Slot = (Arc::from(key), action.class());
+        if outbox.len() >= MAX_OUTBOX && !outbox.contains_key(&slot) {
+            // Every queued change, and this one, is covered by the other replicas dropping
+            // their whole L1.
+            outbox.clear();
+            outbox.insert(
+                (Arc::from(""), Action::Resync.class()),
+                (Action::Resync, us),
+            );
+            self.shared.outbox_overflows.fetch_add(1, Ordering::Relaxed);
+        } else {
+            outbox.insert(slot, (action, us));
+        }
         drop(outbox);
         self.shared.wake.notify_one();
     }
@@ -455,6 +485,10 @@ async fn receive(
                 }
                 let event = match action {
                     Action::Heartbeat | Action::Released => continue,
+                    Action::Resync => {
+                        s.resyncs.fetch_add(1, Ordering::Relaxed);
+                        Event::ClearAll
+                    }
                     Action::Set | Action::Delete => Event::Evict(Arc::from(key), ms),
                     Action::Expire => Event::Expire(Arc::from(key), ms),
                     Action::Tag => Event::Tag(Arc::from(key), ms),

@@ -23,7 +23,7 @@
 //! # Guarantees and bounds
 //!
 //! * **Messages carry no values**: wire version, the sender's instance id, a timestamp, the action
-//!   (`set`, `delete`, `expire`, `tag`, `clear`, `prefix`, `released`) and the key. A receiver evicts the key from its L1 (or,
+//!   (`set`, `delete`, `expire`, `tag`, `clear`, `prefix`, `released`, `resync`) and the key. A receiver evicts the key from its L1 (or,
 //!   for `expire`, keeps it only as a stale fallback); it never re-reads L2 per message, so one
 //!   write never becomes a read storm across the fleet. A replica ignores its own messages.
 //! * **The channel name carries the namespace and the wire version**
@@ -31,6 +31,10 @@
 //!   during a deploy without misreading each other.
 //! * **Publishing never fails the caller's operation**: changes go to an outbox that a background
 //!   task publishes; a failed publish is counted and retried, the latest action per key winning.
+//!   The outbox is bounded: when [`MAX_OUTBOX`] (10,000) keys wait — Redis unreachable for a
+//!   long time — they are replaced by one `resync` message, on which every other replica drops
+//!   its whole L1 (counted in [`BackplaneState::outbox_overflows`]). Memory stays bounded
+//!   through any outage, and no invalidation is lost, only widened.
 //! * **Lost messages are bounded**: each replica publishes a heartbeat every [`HEARTBEAT`]
 //!   (250 ms) and expects to hear its own. When it has heard nothing for [`TRUST_WINDOW`] (1 s)
 //!   — the subscription hangs, Redis restarted — or its subscriber reconnected (messages may
@@ -91,6 +95,6 @@ pub mod backplane;
 mod lease;
 mod tag_store;
 
-pub use self::backplane::{Backplane, BackplaneState, HEARTBEAT, TRUST_WINDOW};
+pub use self::backplane::{Backplane, BackplaneState, HEARTBEAT, MAX_OUTBOX, TRUST_WINDOW};
 pub(crate) use self::lease::{Attempt, Held, WaitOutcome};
 pub use self::lease::{DEFAULT_LEASE_TTL, MAX_LEASE_WAIT};
