@@ -297,6 +297,12 @@ pub enum RedisErrorKind {
     Server,
     /// A reply the client could not understand.
     Protocol,
+    /// The tokio runtime the cache was built on has shut down, and the cache's connections with
+    /// it: every command fails, on any runtime, until the cache is built again. A cache must be
+    /// built on the runtime that uses it; the usual cause is one cache (a `static`) shared by
+    /// several `#[tokio::test]`s, each of which starts and drops its own runtime. Not worth a
+    /// retry.
+    RuntimeGone,
     /// Anything else.
     Other,
 }
@@ -322,6 +328,18 @@ impl RedisError {
     /// Whether the command timed out.
     pub fn is_timeout(&self) -> bool {
         self.kind == RedisErrorKind::Timeout
+    }
+
+    /// `error`, explained: the runtime that ran the connections has shut down.
+    pub(crate) fn runtime_gone(error: fred::error::Error) -> Self {
+        RedisError {
+            kind: RedisErrorKind::RuntimeGone,
+            message: format!(
+                "the tokio runtime this cache was built on has shut down, and its connections with it: build the cache on the runtime that uses it ({})",
+                error.details()
+            ),
+            source: Some(Box::new(error)),
+        }
     }
 
     pub(crate) fn from_client(error: fred::error::Error) -> Self {
@@ -371,6 +389,7 @@ impl fmt::Display for RedisError {
             RedisErrorKind::Cluster => "cluster routing failed",
             RedisErrorKind::Server => "server error",
             RedisErrorKind::Protocol => "unexpected reply",
+            RedisErrorKind::RuntimeGone => "runtime shut down",
             RedisErrorKind::Other => "failed",
         };
         if self.message.is_empty() {

@@ -439,3 +439,88 @@ async fn a_cache_built_while_redis_is_down_uses_it_once_it_is_up() {
     // left marked disconnected under a live socket; see `tests/redis_faults.rs`).
     assert!(took < Duration::from_secs(3), "used within 3 s: {took:?}");
 }
+
+/// The shape of many users' tests: one cache built once (a `static`) and used by several
+/// `#[tokio::test]`s, each on a runtime of its own. When the runtime that built the cache ends,
+/// its Redis connections end with it. The cache must say so — a clear error kind from the
+/// layer, counted failures on the stack — while every call is still answered (L1, loader).
+#[test]
+fn a_cache_outliving_the_runtime_that_built_it_says_so_and_keeps_answering() {
+    use layercache::{Error, RedisErrorKind};
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (cache, l2) = first.block_on(async {
+        let (cache, l2) = replica(&server.url(), Codec::default()).await;
+        let reply = cache
+            .get_or_load(
+                &key(0),
+                || async { Ok::<_, std::io::Error>(completion(0)) },
+                LoadOptions::default(),
+            )
+            .await
+            .expect("load");
+        assert_eq!(reply, completion(0));
+        assert_eq!(cache.stats().errors, 0);
+        (cache, l2)
+    });
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    second.block_on(async {
+        let started = Instant::now();
+        let failed = l2.get(&key(0)).await.expect_err("the connections are gone");
+        match &failed {
+            Error::Redis { source, .. } => {
+                assert_eq!(source.kind(), RedisErrorKind::RuntimeGone, "{failed}");
+            }
+            other => panic!("expected a Redis error, got {other:?}"),
+        }
+        assert!(
+            source_chain(&failed).contains("runtime"),
+            "the message names the cause: {}",
+            source_chain(&failed)
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "fails at once");
+        assert!(l2.stats().errors >= 1);
+
+        // The stack still answers: L1 for what it holds, the loader for the rest.
+        for i in 1..=5 {
+            let reply = cache
+                .get_or_load(
+                    &key(i),
+                    move || async move { Ok::<_, std::io::Error>(completion(i)) },
+                    LoadOptions::default(),
+                )
+                .await
+                .expect("answered without L2");
+            assert_eq!(reply, completion(i));
+        }
+        assert_eq!(
+            cache.get_value(&key(0)).await.expect("L1"),
+            Some(completion(0))
+        );
+        assert!(
+            cache.stats().errors >= 1,
+            "the stack counts L2's failures: {:?}",
+            cache.stats()
+        );
+    });
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}

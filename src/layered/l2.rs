@@ -46,6 +46,9 @@ where
             return None;
         }
         let result = op(Arc::clone(l2)).await;
+        if result.is_err() {
+            self.l2_errors.fetch_add(1, Ordering::Relaxed);
+        }
         match &result {
             Err(e) if e.is_refusal() => {
                 self.breaker.neutral(allowed);
@@ -182,8 +185,12 @@ where
                     }
                     // Refused (too large, cannot encode): counted and reported by the codec;
                     // not an outage, and not retried.
-                    Err(e) if e.is_refusal() => self.refused(&e),
+                    Err(e) if e.is_refusal() => {
+                        self.l2_errors.fetch_add(1, Ordering::Relaxed);
+                        self.refused(&e);
+                    }
                     Err(_) => {
+                        self.l2_errors.fetch_add(1, Ordering::Relaxed);
                         self.breaker.record(allowed, false, connections);
                         let mut left: Vec<Arc<str>> = vec![key];
                         left.extend(rest.map(|(k, _)| k));

@@ -142,6 +142,8 @@ pub(crate) struct Inner<V> {
     flushing: AtomicBool,
     /// Whether a refusal of L2 has been reported (once per cache).
     refusal_reported: AtomicBool,
+    /// L2 operations that failed (errors, timeouts, refusals), for `stats().errors`.
+    l2_errors: std::sync::atomic::AtomicU64,
     /// Cross-replica invalidation, when set.
     #[cfg(feature = "redis")]
     pub(crate) backplane: Option<crate::fleet::Backplane>,
@@ -410,11 +412,18 @@ where
     }
 
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
-    /// `coalesced`), plus loads, timeouts and fail-safe answers.
+    /// `coalesced`), plus loads, timeouts and fail-safe answers, and in `errors` the L2
+    /// operations that failed (connection errors, timeouts, values L2 refused or could not
+    /// decode) — calls the cache answered anyway, from L1 or the loader. Calls skipped while
+    /// L2's circuit is open are not counted.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         self.inner.metrics.fill(&mut stats);
         self.inner.flights.fill(&mut stats);
+        stats.errors = self
+            .inner
+            .l2_errors
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats
     }
 

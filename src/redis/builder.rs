@@ -487,7 +487,8 @@ where
         let ops = OpMetrics::new(&metrics, &self.name);
         Ok(RedisCache {
             inner: Arc::new(Inner {
-                _alive: alive,
+                alive,
+                runtime_gone_reported: std::sync::atomic::AtomicBool::new(false),
                 setup,
                 pool,
                 clustered,

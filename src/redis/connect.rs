@@ -14,6 +14,8 @@
 //! nothing ever reconnects it: a cache built while Redis was down could ignore Redis for good.
 //! Starting a task only when the previous one has ended rules that out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -23,31 +25,64 @@ use fred::types::{ClientState, ConnectHandle};
 /// Held by the owner of some clients (a cache, a backplane): while it lives, their connection
 /// attempts go on; when it is dropped, their supervisors stop them.
 #[derive(Debug)]
-pub(crate) struct Alive(watch::Sender<()>);
+pub(crate) struct Alive {
+    owner: watch::Sender<()>,
+    runtime_gone: Arc<AtomicBool>,
+}
 
 impl Alive {
     pub(crate) fn new() -> Self {
-        Alive(watch::channel(()).0)
+        Alive {
+            owner: watch::channel(()).0,
+            runtime_gone: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// A token that tells when this owner is gone.
     pub(crate) fn token(&self) -> Token {
-        Token(self.0.subscribe())
+        Token {
+            owner: self.owner.subscribe(),
+            runtime_gone: Arc::clone(&self.runtime_gone),
+        }
+    }
+
+    /// Whether the tokio runtime that ran the clients' tasks has shut down while the owner
+    /// lived. fred's clients then have no task left to carry their commands, and none can be
+    /// started again: every command fails at once ("Failed to send command to router"), on any
+    /// runtime. Typical cause: a cache built once (a `static`) and used from several
+    /// `#[tokio::test]`s, each of which runs and drops its own runtime.
+    pub(crate) fn runtime_gone(&self) -> bool {
+        self.runtime_gone.load(Ordering::Acquire)
     }
 }
 
 /// Tells whether the [`Alive`] it came from was dropped.
 #[derive(Debug, Clone)]
-pub(crate) struct Token(watch::Receiver<()>);
+pub(crate) struct Token {
+    owner: watch::Receiver<()>,
+    runtime_gone: Arc<AtomicBool>,
+}
+
+/// Lives inside a supervisor task. A supervisor ends by itself only once its owner is gone, so
+/// when it is dropped while the owner still lives, its runtime dropped it: shut down.
+struct RuntimeWatch(Token);
+
+impl Drop for RuntimeWatch {
+    fn drop(&mut self) {
+        if !self.0.is_dead() {
+            self.0.runtime_gone.store(true, Ordering::Release);
+        }
+    }
+}
 
 impl Token {
     fn is_dead(&self) -> bool {
-        self.0.has_changed().is_err()
+        self.owner.has_changed().is_err()
     }
 
     /// Resolves when the owner is dropped.
     async fn dropped(&mut self) {
-        while self.0.changed().await.is_ok() {}
+        while self.owner.changed().await.is_ok() {}
     }
 }
 
@@ -121,6 +156,7 @@ where
 /// arrives while fred is between two reconnection attempts can go unseen, and the task would
 /// otherwise reconnect for good on behalf of nobody.
 async fn supervise<C: ClientLike>(client: C, handle: Option<ConnectHandle>, mut alive: Token) {
+    let _watch = RuntimeWatch(alive.clone());
     let mut handle = handle;
     loop {
         if let Some(mut running) = handle.take() {

@@ -161,6 +161,14 @@ pub(crate) fn redis_px(ttl_ms: u64) -> i64 {
 
 /// A cache layer in Redis. Cloning is cheap and shares the connections.
 ///
+/// Build it on the tokio runtime that uses it: its connections run as tasks of the runtime
+/// `build` was awaited on, and end when that runtime shuts down. A cache that outlives its
+/// runtime — one cache in a `static` shared by several `#[tokio::test]`s, each with its own
+/// runtime — fails every command from then on with
+/// [`RedisErrorKind::RuntimeGone`](crate::RedisErrorKind::RuntimeGone) (a `Layered` stack in
+/// front still answers from L1 and the loader). In tests, build one per test, or run them all
+/// on one shared runtime.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use layercache::{Cache, CacheExt, RedisCache};
@@ -183,7 +191,9 @@ pub struct RedisCache<V> {
 
 struct Inner<V> {
     /// Held while the cache exists; a background connect loop stops when it goes.
-    _alive: connect::Alive,
+    alive: connect::Alive,
+    /// Whether the shutdown of the runtime the connections ran on has been reported (once).
+    runtime_gone_reported: std::sync::atomic::AtomicBool,
     /// How the pool was built, for the backplane's own connections.
     setup: Setup,
     pool: Pool,
@@ -299,7 +309,29 @@ where
 
     fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
         self.inner.ops.error(op);
-        Error::redis(op.name(), source)
+        self.client_error(op.name(), source)
+    }
+
+    /// `source` as an [`Error::Redis`]; when the runtime that ran the connections has shut
+    /// down, said so (and logged once), since nothing else explains why every command fails.
+    fn client_error(&self, op: &'static str, source: fred::error::Error) -> Error {
+        if !self.inner.alive.runtime_gone() {
+            return Error::redis(op, source);
+        }
+        if !self
+            .inner
+            .runtime_gone_reported
+            .swap(true, Ordering::Relaxed)
+        {
+            crate::log_warn!(
+                cache = &*self.inner.name,
+                "layercache: the tokio runtime this RedisCache was built on has shut down, and its Redis connections with it; every command fails from now on. Build the cache on the runtime that uses it (in tests: one cache per #[tokio::test], or one shared runtime)"
+            );
+        }
+        Error::Redis {
+            op,
+            source: Box::new(crate::error::RedisError::runtime_gone(source)),
+        }
     }
 
     /// Decode `bytes` read from `full_key`. A value that does not decode (or is already past its
@@ -486,7 +518,7 @@ where
             .with_options(&self.inner.options)
             .ping(None)
             .await
-            .map_err(|source| Error::redis("ping", source))?;
+            .map_err(|source| self.client_error("ping", source))?;
         Ok(started.elapsed())
     }
 
