@@ -17,8 +17,10 @@
 //! valid until any tag time changes, so its hits cost two atomic loads more.
 //!
 //! Memory: a replica of a fleet remembers at most 100,000 tag times and then reads them again
-//! from Redis; a cache without a backplane keeps the time of every tag it invalidated (its only
-//! copy), a few dozen bytes each.
+//! from Redis. A cache without a backplane (where the times have no other copy) keeps at most
+//! 100,000 too: past that, it folds them into one time, the latest of them, and a tagged entry
+//! created before that time counts as invalidated whatever its tags (an extra miss, never a
+//! stale hit). So `invalidate_tag` with a new tag per user or document costs bounded memory.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +34,8 @@ pub const MAX_TAGS: usize = 32;
 /// The longest tag, in bytes.
 pub const MAX_TAG_LEN: usize = 255;
 /// Tag times a replica of a fleet remembers before it forgets them all (and reads them again
-/// from Redis as needed). A cache without a shared store keeps every time: it is their only copy.
+/// from Redis as needed). A cache without a shared store folds them into one floor time instead
+/// (see [`TagTimes::set`]).
 const MAX_KNOWN: usize = 100_000;
 
 /// The clear time is kept as the time of this tag, which every entry carries implicitly (user
@@ -137,6 +140,9 @@ pub(crate) struct TagTimes {
     /// Whether a tag not in `times` was never invalidated (no shared store: this process is the
     /// only one that can invalidate), or its time must be read first.
     local_only: bool,
+    /// Without a shared store: the latest of the times folded away when `MAX_KNOWN` were kept.
+    /// A tag not in `times` may have been invalidated at any time up to it.
+    floor_us: AtomicU64,
 }
 
 impl fmt::Debug for TagTimes {
@@ -154,6 +160,7 @@ impl TagTimes {
             epoch: AtomicU64::new(0),
             times: RwLock::new(HashMap::new()),
             local_only,
+            floor_us: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +202,10 @@ impl TagTimes {
         for tag in clear.into_iter().chain(tags) {
             match times.get(tag) {
                 Some(&ms) => latest = latest.max(ms),
+                // Folded away (or never invalidated: the floor over-approximates).
+                None if self.local_only && tag != CLEAR => {
+                    latest = latest.max(self.floor_us.load(Ordering::Relaxed));
+                }
                 None if self.local_only => {}
                 None => return Check::Unknown,
             }
@@ -226,11 +237,24 @@ impl TagTimes {
     }
 
     /// Record that `tag` was invalidated at `us` (µs since the epoch; a later time known already
-    /// wins).
+    /// wins). With `MAX_KNOWN` times kept and a new tag, a fleet replica forgets them all (they
+    /// are in Redis); a cache without a shared store folds them into the floor time instead
+    /// (the clear time stays apart: it concerns untagged entries too).
     pub(crate) fn set(&self, tag: &str, us: u64) {
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
-        if !self.local_only && times.len() >= MAX_KNOWN && !times.contains_key(tag) {
-            times.clear();
+        if times.len() >= MAX_KNOWN && !times.contains_key(tag) {
+            if self.local_only {
+                let latest = times
+                    .iter()
+                    .filter(|(t, _)| &***t != CLEAR)
+                    .map(|(_, &us)| us)
+                    .max()
+                    .unwrap_or(0);
+                self.floor_us.fetch_max(latest, Ordering::Relaxed);
+                times.retain(|t, _| &**t == CLEAR);
+            } else {
+                times.clear();
+            }
         }
         let known = times.entry(Box::from(tag)).or_insert(0);
         *known = (*known).max(us);
@@ -301,6 +325,42 @@ mod tests {
         assert_eq!(times.check(&tags, 200, false), Check::Unknown);
         let local = TagTimes::new(true);
         assert_eq!(local.check(&tags, 1, true), Check::Valid);
+    }
+
+    #[test]
+    fn a_cache_without_a_shared_store_folds_its_tag_times_past_the_bound() {
+        let times = TagTimes::new(true);
+        times.set(CLEAR, 5);
+        // With the clear time, MAX_KNOWN in all.
+        let users = MAX_KNOWN as u64 - 1;
+        for i in 0..users {
+            times.set(&format!("user:{i}"), 1_000 + i);
+        }
+        let last = 1_000 + users - 1;
+        let user_7 = Tags::new(["user:7"]);
+        let never = Tags::new(["doc:1"]);
+        assert_eq!(
+            times.check(&user_7, 1_007, false),
+            Check::Invalidated(1_007)
+        );
+        assert_eq!(times.check(&never, 10, false), Check::Valid);
+        // One more tag: the others fold into one time, the latest of them.
+        times.set("user:new", 5_000_000);
+        assert!(times.read().len() <= 2, "bounded: {:?}", times);
+        assert_eq!(times.check(&user_7, 1_007, false), Check::Invalidated(last));
+        assert_eq!(times.check(&user_7, last + 1, false), Check::Valid);
+        // A tag never invalidated is over-approximated (a miss, never a stale hit) …
+        assert_eq!(times.check(&never, 10, false), Check::Invalidated(last));
+        assert_eq!(
+            times.check(&Tags::new(["user:new"]), 4_999_999, false),
+            Check::Invalidated(5_000_000)
+        );
+        // … and untagged entries keep answering to the clear time alone.
+        assert_eq!(times.check(&Tags::default(), 10, true), Check::Valid);
+        assert_eq!(
+            times.check(&Tags::default(), 4, true),
+            Check::Invalidated(5)
+        );
     }
 
     #[test]
