@@ -134,6 +134,55 @@ async fn openai_replies_cross_replicas_with_the_default_builder() {
     assert_eq!(l2.stats().errors, 0);
 }
 
+/// Large replies are cheapest as `Arc<T>` (a hit clones the `Arc`, not the reply). Such a
+/// cache stores the same bytes as one of `T`: replicas may mix the two, and the README's
+/// `RedisCache::builder()` takes `Arc<T>` without any feature of the user's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_replies_share_redis_with_plain_ones() {
+    let server = RedisServer::start();
+    let arcs = Layered::builder(
+        MemoryCache::<Arc<ChatCompletion>>::builder()
+            .build()
+            .expect("l1"),
+        RedisCache::<Arc<ChatCompletion>>::builder()
+            .url(server.url())
+            .namespace("chat")
+            .build()
+            .await
+            .expect("redis"),
+    )
+    .build()
+    .expect("layered");
+    for i in 0..PROMPTS {
+        let reply = arcs
+            .get_or_load(
+                &key(i),
+                move || async move { Ok::<_, std::io::Error>(Arc::new(completion(i))) },
+                LoadOptions::ttl(Duration::from_secs(600)),
+            )
+            .await
+            .expect("load");
+        assert_eq!(*reply, completion(i));
+        // A hit hands out the same allocation.
+        let again = arcs.get_value(&key(i)).await.expect("get").expect("hit");
+        assert!(Arc::ptr_eq(&reply, &again));
+    }
+    let (plain, plain_l2) = replica(&server.url(), Codec::default()).await;
+    for i in 0..PROMPTS {
+        let answer = plain
+            .get_or_load_answer(
+                &key(i),
+                || async { Err::<ChatCompletion, _>(std::io::Error::other("no load expected")) },
+                LoadOptions::default(),
+            )
+            .await
+            .expect("read from Redis");
+        assert_eq!(answer.source, Source::L2Hit);
+        assert_eq!(answer.value, completion(i));
+    }
+    assert_eq!(plain_l2.stats().errors, 0);
+}
+
 /// Read-your-writes across replicas: once `get_or_load` has answered on replica A, a plain read
 /// on replica B (another L1, the same Redis) finds the value at once — no waiting, no reload.
 /// On a multi-thread runtime the L2 write used to follow the answer, and B missed ~1 read in 5.
