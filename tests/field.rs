@@ -560,6 +560,18 @@ fn a_cache_outliving_the_runtime_that_built_it_says_so_and_keeps_answering() {
             "the stack counts L2's failures: {:?}",
             cache.stats()
         );
+        // The same layer alone behind a loading front: answered by the loader, counted.
+        let loading = layercache::LoadingCache::new(l2.clone());
+        let reply = loading
+            .get_or_load(
+                &key(9),
+                || async { Ok::<_, std::io::Error>(completion(9)) },
+                LoadOptions::default(),
+            )
+            .await
+            .expect("answered by the loader");
+        assert_eq!(reply, completion(9));
+        assert!(loading.stats().errors >= 1, "{:?}", loading.stats());
     });
 }
 

@@ -284,7 +284,7 @@ where
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
                 refusal_reported: AtomicBool::new(false),
-                l2_errors: std::sync::atomic::AtomicU64::new(0),
+                layer_errors: std::sync::atomic::AtomicU64::new(0),
                 #[cfg(feature = "redis")]
                 backplane: self.backplane,
                 #[cfg(feature = "redis")]

@@ -47,7 +47,7 @@ where
         }
         let result = op(Arc::clone(l2)).await;
         if result.is_err() {
-            self.l2_errors.fetch_add(1, Ordering::Relaxed);
+            self.layer_errors.fetch_add(1, Ordering::Relaxed);
         }
         match &result {
             Err(e) if e.is_refusal() => {
@@ -160,7 +160,7 @@ where
             }
             let mut entries = Vec::with_capacity(batch.len());
             for key in &batch {
-                if let Ok(Some(entry)) = self.l1.peek(key).await {
+                if let Some(Some(entry)) = self.l1_done(self.l1.peek(key).await) {
                     entries.push((Arc::clone(key), entry));
                 }
             }
@@ -181,16 +181,16 @@ where
                     // L2 holds a newer value (another replica wrote it meanwhile): ours is
                     // dropped from L1 too, so this replica reads the newer one.
                     Ok(false) => {
-                        let _ = self.l1.delete(&key).await;
+                        self.l1_done(self.l1.delete(&key).await);
                     }
                     // Refused (too large, cannot encode): counted and reported by the codec;
                     // not an outage, and not retried.
                     Err(e) if e.is_refusal() => {
-                        self.l2_errors.fetch_add(1, Ordering::Relaxed);
+                        self.layer_errors.fetch_add(1, Ordering::Relaxed);
                         self.refused(&e);
                     }
                     Err(_) => {
-                        self.l2_errors.fetch_add(1, Ordering::Relaxed);
+                        self.layer_errors.fetch_add(1, Ordering::Relaxed);
                         self.breaker.record(allowed, false, connections);
                         let mut left: Vec<Arc<str>> = vec![key];
                         left.extend(rest.map(|(k, _)| k));

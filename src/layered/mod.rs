@@ -142,8 +142,8 @@ pub(crate) struct Inner<V> {
     flushing: AtomicBool,
     /// Whether a refusal of L2 has been reported (once per cache).
     refusal_reported: AtomicBool,
-    /// L2 operations that failed (errors, timeouts, refusals), for `stats().errors`.
-    l2_errors: std::sync::atomic::AtomicU64,
+    /// Layer operations that failed (errors, timeouts, refusals), for `stats().errors`.
+    pub(crate) layer_errors: std::sync::atomic::AtomicU64,
     /// Cross-replica invalidation, when set.
     #[cfg(feature = "redis")]
     pub(crate) backplane: Option<crate::fleet::Backplane>,
@@ -198,9 +198,22 @@ where
     /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
     /// take it out again if an invalidation came in meanwhile.
     pub(crate) async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
-        let _ = self.l1.set(key, self.for_l1(entry)).await;
+        self.l1_done(self.l1.set(key, self.for_l1(entry)).await);
         if self.epoch() != epoch {
-            let _ = self.l1.delete(key).await;
+            self.l1_done(self.l1.delete(key).await);
+        }
+    }
+
+    /// `result` of an L1 operation, its failure counted (L1 may be any `Cache`: a
+    /// `LoadingCache` over Redis, for one).
+    pub(crate) fn l1_done<T>(&self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.layer_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -245,7 +258,7 @@ where
         let (entry, with_clear) = match &self.l1_memory {
             // `clear` empties a memory L1 at once: only tags are checked.
             Some(memory) => (memory.peek_at(key, now)?, false),
-            None => (self.l1.peek(key).await.ok().flatten()?, true),
+            None => (self.l1_done(self.l1.peek(key).await).flatten()?, true),
         };
         Some(self.checked(entry, with_clear).await)
     }
@@ -271,7 +284,7 @@ where
                     Some((l2, Origin::L2))
                 }
                 crate::load::L2Read::Missing => {
-                    let _ = self.l1.delete(key).await;
+                    self.l1_done(self.l1.delete(key).await);
                     None
                 }
                 crate::load::L2Read::Unavailable => l1.map(|e| (e, Origin::L1)),
@@ -387,7 +400,7 @@ where
         let inner = &self.inner;
         let now = now_ms();
         if let Some(entry) = inner.read_l1(key, now).await {
-            let _ = inner.l1.set(key, entry.cap_fresh_ms(now)).await;
+            inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
         }
         let mut result = Ok(());
         if inner.l2.is_some() {
@@ -412,17 +425,18 @@ where
     }
 
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
-    /// `coalesced`), plus loads, timeouts and fail-safe answers, and in `errors` the L2
-    /// operations that failed (connection errors, timeouts, values L2 refused or could not
-    /// decode) — calls the cache answered anyway, from L1 or the loader. Calls skipped while
-    /// L2's circuit is open are not counted.
+    /// `coalesced`), plus loads, timeouts and fail-safe answers, and in `errors` the layer
+    /// operations that failed (L2: connection errors, timeouts, values it refused or could not
+    /// decode; L1 too when it is a layer that can fail) — calls the cache answered anyway,
+    /// from L1 or the loader, unless the call's own write failed. Calls skipped while L2's
+    /// circuit is open are not counted.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         self.inner.metrics.fill(&mut stats);
         self.inner.flights.fill(&mut stats);
         stats.errors = self
             .inner
-            .l2_errors
+            .layer_errors
             .load(std::sync::atomic::Ordering::Relaxed);
         stats
     }
@@ -580,7 +594,11 @@ where
         }
         let stored = inner.l1.set(key, inner.for_l1(entry)).await;
         inner.announce_set(key);
-        stored
+        stored.inspect_err(|_| {
+            inner
+                .layer_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
@@ -593,7 +611,11 @@ where
         let inner = &self.inner;
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
         inner.announce_delete(key, false);
-        inner.l1.delete(key).await?;
+        inner.l1.delete(key).await.inspect_err(|_| {
+            inner
+                .layer_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
         match (l2, &inner.l2) {
             (Some(result), _) => result,
             (None, None) => Ok(()),

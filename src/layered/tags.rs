@@ -155,7 +155,11 @@ where
             .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
             .await;
         inner.forget_pending_prefix(prefix);
-        let l1 = inner.l1.invalidate_prefix(prefix).await;
+        let l1 = inner.l1.invalidate_prefix(prefix).await.inspect_err(|_| {
+            inner
+                .layer_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
         crate::metrics::count_invalidation(&inner.name, "prefix");
         #[cfg(feature = "redis")]
         if let Some(backplane) = &inner.backplane {

@@ -43,7 +43,8 @@ where
         self.0.backfill(key, entry, epoch).await;
     }
     async fn store_before_answer(&self, key: &str, entry: Entry<V>) {
-        let _ = self.0.l1.set(key, self.0.for_l1(entry)).await;
+        self.0
+            .l1_done(self.0.l1.set(key, self.0.for_l1(entry)).await);
     }
     async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
@@ -51,7 +52,8 @@ where
         self.0.announce_set(key);
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
-        let _ = self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await;
+        self.0
+            .l1_done(self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await);
     }
     #[cfg(feature = "redis")]
     async fn fleet_lease(&self, key: &str, fresher_than_ms: u64) -> FleetLease<V> {

@@ -655,7 +655,9 @@ where
         self.front.pending_loads()
     }
 
-    /// Counters since creation: answers of `get_or_load`, loads and joined callers.
+    /// Counters since creation: answers of `get_or_load`, loads and joined callers, and in
+    /// `errors` the wrapped cache's operations that failed (each such call was answered by the
+    /// loader).
     pub fn stats(&self) -> Stats {
         self.front.stats()
     }
