@@ -234,6 +234,7 @@ pub(crate) struct Counters {
     publish_failed: ::metrics::Counter,
     received: ::metrics::Counter,
     dropped: ::metrics::Counter,
+    overflowed: ::metrics::Counter,
     subscribed: ::metrics::Gauge,
     pub(crate) lease: [::metrics::Counter; 5],
 }
@@ -255,6 +256,7 @@ impl Counters {
             publish_failed: message("publish_failed"),
             received: message("received"),
             dropped: message("dropped"),
+            overflowed: message("overflowed"),
             subscribed: ::metrics::gauge!(BACKPLANE_SUBSCRIBED, "namespace" => ns.clone()),
             lease: [
                 lease("won"),
@@ -433,6 +435,7 @@ impl Backplane {
                 (Action::Resync, us),
             );
             self.shared.outbox_overflows.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.overflowed.increment(1);
         } else {
             outbox.insert(slot, (action, us));
         }

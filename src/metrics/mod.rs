@@ -84,10 +84,11 @@ pub const VALUE_BYTES: &str = "layercache_value_bytes";
 /// `layercache_circuit_open{cache,layer}`: gauge, 1 while a layer's circuit breaker is open.
 pub const CIRCUIT_OPEN: &str = "layercache_circuit_open";
 
-/// `layercache_backplane_messages_total{namespace,event=published|publish_failed|received|dropped}`:
+/// `layercache_backplane_messages_total{namespace,event=published|publish_failed|received|dropped|overflowed}`:
 /// backplane messages: changes this replica published (and publish attempts that failed, which
-/// are retried), changes received from other replicas, and messages dropped (foreign, garbled,
-/// or lost because the replica fell behind).
+/// are retried), changes received from other replicas, messages dropped (foreign, garbled, or
+/// lost because the replica fell behind), and outbox overflows (Redis unreachable for
+/// [`MAX_OUTBOX`](crate::fleet::MAX_OUTBOX) changed keys: they were replaced by one `resync`).
 pub const BACKPLANE_MESSAGES_TOTAL: &str = "layercache_backplane_messages_total";
 /// `layercache_backplane_subscribed{namespace}`: gauge, 1 while the replica hears the backplane
 /// (its L1 is trusted), 0 while it does not.
@@ -192,7 +193,7 @@ pub(crate) fn describe_fleet() {
     ::metrics::describe_counter!(
         BACKPLANE_MESSAGES_TOTAL,
         Unit::Count,
-        "Backplane messages published, failed, received and dropped"
+        "Backplane messages published, failed, received and dropped, and outbox overflows"
     );
     ::metrics::describe_gauge!(
         BACKPLANE_SUBSCRIBED,
