@@ -32,8 +32,9 @@
 //! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
 //! readable, the path, query and varied header values (an `Authorization` token) are hashed.
 //!
-//! Bodies are buffered (a cached route must not stream: leave server-sent events off the
-//! routes). An error of the inner service, which cannot be shared between the callers that
+//! Bodies are buffered whole on a cached route, those over the size limit too (they are
+//! shared with the requests that waited, just not stored): a cached route must not stream, so
+//! leave server-sent events and large downloads off the routes. An error of the inner service, which cannot be shared between the callers that
 //! waited on it, is answered with `502 Bad Gateway`; a hard timeout with `504 Gateway Timeout`.
 //!
 //! ```
@@ -129,7 +130,8 @@ impl HttpCacheBuilder {
     }
 
     /// Store bodies of at most `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]); larger responses are
-    /// forwarded, not stored.
+    /// forwarded (buffered whole, and shared with the requests that waited on them), not
+    /// stored.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
