@@ -585,3 +585,53 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// With a backplane, a replica trusts its L1 only while it hears the fleet. A backplane whose
+/// runtime has shut down hears nothing any more: the replica must stop trusting its L1 instead
+/// of serving it, unchecked, for good.
+#[test]
+fn a_backplane_outliving_its_runtime_is_not_trusted() {
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache = first.block_on(async {
+        let l2 = RedisCache::<String>::builder()
+            .url(server.url())
+            .namespace("rt")
+            .build()
+            .await
+            .expect("redis");
+        let backplane = l2.backplane().await.expect("backplane");
+        let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+            .backplane(backplane)
+            .build()
+            .expect("layered");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cache.backplane().expect("backplane").is_subscribed() {
+            assert!(Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cache
+            .set_value("k", "v".into(), Duration::from_secs(600))
+            .await
+            .expect("set");
+        cache
+    });
+    drop(first);
+    let backplane = cache.backplane().expect("backplane");
+    assert!(!backplane.is_subscribed(), "{:?}", backplane.state());
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    second.block_on(async {
+        // L1 is asked only because L2 cannot answer; it still backs the read up.
+        assert_eq!(
+            cache.get_value("k").await.expect("get").as_deref(),
+            Some("v")
+        );
+        assert!(cache.stats().errors >= 1, "{:?}", cache.stats());
+    });
+}

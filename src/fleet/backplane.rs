@@ -208,7 +208,7 @@ pub(crate) struct Shared {
     dropped: AtomicU64,
     outbox_overflows: AtomicU64,
     /// Keeps the clients' connection attempts going while the backplane lives.
-    _connecting: crate::redis::connect::Alive,
+    connecting: crate::redis::connect::Alive,
     /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
     /// (the streams themselves stay open when the client never connected).
     _stop: watch::Sender<()>,
@@ -354,7 +354,7 @@ impl Backplane {
             resyncs: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             outbox_overflows: AtomicU64::new(0),
-            _connecting: connecting,
+            connecting,
             _stop: stop,
             resubscriber: Mutex::new(None),
         });
@@ -389,9 +389,10 @@ impl Backplane {
     }
 
     /// Whether this replica hears the channel (its own heartbeat within [`TRUST_WINDOW`]); while
-    /// it does not, a `Layered` does not trust its L1.
+    /// it does not, a `Layered` does not trust its L1. Never again once the runtime the
+    /// backplane was started on has shut down (its tasks and connections went with it).
     pub fn is_subscribed(&self) -> bool {
-        self.shared.trusted.load(Ordering::Acquire)
+        self.shared.trusted.load(Ordering::Acquire) && !self.shared.connecting.runtime_gone()
     }
 
     /// Counters and the subscription state.
