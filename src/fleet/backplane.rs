@@ -195,7 +195,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
-    outbox: Mutex<HashMap<Slot, (Action, u64)>>,
+    outbox: Mutex<Outbox>,
     wake: Arc<Notify>,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
@@ -214,6 +214,18 @@ pub(crate) struct Shared {
     _stop: watch::Sender<()>,
     /// fred's task that resubscribes after a reconnect; ended with the backplane.
     resubscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Changes waiting to be published.
+#[derive(Default)]
+struct Outbox {
+    /// Latest action per slot, not yet taken by the publisher.
+    slots: HashMap<Slot, (Action, u64)>,
+    /// Changes the publisher has taken and not yet published or put back: with `slots`, what
+    /// [`MAX_OUTBOX`] bounds.
+    in_flight: usize,
+    /// Bumped by each overflow: the publisher drops what it had taken (the resync covers it).
+    generation: u64,
 }
 
 /// An outbox slot: a key (or tag) and the [`Action::class`] of what is announced about it.
@@ -343,7 +355,7 @@ impl Backplane {
             subscriber,
             waiters: Mutex::new(HashMap::new()),
             counters: Counters::new(namespace),
-            outbox: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Outbox::default()),
             wake: Arc::new(Notify::new()),
             events,
             last_heard_ms: AtomicU64::new(now_ms()),
@@ -427,18 +439,21 @@ impl Backplane {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let slot: Slot = (Arc::from(key), action.class());
-        if outbox.len() >= MAX_OUTBOX && !outbox.contains_key(&slot) {
-            // Every queued change, and this one, is covered by the other replicas dropping
-            // their whole L1.
-            outbox.clear();
-            outbox.insert(
+        if outbox.slots.len() + outbox.in_flight >= MAX_OUTBOX && !outbox.slots.contains_key(&slot)
+        {
+            // Every queued change, those the publisher holds and this one, is covered by the
+            // other replicas dropping their whole L1.
+            outbox.slots.clear();
+            outbox.in_flight = 0;
+            outbox.generation = outbox.generation.wrapping_add(1);
+            outbox.slots.insert(
                 (Arc::from(""), Action::Resync.class()),
                 (Action::Resync, us),
             );
             self.shared.outbox_overflows.fetch_add(1, Ordering::Relaxed);
             self.shared.counters.overflowed.increment(1);
         } else {
-            outbox.insert(slot, (action, us));
+            outbox.slots.insert(slot, (action, us));
         }
         drop(outbox);
         self.shared.wake.notify_one();
@@ -564,13 +579,17 @@ async fn distrust_on_reconnect(
 /// other let go, kept a dropped backplane alive for good while Redis was down.
 async fn publish_loop(shared: std::sync::Weak<Shared>) {
     loop {
+        let generation;
         let (publisher, channel, id, wake, batch) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
             let batch: Vec<(Slot, (Action, u64))> = {
                 let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-                outbox.drain().collect()
+                let batch: Vec<(Slot, (Action, u64))> = outbox.slots.drain().collect();
+                outbox.in_flight = batch.len();
+                generation = outbox.generation;
+                batch
             };
             let wake = Arc::clone(&s.wake);
             (s.publisher.clone(), s.channel.clone(), s.id, wake, batch)
@@ -582,16 +601,23 @@ async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
+            if sent.is_err() {
+                s.publish_failures.fetch_add(1, Ordering::Relaxed);
+                s.counters.publish_failed.increment(1);
+                failed = true;
+            }
+            let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if outbox.generation != generation {
+                // The outbox overflowed meanwhile: a resync covers the rest of the batch.
+                break;
+            }
+            outbox.in_flight = outbox.in_flight.saturating_sub(1);
             if sent.is_ok() {
                 s.published.fetch_add(1, Ordering::Relaxed);
                 s.counters.published.increment(1);
             } else {
-                s.publish_failures.fetch_add(1, Ordering::Relaxed);
-                s.counters.publish_failed.increment(1);
-                failed = true;
-                let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 // A newer action for the key, queued meanwhile, wins.
-                outbox.entry(key).or_insert((action, us));
+                outbox.slots.entry(key).or_insert((action, us));
             }
         }
         if failed {
