@@ -17,7 +17,9 @@
 //!   (`RedisCache::get` through `Arc<dyn Cache<V>>`, the default MessagePack codec), on the same
 //!   ~1 KB value bytes; `layered_postcard` and `layered_json` read the same value written in
 //!   those formats.
-//! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`.
+//! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`;
+//!   `layered_sequential_get` vs `layered_get_many`, the same through a `Layered` stack with a
+//!   cold L1.
 //!
 //! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
 //! CPUs wake slowly, so pin bench and server to one CPU for stable ratios:
@@ -491,6 +493,30 @@ fn batch_get_100(c: &mut Criterion) {
     group.bench_function("get_many", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(ours.get_many(&refs).await.expect("get_many")) })
+    });
+    // The same through a `Layered` stack whose L1 is emptied before each batch (untimed): every
+    // key comes from Redis and is copied into L1.
+    let l1 = MemoryCache::builder().build().expect("l1");
+    let stack = Layered::builder(l1.clone(), ours.clone())
+        .build()
+        .expect("layered");
+    group.bench_function("layered_sequential_get", |b| {
+        b.to_async(&rt).iter_batched(
+            || l1.invalidate_all(),
+            |()| async {
+                for key in &refs {
+                    black_box(stack.get(key).await.expect("get"));
+                }
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("layered_get_many", |b| {
+        b.to_async(&rt).iter_batched(
+            || l1.invalidate_all(),
+            |()| async { black_box(stack.get_many(&refs).await.expect("get_many")) },
+            criterion::BatchSize::PerIteration,
+        )
     });
     group.finish();
     drop(server);

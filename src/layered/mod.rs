@@ -27,6 +27,7 @@
 //! Both layers are `Arc<dyn Cache<V>>`, so any cache composes — a `Layered` is itself a
 //! [`Cache`], and three-level stacks nest.
 
+mod batch;
 mod builder;
 #[cfg(feature = "redis")]
 mod fleet;
@@ -577,6 +578,13 @@ where
 
     async fn peek(&self, key: &str) -> Result<Option<Entry<V>>> {
         Ok(self.inner.lookup_at(key, now_ms()).await.map(|(e, _)| e))
+    }
+
+    /// L1 for every key, then **one** L2 batch (Redis: `MGET`) for the keys L1 has no fresh
+    /// entry for; each key is answered, copied into L1 and counted as [`get`](Cache::get) would
+    /// do it. An L2 failure is not returned: those keys are answered from L1 (or missed).
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
+        Ok(self.inner.lookup_many(keys).await)
     }
 
     /// L2, then L1. An L2 failure (or an open circuit) is not returned: the value is in L1, the

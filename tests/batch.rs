@@ -1,0 +1,123 @@
+//! Batched reads through a `Layered` stack on a real Redis: `get_many` answers from L1 what it
+//! can and asks Redis for the rest in **one** `MGET`, copying what it finds into L1, each key
+//! counted once as `get` counts it; an L2 outage leaves L1's answers standing.
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::time::Duration;
+
+use layercache::{Cache, CacheExt, Layered, MemoryCache, RedisCache};
+use support::openai::{completion, ChatCompletion};
+use support::redis::RedisServer;
+
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
+            rest.split(',').next()?.trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn key(i: u64) -> String {
+    format!("prompt:{i}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_reads_l1_then_one_mget_and_fills_l1() {
+    let mut server = RedisServer::start();
+    let l1 = MemoryCache::<ChatCompletion>::builder()
+        .max_entries(1_000)
+        .build()
+        .expect("l1");
+    let l2 = RedisCache::<ChatCompletion>::builder()
+        .url(server.url())
+        .namespace("batch")
+        .build()
+        .await
+        .expect("redis");
+    let cache = Layered::builder(l1.clone(), l2.clone())
+        .name("batch")
+        .build()
+        .expect("layered");
+    let ttl = Duration::from_secs(600);
+    // 0..30 in both layers, 30..90 in Redis only (another replica wrote them), 90..100 nowhere.
+    for i in 0..30 {
+        cache
+            .set_value(&key(i), completion(i), ttl)
+            .await
+            .expect("set");
+    }
+    for i in 30..90 {
+        l2.set_value(&key(i), completion(i), ttl)
+            .await
+            .expect("set in Redis");
+    }
+    let keys: Vec<String> = (0..100).map(key).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let found = cache.get_many(&keys).await.expect("get_many");
+    assert_eq!(found.len(), 100);
+    for (i, entry) in found.iter().enumerate() {
+        let i = i as u64;
+        match entry {
+            Some(entry) => assert_eq!(entry.value(), &completion(i), "key {i}"),
+            None => assert!(i >= 90, "key {i} missing"),
+        }
+    }
+    assert_eq!(command_calls(&server, "mget"), 1, "one batch for 70 keys");
+    assert_eq!(command_calls(&server, "get"), 0);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.l2_hits, stats.misses), (90, 60, 10));
+    // What Redis had is in L1 now: the next batch asks Redis for the 10 missing keys only.
+    for i in 30..90 {
+        assert_eq!(l1.get_value_sync(&key(i)), Some(completion(i)), "key {i}");
+    }
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let again = cache.get_many(&keys).await.expect("get_many");
+    assert_eq!(again.iter().filter(|e| e.is_some()).count(), 90);
+    assert_eq!(command_calls(&server, "mget"), 1);
+    assert_eq!(cache.stats().l2_hits, 60, "all 90 from L1 this time");
+
+    // Redis gone: L1 answers what it holds, the rest are misses, no error reaches the caller.
+    server.kill();
+    let without = cache.get_many(&keys).await.expect("no error without L2");
+    assert_eq!(without.iter().filter(|e| e.is_some()).count(), 90);
+    assert!(cache.stats().errors >= 1, "{:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_prefers_a_fresher_l2_entry_over_a_stale_l1_one() {
+    let server = RedisServer::start();
+    let l1 = MemoryCache::<String>::builder().build().expect("l1");
+    let l2 = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("fresher")
+        .build()
+        .await
+        .expect("redis");
+    let cache = Layered::builder(l1.clone(), l2.clone())
+        .build()
+        .expect("layered");
+    // L1 holds a stale copy (kept for fail-safe), Redis a fresh one another replica wrote.
+    let stale = layercache::Entry::new("old".to_string(), Duration::ZERO)
+        .with_max_stale(Duration::from_secs(600));
+    l1.set("k", stale).await.expect("set");
+    l2.set_value("k", "new".into(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    let found = cache.get_many(&["k", "absent"]).await.expect("get_many");
+    assert_eq!(found[0].as_ref().map(|e| e.value().as_str()), Some("new"));
+    assert!(found[1].is_none());
+    assert_eq!(
+        l1.get_value_sync("k").as_deref(),
+        Some("new"),
+        "copied into L1"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.l2_hits, stats.misses), (1, 1));
+}
