@@ -121,3 +121,107 @@ async fn get_many_prefers_a_fresher_l2_entry_over_a_stale_l1_one() {
     let stats = cache.stats();
     assert_eq!((stats.l2_hits, stats.misses), (1, 1));
 }
+
+/// Watches the server's `MONITOR` stream: the client address that sent each `SET`, by key.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(server: &RedisServer) -> Monitor {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(support::redis::binary("redis-cli"))
+            .args(["-p", &server.port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli monitor");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // MONITOR answers OK once it watches.
+        let first = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("monitor started");
+        assert_eq!(first.trim(), "OK");
+        Monitor { child, lines }
+    }
+
+    /// The sender of each of the next `count` `SET`s, by key (without the namespace).
+    fn sets(&self, count: usize) -> std::collections::HashMap<String, String> {
+        let mut found = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while found.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).expect("the SETs in time");
+            // 1700000000.123456 [0 127.0.0.1:54321] "SET" "ns:key" ...
+            let Some((_, rest)) = line.split_once('[') else {
+                continue;
+            };
+            let Some((client, command)) = rest.split_once(']') else {
+                continue;
+            };
+            let mut words = command.split('"').filter(|w| !w.trim().is_empty());
+            if words.next() != Some("SET") {
+                continue;
+            }
+            let key = words.next().expect("a key").trim_start_matches("w:");
+            let sender = client.split_whitespace().last().expect("address");
+            found.insert(key.to_owned(), sender.to_owned());
+        }
+        found
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes of one key must go through one connection, or a batch could overtake a later
+/// `delete` of the same key (on a pool with several writer connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_many_writes_each_key_through_the_connection_set_uses() {
+    let server = RedisServer::start();
+    let cache = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("w")
+        .pool_size(6)
+        .build()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let ttl = Duration::from_secs(600);
+    let monitor = Monitor::start(&server);
+    for key in &keys {
+        cache.set_value(key, "one".into(), ttl).await.expect("set");
+    }
+    let single = monitor.sets(keys.len());
+    let senders: std::collections::HashSet<&String> = single.values().collect();
+    assert_eq!(senders.len(), 3, "three writer connections in a pool of 6");
+    let batch = keys
+        .iter()
+        .map(|k| (k.as_str(), layercache::Entry::new("two".to_string(), ttl)))
+        .collect();
+    cache.set_many(batch).await.expect("set_many");
+    let batched = monitor.sets(keys.len());
+    for key in &keys {
+        assert_eq!(
+            batched[key], single[key],
+            "{key}: the batch used another connection"
+        );
+    }
+    assert_eq!(
+        cache.get_value(&keys[7]).await.expect("get").as_deref(),
+        Some("two")
+    );
+}

@@ -769,9 +769,29 @@ where
         }
         let started = Instant::now();
         let now = now_ms();
-        let index = self.writer_for(entries[0].0);
+        // Each key's writes go through its own writer connection, as `set` and `delete` send
+        // them, so that a batch cannot overtake (or be overtaken by) another write of a key.
+        let writers = (self.inner.pool.size() / 2).max(1);
+        let mut groups: Vec<Vec<&(&str, Entry<V>)>> = (0..writers).map(|_| Vec::new()).collect();
+        for pair in &entries {
+            groups[self.writer_for(pair.0)].push(pair);
+        }
+        for (index, group) in groups.iter().enumerate() {
+            self.set_group(index, group, now).await?;
+        }
+        self.inner.ops.took(Op::SetMany, started);
+        Ok(())
+    }
+}
+
+impl<V> RedisCache<V>
+where
+    V: Send + Sync + 'static,
+{
+    /// Pipeline `group` (keys that all write through writer `index`) in rounds.
+    async fn set_group(&self, index: usize, group: &[&(&str, Entry<V>)], now: u64) -> Result<()> {
         let client = self.client(index);
-        for round in entries.chunks(PIPELINE_CHUNK) {
+        for round in group.chunks(PIPELINE_CHUNK) {
             // Encoded once; `None` for an entry already past its stale deadline (unlinked).
             let mut writes: Vec<(String, Option<(Bytes, i64)>)> = Vec::with_capacity(round.len());
             for (key, entry) in round {
@@ -814,7 +834,6 @@ where
             .await
             .map_err(|e| self.failed(Op::SetMany, index, e))?;
         }
-        self.inner.ops.took(Op::SetMany, started);
         Ok(())
     }
 }
