@@ -87,6 +87,16 @@ pub struct WarmReport {
     pub failed: usize,
 }
 
+impl WarmReport {
+    /// Count one finished load task.
+    fn count(&mut self, done: std::result::Result<bool, tokio::task::JoinError>) {
+        match done {
+            Ok(true) => self.loaded += 1,
+            _ => self.failed += 1,
+        }
+    }
+}
+
 /// An L1 cache, optionally in front of an L2, with a resilient, single-flight `get_or_load`.
 /// Cloning is cheap.
 ///
@@ -497,6 +507,11 @@ where
                 continue;
             }
             let permit = Arc::clone(&permits).acquire_owned().await;
+            // Reap what finished meanwhile: a finished task is kept until it is joined, and a
+            // long key list would hold one per key.
+            while let Some(done) = tasks.try_join_next() {
+                report.count(done);
+            }
             let (cache, loader, options) = (self.clone(), loader.clone(), options.clone());
             tasks.spawn(async move {
                 let _permit = permit;
@@ -508,10 +523,7 @@ where
             });
         }
         while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(true) => report.loaded += 1,
-                _ => report.failed += 1,
-            }
+            report.count(done);
         }
         Ok(report)
     }
