@@ -156,6 +156,18 @@ impl Monitor {
 
     /// The sender of each of the next `count` `SET`s, by key (without the namespace).
     fn sets(&self, count: usize) -> std::collections::HashMap<String, String> {
+        self.senders("SET", false, count)
+    }
+
+    /// The sender of each key of the next `command`s (every argument a key when `multi_key`,
+    /// else the first), until `count` keys were seen.
+    fn senders(
+        &self,
+        command: &str,
+        multi_key: bool,
+        count: usize,
+    ) -> std::collections::HashMap<String, String> {
+        let wanted = command;
         let mut found = std::collections::HashMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while found.len() < count {
@@ -169,12 +181,18 @@ impl Monitor {
                 continue;
             };
             let mut words = command.split('"').filter(|w| !w.trim().is_empty());
-            if words.next() != Some("SET") {
+            if words.next() != Some(wanted) {
                 continue;
             }
-            let key = words.next().expect("a key").trim_start_matches("w:");
             let sender = client.split_whitespace().last().expect("address");
-            found.insert(key.to_owned(), sender.to_owned());
+            let keys: Vec<&str> = if multi_key {
+                words.collect()
+            } else {
+                words.next().into_iter().collect()
+            };
+            for key in keys {
+                found.insert(key.trim_start_matches("w:").to_owned(), sender.to_owned());
+            }
         }
         found
     }
@@ -224,4 +242,38 @@ async fn set_many_writes_each_key_through_the_connection_set_uses() {
         cache.get_value(&keys[7]).await.expect("get").as_deref(),
         Some("two")
     );
+}
+
+/// `invalidate_prefix` is a delete of many keys: each key's `UNLINK` goes through the
+/// connection its writes use, or a write still on its way could land after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_unlinks_each_key_through_its_writer_connection() {
+    let server = RedisServer::start();
+    let cache = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("w")
+        .pool_size(6)
+        .build()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let monitor = Monitor::start(&server);
+    for key in &keys {
+        cache
+            .set_value(key, "v".into(), Duration::from_secs(600))
+            .await
+            .expect("set");
+    }
+    let written = monitor.sets(keys.len());
+    assert_eq!(
+        cache.invalidate_prefix("key-").await.expect("invalidate"),
+        40
+    );
+    let unlinked = monitor.senders("UNLINK", true, keys.len());
+    for key in &keys {
+        assert_eq!(
+            unlinked[key], written[key],
+            "{key}: unlinked on another connection"
+        );
+    }
 }

@@ -480,10 +480,30 @@ where
 
     /// UNLINK `keys`, grouped by hash slot on a cluster (a multi-key command must stay in a slot).
     async fn unlink_all(&self, keys: Vec<Bytes>) -> Result<u64> {
+        // Each key through its writer connection, as `delete` sends it: a write of the key
+        // still on its way (timed out, or held by a paused server) cannot land after it.
+        let writers = (self.inner.pool.size() / 2).max(1);
+        let mut by_writer: Vec<Vec<Bytes>> = (0..writers).map(|_| Vec::new()).collect();
+        for key in keys {
+            let index = key
+                .strip_prefix(self.inner.prefix.as_bytes())
+                .and_then(|user| std::str::from_utf8(user).ok())
+                .map_or(0, |user| self.writer_for(user));
+            by_writer[index].push(key);
+        }
+        let mut removed = 0;
+        for (index, keys) in by_writer.into_iter().enumerate() {
+            removed += self.unlink_on(index, keys).await?;
+        }
+        Ok(removed)
+    }
+
+    /// `UNLINK` `keys` through pool client `index`, pipelined (per slot on a cluster).
+    async fn unlink_on(&self, index: usize, keys: Vec<Bytes>) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let client = self.inner.pool.next();
+        let client = self.client(index);
         let groups = if self.inner.clustered {
             cluster::group_by_slot(keys)
         } else {
