@@ -24,6 +24,7 @@ GROUPS = [
     ("hand_rolled_aside", "moka_fred_by_hand", "layered", "L2-hit path: hand-written moka+fred cache-aside vs Layered"),
     ("batch_get_100", "sequential_get", "get_many", "100 keys: sequential gets vs one get_many"),
     ("batch_get_100", "layered_sequential_get", "layered_get_many", "100 keys through Layered, L1 cold: sequential gets vs one get_many (one MGET)"),
+    ("batch_set_100", "layered_sequential_set", "layered_set_many", "100 writes through Layered: one set each vs one set_many (one pipeline)"),
     ("get_or_load_hit", "moka_try_get_with", "layered_quick_cache", "get_or_load on a warm key, quick_cache engine"),
     ("codec_4k", "postcard", "postcard_zstd", "encode+decode of a 4 KB chat reply: postcard vs postcard+zstd"),
     ("codec_4k", "postcard", "postcard_zstd_dict", "the same with a zstd dictionary trained on other replies"),

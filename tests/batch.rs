@@ -277,3 +277,85 @@ async fn invalidate_prefix_unlinks_each_key_through_its_writer_connection() {
         );
     }
 }
+
+/// `set_many` through a stack: one L2 batch, then L1, every value readable from another
+/// replica; a value L2 refuses is kept in L1 only, as `set` keeps it; with Redis gone every key
+/// is remembered for the catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_many_through_a_stack_writes_both_layers_in_one_batch() {
+    use layercache::codec::{Codec, DefaultFormat};
+    let mut server = RedisServer::start();
+    let codec = Codec::<DefaultFormat>::builder()
+        .max_value_bytes(64 * 1024)
+        .no_compression()
+        .build()
+        .expect("codec");
+    let l2 = RedisCache::<ChatCompletion>::builder_with_codec(codec)
+        .url(server.url())
+        .namespace("many")
+        .build()
+        .await
+        .expect("redis");
+    let l1 = MemoryCache::<ChatCompletion>::builder()
+        .build()
+        .expect("l1");
+    let cache = Layered::builder(l1.clone(), l2.clone())
+        .build()
+        .expect("layered");
+    let ttl = Duration::from_secs(600);
+    let keys: Vec<String> = (0..50).map(key).collect();
+    let entries = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                k.as_str(),
+                layercache::Entry::new(completion(i as u64), ttl),
+            )
+        })
+        .collect();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    cache.set_many(entries).await.expect("set_many");
+    assert_eq!(command_calls(&server, "set"), 50);
+    for (i, k) in keys.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(l1.get_value_sync(k), Some(completion(i)), "{k} in L1");
+        assert_eq!(
+            l2.get_value(k).await.expect("get"),
+            Some(completion(i)),
+            "{k} in Redis"
+        );
+    }
+
+    // One value over L2's limit: the batch falls back to one `set` each.
+    let mut big = completion(4);
+    big.id = "x".repeat(128 * 1024);
+    let mixed = vec![
+        ("small", layercache::Entry::new(completion(1), ttl)),
+        ("big", layercache::Entry::new(big.clone(), ttl)),
+    ];
+    cache
+        .set_many(mixed)
+        .await
+        .expect("a refusal is not an error");
+    assert_eq!(
+        l2.get_value("small").await.expect("get"),
+        Some(completion(1))
+    );
+    assert_eq!(
+        l2.get_value("big").await.expect("get"),
+        None,
+        "not in Redis"
+    );
+    assert_eq!(l1.get_value_sync("big"), Some(big), "kept in L1");
+
+    // Redis gone: answered, every key remembered for the catch-up.
+    server.kill();
+    let later = keys
+        .iter()
+        .map(|k| (k.as_str(), layercache::Entry::new(completion(0), ttl)))
+        .collect();
+    cache.set_many(later).await.expect("no error without L2");
+    assert_eq!(cache.pending_l2_writes(), 50);
+    assert_eq!(l1.get_value_sync(&keys[9]), Some(completion(0)));
+}

@@ -20,6 +20,8 @@
 //! * `batch_get_100` (feature `redis`): `sequential_get` (100 × `RedisCache::get`) vs `get_many`;
 //!   `layered_sequential_get` vs `layered_get_many`, the same through a `Layered` stack with a
 //!   cold L1.
+//! * `batch_set_100` (feature `redis`): 100 writes through that stack, `layered_sequential_set`
+//!   (one `set` each) vs `layered_set_many`.
 //!
 //! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
 //! CPUs wake slowly, so pin bench and server to one CPU for stable ratios:
@@ -517,6 +519,26 @@ fn batch_get_100(c: &mut Criterion) {
             |()| async { black_box(stack.get_many(&refs).await.expect("get_many")) },
             criterion::BatchSize::PerIteration,
         )
+    });
+    group.finish();
+
+    // Writes of the same 100 replies through the stack: one `set` each vs one `set_many`.
+    let replies: Vec<Entry<chat::ChatReply>> = (0..refs.len())
+        .map(|i| Entry::new(chat::reply(i as u64, 512), Duration::from_secs(3600)))
+        .collect();
+    let mut group = c.benchmark_group("batch_set_100");
+    group.bench_function("layered_sequential_set", |b| {
+        b.to_async(&rt).iter(|| async {
+            for (key, entry) in refs.iter().zip(&replies) {
+                stack.set(key, entry.clone()).await.expect("set");
+            }
+        })
+    });
+    group.bench_function("layered_set_many", |b| {
+        b.to_async(&rt).iter(|| async {
+            let batch = refs.iter().copied().zip(replies.iter().cloned()).collect();
+            stack.set_many(batch).await.expect("set_many")
+        })
     });
     group.finish();
     drop(server);

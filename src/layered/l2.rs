@@ -118,6 +118,36 @@ where
         }
     }
 
+    /// Write `entries` to L2 in one batch. `Ok(())` also when L2 is unavailable (the keys are
+    /// remembered for the catch-up); the error when L2 refused the batch (a value too large or
+    /// not encodable: the caller then writes key by key, so each value meets its own fate).
+    pub(crate) async fn write_l2_many(
+        self: &Arc<Self>,
+        entries: Vec<(&str, Entry<V>)>,
+    ) -> std::result::Result<(), Error> {
+        if self.l2.is_none() || entries.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::from(*k)).collect();
+        let written = self
+            .via_l2(|l2| async move { l2.set_many(entries).await })
+            .await;
+        match written {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.is_refusal() => Err(e),
+            _ => {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                for key in keys {
+                    if pending.len() >= MAX_PENDING {
+                        break;
+                    }
+                    pending.insert(key);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// After a successful L2 call: if writes are pending, start one task to catch them up.
     fn flush_pending_soon(self: &Arc<Self>) {
         let has_pending = !self

@@ -621,6 +621,34 @@ where
         })
     }
 
+    /// One L2 batch (Redis: pipelined `SET`s), then L1, each key announced; otherwise as
+    /// [`set`](Cache::set) for each entry. When L2 refuses a value of the batch (too large, not
+    /// encodable), the entries are written one by one instead, so that each value meets the fate
+    /// `set` gives it.
+    async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+        let inner = &self.inner;
+        for (_, entry) in &entries {
+            crate::tags::validate(entry.tag_set().as_slice())?;
+        }
+        if inner.write_l2_many(entries.clone()).await.is_err() {
+            for (key, entry) in entries {
+                Cache::set(self, key, entry).await?;
+            }
+            return Ok(());
+        }
+        for (key, entry) in entries {
+            let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+            inner.announce_set(key);
+            if stored.is_err() {
+                inner
+                    .layer_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stored?;
+            }
+        }
+        Ok(())
+    }
+
     async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         Layered::invalidate_prefix(self, prefix).await
     }
