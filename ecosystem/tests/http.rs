@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
@@ -137,6 +137,21 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         "/cached/created" => *response.status_mut() = StatusCode::CREATED,
         "/cached/big" | "/cached/big-gated" => *response.body_mut() = Body::from("x".repeat(4096)),
         "/cached/huge" => *response.body_mut() = Body::from(vec![b'y'; 10 << 20]),
+        "/cached/events" => {
+            // Server-sent events: the first one at once, the last once the gate opens.
+            headers.insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let gate = Arc::clone(&up.gate);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"data: first\n\n")).await;
+                let _held = gate.acquire().await.expect("gate");
+                let _ = tx.send(Bytes::from_static(b"data: last\n\n")).await;
+            });
+            *response.body_mut() = Body::from_stream(Events(rx));
+        }
         "/cached/down-session" => {
             // An error page that still hands out a session cookie.
             let cookie = format!("session={call}");
@@ -153,6 +168,20 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
         _ => {}
     }
     response
+}
+
+/// A body that yields what a channel receives, as it arrives.
+struct Events(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for Events {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|event| event.map(Ok))
+    }
 }
 
 fn l1() -> LayeredBuilder<CachedResponse> {
@@ -654,4 +683,36 @@ async fn two_servers_share_responses_through_redis() {
     assert_eq!(shared.body, first.body);
     assert_eq!(two.upstream.calls("/cached/answer"), 0);
     assert_eq!(two.layer.cache().stats().l2_hits, 1);
+}
+
+/// A server-sent event stream on a cached route reaches its client event by event — never
+/// buffered whole (an LLM's token stream would otherwise arrive at its end) — and is never
+/// stored: the next request streams from the upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_streamed_to_its_caller_and_never_stored() {
+    let server = serve(l1()).await;
+    let url = format!("{}/cached/events", server.base);
+    // The headers and the first event arrive while the upstream still holds the last event
+    // back: a layer that buffered the body would answer only once the stream ended.
+    let mut response = tokio::time::timeout(Duration::from_secs(5), server.client.get(&url).send())
+        .await
+        .expect("the headers before the stream ends: not buffered")
+        .expect("request");
+    assert_eq!(response.headers()["x-cache"], "miss");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+        .await
+        .expect("the first event before the stream ends: not buffered")
+        .expect("chunk")
+        .expect("an event");
+    assert_eq!(&first[..], b"data: first\n\n");
+    server.upstream.gate.add_permits(1);
+    let rest = response.text().await.expect("rest");
+    assert_eq!(rest, "data: last\n\n");
+
+    server.upstream.gate.add_permits(1);
+    let again = server.get("/cached/events", &[]).await;
+    assert_eq!(again.body, "data: first\n\ndata: last\n\n");
+    assert_eq!(again.x_cache.as_deref(), Some("miss"));
+    assert_eq!(server.upstream.calls("/cached/events"), 2, "never stored");
 }

@@ -32,9 +32,11 @@
 //! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
 //! readable, the path, query and varied header values (an `Authorization` token) are hashed.
 //!
-//! Bodies are buffered whole on a cached route, those over the size limit too (they are
-//! shared with the requests that waited, just not stored): a cached route must not stream, so
-//! leave server-sent events and large downloads off the routes. An error of the inner service, which cannot be shared between the callers that
+//! A server-sent event stream (`Content-Type: text/event-stream`: an LLM's token stream) is
+//! handed to the request that fetched it as it comes, never buffered, stored or shared (the
+//! requests that waited on it make their own calls), marked `x-cache: miss`. Other bodies are
+//! buffered whole on a cached route, those over the size limit too (they are shared with the
+//! requests that waited, just not stored): keep large downloads off the routes. An error of the inner service, which cannot be shared between the callers that
 //! waited on it, is answered with `502 Bad Gateway`; a hard timeout with `504 Gateway Timeout`.
 //!
 //! ```
@@ -342,6 +344,15 @@ impl Shared {
     }
 }
 
+/// Whether a response is a server-sent event stream (`Content-Type: text/event-stream`).
+fn is_event_stream(headers: &::http::HeaderMap) -> bool {
+    headers
+        .get(::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 /// An upstream `5xx`, carried through the shared load error so every waiter answers with it
 /// (or fail-safe answers with the stale response).
 #[derive(Debug)]
@@ -401,6 +412,10 @@ where
                 // stay here if it joins another caller's load.
                 let mine = Arc::new(std::sync::Mutex::new(Some((inner, request))));
                 let slot = Arc::clone(&mine);
+                // An event stream is handed to the caller whose load fetched it, unbuffered.
+                let streamed: Arc<std::sync::Mutex<Option<Response<HttpCacheBody<ResBody>>>>> =
+                    Arc::default();
+                let stream_slot = Arc::clone(&streamed);
                 let loader_shared = Arc::clone(&shared);
                 let loader = move || async move {
                     let taken = slot.lock().ok().and_then(|mut taken| taken.take());
@@ -409,6 +424,14 @@ where
                     };
                     let response = inner.call(request).await.map_err(Into::into)?;
                     let (parts, body) = response.into_parts();
+                    if is_event_stream(&parts.headers) {
+                        let marker = CachedResponse::unshared(&parts);
+                        let response = Response::from_parts(parts, HttpCacheBody::inner(body));
+                        if let Ok(mut stream_slot) = stream_slot.lock() {
+                            *stream_slot = Some(response);
+                        }
+                        return Ok(marker);
+                    }
                     let body = body.collect().await.map_err(Into::into)?.to_bytes();
                     let cached = CachedResponse::from_parts(
                         &parts,
@@ -424,6 +447,13 @@ where
                 };
                 let options = shared.options.clone().with_ttl(ttl);
                 let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
+                let stream = streamed.lock().ok().and_then(|mut stream| stream.take());
+                if let Some(mut response) = stream {
+                    response
+                        .headers_mut()
+                        .insert(X_CACHE, HeaderValue::from_static("miss"));
+                    return Ok(response);
+                }
                 // A response meant for one client (a `Set-Cookie`, `private`, a `Vary` the key
                 // does not hold), a failed one included, is not handed to another request: one
                 // that waited on it (its request is still here) asks the upstream itself.

@@ -119,6 +119,18 @@ impl CachedResponse {
         }
     }
 
+    /// The stand-in for a response that went to its caller unbuffered (an event stream): neither
+    /// stored nor shared, so every request that waited on it makes its own call.
+    pub(crate) fn unshared(parts: &Parts) -> Self {
+        CachedResponse {
+            status: parts.status.as_u16(),
+            headers: Vec::new(),
+            body: ByteBuf(Bytes::new()),
+            storable: false,
+            shareable: false,
+        }
+    }
+
     /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store`,
     /// `no-cache` or `private`, no `Vary` on a request header the route does not vary on (nor
     /// `Vary: *`), no `Set-Cookie`, a body within the limit.
