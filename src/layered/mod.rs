@@ -8,6 +8,9 @@
 //!   fresh full one), capped by the builder's `l1_ttl`.
 //! * **Write**: L2, then L1. `delete` removes from L2 first, then L1, so a concurrent read cannot
 //!   copy the old value back into L1.
+//! * **Batches**: [`Cache::get_many`] answers from L1 what it can and reads the rest from L2 in
+//!   one batch (Redis: one `MGET`), copying it into L1; [`Cache::set_many`] writes L2 in one
+//!   batch (a pipeline), then L1.
 //! * **Resilience** (per call through [`LoadOptions`], with cache-wide defaults): fail-safe stale
 //!   values with a throttle, soft and hard loader timeouts, early refresh (fixed fraction or
 //!   XFetch), negative caching and admission, a limit on concurrent loads. See [`crate::load`].
