@@ -440,10 +440,11 @@ where
 
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
     /// `coalesced`), plus loads, timeouts and fail-safe answers, and in `errors` the layer
-    /// operations that failed (L2: connection errors, timeouts, values it refused or could not
-    /// decode; L1 too when it is a layer that can fail) — calls the cache answered anyway,
-    /// from L1 or the loader, unless the call's own write failed. Calls skipped while L2's
-    /// circuit is open are not counted.
+    /// operations that failed (L2: connection errors, timeouts, values it refused to store; L1
+    /// too when it is a layer that can fail) — calls the cache answered anyway, from L1 or the
+    /// loader, unless the call's own write failed. Calls skipped while L2's circuit is open are
+    /// not counted, nor values L2 could not decode: those are misses, counted by the layer
+    /// itself (`RedisCache::stats`, `layercache_layer_errors_total{op="decode"}`).
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         self.inner.metrics.fill(&mut stats);
