@@ -12,16 +12,6 @@ use layercache::{Cache, CacheExt, Layered, MemoryCache, RedisCache};
 use support::openai::{completion, ChatCompletion};
 use support::redis::RedisServer;
 
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let info = server.cli(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
-            rest.split(',').next()?.trim().parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 fn key(i: u64) -> String {
     format!("prompt:{i}")
 }
@@ -69,8 +59,8 @@ async fn get_many_reads_l1_then_one_mget_and_fills_l1() {
             None => assert!(i >= 90, "key {i} missing"),
         }
     }
-    assert_eq!(command_calls(&server, "mget"), 1, "one batch for 70 keys");
-    assert_eq!(command_calls(&server, "get"), 0);
+    assert_eq!(server.command_calls("mget"), 1, "one batch for 70 keys");
+    assert_eq!(server.command_calls("get"), 0);
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.l2_hits, stats.misses), (90, 60, 10));
     // What Redis had is in L1 now: the next batch asks Redis for the 10 missing keys only.
@@ -80,7 +70,7 @@ async fn get_many_reads_l1_then_one_mget_and_fills_l1() {
     server.cli(&["CONFIG", "RESETSTAT"]);
     let again = cache.get_many(&keys).await.expect("get_many");
     assert_eq!(again.iter().filter(|e| e.is_some()).count(), 90);
-    assert_eq!(command_calls(&server, "mget"), 1);
+    assert_eq!(server.command_calls("mget"), 1);
     assert_eq!(cache.stats().l2_hits, 60, "all 90 from L1 this time");
 
     // Redis gone: L1 answers what it holds, the rest are misses, no error reaches the caller.
@@ -198,6 +188,17 @@ impl Monitor {
     }
 }
 
+/// A cache on a pool of 6 connections (3 writers), namespace `w`.
+async fn pool_of_six(server: &RedisServer) -> RedisCache<String> {
+    RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("w")
+        .pool_size(6)
+        .build()
+        .await
+        .expect("redis")
+}
+
 impl Drop for Monitor {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -210,13 +211,7 @@ impl Drop for Monitor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_many_writes_each_key_through_the_connection_set_uses() {
     let server = RedisServer::start();
-    let cache = RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("w")
-        .pool_size(6)
-        .build()
-        .await
-        .expect("redis");
+    let cache = pool_of_six(&server).await;
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
     let ttl = Duration::from_secs(600);
     let monitor = Monitor::start(&server);
@@ -249,13 +244,7 @@ async fn set_many_writes_each_key_through_the_connection_set_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_prefix_unlinks_each_key_through_its_writer_connection() {
     let server = RedisServer::start();
-    let cache = RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("w")
-        .pool_size(6)
-        .build()
-        .await
-        .expect("redis");
+    let cache = pool_of_six(&server).await;
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
     let monitor = Monitor::start(&server);
     for key in &keys {
@@ -316,7 +305,7 @@ async fn set_many_through_a_stack_writes_both_layers_in_one_batch() {
         .collect();
     server.cli(&["CONFIG", "RESETSTAT"]);
     cache.set_many(entries).await.expect("set_many");
-    assert_eq!(command_calls(&server, "set"), 50);
+    assert_eq!(server.command_calls("set"), 50);
     for (i, k) in keys.iter().enumerate() {
         let i = i as u64;
         assert_eq!(l1.get_value_sync(k), Some(completion(i)), "{k} in L1");

@@ -377,17 +377,6 @@ async fn an_oversized_value_is_skipped_for_l2_not_an_outage() {
     );
 }
 
-/// `INFO commandstats` calls of `command` on `server`.
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let info = server.cli(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
-            rest.split(',').next()?.trim().parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 /// A thousand callers of one cold key: one L2 read, one load; one miss and 999 joined callers,
 /// exactly, in `Stats`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -423,7 +412,7 @@ async fn a_stampede_makes_one_l2_read_and_one_load() {
     for task in tasks {
         *sources.entry(task.await.expect("no panic")).or_insert(0) += 1;
     }
-    let gets = command_calls(&server, "get");
+    let gets = server.command_calls("get");
     println!(
         "stampede of {CALLERS}: {gets} GETs, {} loads, sources {sources:?}",
         loads.load(Ordering::SeqCst)

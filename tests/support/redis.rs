@@ -182,6 +182,18 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args)
     }
+
+    /// How many times `command` (lower case: `get`, `mget`, `set`) ran since the server started
+    /// or since `CONFIG RESETSTAT` (`INFO commandstats`).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info = self.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(&format!("cmdstat_{command}:calls="))?;
+                rest.split(',').next()?.trim().parse().ok()
+            })
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for RedisServer {
