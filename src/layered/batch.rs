@@ -1,10 +1,10 @@
 //! Batched reads of a [`Layered`](super::Layered) stack: L1 for every key, then **one** L2 batch
 //! (Redis: `MGET`) for the keys L1 could not answer on its own.
 //!
-//! Each key is decided exactly as a single [`get`](crate::Cache::get) decides it (see
-//! `Inner::lookup_at`): a fresh, trusted L1 entry answers; otherwise L2 is asked, an L2 entry
-//! fresher than L1's is copied into L1, and L1 backs the answer up when L2 cannot give one.
-//! Each answer is counted once, as `get` counts it.
+//! Each key is decided exactly as a single [`get`](crate::Cache::get) decides it — both end in
+//! [`merge`](Inner::merge): a fresh, trusted L1 entry answers; otherwise L2 is asked, an L2
+//! entry fresher than L1's is copied into L1, and L1 backs the answer up when L2 cannot give
+//! one. Each answer is counted once, as `get` counts it.
 
 use std::sync::Arc;
 
@@ -70,8 +70,9 @@ where
             .collect()
     }
 
-    /// One key's answer from its L1 entry and what L2 said, as `lookup_at` decides it.
-    async fn merge(
+    /// One key's answer from its L1 entry and what L2 said (read after the invalidation
+    /// counter showed `epoch`), for `lookup_at` and `lookup_many` alike.
+    pub(super) async fn merge(
         &self,
         key: &str,
         l1: Option<Entry<V>>,

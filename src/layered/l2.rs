@@ -79,14 +79,6 @@ where
         }
     }
 
-    /// Read `key` from L2 without counting; a failing or open L2 is a miss.
-    pub(crate) async fn read_l2(self: &Arc<Self>, key: &str) -> Option<Entry<V>> {
-        match self.read_l2_state(key).await {
-            L2Read::Found(entry) => Some(entry),
-            L2Read::Missing | L2Read::Unavailable => None,
-        }
-    }
-
     /// Read `key` from L2 without counting, telling a miss from no answer.
     pub(crate) async fn read_l2_state(self: &Arc<Self>, key: &str) -> L2Read<V> {
         match self.via_l2(|l2| async move { l2.peek(key).await }).await {

@@ -284,38 +284,14 @@ where
         key: &str,
         now: u64,
     ) -> Option<(Entry<V>, crate::load::answer::Origin)> {
-        use crate::load::answer::Origin;
         let l1 = self.read_l1(key, now).await;
-        if l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
-            if self.l1_trusted() {
-                return l1.map(|e| (e, Origin::L1));
-            }
-            // Not trusted on its own: L2 decides; L1 answers only when L2 cannot.
-            let epoch = self.epoch();
-            return match self.read_l2_state(key).await {
-                crate::load::L2Read::Found(l2) => {
-                    self.backfill(key, l2.clone(), epoch).await;
-                    Some((l2, Origin::L2))
-                }
-                crate::load::L2Read::Missing => {
-                    self.l1_done(self.l1.delete(key).await);
-                    None
-                }
-                crate::load::L2Read::Unavailable => l1.map(|e| (e, Origin::L1)),
-            };
+        let trusted = self.l1_trusted();
+        if trusted && l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
+            return l1.map(|e| (e, crate::load::answer::Origin::L1));
         }
         let epoch = self.epoch();
-        let l2 = self.read_l2(key).await;
-        match (l1, l2) {
-            (Some(l1), Some(l2)) if l1.fresh_until_ms() >= l2.fresh_until_ms() => {
-                Some((l1, Origin::L1))
-            }
-            (_, Some(l2)) => {
-                self.backfill(key, l2.clone(), epoch).await;
-                Some((l2, Origin::L2))
-            }
-            (l1, None) => l1.map(|e| (e, Origin::L1)),
-        }
+        let l2 = self.read_l2_state(key).await;
+        self.merge(key, l1, l2, trusted, now, epoch).await
     }
 
     /// Count a plain `get`'s answer.
