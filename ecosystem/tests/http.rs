@@ -28,6 +28,8 @@ struct Upstream {
     entered: Arc<AtomicU32>,
     /// Holds `/cached/big-gated` until the test adds permits.
     gate: Arc<tokio::sync::Semaphore>,
+    /// Requests that reached the upstream with `If-None-Match`, `If-Modified-Since` or `Range`.
+    conditional: Arc<AtomicU32>,
 }
 
 impl Default for Upstream {
@@ -37,6 +39,7 @@ impl Default for Upstream {
             failing: Arc::default(),
             entered: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            conditional: Arc::default(),
         }
     }
 }
@@ -73,7 +76,7 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
     };
     // Slow enough that concurrent requests overlap.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    if path == "/cached/big-gated" {
+    if path == "/cached/big-gated" || path == "/cached/etag-gated" {
         let _held = up.gate.acquire().await.expect("gate");
     }
     let auth = request
@@ -91,6 +94,9 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
     let mut response = Response::new(Body::from(format!(
         "{{\"object\":\"chat.completion\",\"path\":\"{path}\",\"call\":{call},\"user\":\"{auth}\"}}"
     )));
+    if path.starts_with("/cached/etag") {
+        return validated(&up, &request, response);
+    }
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     match path.as_str() {
@@ -166,6 +172,38 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
             *response.body_mut() = Body::from("down");
         }
         _ => {}
+    }
+    response
+}
+
+/// A response with validators (`ETag`, `Last-Modified`) from an upstream that honours
+/// `If-None-Match` (a bodiless `304`) and `Range` (a `206` of the bytes asked for), as a static
+/// file server or a CDN does.
+fn validated(up: &Upstream, request: &Request, mut response: Response) -> Response {
+    const ETAG: &str = "\"reply-v1\"";
+    const LAST_MODIFIED: &str = "Sun, 29 Nov 2026 10:00:00 GMT";
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (if_none_match, range) = (header("if-none-match"), header("range"));
+    if if_none_match.is_some() || range.is_some() || header("if-modified-since").is_some() {
+        up.conditional.fetch_add(1, Ordering::SeqCst);
+    }
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("etag", HeaderValue::from_static(ETAG));
+    headers.insert("last-modified", HeaderValue::from_static(LAST_MODIFIED));
+    headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+    if if_none_match.is_some_and(|v| v.contains(ETAG)) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.body_mut() = Body::empty();
+    } else if range.as_deref() == Some("bytes=0-4") {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *response.body_mut() = Body::from("{\"obj");
     }
     response
 }
@@ -246,6 +284,7 @@ async fn upstream_handler(state: State<Upstream>, request: Request) -> Response 
 struct Reply {
     status: u16,
     x_cache: Option<String>,
+    etag: Option<String>,
     body: String,
 }
 
@@ -261,6 +300,11 @@ impl Server {
             x_cache: response
                 .headers()
                 .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            etag: response
+                .headers()
+                .get("etag")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             body: response.text().await.expect("body"),
@@ -715,4 +759,100 @@ async fn an_event_stream_is_streamed_to_its_caller_and_never_stored() {
     assert_eq!(again.body, "data: first\n\ndata: last\n\n");
     assert_eq!(again.x_cache.as_deref(), Some("miss"));
     assert_eq!(server.upstream.calls("/cached/events"), 2, "never stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidating_request_gets_304_and_never_hands_it_to_the_requests_that_waited() {
+    let server = serve(l1()).await;
+    let path = "/cached/etag-gated";
+    // A browser revalidates what it holds while 10 new visitors ask for the same cold page;
+    // the upstream call is held until all 11 requests have reached the server.
+    let revalidate = server.get(path, &[("if-none-match", "\"reply-v1\"")]);
+    let open_the_gate = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.upstream.entered.load(Ordering::SeqCst) < 11 {
+            assert!(Instant::now() < deadline, "the requests never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.upstream.gate.add_permits(1000);
+    };
+    let visitors = async {
+        // The revalidation reaches the upstream first (it runs the load).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.upstream.calls(path) < 1 {
+            assert!(Instant::now() < deadline, "the first request never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.burst(path, 10).await
+    };
+    let (revalidated, visitors, ()) = tokio::join!(revalidate, visitors, open_the_gate);
+    assert_eq!(revalidated.status, 304, "the browser's copy is still good");
+    assert!(revalidated.body.is_empty());
+    assert_eq!(revalidated.etag.as_deref(), Some("\"reply-v1\""));
+    for (status, headers, body) in &visitors {
+        assert_eq!(*status, 200, "a visitor without a copy got {status}");
+        assert!(body.contains("chat.completion"), "{body:?}");
+        assert_eq!(headers.get("etag").expect("etag"), "\"reply-v1\"");
+    }
+    assert_eq!(server.upstream.calls(path), 1, "one upstream call, stored");
+    assert_eq!(
+        server.upstream.conditional.load(Ordering::SeqCst),
+        0,
+        "the upstream is asked for the whole response"
+    );
+
+    // From the cache: a matching validator (strong, weak, in a list, `*`) is a 304; another one
+    // gets the whole response; If-None-Match outranks If-Modified-Since.
+    let last_modified = "Sun, 29 Nov 2026 10:00:00 GMT";
+    for (name, value, status) in [
+        ("if-none-match", "\"reply-v1\"", 304),
+        ("if-none-match", "W/\"reply-v1\"", 304),
+        ("if-none-match", "\"old\", \"reply-v1\"", 304),
+        ("if-none-match", "*", 304),
+        ("if-none-match", "\"reply-v0\"", 200),
+        ("if-modified-since", last_modified, 304),
+        ("if-modified-since", "Sat, 28 Nov 2026 10:00:00 GMT", 200),
+    ] {
+        let r = server.get(path, &[(name, value)]).await;
+        assert_eq!(
+            (r.status, r.x_cache.as_deref()),
+            (status, Some("hit")),
+            "{name}: {value}"
+        );
+        assert_eq!(r.body.is_empty(), status == 304, "{name}: {value}");
+        assert_eq!(r.etag.as_deref(), Some("\"reply-v1\""));
+    }
+    let both = server
+        .get(
+            path,
+            &[
+                ("if-none-match", "\"reply-v0\""),
+                ("if-modified-since", last_modified),
+            ],
+        )
+        .await;
+    assert_eq!(both.status, 200);
+    assert_eq!(server.upstream.calls(path), 1);
+
+    // A range request on a cold route gets (and stores) the whole response, as a server that
+    // ignores ranges answers; so does everyone after it.
+    let ranged = server
+        .get("/cached/etag-ranged", &[("range", "bytes=0-4")])
+        .await;
+    assert_eq!(
+        (ranged.status, ranged.x_cache.as_deref()),
+        (200, Some("miss"))
+    );
+    assert!(ranged.body.contains("chat.completion"));
+    let plain = server.get("/cached/etag-ranged", &[]).await;
+    assert_eq!((plain.status, plain.x_cache.as_deref()), (200, Some("hit")));
+    assert_eq!(plain.body, ranged.body);
+    assert_eq!(server.upstream.conditional.load(Ordering::SeqCst), 0);
+
+    // A precondition the cache does not evaluate goes to the upstream as it is.
+    let if_match = server.get(path, &[("if-match", "\"reply-v1\"")]).await;
+    assert_eq!(
+        (if_match.status, if_match.x_cache.as_deref()),
+        (200, Some("bypass"))
+    );
 }

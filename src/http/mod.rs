@@ -29,6 +29,17 @@
 //!   fetched, added to any `Age` the upstream sent), so that a browser or proxy further on
 //!   counts its time here against the response's own `max-age`.
 //!
+//! Conditional and range requests share the cache too. A miss asks the upstream for the whole
+//! response (`If-None-Match`, `If-Modified-Since`, `Range` and `If-Range` are taken off the
+//! request it forwards), so a `304` or `206` meant for one request is never stored or handed to
+//! the requests that waited on the same call. Each request is then answered from the stored
+//! response: `304 Not Modified` (no body; `ETag`, `Cache-Control`, `Last-Modified` and the like
+//! kept) when its `If-None-Match` holds the response's `ETag` (weak comparison, or `*`), or
+//! when, without `If-None-Match`, its `If-Modified-Since` is the response's `Last-Modified`
+//! byte for byte (as browsers send it back); otherwise the whole response, a `Range` request
+//! included (a server may ignore a range). A request with `If-Match` or
+//! `If-Unmodified-Since`, which the cache does not evaluate, bypasses it.
+//!
 //! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
 //! readable, the path, query and varied header values (an `Authorization` token) are hashed.
 //!
@@ -77,9 +88,11 @@ use crate::layered::{Layered, LayeredBuilder};
 use crate::load::LoadOptions;
 
 mod body;
+mod conditional;
 mod response;
 
 pub use self::body::HttpCacheBody;
+use self::conditional::Condition;
 pub use self::response::CachedResponse;
 
 /// Default largest body stored: 1 MiB.
@@ -284,8 +297,13 @@ enum Plan {
     Untouched,
     /// On a cached route but not eligible: forwarded, marked `bypass`.
     Bypass,
-    /// Cached under `key` for `ttl`.
-    Cache { key: String, ttl: Duration },
+    /// Cached under `key` for `ttl`; answered `304` when `condition` (the request's
+    /// validators) matches the response.
+    Cache {
+        key: String,
+        ttl: Duration,
+        condition: Option<Condition>,
+    },
 }
 
 impl Shared {
@@ -312,7 +330,7 @@ impl Shared {
         let personal = [AUTHORIZATION, COOKIE]
             .iter()
             .any(|h| headers.contains_key(h) && !self.vary.contains(h));
-        if no_store || personal {
+        if no_store || personal || Condition::is_unsupported(headers) {
             return Plan::Bypass;
         }
         let mut key = crate::KeyBuilder::request("http")
@@ -340,6 +358,7 @@ impl Shared {
         Plan::Cache {
             key: key.build().as_str().to_owned(),
             ttl: *ttl,
+            condition: Condition::of(headers),
         }
     }
 }
@@ -407,7 +426,11 @@ where
                     .insert(X_CACHE, HeaderValue::from_static("bypass"));
                 Ok(response)
             }),
-            Plan::Cache { key, ttl } => Box::pin(async move {
+            Plan::Cache {
+                key,
+                ttl,
+                condition,
+            } => Box::pin(async move {
                 // The service and the request go to the loader if this caller runs the load, and
                 // stay here if it joins another caller's load.
                 let mine = Arc::new(std::sync::Mutex::new(Some((inner, request))));
@@ -419,9 +442,12 @@ where
                 let loader_shared = Arc::clone(&shared);
                 let loader = move || async move {
                     let taken = slot.lock().ok().and_then(|mut taken| taken.take());
-                    let Some((mut inner, request)) = taken else {
+                    let Some((mut inner, mut request)) = taken else {
                         return Err::<CachedResponse, BoxError>("the request was taken".into());
                     };
+                    // The whole response, to store and share: not a 304 or 206 for this
+                    // request alone (its validators are checked against it below).
+                    Condition::strip(request.headers_mut());
                     let response = inner.call(request).await.map_err(Into::into)?;
                     let (parts, body) = response.into_parts();
                     if is_event_stream(&parts.headers) {
@@ -476,8 +502,16 @@ where
                 }
                 Ok(match answered {
                     Ok(answer) => {
-                        let mut response =
-                            answer.value.to_response(answer.source.as_header_value());
+                        let x_cache = answer.source.as_header_value();
+                        let mut response = match &condition {
+                            Some(condition)
+                                if answer.value.is_shareable()
+                                    && condition.is_met_by(&answer.value) =>
+                            {
+                                answer.value.to_not_modified(x_cache)
+                            }
+                            _ => answer.value.to_response(x_cache),
+                        };
                         if !matches!(
                             answer.source,
                             crate::Source::Loaded | crate::Source::Negative

@@ -25,6 +25,19 @@ const NOT_STORED: [&str; 9] = [
     X_CACHE,
 ];
 
+/// The stored headers a `304 Not Modified` repeats (RFC 9110 §15.4.5), plus `Last-Modified` and
+/// an upstream's `Age`.
+const NOT_MODIFIED_KEEPS: [&str; 8] = [
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "vary",
+    "last-modified",
+    "age",
+];
+
 /// An HTTP response as the cache keeps it: status, end-to-end headers and the whole body.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedResponse {
@@ -154,6 +167,35 @@ impl CachedResponse {
     /// The body.
     pub fn body(&self) -> &[u8] {
         &self.body.0
+    }
+
+    /// The first stored value of header `name` (lower case).
+    pub(crate) fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(stored, _)| stored == name)
+            .map(|(_, value)| &value.0[..])
+    }
+
+    /// `304 Not Modified` for a request whose validators match this response: no body, and of
+    /// the stored headers those a `304` carries (RFC 9110 §15.4.5), with `x-cache: <x_cache>`.
+    pub(crate) fn to_not_modified<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
+        let mut response = Response::new(HttpCacheBody::full(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            if !NOT_MODIFIED_KEEPS.contains(&name.as_str()) {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value.0),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+        response
     }
 
     /// The response to send, with `x-cache: <x_cache>`.
