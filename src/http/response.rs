@@ -180,30 +180,29 @@ impl CachedResponse {
     /// `304 Not Modified` for a request whose validators match this response: no body, and of
     /// the stored headers those a `304` carries (RFC 9110 §15.4.5), with `x-cache: <x_cache>`.
     pub(crate) fn to_not_modified<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
-        let mut response = Response::new(HttpCacheBody::full(Bytes::new()));
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let headers = response.headers_mut();
-        for (name, value) in &self.headers {
-            if !NOT_MODIFIED_KEEPS.contains(&name.as_str()) {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(&value.0),
-            ) {
-                headers.append(name, value);
-            }
-        }
-        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
-        response
+        self.build(StatusCode::NOT_MODIFIED, Bytes::new(), x_cache, |name| {
+            NOT_MODIFIED_KEEPS.contains(&name)
+        })
     }
 
     /// The response to send, with `x-cache: <x_cache>`.
     pub(crate) fn to_response<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
-        let mut response = Response::new(HttpCacheBody::full(self.body.0.clone()));
-        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        self.build(status, self.body.0.clone(), x_cache, |_| true)
+    }
+
+    /// A response with `status` and `body`, the stored headers `keep` accepts, and `x-cache`.
+    fn build<B>(
+        &self,
+        status: StatusCode,
+        body: Bytes,
+        x_cache: &'static str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Response<HttpCacheBody<B>> {
+        let mut response = Response::new(HttpCacheBody::full(body));
+        *response.status_mut() = status;
         let headers = response.headers_mut();
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter().filter(|(name, _)| keep(name)) {
             // Stored by this type from valid headers; anything else (a frame from elsewhere) is
             // dropped rather than trusted.
             if let (Ok(name), Ok(value)) = (
