@@ -265,6 +265,19 @@ impl Error {
         )
     }
 
+    /// Whether the error is the server's own answer to a command (`OOM` when Redis is full and
+    /// evicts nothing, `READONLY`, `LOADING`, `NOPERM`, …): the server is up and answered at
+    /// once, so it says nothing about reaching it, and reads may well still succeed.
+    pub(crate) fn is_server_reply(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis")]
+            Error::Redis { source, .. } => {
+                matches!(source.kind(), RedisErrorKind::Server | RedisErrorKind::Auth)
+            }
+            _ => false,
+        }
+    }
+
     #[cfg(feature = "redis")]
     pub(crate) fn redis(op: &'static str, source: fred::error::Error) -> Self {
         Error::Redis {

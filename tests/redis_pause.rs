@@ -79,47 +79,136 @@ async fn client_pause_write_keeps_reads_fast_and_bounds_writes() {
     );
 }
 
+/// Redis at its `maxmemory` under `noeviction` (the default policy) refuses every write with
+/// `OOM` but serves everything it holds. A replica restarted then must keep reading those values
+/// (not reload them from the loader, which an open circuit would make it do), and the writes
+/// Redis refused reach it once it has room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_memory_writes_are_counted_and_loads_still_answer() {
-    use layercache::{Layered, LoadOptions, MemoryCache};
+async fn a_full_redis_still_serves_what_it_holds_and_takes_the_refused_writes_later() {
+    use layercache::{CircuitState, Layered, LoadOptions, MemoryCache, Source};
 
     let server =
         RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
-    let l2: RedisCache<String> = RedisCache::builder()
-        .url(server.url())
-        .namespace("oom")
-        .build()
+    let redis = |namespace: &'static str| {
+        let url = server.url();
+        async move {
+            RedisCache::<String>::builder()
+                .url(url)
+                .namespace(namespace)
+                .build()
+                .await
+                .expect("connect")
+        }
+    };
+    let ttl = Duration::from_secs(600);
+    // 50 replies cached while Redis had room.
+    let l2 = redis("oom").await;
+    for i in 0..50u64 {
+        l2.set_value(&format!("old{i}"), support::chat::text(i, 2_000), ttl)
+            .await
+            .expect("set while Redis has room");
+    }
+    // Other data fills Redis to its limit (varied text compresses only about 3×).
+    let junk = redis("junk").await;
+    let mut filled = 0u64;
+    while junk
+        .set_value(
+            &format!("j{filled}"),
+            support::chat::text(filled, 10_000),
+            ttl,
+        )
         .await
-        .expect("connect");
-    let l1 = MemoryCache::builder().name("l1").build().expect("l1");
-    let cache = Layered::builder(l1, l2.clone())
-        .name("oom")
-        .build()
-        .expect("layered");
-    for i in 0..500u64 {
-        // Varied text: it compresses only about 3×, so 500 values far exceed 2 MB.
-        let v = support::chat::text(i, 10_000);
+        .is_ok()
+    {
+        filled += 1;
+        assert!(filled < 10_000, "Redis never reported itself full");
+    }
+
+    // A replica restarted now: an empty L1 in front of the full Redis.
+    let cache = Layered::builder(
+        MemoryCache::builder().build().expect("l1"),
+        redis("oom").await,
+    )
+    .name("oom")
+    .build()
+    .expect("layered");
+    let mut from_redis = 0;
+    for i in 0..100u64 {
+        let expected = support::chat::text(1_000 + i, 2_000);
+        let fresh = expected.clone();
         let got = cache
             .get_or_load(
-                &format!("k{i}"),
-                move || async move { Ok::<_, std::io::Error>(v) },
-                LoadOptions::ttl(Duration::from_secs(60)),
+                &format!("new{i}"),
+                move || async move { Ok::<_, std::io::Error>(fresh) },
+                LoadOptions::ttl(ttl),
             )
             .await
             .expect("get_or_load answers although Redis refuses writes");
-        assert!(got.len() >= 10_000, "{}", got.len());
+        assert_eq!(got, expected);
+        if i < 50 {
+            let old = cache
+                .get_or_load_answer(
+                    &format!("old{i}"),
+                    || async { Ok::<_, std::io::Error>("reloaded".to_owned()) },
+                    LoadOptions::ttl(ttl),
+                )
+                .await
+                .expect("old value");
+            assert_eq!(old.value, support::chat::text(i, 2_000));
+            from_redis += usize::from(old.source == Source::L2Hit);
+        }
     }
-    // Give the last L2 writes (made just after each answer) time to fail.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let errors = l2.stats().errors;
-    let used: u64 = server
-        .cli(&["info", "memory"])
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory");
-    println!("maxmemory 2mb: {errors} L2 write errors counted; Redis holds {used} bytes");
-    assert!(errors > 0, "OOM refusals are counted as write errors");
-    assert!(used < 3 << 20, "Redis stayed near its limit: {used}");
-    assert_eq!(cache.stats().loads, 500);
+    let circuit = cache.health()[1].circuit;
+    println!(
+        "Redis full after {filled} other values: {from_redis} of 50 held replies read from it, circuit {circuit:?}, {:?}",
+        cache.stats()
+    );
+    assert_eq!(
+        from_redis, 50,
+        "every reply Redis holds is read from it, none reloaded"
+    );
+    assert_eq!(cache.stats().loads, 100, "only the new keys were loaded");
+    assert_eq!(
+        circuit,
+        CircuitState::Closed,
+        "a full Redis is not an outage"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().errors < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "refused writes counted: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Room again (the other data expires or is deleted): the refused writes are caught up.
+    assert_eq!(junk.invalidate_prefix("").await.expect("delete"), filled);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Any successful L2 call lets the catch-up run.
+        cache.get_value("absent").await.expect("get");
+        let mut missing = 0;
+        for i in 0..100u64 {
+            missing += usize::from(
+                l2.get_value(&format!("new{i}"))
+                    .await
+                    .expect("get")
+                    .is_none(),
+            );
+        }
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of 100 refused writes never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        l2.get_value("new7").await.expect("get").as_deref(),
+        Some(support::chat::text(1_007, 2_000).as_str())
+    );
 }

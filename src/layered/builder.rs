@@ -283,7 +283,9 @@ where
                 negative: self.negative,
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
+                flush_not_before_ms: std::sync::atomic::AtomicU64::new(0),
                 refusal_reported: AtomicBool::new(false),
+                reply_reported: AtomicBool::new(false),
                 layer_errors: std::sync::atomic::AtomicU64::new(0),
                 #[cfg(feature = "redis")]
                 backplane: self.backplane,

@@ -8,6 +8,14 @@
 //! `tracing` warning with the `tracing` feature); a `RedisCache` counts each one in
 //! `layercache_layer_errors_total{op="encode"}`. One refused key in a catch-up batch never fails
 //! the rest: the batch is retried key by key.
+//!
+//! An error the L2 server answers with (`OOM` from a Redis full under `noeviction`, `READONLY`,
+//! `LOADING`, `NOPERM`) is not an outage either: the server is up and answered at once, and
+//! reads may well still succeed — a full Redis still serves everything it holds, and opening the
+//! circuit on its refused writes would reload every value it holds from the loader. So such an
+//! error never counts against the breaker. It is a failed write all the same: the key waits for
+//! the catch-up, which tries again at most every [`REPLY_RETRY_MS`], and the first one is
+//! reported (a `tracing` warning, once per cache).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -25,6 +33,9 @@ use crate::load::L2Read;
 pub(super) const MAX_PENDING: usize = 10_000;
 /// Keys written to L2 per batch when catching up after an outage.
 const FLUSH_BATCH: usize = 100;
+/// After L2 answered a catch-up write with an error of its own (full, read-only), the catch-up
+/// waits this long (ms) before it tries again.
+pub(crate) const REPLY_RETRY_MS: u64 = 1_000;
 
 impl<V> Inner<V>
 where
@@ -54,6 +65,10 @@ where
                 self.breaker.neutral(allowed);
                 self.refused(e);
             }
+            Err(e) if e.is_server_reply() => {
+                self.breaker.neutral(allowed);
+                self.answered_with_error(e);
+            }
             _ => {
                 self.breaker.record(allowed, result.is_ok(), connections);
                 if result.is_ok() {
@@ -74,6 +89,27 @@ where
                 source = ?std::error::Error::source(error).map(ToString::to_string),
                 "layercache: L2 refused a value; it was not stored there (reported once per cache, each refusal is counted by the layer)"
             );
+            #[cfg(not(feature = "tracing"))]
+            let _ = error;
+        }
+    }
+
+    /// Report the first error the L2 server answered with (the layer counts each one).
+    fn answered_with_error(&self, error: &Error) {
+        if !self.reply_reported.swap(true, Ordering::Relaxed) {
+            #[cfg(feature = "tracing")]
+            {
+                let hint = if error.to_string().contains("OOM") {
+                    "; Redis is at its maxmemory and evicts nothing: give it an eviction policy (maxmemory-policy allkeys-lru or volatile-lru; every cache key has a lifetime)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    cache = &*self.name,
+                    error = %error,
+                    "layercache: the L2 server answered with an error; L2 stays in use, writes it refused are tried again later{hint} (reported once per cache, each error is counted)"
+                );
+            }
             #[cfg(not(feature = "tracing"))]
             let _ = error;
         }
@@ -147,7 +183,10 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty();
-        if !has_pending || self.flushing.swap(true, Ordering::AcqRel) {
+        if !has_pending
+            || crate::entry::now_ms() < self.flush_not_before_ms.load(Ordering::Relaxed)
+            || self.flushing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -211,9 +250,18 @@ where
                         self.layer_errors.fetch_add(1, Ordering::Relaxed);
                         self.refused(&e);
                     }
-                    Err(_) => {
+                    Err(e) => {
                         self.layer_errors.fetch_add(1, Ordering::Relaxed);
-                        self.breaker.record(allowed, false, connections);
+                        if e.is_server_reply() {
+                            // Full or read-only, not down: try again later, and leave the
+                            // circuit as it is.
+                            self.breaker.neutral(allowed);
+                            self.answered_with_error(&e);
+                            self.flush_not_before_ms
+                                .store(crate::entry::now_ms() + REPLY_RETRY_MS, Ordering::Relaxed);
+                        } else {
+                            self.breaker.record(allowed, false, connections);
+                        }
                         let mut left: Vec<Arc<str>> = vec![key];
                         left.extend(rest.map(|(k, _)| k));
                         self.requeue(left);

@@ -16,7 +16,9 @@
 //!   XFetch), negative caching and admission, a limit on concurrent loads. See [`crate::load`].
 //! * **Circuit breaker** on L2: after repeated failures L2 is skipped (L1 and the loader still
 //!   serve) until a probe succeeds. [`Layered::health`] reports each layer's state. Values L2's
-//!   codec refuses (too large, not encodable) are not failures: see [`Error::is_refusal`].
+//!   codec refuses (too large, not encodable) are not failures: see [`Error::is_refusal`]; nor
+//!   are errors the server answers with (`OOM` from a full Redis, `READONLY`): a full Redis
+//!   still serves all it holds, and the writes it refused wait for the catch-up.
 //!
 //! L2 failures never reach the caller of `get` or `get_or_load`: a failing L2 is a miss. Loaded
 //! values are written to L1 and then to L2 before the waiting callers are answered, so a read
@@ -154,8 +156,15 @@ pub(crate) struct Inner<V> {
     /// answers again. Bounded by `l2::MAX_PENDING`.
     pending: Mutex<HashSet<Arc<str>>>,
     flushing: AtomicBool,
+    /// No catch-up before this time (ms since the epoch): set when L2 answered a catch-up
+    /// write with an error of its own (full, read-only), so that it is not retried after every
+    /// successful call.
+    flush_not_before_ms: std::sync::atomic::AtomicU64,
     /// Whether a refusal of L2 has been reported (once per cache).
     refusal_reported: AtomicBool,
+    /// Whether an error answered by the L2 server (`OOM`, `READONLY`) has been reported (once per
+    /// cache).
+    reply_reported: AtomicBool,
     /// Layer operations that failed (errors, timeouts, refusals), for `stats().errors`.
     pub(crate) layer_errors: std::sync::atomic::AtomicU64,
     /// Cross-replica invalidation, when set.

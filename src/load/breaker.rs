@@ -21,6 +21,11 @@ const MAX_BREAK: Duration = Duration::from_secs(365 * 24 * 3600);
 /// open 500 ms, then let one probe through. A layer that reports a new connection
 /// ([`Cache::connections`](crate::Cache::connections)) is probed at once.
 ///
+/// A failure is a call that did not reach the layer or got no answer in time (a timeout, a lost
+/// connection). An error the server answered with (`OOM` from a full Redis, `READONLY`,
+/// `LOADING`, `NOPERM`) and a value the codec refused are not failures: the server is up, and a
+/// full Redis still serves every value it holds.
+///
 /// ```
 /// use std::time::Duration;
 /// use layercache::BreakerConfig;
