@@ -364,6 +364,8 @@ impl RedisError {
             RedisErrorKind::Auth
         } else if lower.contains("certificate") || lower.contains("tls handshake") {
             RedisErrorKind::Tls
+        } else if crate::redis::builder::refuses_database(&lower) {
+            RedisErrorKind::Config
         } else {
             match error.kind() {
                 K::Timeout => RedisErrorKind::Timeout,

@@ -432,6 +432,33 @@ async fn builder_errors_are_clear() {
         .build()
         .await
         .expect("the right password connects");
+
+    // A database the server does not have (it has 16 unless configured otherwise) is refused by
+    // the server at connect: build fails, rather than starting a cache whose every command fails.
+    let missing_db = format!("redis://:s3cret-pass@127.0.0.1:{}/99", server.port);
+    match RedisCache::<ChatReply>::builder()
+        .url(&missing_db)
+        .build()
+        .await
+    {
+        Err(Error::Redis {
+            op: "connect",
+            source,
+        }) => {
+            assert_eq!(source.kind(), RedisErrorKind::Config, "{source}");
+            assert!(source.to_string().contains("DB index"), "{source}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let db = format!("redis://:s3cret-pass@127.0.0.1:{}/15", server.port);
+    let last = RedisCache::<ChatReply>::builder()
+        .url(&db)
+        .build()
+        .await
+        .expect("database 15 exists");
+    last.set_value("k", reply(1, 500), Duration::from_secs(5))
+        .await
+        .expect("set in database 15");
 }
 
 /// An ACL user from the URL or the builder; wrong credentials are a typed `Auth` error at

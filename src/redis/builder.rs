@@ -103,6 +103,13 @@ pub(super) fn is_fatal(error: &fred::error::Error) -> bool {
         || message.contains("noauth")
         || message.contains("invalid password")
         || message.contains("invalid username")
+        || refuses_database(&message)
+}
+
+/// Whether the server refused the URL's database number (`ERR DB index is out of range`, or
+/// `SELECT` on a cluster node): a setting, not a passing state.
+pub(crate) fn refuses_database(lowercase_message: &str) -> bool {
+    lowercase_message.contains("db index") || lowercase_message.contains("select is not allowed")
 }
 
 /// The URL schemes a Redis (or Valkey) server is reached by: fred would take any other scheme
@@ -350,7 +357,9 @@ where
     /// URL scheme that is not Redis's or Valkey's (`http://…`); [`Error::Redis`] (op `config`,
     /// kind [`Config`](crate::RedisErrorKind::Config)) for a URL that cannot be parsed;
     /// [`Error::Redis`] (op `connect`) for a server that refuses the credentials (kind
-    /// [`Auth`](crate::RedisErrorKind::Auth)) or the connection settings.
+    /// [`Auth`](crate::RedisErrorKind::Auth)) or the connection settings (kind
+    /// [`Config`](crate::RedisErrorKind::Config): a database number it does not have, such as
+    /// `/99` on a server with the default 16, or any but 0 on a cluster node).
     pub async fn build(self) -> Result<RedisCache<V>> {
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1"));

@@ -93,7 +93,7 @@ use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::metrics::{LayerMetrics, Stats};
 
-mod builder;
+pub(crate) mod builder;
 pub(crate) mod cluster;
 pub(crate) mod connect;
 mod ops;
