@@ -778,3 +778,65 @@ async fn a_long_outage_overflows_the_outbox_into_one_resync() {
 fn backplane_resyncs(cache: &Layered<String>) -> u64 {
     cache.backplane().expect("backplane").state().resyncs
 }
+
+/// Pub/sub channels are server-wide: two deployments on different databases of one Redis
+/// (staging on 1 beside production on 0, same namespace) must not act on each other's
+/// invalidations — a staging `clear()` used to make every production entry a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_on_other_databases_of_one_server_do_not_hear_each_other() {
+    let server = RedisServer::start();
+    let (production, staging) = (server.url(), format!("{}/1", server.url()));
+    let mut production_b = Replica::start(&production, "chat");
+    let mut staging_b = Replica::start(&staging, "chat");
+    let production_a = replica_here(&production, "chat").await;
+    let staging_a = replica_here(&staging, "chat").await;
+    for r in [&mut production_b, &mut staging_b] {
+        assert_eq!(
+            ask_until(r, "state", "subscribed true", Duration::from_secs(10)),
+            "subscribed true"
+        );
+    }
+    assert_eq!(production_b.ask("fill p 20 user:1"), "ok");
+    assert_eq!(staging_b.ask("fill s 20 user:1"), "ok");
+
+    staging_a
+        .invalidate_tag("user:1")
+        .await
+        .expect("invalidate_tag");
+    staging_a.clear().await.expect("clear");
+    // Staging's own replica hears it...
+    assert_eq!(
+        ask_until(
+            &mut staging_b,
+            "fresh s 20",
+            "fresh 0",
+            Duration::from_secs(10)
+        ),
+        "fresh 0"
+    );
+    // ...and production's has read everything published before this change of its own fleet
+    // (one server delivers a channel's messages in order) when it sees the change.
+    production_a
+        .set_value("marker", "m1".into(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    assert_eq!(production_b.ask("get marker"), "val m1");
+    production_a
+        .set_value("marker", "m2".into(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    assert_eq!(
+        ask_until(
+            &mut production_b,
+            "get marker",
+            "val m2",
+            Duration::from_secs(10)
+        ),
+        "val m2"
+    );
+    assert_eq!(
+        production_b.ask("fresh p 20"),
+        "fresh 20",
+        "staging's clear and tag invalidation reached production"
+    );
+}

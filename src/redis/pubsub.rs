@@ -9,9 +9,12 @@ impl<V> RedisCache<V>
 where
     V: Send + Sync + 'static,
 {
-    /// A [`Backplane`](crate::fleet::Backplane) on this cache's server and namespace (channel
-    /// `layercache:backplane:v1:<namespace>`), with connections of its own: a subscriber and a
-    /// publisher. Give it to [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
+    /// A [`Backplane`](crate::fleet::Backplane) on this cache's server, database and namespace
+    /// (channel `layercache:backplane:v1:<namespace>`, or `layercache:backplane:v1:db<N>:<namespace>`
+    /// on database `N` other than 0: Redis channels are server-wide, and caches on other
+    /// databases of one server — staging beside production — must not hear each other's
+    /// invalidations), with connections of its own: a subscriber and a publisher. Give it to
+    /// [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
     ///
     /// Like the cache itself, a backplane can start while Redis cannot be reached (refused, no
     /// answer within the connect timeout): it starts unsubscribed — a `Layered` then does not
@@ -64,10 +67,11 @@ where
             );
         }
         let namespace = self.inner.prefix.trim_end_matches(':');
-        let channel = format!(
-            "layercache:backplane:v{}:{namespace}",
-            crate::fleet::backplane::WIRE
-        );
+        let wire = crate::fleet::backplane::WIRE;
+        let channel = match setup.config.database.unwrap_or(0) {
+            0 => format!("layercache:backplane:v{wire}:{namespace}"),
+            database => format!("layercache:backplane:v{wire}:db{database}:{namespace}"),
+        };
         crate::fleet::Backplane::start(namespace, channel, publisher, subscriber, alive)
             .await
             .map_err(|e| Error::redis("subscribe", e))
