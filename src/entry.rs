@@ -105,7 +105,9 @@ impl<V> Entry<V> {
 
     /// Tag the entry, replacing its tags (duplicates are dropped, order does not matter): see
     /// [`crate::tags`]. A cache refuses to store more than [`MAX_TAGS`](crate::tags::MAX_TAGS)
-    /// tags or an empty or over-long one ([`Error::Config`](crate::Error::Config)).
+    /// tags or an empty or over-long one ([`Error::Config`](crate::Error::Config)). A `Layered`
+    /// cache keeps a tagged entry at most its
+    /// [`tag_retention`](crate::LayeredBuilder::tag_retention) after it was created.
     ///
     /// ```
     /// use std::time::Duration;
@@ -260,7 +262,6 @@ impl<V> Entry<V> {
     }
 
     /// The same entry, gone (fresh and stale) by `until_ms` at the latest.
-    #[cfg_attr(not(feature = "quick-cache"), allow(dead_code))]
     pub(crate) fn cap_life_ms(mut self, until_ms: u64) -> Self {
         self.fresh_until_ms = self.fresh_until_ms.min(until_ms);
         self.stale_until_ms = self.stale_until_ms.min(until_ms);

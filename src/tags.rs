@@ -16,6 +16,13 @@
 //! The check costs nothing for untagged entries; a tagged entry remembers that it was found
 //! valid until any tag time changes, so its hits cost two atomic loads more.
 //!
+//! Retention: an entry that carries tags lives at most
+//! [`tag_retention`](crate::LayeredBuilder::tag_retention) after it was created (default
+//! [`DEFAULT_TAG_RETENTION`], 30 days), in every layer, and a tag's invalidation time is kept in
+//! Redis that long (plus up to an hour for clock differences) and then expires: by then no entry
+//! it could invalidate is left. So `invalidate_tag` with a new tag per user or document leaves
+//! no key in Redis for good. The clear time is one key, kept for good.
+//!
 //! Memory: a replica of a fleet remembers at most 100,000 tag times and then reads them again
 //! from Redis. A cache without a backplane (where the times have no other copy) keeps at most
 //! 100,000 too: past that, it folds them into one time, the latest of them, and a tagged entry
@@ -28,6 +35,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
+
+/// How long a tagged entry may live, and a tag's invalidation time is kept, unless
+/// [`LayeredBuilder::tag_retention`](crate::LayeredBuilder::tag_retention) says otherwise: 30
+/// days.
+pub const DEFAULT_TAG_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// The most tags an entry may carry.
 pub const MAX_TAGS: usize = 32;

@@ -840,3 +840,149 @@ async fn deployments_on_other_databases_of_one_server_do_not_hear_each_other() {
         "staging's clear and tag invalidation reached production"
     );
 }
+
+/// The PTTL of `key` in ms (-1: no expiry, -2: no such key).
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    server
+        .cli(&["pttl", key])
+        .trim()
+        .parse()
+        .expect("PTTL is a number")
+}
+
+/// Wait until `key` is in Redis (a load's L2 write may finish after its answer).
+async fn wait_for_key(server: &RedisServer, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pttl(server, key) == -2 {
+        assert!(Instant::now() < deadline, "{key} never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A layered cache on namespace `namespace` with a backplane, and the given tag retention.
+async fn tagged_replica(
+    server: &RedisServer,
+    namespace: &str,
+    retention: Option<Duration>,
+) -> Layered<String> {
+    let l2 = layercache::RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("l2");
+    let backplane = l2.backplane().await.expect("backplane");
+    let builder = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
+        .backplane(backplane);
+    match retention {
+        Some(retention) => builder.tag_retention(retention),
+        None => builder,
+    }
+    .build()
+    .expect("cache")
+}
+
+/// `invalidate_tag` with a new tag per user used to leave one key in Redis per call, for good.
+/// A tag's time now expires once no entry it could invalidate is left: tagged entries live at
+/// most the tag retention, and the time is kept that long (plus a margin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_times_in_redis_expire_once_no_entry_they_could_invalidate_is_left() {
+    use layercache::LoadOptions;
+
+    let server = RedisServer::start();
+    let hour = Duration::from_secs(3600);
+    let cache = tagged_replica(&server, "short", Some(Duration::from_secs(2))).await;
+    let tagged = LoadOptions::ttl(hour).with_tags(["user:1"]);
+    let loaded = cache
+        .get_or_load(
+            "a",
+            || async { Ok::<_, std::io::Error>("reply".to_owned()) },
+            tagged,
+        )
+        .await
+        .expect("load");
+    assert_eq!(loaded, "reply");
+    cache
+        .set_value("plain", "untagged".into(), hour)
+        .await
+        .expect("set");
+    wait_for_key(&server, "short:a").await;
+    let tagged_life = pttl(&server, "short:a");
+    assert!(
+        (1..=2_000).contains(&tagged_life),
+        "a tagged entry lives at most the retention: {tagged_life} ms"
+    );
+    assert!(
+        pttl(&server, "short:plain") > 3_500_000,
+        "an untagged one keeps its lifetime"
+    );
+
+    for user in 1..=20 {
+        cache
+            .invalidate_tag(&format!("user:{user}"))
+            .await
+            .expect("invalidate");
+    }
+    cache.clear().await.expect("clear");
+    let tag_keys = || {
+        server
+            .cli(&["--scan", "--pattern", "layercache:tag:v1:{short}:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let keys = tag_keys();
+    assert_eq!(keys.len(), 21, "20 tag times and the clear time: {keys:?}");
+    for key in &keys {
+        let left = pttl(&server, key);
+        if key.ends_with(':') {
+            assert_eq!(left, -1, "the clear time is kept for good");
+        } else {
+            assert!((2_000..=4_000).contains(&left), "{key}: {left} ms");
+        }
+    }
+    // The tag times expire, the tagged entry first; a replica that never met the tag (nothing
+    // to learn from but Redis) finds nothing to serve.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tag_keys().len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "tag times never expired: {:?}",
+            tag_keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pttl(&server, "short:a"),
+        -2,
+        "the entry went before its tag's time"
+    );
+    let newcomer = tagged_replica(&server, "short", Some(Duration::from_secs(2))).await;
+    assert_eq!(newcomer.get_value("a").await.expect("get"), None);
+
+    // By default: 30 days (plus an hour), and "forever" is 30 days for a tagged entry.
+    let default = tagged_replica(&server, "default", None).await;
+    let forever = LoadOptions::ttl(Duration::MAX).with_tags(["doc:7"]);
+    default
+        .get_or_load(
+            "b",
+            || async { Ok::<_, std::io::Error>("kept".to_owned()) },
+            forever,
+        )
+        .await
+        .expect("load");
+    default.invalidate_tag("doc:8").await.expect("invalidate");
+    let thirty_days = 30 * 24 * 3_600_000;
+    let kept = pttl(&server, "layercache:tag:v1:{default}:doc:8");
+    assert!(
+        (thirty_days..=thirty_days + 3_600_000).contains(&kept),
+        "{kept} ms"
+    );
+    wait_for_key(&server, "default:b").await;
+    let life = pttl(&server, "default:b");
+    assert!(
+        (thirty_days - 60_000..=thirty_days).contains(&life),
+        "{life} ms"
+    );
+}

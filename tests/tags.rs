@@ -205,3 +205,66 @@ async fn an_l2_without_a_backplane_cannot_take_an_invalidation() {
     assert!(matches!(got, Err(Error::Config { .. })), "{got:?}");
     assert!(matches!(cache.clear().await, Err(Error::Config { .. })));
 }
+
+/// Time from now until `when` (zero once past).
+fn left(when: std::time::SystemTime) -> Duration {
+    when.duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_tagged_entry_lives_at_most_the_tag_retention() {
+    let retention = Duration::from_secs(5);
+    let cache = Layered::single(support::memory_builder().build().expect("memory"))
+        .tag_retention(retention)
+        .build()
+        .expect("cache");
+    let loads = Arc::new(AtomicUsize::new(0));
+    let ttl =
+        LoadOptions::ttl(Duration::from_secs(3600)).with_fail_safe(Duration::from_secs(86_400));
+    let tagged = load(
+        &cache,
+        "tagged",
+        1,
+        &ttl.clone().with_tags(["user:1"]),
+        &loads,
+    )
+    .await
+    .expect("tagged");
+    assert!(
+        left(tagged.stale_until()) <= retention,
+        "{:?}",
+        left(tagged.stale_until())
+    );
+    assert!(
+        tagged.time_to_fresh_end() <= retention,
+        "{:?} {:?}",
+        tagged.time_to_fresh_end(),
+        tagged.source
+    );
+    let plain = load(&cache, "plain", 2, &ttl, &loads).await.expect("plain");
+    assert!(
+        plain.time_to_fresh_end() > Duration::from_secs(3000),
+        "untagged entries keep theirs"
+    );
+    let hit = load(&cache, "tagged", 0, &ttl, &loads).await.expect("hit");
+    assert_eq!(hit.source, Source::L1Hit);
+    assert!(left(hit.stale_until()) <= retention);
+
+    // Under a second, or zero, is refused; `Duration::MAX` keeps whole lifetimes.
+    for bad in [Duration::ZERO, Duration::from_millis(999)] {
+        let refused: layercache::Result<Layered<ChatCompletion>> =
+            Layered::single(support::memory_builder().build().expect("memory"))
+                .tag_retention(bad)
+                .build();
+        assert!(matches!(refused, Err(Error::Config { .. })), "{bad:?}");
+    }
+    let unbounded = Layered::single(support::memory_builder().build().expect("memory"))
+        .tag_retention(Duration::MAX)
+        .build()
+        .expect("cache");
+    let kept = load(&unbounded, "tagged", 3, &ttl.with_tags(["user:1"]), &loads)
+        .await
+        .expect("tagged");
+    assert!(kept.time_to_fresh_end() > Duration::from_secs(3000));
+}

@@ -35,6 +35,7 @@ pub struct LayeredBuilder<V> {
     /// Counters shared with a `MemoryCache` whose front this is.
     metrics: Option<Arc<FrontMetrics>>,
     metrics_interval: Option<Duration>,
+    tag_retention: Duration,
     #[cfg(feature = "redis")]
     backplane: Option<crate::fleet::Backplane>,
     #[cfg(feature = "redis")]
@@ -52,6 +53,7 @@ impl<V: Send + Sync + 'static> fmt::Debug for LayeredBuilder<V> {
             .field("breaker", &self.breaker)
             .field("max_concurrent_loads", &self.max_concurrent_loads)
             .field("metrics_interval", &self.metrics_interval)
+            .field("tag_retention", &self.tag_retention)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +77,7 @@ where
             negative: None,
             metrics: None,
             metrics_interval: None,
+            tag_retention: crate::tags::DEFAULT_TAG_RETENTION,
             #[cfg(feature = "redis")]
             backplane: None,
             #[cfg(feature = "redis")]
@@ -163,6 +166,33 @@ where
         self
     }
 
+    /// How long a tagged entry may live, and so how long a tag's invalidation time is kept
+    /// (default [`DEFAULT_TAG_RETENTION`](crate::tags::DEFAULT_TAG_RETENTION), 30 days). An
+    /// entry that carries tags lives (fresh and stale) at most this long after it was created,
+    /// in every layer; a tag's invalidation time is kept in Redis this long (plus an hour for
+    /// clock differences, or plus the retention itself when shorter) and then expires, because
+    /// no entry it could invalidate is left. Without a bound, every `invalidate_tag` of a new
+    /// tag (one per user, per document) would leave a key in Redis for good. Untagged entries
+    /// and [`clear`](Layered::clear) are not concerned. `Duration::MAX` keeps tagged entries
+    /// for their whole lifetimes and invalidation times for good.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Layered, MemoryCache};
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let cache = Layered::single(MemoryCache::<String>::builder().build()?)
+    ///     .tag_retention(Duration::from_secs(7 * 24 * 3600))
+    ///     .build()?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tag_retention(mut self, retention: Duration) -> Self {
+        self.tag_retention = retention;
+        self
+    }
+
     /// Hand answer counts to the metrics recorder once per `interval` instead of on every
     /// answer (default: on every answer), so that threads serving hits do not all write one
     /// shared counter. See [`crate::metrics`] ("Counting on many cores") for when to set it and
@@ -199,7 +229,7 @@ where
     /// default options that [`LoadOptions::validate`] rejects, a breaker without an L2 or with
     /// settings [`BreakerConfig`] refuses, or a backplane over an L1 that is
     /// not a [`MemoryCache`], a lease lifetime without a backplane or under 30 ms, a metrics
-    /// interval over a minute;
+    /// interval over a minute, a tag retention under a second;
     /// [`Error::NoRuntime`] for a backplane outside a tokio runtime.
     pub fn build(self) -> Result<Layered<V>> {
         if self.name.is_empty() {
@@ -210,6 +240,12 @@ where
         }
         if self.max_concurrent_loads == Some(0) {
             return Err(Error::config("max_concurrent_loads must be at least 1"));
+        }
+        if self.tag_retention < Duration::from_secs(1) {
+            return Err(Error::config(format!(
+                "tag_retention must be at least 1 s, not {:?}",
+                self.tag_retention
+            )));
         }
         self.defaults.validate()?;
         crate::metrics::batch::check_interval(self.metrics_interval)?;
@@ -283,6 +319,8 @@ where
                 negative: self.negative,
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
+                tag_retention_ms: (self.tag_retention != Duration::MAX)
+                    .then(|| u64::try_from(self.tag_retention.as_millis()).unwrap_or(u64::MAX)),
                 flush_not_before_ms: std::sync::atomic::AtomicU64::new(0),
                 refusal_reported: AtomicBool::new(false),
                 reply_reported: AtomicBool::new(false),

@@ -130,6 +130,7 @@ where
     /// refusal, if L2's codec refused the value (it is then not remembered).
     pub(crate) async fn write_l2(self: &Arc<Self>, key: &str, entry: Entry<V>) -> Option<Error> {
         self.l2.as_ref()?;
+        let entry = self.retained(entry);
         let written = self
             .via_l2(|l2| async move { l2.set(key, entry).await })
             .await;
@@ -157,6 +158,10 @@ where
             return Ok(());
         }
         let keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::from(*k)).collect();
+        let entries: Vec<(&str, Entry<V>)> = entries
+            .into_iter()
+            .map(|(key, entry)| (key, self.retained(entry)))
+            .collect();
         let written = self
             .via_l2(|l2| async move { l2.set_many(entries).await })
             .await;

@@ -156,6 +156,9 @@ pub(crate) struct Inner<V> {
     /// answers again. Bounded by `l2::MAX_PENDING`.
     pending: Mutex<HashSet<Arc<str>>>,
     flushing: AtomicBool,
+    /// How long a tagged entry may live (ms), `None` for its whole lifetime: see
+    /// [`LayeredBuilder::tag_retention`].
+    pub(crate) tag_retention_ms: Option<u64>,
     /// No catch-up before this time (ms since the epoch): set when L2 answered a catch-up
     /// write with an error of its own (full, read-only), so that it is not retried after every
     /// successful call.
@@ -206,9 +209,23 @@ where
 {
     /// The entry as L1 keeps it: fresh no longer than `l1_ttl` from now.
     pub(crate) fn for_l1(&self, entry: Entry<V>) -> Entry<V> {
+        let entry = self.retained(entry);
         match self.l1_ttl {
             Some(ttl) => entry.cap_fresh_ms(now_ms().saturating_add(ttl.as_millis() as u64)),
             None => entry,
+        }
+    }
+
+    /// `entry` within the tag retention: a tagged entry lives at most that long after it was
+    /// created (so the invalidation times of its tags, kept that long, outlive it).
+    #[inline]
+    pub(crate) fn retained(&self, entry: Entry<V>) -> Entry<V> {
+        match self.tag_retention_ms {
+            Some(retention) if !entry.tag_set().is_empty() => {
+                let created_ms = entry.created_us() / 1_000;
+                entry.cap_life_ms(created_ms.saturating_add(retention))
+            }
+            _ => entry,
         }
     }
 

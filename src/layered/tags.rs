@@ -6,6 +6,11 @@ use crate::entry::{now_us, Entry};
 use crate::error::{Error, Result};
 use crate::tags::{Check, Tags, CLEAR};
 
+/// How much longer than the tag retention a tag's invalidation time is kept in Redis (at most;
+/// as long as the retention when that is shorter): replicas' clocks may differ.
+#[cfg(feature = "redis")]
+const CLOCK_MARGIN_MS: u64 = 3_600_000;
+
 impl<V> Inner<V>
 where
     V: Clone + Send + Sync + 'static,
@@ -79,8 +84,14 @@ where
     async fn invalidate_tag_at(&self, tag: &str, us: u64) -> Result<()> {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
+            // A tag's time outlives every entry it could invalidate (the retention), plus a
+            // margin for the replicas' clock differences; the clear time is kept for good.
+            let keep_ms = self
+                .tag_retention_ms
+                .filter(|_| tag != CLEAR)
+                .map(|retention| retention.saturating_add(retention.min(CLOCK_MARGIN_MS)));
             backplane
-                .invalidate_tag(tag, us)
+                .invalidate_tag(tag, us, keep_ms)
                 .await
                 .map_err(|e| Error::redis("invalidate_tag", e))?;
         }

@@ -111,6 +111,7 @@ where
         let admit = self.admit.clone();
         let negative = self.negative.clone();
         let tags = options.tags();
+        let retention = self.tag_retention_ms;
         LoadSpec {
             make_entry: Box::new(move |value: &V, took| {
                 let (entry, is_negative) = match &negative {
@@ -133,6 +134,13 @@ where
                 let started_us = crate::entry::now_us().saturating_sub(took.as_micros() as u64);
                 let mut entry = entry.with_load_duration(took).with_created_us(started_us);
                 entry.set_tags(tags.clone());
+                // Within the tag retention (a no-op for an untagged entry).
+                let entry = match retention {
+                    Some(retention) if !tags.is_empty() => {
+                        entry.cap_life_ms((started_us / 1_000).saturating_add(retention))
+                    }
+                    _ => entry,
+                };
                 (Some(entry), is_negative)
             }),
             fresher_than_ms,
