@@ -19,9 +19,13 @@
 //! Retention: an entry that carries tags lives at most
 //! [`tag_retention`](crate::LayeredBuilder::tag_retention) after it was created (default
 //! [`DEFAULT_TAG_RETENTION`], 30 days), in every layer, and a tag's invalidation time is kept in
-//! Redis that long (plus up to an hour for clock differences) and then expires: by then no entry
-//! it could invalidate is left. So `invalidate_tag` with a new tag per user or document leaves
-//! no key in Redis for good. The clear time is one key, kept for good.
+//! Redis that long (plus up to an hour for clock differences), after which later invalidations
+//! delete it (up to 100 each): by then no entry it could invalidate is left. So `invalidate_tag`
+//! with a new tag per user or document leaves no key in Redis for good. The times carry no
+//! expiry of their own, so a Redis evicting keys that have one (`maxmemory-policy volatile-lru`,
+//! the right policy for a cache whose entries all have lifetimes) never drops one early; under
+//! an `allkeys-*` policy Redis may evict a tag's time, and entries it invalidated would count as
+//! fresh again. The clear time is one key, kept for good.
 //!
 //! Memory: a replica of a fleet remembers at most 100,000 tag times and then reads them again
 //! from Redis. A cache without a backplane (where the times have no other copy) keeps at most

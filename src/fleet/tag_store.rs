@@ -2,10 +2,15 @@
 //! `layercache:tag:v1:{<namespace>}:<tag>`, holding the time in µs since the Unix epoch. The braces put every tag key
 //! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
 //!
-//! A tag key expires once no entry it could invalidate is left: tagged entries live at most the
-//! cache's tag retention after they were created, and the key is kept that long after the
-//! invalidation (plus a margin for clock differences). The clear time never expires (it
-//! concerns untagged entries too, whose lifetimes have no bound; it is one key).
+//! A tag's time is kept as long as an entry it could invalidate may be left — tagged entries live
+//! at most the cache's tag retention after they were created — plus a margin for clock
+//! differences, and then deleted. The keys carry no expiry of their own: a Redis evicting under
+//! a `volatile-*` policy must never drop one while the entries it invalidated are still there
+//! (they would be served as fresh again). Instead each invalidation records its tag in a sorted
+//! set by time (`layercache:tags:v1:{<namespace>}`) and deletes up to [`SWEEP_BATCH`] tag times
+//! past their retention, in the same script: more than it adds, so the times kept stay bounded
+//! by the invalidations made within the retention. The clear time is kept for good (it concerns
+//! untagged entries too, whose lifetimes have no bound; it is one key).
 
 use fred::interfaces::{KeysInterface, LuaInterface};
 use fred::prelude::ClientLike;
@@ -15,12 +20,23 @@ use crate::redis::cluster::follow_on;
 use super::backplane::{Action, Backplane};
 use crate::tags::CLEAR;
 
-/// Keep the later of the stored time and ours (replicas' clocks differ a little); with a third
-/// argument, the key expires that many ms after the later time was stored.
+/// Tag times past their retention deleted by one invalidation, at most.
+const SWEEP_BATCH: usize = 100;
+
+/// Keep the later of the stored time and ours (replicas' clocks differ a little). With a
+/// retention (ARGV[2], ms), also record the tag in the index (KEYS[2]) at our time and delete
+/// up to ARGV[3] tag times recorded more than the retention before it (they share the
+/// namespace's cluster slot).
 const STORE_LATER: &str = "local t = tonumber(redis.call('GET', KEYS[1]) or '0') \
-     if tonumber(ARGV[1]) > t then \
-       if ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-       else redis.call('SET', KEYS[1], ARGV[1]) end \
+     local us = tonumber(ARGV[1]) \
+     if us > t then redis.call('SET', KEYS[1], ARGV[1]) end \
+     if ARGV[2] then \
+       local now = math.floor(us / 1000) \
+       local seen = tonumber(redis.call('ZSCORE', KEYS[2], KEYS[1]) or '0') \
+       if now > seen then redis.call('ZADD', KEYS[2], now, KEYS[1]) end \
+       local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]), \
+         'LIMIT', 0, tonumber(ARGV[3])) \
+       for _, k in ipairs(old) do redis.call('DEL', k) redis.call('ZREM', KEYS[2], k) end \
      end return 1";
 
 impl Backplane {
@@ -28,7 +44,12 @@ impl Backplane {
         format!("layercache:tag:v1:{{{}}}:{tag}", self.shared.namespace)
     }
 
-    /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `us`, kept for
+    /// The sorted set of this namespace's tag keys by invalidation time (ms).
+    fn tag_index_key(&self) -> String {
+        format!("layercache:tags:v1:{{{}}}", self.shared.namespace)
+    }
+
+    /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `us`, to be kept
     /// `keep_ms` (for good with `None`), and announce it to the fleet: one script call and one
     /// message, however many entries carry the tag.
     pub(crate) async fn invalidate_tag(
@@ -37,12 +58,18 @@ impl Backplane {
         us: u64,
         keep_ms: Option<u64>,
     ) -> Result<(), fred::error::Error> {
-        let (client, key) = (&self.shared.publisher, self.tag_key(tag));
+        let (client, keys) = (
+            &self.shared.publisher,
+            vec![self.tag_key(tag), self.tag_index_key()],
+        );
         let mut args = vec![us.to_string()];
-        args.extend(keep_ms.map(|ms| ms.max(1).to_string()));
+        if let Some(keep_ms) = keep_ms {
+            args.push(keep_ms.min(1 << 52).to_string());
+            args.push(SWEEP_BATCH.to_string());
+        }
         let _: i64 = follow_on(client, |o| {
-            let (c, key, args) = (client.with_options(o), key.clone(), args.clone());
-            async move { c.eval(STORE_LATER, key, args).await }
+            let (c, keys, args) = (client.with_options(o), keys.clone(), args.clone());
+            async move { c.eval(STORE_LATER, keys, args).await }
         })
         .await?;
         self.announce_at(

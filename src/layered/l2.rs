@@ -100,7 +100,7 @@ where
             #[cfg(feature = "tracing")]
             {
                 let hint = if error.to_string().contains("OOM") {
-                    "; Redis is at its maxmemory and evicts nothing: give it an eviction policy (maxmemory-policy allkeys-lru or volatile-lru; every cache key has a lifetime)"
+                    "; Redis is at its maxmemory and evicts nothing: give it an eviction policy (maxmemory-policy volatile-lru: every cache entry has a lifetime, the tag invalidation times that must stay have none)"
                 } else {
                     ""
                 };
