@@ -332,3 +332,73 @@ async fn resharding_under_traffic_never_reaches_a_caller() {
         );
     }
 }
+
+/// Tags on a cluster, with and without a namespace: the times of an entry's tags are read
+/// together and an invalidation stores its time and index together, so a namespace's tag keys
+/// must share one slot — the empty namespace too (an empty `{}` hash tag hashes the whole key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_work_on_a_cluster_with_or_without_a_namespace() {
+    use layercache::{CacheExt, Layered, LoadOptions, MemoryCache};
+
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = RedisCluster::start();
+    for namespace in [Some("tagged"), None] {
+        let build = || async {
+            let mut l2 = RedisCache::<String>::builder().url(cluster.url());
+            if let Some(namespace) = namespace {
+                l2 = l2.namespace(namespace);
+            }
+            let l2 = l2.build().await.expect("l2");
+            let backplane = l2.backplane().await.expect("backplane");
+            Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+                .backplane(backplane)
+                .build()
+                .expect("cache")
+        };
+        let (writer, reader) = (build().await, build().await);
+        let options = LoadOptions::ttl(Duration::from_secs(600));
+        for i in 0..20u64 {
+            let tags = [
+                format!("user:{i}"),
+                format!("team:{}", i % 3),
+                "all".to_owned(),
+            ];
+            writer
+                .get_or_load(
+                    &format!("k{i}"),
+                    move || async move { Ok::<_, std::io::Error>(format!("v{i}")) },
+                    options.clone().with_tags(tags),
+                )
+                .await
+                .expect("load");
+        }
+        for tag in ["user:1", "team:2", "nobody"] {
+            writer.invalidate_tag(tag).await.unwrap_or_else(|e| {
+                panic!("invalidate_tag {tag} with namespace {namespace:?}: {e}")
+            });
+        }
+        // A replica that learns the tag times from Redis (several tags per entry, one read).
+        let mut fresh = Vec::new();
+        for i in 0..20u64 {
+            if reader
+                .get_value(&format!("k{i}"))
+                .await
+                .expect("get")
+                .is_some()
+            {
+                fresh.push(i);
+            }
+        }
+        let expected: Vec<u64> = (0..20).filter(|i| *i != 1 && i % 3 != 2).collect();
+        assert_eq!(fresh, expected, "namespace {namespace:?}");
+        writer.clear().await.expect("clear");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reader.get_value("k0").await.expect("get").is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clear never reached the reader"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

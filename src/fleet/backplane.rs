@@ -395,7 +395,8 @@ impl Backplane {
         Ok(Backplane { shared })
     }
 
-    /// The pub/sub channel: `layercache:backplane:v1:<namespace>`.
+    /// The pub/sub channel: `layercache:backplane:v1:<namespace>` (with `db<N>:` before the
+    /// namespace on a database `N` other than 0).
     pub fn channel(&self) -> &str {
         &self.shared.channel
     }

@@ -1,5 +1,5 @@
 //! Tag invalidation times in Redis (see [`crate::tags`]): one small key per invalidated tag,
-//! `layercache:tag:v1:{<namespace>}:<tag>`, holding the time in µs since the Unix epoch. The braces put every tag key
+//! `layercache:tag:v1:{<namespace>}:<tag>` (`{:}` for no namespace), holding the time in µs since the Unix epoch. The braces put every tag key
 //! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
 //!
 //! A tag's time is kept as long as an entry it could invalidate may be left — tagged entries live
@@ -41,12 +41,22 @@ const STORE_LATER: &str = "local t = tonumber(redis.call('GET', KEYS[1]) or '0')
 
 impl Backplane {
     fn tag_key(&self, tag: &str) -> String {
-        format!("layercache:tag:v1:{{{}}}:{tag}", self.shared.namespace)
+        format!("layercache:tag:v1:{{{}}}:{tag}", self.slot_tag())
     }
 
     /// The sorted set of this namespace's tag keys by invalidation time (ms).
     fn tag_index_key(&self) -> String {
-        format!("layercache:tags:v1:{{{}}}", self.shared.namespace)
+        format!("layercache:tags:v1:{{{}}}", self.slot_tag())
+    }
+
+    /// What goes between the braces of the namespace's tag keys, so that they share one cluster
+    /// slot: the namespace, or `:` for none (an empty `{}` would hash each whole key apart; no
+    /// namespace is `:`, as a trailing `:` is not part of one).
+    fn slot_tag(&self) -> &str {
+        match self.shared.namespace.as_str() {
+            "" => ":",
+            namespace => namespace,
+        }
     }
 
     /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `us`, to be kept
