@@ -263,8 +263,25 @@ async fn a_tagged_entry_lives_at_most_the_tag_retention() {
         .tag_retention(Duration::MAX)
         .build()
         .expect("cache");
-    let kept = load(&unbounded, "tagged", 3, &ttl.with_tags(["user:1"]), &loads)
+    let kept = load(
+        &unbounded,
+        "tagged",
+        3,
+        &ttl.clone().with_tags(["user:1"]),
+        &loads,
+    )
+    .await
+    .expect("tagged");
+    assert!(kept.time_to_fresh_end() > Duration::from_secs(3000));
+    // A MemoryCache's own get_or_load keeps every entry's lifetime (no tag time leaves it).
+    let memory = support::memory_builder().build().expect("memory");
+    let own = memory
+        .get_or_load_answer(
+            "tagged",
+            || async { Ok::<_, std::io::Error>(completion(4)) },
+            ttl.with_tags(["user:1"]),
+        )
         .await
         .expect("tagged");
-    assert!(kept.time_to_fresh_end() > Duration::from_secs(3000));
+    assert!(own.time_to_fresh_end() > Duration::from_secs(3000));
 }

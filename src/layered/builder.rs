@@ -173,8 +173,9 @@ where
     /// clock differences, or plus the retention itself when shorter) and then deleted by a later
     /// invalidation, because no entry it could invalidate is left. Without a bound, every `invalidate_tag` of a new
     /// tag (one per user, per document) would leave a key in Redis for good. Untagged entries
-    /// and [`clear`](Layered::clear) are not concerned. `Duration::MAX` keeps tagged entries
-    /// for their whole lifetimes and invalidation times for good.
+    /// and [`clear`](Layered::clear) are not concerned, and neither is a `MemoryCache`'s own
+    /// `get_or_load` (its tag times never leave the process). `Duration::MAX` keeps tagged
+    /// entries for their whole lifetimes and invalidation times for good.
     ///
     /// ```
     /// use std::time::Duration;

@@ -165,6 +165,8 @@ where
             .name(&*self.inner.name)
             .default_options(LoadOptions::ttl(self.inner.default_ttl))
             .shared_metrics(Arc::clone(&self.inner.metrics))
+            // No tag times leave this process: nothing to bound entries' lifetimes for.
+            .tag_retention(Duration::MAX)
             .assemble()
     }
 
