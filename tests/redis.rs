@@ -322,6 +322,45 @@ async fn invalidate_prefix_removes_exactly_the_prefixed_keys_without_keys_comman
         "KEYS was never used:\n{stats}"
     );
     assert!(stats.contains("cmdstat_scan"), "SCAN was used");
+
+    // An empty prefix empties a namespace, never a whole database: without a namespace it is
+    // refused, through a `Layered` too, and nothing is removed anywhere.
+    let bare: RedisCache<ChatReply> = RedisCache::builder()
+        .url(server.url())
+        .build()
+        .await
+        .expect("connect");
+    let refused = bare.invalidate_prefix("").await;
+    assert!(
+        matches!(refused, Err(layercache::Error::Config { .. })),
+        "{refused:?}"
+    );
+    let stack = layercache::Layered::builder(
+        layercache::MemoryCache::builder().build().expect("l1"),
+        bare.clone(),
+    )
+    .build()
+    .expect("layered");
+    stack
+        .set("own", Entry::new(reply(1, 64), Duration::from_secs(600)))
+        .await
+        .expect("set");
+    for _ in 0..10 {
+        let refused = stack.invalidate_prefix("").await;
+        assert!(
+            matches!(refused, Err(layercache::Error::Config { .. })),
+            "{refused:?}"
+        );
+    }
+    assert!(stack.get("own").await.expect("get").is_some(), "L1 kept");
+    assert_eq!(server.cli(&["dbsize"]).trim(), "1012");
+    assert_eq!(
+        stack.health()[1].circuit,
+        layercache::CircuitState::Closed,
+        "a refused request is not a failure of Redis"
+    );
+    assert_eq!(bare.invalidate_prefix("own").await.expect("prefix"), 1);
+    assert_eq!(cache.invalidate_prefix("").await.expect("namespace"), 1_010);
 }
 
 pub async fn populate(cache: &RedisCache<ChatReply>, prefix: &str, n: usize) {

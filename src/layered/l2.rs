@@ -69,6 +69,8 @@ where
                 self.breaker.neutral(allowed);
                 self.answered_with_error(e);
             }
+            // A request the layer refuses as such says nothing about its health either.
+            Err(Error::Config { .. }) => self.breaker.neutral(allowed),
             _ => {
                 self.breaker.record(allowed, result.is_ok(), connections);
                 if result.is_ok() {

@@ -159,12 +159,19 @@ where
     /// # Errors
     ///
     /// The L2 error, or [`Error::CircuitOpen`], when L2 could not be reached (L1s are cleared
-    /// anyway); [`Error::Config`] when a layer cannot remove by prefix.
+    /// anyway); [`Error::Config`] when a layer cannot remove by prefix, or for an empty prefix
+    /// over a Redis L2 without a namespace (which would delete every key of its database;
+    /// nothing is removed then).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
         let l2 = inner
             .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
             .await;
+        if let Some(Err(refused @ Error::Config { .. })) = l2 {
+            // L2 refused the request itself (an empty prefix over a whole database): nothing
+            // was removed anywhere, and nothing is announced.
+            return Err(refused);
+        }
         inner.forget_pending_prefix(prefix);
         let l1 = inner.l1.invalidate_prefix(prefix).await.inspect_err(|_| {
             inner

@@ -421,7 +421,19 @@ where
     /// Delete every key of this cache (within its namespace) that starts with `prefix`, using
     /// `SCAN` + `UNLINK` on every primary; returns how many keys were removed. An empty prefix
     /// clears the whole namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty prefix on a cache without a
+    /// [`namespace`](RedisCacheBuilder::namespace): that would delete every key of the database,
+    /// whoever wrote it. The Redis error when a node could not be scanned.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        if prefix.is_empty() && self.inner.prefix.is_empty() {
+            return Err(Error::config(
+                "invalidate_prefix(\"\") on a cache without a namespace would delete every key of \
+                 the database: give the cache a namespace, or a prefix",
+            ));
+        }
         let started = Instant::now();
         let pattern = format!(
             "{}{}*",
