@@ -1,16 +1,19 @@
 //! Tag invalidation times in Redis (see [`crate::tags`]): one small key per invalidated tag,
-//! `layercache:tag:v1:{<namespace>}:<tag>` (`{:}` for no namespace), holding the time in µs since the Unix epoch. The braces put every tag key
-//! of a namespace in one cluster slot, so the times of an entry's tags are read with one `MGET`.
+//! `layercache:tag:v1:{<namespace>}:<tag>` (`{:}` for no namespace), holding the time in µs
+//! since the Unix epoch. The braces put every tag key of a namespace in one cluster slot, so the
+//! times of an entry's tags are read with one `MGET`.
 //!
 //! A tag's time is kept as long as an entry it could invalidate may be left — tagged entries live
 //! at most the cache's tag retention after they were created — plus a margin for clock
 //! differences, and then deleted. The keys carry no expiry of their own: a Redis evicting under
 //! a `volatile-*` policy must never drop one while the entries it invalidated are still there
 //! (they would be served as fresh again). Instead each invalidation records its tag in a sorted
-//! set by time (`layercache:tags:v1:{<namespace>}`) and deletes up to [`SWEEP_BATCH`] tag times
-//! past their retention, in the same script: more than it adds, so the times kept stay bounded
-//! by the invalidations made within the retention. The clear time is kept for good (it concerns
-//! untagged entries too, whose lifetimes have no bound; it is one key).
+//! set by time (`layercache:tags:v1:{<namespace>}`) and then deletes up to [`SWEEP_BATCH`] tag
+//! times past their retention (a second script, which keeps a tag invalidated again meanwhile):
+//! more than it adds, so the times kept stay bounded by the invalidations made within the
+//! retention. The clear time is kept for good (it concerns untagged entries too, whose
+//! lifetimes have no bound; it is one key). Scripts touch only the keys they are given (Redis
+//! Cluster, Dragonfly).
 
 use fred::interfaces::{KeysInterface, LuaInterface};
 use fred::prelude::ClientLike;
@@ -24,19 +27,25 @@ use crate::tags::CLEAR;
 const SWEEP_BATCH: usize = 100;
 
 /// Keep the later of the stored time and ours (replicas' clocks differ a little). With a
-/// retention (ARGV[2], ms), also record the tag in the index (KEYS[2]) at our time and delete
-/// up to ARGV[3] tag times recorded more than the retention before it (they share the
-/// namespace's cluster slot).
+/// retention (ARGV[2], ms), also record the tag in the index (KEYS[2]) at our time, and return
+/// up to ARGV[3] tag keys recorded more than the retention before it. Only declared keys are
+/// touched (Redis Cluster, Dragonfly).
 const STORE_LATER: &str = "local t = tonumber(redis.call('GET', KEYS[1]) or '0') \
      local us = tonumber(ARGV[1]) \
      if us > t then redis.call('SET', KEYS[1], ARGV[1]) end \
-     if ARGV[2] then \
-       local now = math.floor(us / 1000) \
-       local seen = tonumber(redis.call('ZSCORE', KEYS[2], KEYS[1]) or '0') \
-       if now > seen then redis.call('ZADD', KEYS[2], now, KEYS[1]) end \
-       local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]), \
-         'LIMIT', 0, tonumber(ARGV[3])) \
-       for _, k in ipairs(old) do redis.call('DEL', k) redis.call('ZREM', KEYS[2], k) end \
+     if not ARGV[2] then return {} end \
+     local now = math.floor(us / 1000) \
+     local seen = tonumber(redis.call('ZSCORE', KEYS[2], KEYS[1]) or '0') \
+     if now > seen then redis.call('ZADD', KEYS[2], now, KEYS[1]) end \
+     return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]), \
+       'LIMIT', 0, tonumber(ARGV[3]))";
+
+/// Delete the tag keys KEYS[1..n-1] whose time is at most ARGV[1] (µs), and their entries in the
+/// index KEYS[n]; a tag invalidated again meanwhile (a later time) stays.
+const SWEEP: &str = "local index = KEYS[#KEYS] \
+     for i = 1, #KEYS - 1 do \
+       local t = tonumber(redis.call('GET', KEYS[i]) or '0') \
+       if t <= tonumber(ARGV[1]) then redis.call('DEL', KEYS[i]) redis.call('ZREM', index, KEYS[i]) end \
      end return 1";
 
 impl Backplane {
@@ -77,11 +86,22 @@ impl Backplane {
             args.push(keep_ms.min(1 << 52).to_string());
             args.push(SWEEP_BATCH.to_string());
         }
-        let _: i64 = follow_on(client, |o| {
+        let old: Vec<String> = follow_on(client, |o| {
             let (c, keys, args) = (client.with_options(o), keys.clone(), args.clone());
             async move { c.eval(STORE_LATER, keys, args).await }
         })
         .await?;
+        if let (false, Some(keep_ms)) = (old.is_empty(), keep_ms) {
+            // Best effort: what is left is swept by a later invalidation.
+            let cutoff_us = (us / 1_000).saturating_sub(keep_ms).saturating_mul(1_000);
+            let mut keys = old;
+            keys.push(self.tag_index_key());
+            let _: Result<i64, _> = follow_on(client, |o| {
+                let (c, keys) = (client.with_options(o), keys.clone());
+                async move { c.eval(SWEEP, keys, cutoff_us.to_string()).await }
+            })
+            .await;
+        }
         self.announce_at(
             if tag == CLEAR {
                 Action::Clear
