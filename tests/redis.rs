@@ -599,6 +599,28 @@ async fn acl_users_authenticate_and_credentials_never_show() {
         .await
         .expect_err("bad port");
     assert!(!format!("{err} {err:?}").contains("Pa55word"), "{err:?}");
+    // Nor is a password holding URL delimiters (unencoded: the URL does not parse), nor a
+    // sentinel's password in the query; a URL that does not parse is a `Config` error.
+    for url in [
+        format!("redis://:Pa55/word#x@127.0.0.1:{}", server.port),
+        format!("redis://svc:Pa55?word@127.0.0.1:{}", server.port),
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=m&sentinelPassword=Pa55@word&node=127.0.0.1:1",
+            server.port
+        ),
+    ] {
+        let builder = RedisCache::<ChatReply>::builder()
+            .url(&url)
+            .connect_timeout(Duration::from_millis(300));
+        let mut text = format!("{builder:?}");
+        if let Err(err) = builder.build().await {
+            text.push_str(&format!(" {err} {err:?}"));
+            if let Error::Redis { op: "config", source } = &err {
+                assert_eq!(source.kind(), RedisErrorKind::Config, "{source}");
+            }
+        }
+        assert!(!text.contains("Pa55"), "a password leaked: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,19 +137,53 @@ fn check_scheme(url: &str) -> Result<()> {
 /// same, and would overflow the clock arithmetic of the layers below.
 const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// `url` with any password replaced by `<redacted>`.
+/// `url` with its secrets replaced by `<redacted>`: the password of the user part (all of it
+/// when it has no `:`, as a lone token may be a password), and the value of every query
+/// parameter whose name holds `password` (`sentinelPassword`). A password may hold `/`, `?`,
+/// `#` or `@`, so the user part ends at the last `@` before any such parameter.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a URL>".to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+    // (start, end) of the values of query parameters that carry a password.
+    let mut secrets = Vec::new();
+    for (i, c) in rest.char_indices() {
+        if c != '?' && c != '&' {
+            continue;
         }
-        None => url.to_owned(),
+        let param_end = rest[i + 1..].find('&').map_or(rest.len(), |e| i + 1 + e);
+        if let Some(eq) = rest[i + 1..param_end].find('=') {
+            if rest[i + 1..i + 1 + eq]
+                .to_ascii_lowercase()
+                .contains("password")
+            {
+                secrets.push((i + 2 + eq, param_end));
+            }
+        }
     }
+    let user_part_end = secrets.first().map_or(rest.len(), |&(start, _)| start);
+    let mut out = format!("{scheme}://");
+    let mut shown = 0;
+    if let Some(at) = rest[..user_part_end].rfind('@') {
+        match rest[..at].split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":<redacted>@");
+            }
+            None => out.push_str("<redacted>@"),
+        }
+        shown = at + 1;
+    }
+    for (start, end) in secrets {
+        if start < shown {
+            continue;
+        }
+        out.push_str(&rest[shown..start]);
+        out.push_str("<redacted>");
+        shown = end;
+    }
+    out.push_str(&rest[shown..]);
+    out
 }
 
 /// Builds a [`RedisCache`]; see the [module docs](crate::redis) for the defaults and why.
@@ -379,10 +413,10 @@ where
         check_scheme(&url)?;
         let command_timeout = self.command_timeout.min(MAX_TIMEOUT);
         let connect_timeout = self.connect_timeout.min(MAX_TIMEOUT);
-        let mut config = Config::from_url(&tls::plain_scheme(&url)).map_err(|source| {
-            // fred's message may quote the URL, password included.
+        let mut config = Config::from_url(&tls::plain_scheme(&url)).map_err(|_| {
+            // fred's message may quote the URL, password included: only ours, redacted.
             let source = fred::error::Error::new(
-                source.kind().clone(),
+                fred::error::ErrorKind::Config,
                 format!("not a valid Redis URL: {}", redact_url(&url)),
             );
             Error::redis("config", source)
@@ -538,5 +572,21 @@ mod tests {
             "redis-cluster://host:7000?node=h2:7001"
         );
         assert_eq!(redact_url("s3cret"), "<not a URL>");
+        // A password holding URL delimiters, unencoded: nothing of it shows.
+        let shown = redact_url("redis://:p@ss:/x#y?z%w@127.0.0.1:6379/1");
+        assert_eq!(shown, "redis://:<redacted>@127.0.0.1:6379/1");
+        // A lone token before the `@` may be a password.
+        assert_eq!(redact_url("redis://t0ken@host"), "redis://<redacted>@host");
+        // Sentinel credentials in the query.
+        assert_eq!(
+            redact_url(
+                "redis-sentinel://svc:pw1@h:26379/1?sentinelServiceName=m&sentinelPassword=p@w2&node=h2:26380"
+            ),
+            "redis-sentinel://svc:<redacted>@h:26379/1?sentinelServiceName=m&sentinelPassword=<redacted>&node=h2:26380"
+        );
+        assert_eq!(
+            redact_url("redis-sentinel://h:26379?sentinelPassword=s3cret"),
+            "redis-sentinel://h:26379?sentinelPassword=<redacted>"
+        );
     }
 }
