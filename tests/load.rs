@@ -344,3 +344,126 @@ async fn loading_cache_gives_any_cache_single_flight() {
         "stored in the wrapped layer"
     );
 }
+
+/// A loader that calls `get_or_load` on the same cache (an answer that needs a cached
+/// embedding) under `max_concurrent_loads`: with every permit held by loads that wait for their
+/// inner loads, a plain semaphore never lets the inner loads start. A permit covers the loads
+/// its loader starts, and the limit still bounds the loads callers start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_that_start_loads_never_deadlock_the_load_limit() {
+    use layercache::Layered;
+
+    let cache = Layered::single(support::memory_builder().build().expect("memory"))
+        .max_concurrent_loads(2)
+        .build()
+        .expect("cache");
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let answers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (cache, running, peak) = (cache.clone(), running.clone(), peak.clone());
+            tokio::spawn(async move {
+                let inner = cache.clone();
+                cache
+                    .get_or_load(
+                        &format!("answer:{i}"),
+                        move || async move {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            // Two inner loads: one of its own, one shared with another answer.
+                            let mut parts = Vec::new();
+                            for key in [format!("embedding:{i}"), format!("shared:{}", i % 2)] {
+                                let name = key.clone();
+                                let part = inner
+                                    .get_or_load(
+                                        &name,
+                                        move || async move {
+                                            tokio::time::sleep(Duration::from_millis(10)).await;
+                                            Ok::<_, std::io::Error>(key)
+                                        },
+                                        LoadOptions::ttl(Duration::from_secs(60)),
+                                    )
+                                    .await
+                                    .map_err(std::io::Error::other)?;
+                                parts.push(part);
+                            }
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, std::io::Error>(format!("answer {i} from {}", parts.join("+")))
+                        },
+                        LoadOptions::ttl(Duration::from_secs(60)),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let all = async {
+        let mut out = Vec::new();
+        for answer in answers {
+            out.push(answer.await.expect("task").expect("answer"));
+        }
+        out
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("nested loads under the limit deadlocked");
+    assert_eq!(out[3], "answer 3 from embedding:3+shared:1");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "callers' loads stay within the limit"
+    );
+
+    // A caller's load of `gate` waits for a permit while the only one is held by a load whose
+    // loader then asks for `gate` too: it joins that waiting load, which goes ahead.
+    let cache = Layered::single(support::memory_builder().build().expect("memory"))
+        .max_concurrent_loads(1)
+        .build()
+        .expect("cache");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let outer = {
+        let (cache, inner) = (cache.clone(), cache.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(
+                    "outer",
+                    move || async move {
+                        let _ = started_tx.send(());
+                        // Until the caller's load of `gate` waits for this load's permit.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while inner.pending_loads() < 2 {
+                            assert!(Instant::now() < deadline, "the second load never started");
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        let gate = inner
+                            .get_or_load(
+                                "gate",
+                                || async {
+                                    Ok::<_, std::io::Error>("from the caller's load".into())
+                                },
+                                LoadOptions::ttl(Duration::from_secs(60)),
+                            )
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        Ok::<_, std::io::Error>(format!("outer, {gate}"))
+                    },
+                    LoadOptions::ttl(Duration::from_secs(60)),
+                )
+                .await
+        })
+    };
+    started_rx.await.expect("outer load started");
+    let gate = cache.get_or_load(
+        "gate",
+        || async { Ok::<_, std::io::Error>("from the caller's load".to_owned()) },
+        LoadOptions::ttl(Duration::from_secs(60)),
+    );
+    let (gate, outer) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(gate, outer) })
+            .await
+            .expect("a load joined by a permit holder deadlocked");
+    assert_eq!(gate.expect("gate"), "from the caller's load");
+    assert_eq!(
+        outer.expect("task").expect("outer"),
+        "outer, from the caller's load"
+    );
+}

@@ -121,6 +121,14 @@ where
     }
 
     /// Run at most this many loads at once (across all keys), to protect a rate-limited API.
+    /// Waiting for a turn is part of the load (the callers' timeouts apply to it).
+    ///
+    /// A loader may call `get_or_load` on the same cache (an answer that needs a cached
+    /// embedding): such an inner load runs under its outer load's turn instead of waiting for
+    /// one of its own, which could never come once every turn is taken by an outer load waiting
+    /// for its inner one. So the limit bounds the loads callers start; the loads their loaders
+    /// start inside them (on the loader's own task) come on top. A load started from a task the
+    /// loader spawns is a caller's load again.
     pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
         self.max_concurrent_loads = Some(loads);
         self

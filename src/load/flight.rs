@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{watch, Semaphore};
 
+use super::limit::{self, Held, Waiver};
 use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result, SharedError};
 use crate::load::answer::{Origin, Source};
@@ -144,6 +145,8 @@ type Channel<V> = watch::Receiver<Slot<V>>;
 struct Flight<V> {
     id: u64,
     rx: Channel<V>,
+    /// Lets the flight go ahead without a permit (see [`limit`](super::limit)).
+    waiver: Arc<Waiver>,
 }
 
 /// A handle on a running flight.
@@ -276,8 +279,13 @@ where
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
+        let held = Held::current();
         let mut table = self.lock();
         if let Some(flight) = table.get(key) {
+            if held.covers(spec.limit.as_ref()) {
+                // This caller is a load of this cache: its permit is idle while it waits here.
+                flight.waiver.waive();
+            }
             return Ok((Waiter(flight.rx.clone()), Joined::Joined));
         }
         let initial = Slot {
@@ -287,7 +295,15 @@ where
         let (tx, rx) = watch::channel(initial);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = Arc::from(key);
-        table.insert(Arc::clone(&key), Flight { id, rx: rx.clone() });
+        let waiver = Arc::new(Waiver::default());
+        table.insert(
+            Arc::clone(&key),
+            Flight {
+                id,
+                rx: rx.clone(),
+                waiver: Arc::clone(&waiver),
+            },
+        );
         drop(table);
         let guard = FlightGuard {
             flights: Arc::clone(self),
@@ -298,7 +314,8 @@ where
         // get here just after that flight left the table. Only then is a second look at L1
         // needed before reading L2 and paying for a load (and always for a refresh).
         let recheck = self.generation() != generation || spec.fresher_than_ms > 0;
-        runtime.spawn(run_flight(guard, tx, target, recheck, loader, spec));
+        let limits = (held, waiver);
+        runtime.spawn(run_flight(guard, tx, target, recheck, loader, spec, limits));
         Ok((Waiter(rx), Joined::Started))
     }
 }
@@ -325,6 +342,7 @@ async fn run_flight<V, T, F, Fut, E>(
     recheck: bool,
     loader: F,
     spec: LoadSpec<V>,
+    (held, waiver): (Held, Arc<Waiver>),
 ) where
     V: Clone + Send + Sync + 'static,
     T: LoadTarget<V> + ?Sized,
@@ -396,12 +414,9 @@ async fn run_flight<V, T, F, Fut, E>(
         }
     }
 
-    // Waiting for a permit is part of the load: the callers' timeouts apply to it.
-    let _permit = match &spec.limit {
-        // The semaphore is never closed, so acquiring only fails in theory.
-        Some(limit) => Arc::clone(limit).acquire_owned().await.ok(),
-        None => None,
-    };
+    // Waiting for a permit is part of the load: the callers' timeouts apply to it. A load
+    // started by a loader of this cache runs under that loader's permit.
+    let (_permit, held) = limit::admit(spec.limit.as_ref(), held, &waiver).await;
     let started = Instant::now();
     // The loader runs on its own task so that tokio catches a panic in it (or in the closure
     // call), inside the span of the caller that started it.
@@ -415,7 +430,7 @@ async fn run_flight<V, T, F, Fut, E>(
         outcome = tracing::field::Empty,
     );
     let load = crate::traced!(load_span.clone(), load);
-    let joined = tokio::spawn(load).await;
+    let joined = tokio::spawn(held.scope(load)).await;
     #[cfg(feature = "tracing")]
     load_span.record(
         "outcome",

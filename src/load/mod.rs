@@ -81,6 +81,7 @@ pub mod answer;
 pub mod breaker;
 mod flight;
 mod front;
+mod limit;
 
 use std::fmt;
 use std::future::Future;
