@@ -167,6 +167,14 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
             );
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         }
+        p if p.ends_with("/limited") && up.failing.load(Ordering::SeqCst) => {
+            // A rate-limited LLM API.
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            *response.body_mut() = Body::from("rate limited");
+        }
         p if p.ends_with("/flaky") && up.failing.load(Ordering::SeqCst) => {
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             *response.body_mut() = Body::from("down");
@@ -649,6 +657,25 @@ async fn an_upstream_failure_serves_the_last_good_response_as_stale() {
         2,
         "a 5xx is never stored"
     );
+
+    // A rate limit (429) is ridden out the same way.
+    server.upstream.failing.store(false, Ordering::SeqCst);
+    let good = server.get("/cached/short/limited", &[]).await;
+    assert_eq!(good.status, 200);
+    server.upstream.failing.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = server.get("/cached/short/limited", &[]).await;
+        assert_eq!(r.status, 200, "the 429 never reached the client");
+        assert_eq!(r.body, good.body);
+        if r.x_cache.as_deref() == Some("stale") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cold = server.get("/cached/limited", &[]).await;
+    assert_eq!((cold.status, cold.body.as_str()), (429, "rate limited"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

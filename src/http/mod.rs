@@ -2,9 +2,9 @@
 //!
 //! [`HttpCacheLayer`] puts a [`Layered`] cache in front of a service. Responses go through the
 //! same `get_or_load` as everything else, so they get its stampede protection (concurrent
-//! requests for one missing response make **one** upstream call), fail-safe (an upstream `5xx`
-//! or error answered with the last good response, marked `x-cache: stale`), timeouts, L2 and the
-//! fleet backplane.
+//! requests for one missing response make **one** upstream call), fail-safe (an upstream `5xx`,
+//! `429 Too Many Requests` or error answered with the last good response, marked
+//! `x-cache: stale`), timeouts, L2 and the fleet backplane.
 //!
 //! What is cached, and what never is:
 //!
@@ -153,7 +153,9 @@ impl HttpCacheBuilder {
     }
 
     /// Keep responses `max_stale` past their lifetime and serve them (`x-cache: stale`) when the
-    /// upstream answers `5xx`, fails or times out.
+    /// upstream answers `5xx` or `429 Too Many Requests` (a rate-limited LLM API), fails or times
+    /// out. After such a failure the stale response answers for the fail-safe throttle (30 s by
+    /// default, [`LoadOptions::with_fail_safe_throttle`]) before the upstream is asked again.
     pub fn fail_safe(mut self, max_stale: Duration) -> Self {
         self.fail_safe = Some(max_stale);
         self
@@ -372,7 +374,7 @@ fn is_event_stream(headers: &::http::HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
-/// An upstream `5xx`, carried through the shared load error so every waiter answers with it
+/// An upstream `5xx` or `429`, carried through the shared load error so every waiter answers with it
 /// (or fail-safe answers with the stale response).
 #[derive(Debug)]
 struct UpstreamFailed(CachedResponse);
@@ -465,7 +467,11 @@ where
                         loader_shared.max_body_bytes,
                         &loader_shared.vary,
                     );
-                    if parts.status.is_server_error() {
+                    // A failure of the upstream, not an answer: fail-safe serves the last good
+                    // response instead (a rate limit above all is worth riding out).
+                    if parts.status.is_server_error()
+                        || parts.status == StatusCode::TOO_MANY_REQUESTS
+                    {
                         Err(Box::new(UpstreamFailed(cached)))
                     } else {
                         Ok(cached)
