@@ -629,24 +629,29 @@ async fn a_response_kept_out_only_by_its_size_still_answers_every_request_that_w
     assert!(shared > 0, "no request shared the call: {misses} misses");
 }
 
+/// With the upstream now failing on `path`: once the 300 ms lifetime is over, the failure is
+/// hidden by the stale copy of `good` (never passed on to the client).
+async fn rides_out_the_failure(server: &Server, path: &str, good: &Reply) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = server.get(path, &[]).await;
+        assert_eq!(r.status, 200, "{path}: the failure reached the client");
+        assert_eq!(r.body, good.body);
+        if r.x_cache.as_deref() == Some("stale") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: never served stale");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_failure_serves_the_last_good_response_as_stale() {
     let server = serve(l1()).await;
     let good = server.get("/cached/short/flaky", &[]).await;
     assert_eq!(good.status, 200);
     server.upstream.failing.store(true, Ordering::SeqCst);
-    // Once the 300 ms lifetime is over, the failing upstream is hidden by the stale copy.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = server.get("/cached/short/flaky", &[]).await;
-        assert_eq!(r.status, 200, "the 503 never reached the client");
-        assert_eq!(r.body, good.body);
-        if r.x_cache.as_deref() == Some("stale") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rides_out_the_failure(&server, "/cached/short/flaky", &good).await;
     // Without a good copy, the 503 itself reaches the client (not a cached one).
     let cold = server.get("/cached/flaky", &[]).await;
     assert_eq!((cold.status, cold.body.as_str()), (503, "down"));
@@ -663,17 +668,7 @@ async fn an_upstream_failure_serves_the_last_good_response_as_stale() {
     let good = server.get("/cached/short/limited", &[]).await;
     assert_eq!(good.status, 200);
     server.upstream.failing.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = server.get("/cached/short/limited", &[]).await;
-        assert_eq!(r.status, 200, "the 429 never reached the client");
-        assert_eq!(r.body, good.body);
-        if r.x_cache.as_deref() == Some("stale") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rides_out_the_failure(&server, "/cached/short/limited", &good).await;
     let cold = server.get("/cached/limited", &[]).await;
     assert_eq!((cold.status, cold.body.as_str()), (429, "rate limited"));
 }
