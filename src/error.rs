@@ -69,6 +69,14 @@ pub enum Error {
     #[error("the load was cancelled before it completed")]
     LoadCancelled,
 
+    /// A loader asked its own cache for the key it is loading, directly or through loads it
+    /// started itself: the call would wait for its own load forever, so it fails at once.
+    #[error("the load of `{key}` asked for `{key}` itself: it would wait for itself forever")]
+    RecursiveLoad {
+        /// The key.
+        key: String,
+    },
+
     /// The operation did not finish within its time limit.
     #[error("timed out after {after:?}")]
     Timeout {

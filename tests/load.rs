@@ -467,3 +467,75 @@ async fn loads_that_start_loads_never_deadlock_the_load_limit() {
         "outer, from the caller's load"
     );
 }
+
+/// A loader that asks for the key it is loading (directly, or through a load it started) would
+/// wait for itself forever: that call fails at once instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_asks_for_its_own_key_fails_instead_of_hanging() {
+    use layercache::Layered;
+
+    let cache = Layered::single(support::memory_builder().build().expect("memory"))
+        .build()
+        .expect("cache");
+    let inner = cache.clone();
+    let direct = cache.get_or_load(
+        "a",
+        move || async move {
+            let again = inner
+                .get_or_load(
+                    "a",
+                    || async { Ok::<_, std::io::Error>("never".to_owned()) },
+                    LoadOptions::default(),
+                )
+                .await;
+            match again {
+                Err(Error::RecursiveLoad { key }) => {
+                    Ok::<_, std::io::Error>(format!("refused {key}"))
+                }
+                other => Ok(format!("unexpected {other:?}")),
+            }
+        },
+        LoadOptions::default(),
+    );
+    let direct = tokio::time::timeout(Duration::from_secs(10), direct)
+        .await
+        .expect("a load waited for itself");
+    assert_eq!(direct.expect("a"), "refused a");
+
+    // a → b → a: the inner `a` is refused, `b` and `a` still answer.
+    let (first, second) = (cache.clone(), cache.clone());
+    let indirect = cache.get_or_load(
+        "x",
+        move || async move {
+            first
+                .get_or_load(
+                    "y",
+                    move || async move {
+                        let back = second
+                            .get_or_load(
+                                "x",
+                                || async { Ok::<_, std::io::Error>("never".to_owned()) },
+                                LoadOptions::default(),
+                            )
+                            .await;
+                        Ok::<_, std::io::Error>(format!(
+                            "y ({})",
+                            back.map_err(|e| e.to_string()).unwrap_err()
+                        ))
+                    },
+                    LoadOptions::default(),
+                )
+                .await
+                .map(|y| format!("x from {y}"))
+                .map_err(std::io::Error::other)
+        },
+        LoadOptions::default(),
+    );
+    let indirect = tokio::time::timeout(Duration::from_secs(10), indirect)
+        .await
+        .expect("a load waited for itself");
+    assert_eq!(
+        indirect.expect("x"),
+        "x from y (the load of `x` asked for `x` itself: it would wait for itself forever)"
+    );
+}

@@ -280,8 +280,14 @@ where
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
         let held = Held::current();
+        let cache = Arc::as_ptr(self) as usize;
         let mut table = self.lock();
         if let Some(flight) = table.get(key) {
+            if held.is_loading(cache, key) {
+                return Err(Error::RecursiveLoad {
+                    key: key.to_owned(),
+                });
+            }
             if held.covers(spec.limit.as_ref()) {
                 // This caller is a load of this cache: its permit is idle while it waits here.
                 flight.waiver.waive();
@@ -430,6 +436,7 @@ async fn run_flight<V, T, F, Fut, E>(
         outcome = tracing::field::Empty,
     );
     let load = crate::traced!(load_span.clone(), load);
+    let held = held.loading(Arc::as_ptr(&guard.flights) as usize, Arc::clone(&guard.key));
     let joined = tokio::spawn(held.scope(load)).await;
     #[cfg(feature = "tracing")]
     load_span.record(

@@ -178,8 +178,9 @@ where
     ///
     /// [`Error::Loader`] / [`Error::LoaderPanicked`] when the load fails and no stale value can be
     /// served; [`Error::Timeout`] when the hard timeout passes first; [`Error::Config`] when the
-    /// options contradict each other ([`LoadOptions::validate`]). L2 failures are never returned:
-    /// a failing L2 is a miss.
+    /// options contradict each other ([`LoadOptions::validate`]); [`Error::RecursiveLoad`] when
+    /// called by the loader of the same key (it would wait for itself). L2 failures are never
+    /// returned: a failing L2 is a miss.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,

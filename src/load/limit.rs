@@ -22,9 +22,14 @@ tokio::task_local! {
     static HOLDING: Held;
 }
 
-/// The limits a task runs under.
+/// The limits a task runs under, and the loads it runs inside (a loader's task, and the tasks of
+/// loads it starts).
 #[derive(Clone, Default)]
-pub(crate) struct Held(Arc<[usize]>);
+pub(crate) struct Held {
+    limits: Arc<[usize]>,
+    /// (cache, key) of each enclosing load: a cache's flight table by address.
+    loading: Arc<[(usize, Arc<str>)]>,
+}
 
 /// An address that names a limit while it lives.
 fn id(limit: &Arc<Semaphore>) -> usize {
@@ -39,14 +44,31 @@ impl Held {
 
     /// Whether a load under `limit` started from here takes no permit.
     pub(crate) fn covers(&self, limit: Option<&Arc<Semaphore>>) -> bool {
-        limit.is_some_and(|limit| self.0.contains(&id(limit)))
+        limit.is_some_and(|limit| self.limits.contains(&id(limit)))
+    }
+
+    /// Whether this task runs inside the load of `key` by the cache whose flight table is at
+    /// `cache`.
+    pub(crate) fn is_loading(&self, cache: usize, key: &str) -> bool {
+        self.loading.iter().any(|(c, k)| *c == cache && &**k == key)
     }
 
     fn with(&self, limit: &Arc<Semaphore>) -> Held {
         if self.covers(Some(limit)) {
             return self.clone();
         }
-        Held(self.0.iter().copied().chain([id(limit)]).collect())
+        Held {
+            limits: self.limits.iter().copied().chain([id(limit)]).collect(),
+            loading: Arc::clone(&self.loading),
+        }
+    }
+
+    /// These, inside the load of `key` by `cache` too.
+    pub(crate) fn loading(&self, cache: usize, key: Arc<str>) -> Held {
+        Held {
+            limits: Arc::clone(&self.limits),
+            loading: self.loading.iter().cloned().chain([(cache, key)]).collect(),
+        }
     }
 
     /// Run `load` (a loader's future) under these limits.
