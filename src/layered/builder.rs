@@ -178,12 +178,13 @@ where
     /// (default [`DEFAULT_TAG_RETENTION`](crate::tags::DEFAULT_TAG_RETENTION), 30 days). An
     /// entry that carries tags lives (fresh and stale) at most this long after it was created,
     /// in every layer; a tag's invalidation time is kept in Redis this long (plus an hour for
-    /// clock differences, or plus the retention itself when shorter) and then deleted by a later
-    /// invalidation, because no entry it could invalidate is left. Without a bound, every `invalidate_tag` of a new
-    /// tag (one per user, per document) would leave a key in Redis for good. Untagged entries
-    /// and [`clear`](Layered::clear) are not concerned, and neither is a `MemoryCache`'s own
-    /// `get_or_load` (its tag times never leave the process). `Duration::MAX` keeps tagged
-    /// entries for their whole lifetimes and invalidation times for good.
+    /// clock differences, or plus the retention itself when shorter) and then deleted by a
+    /// later invalidation, because no entry it could invalidate is left. Without a bound, every
+    /// `invalidate_tag` of a new tag (one per user, per document) would leave a key in Redis
+    /// for good. Untagged entries and [`clear`](Layered::clear) are not concerned, and neither
+    /// is a `MemoryCache`'s own `get_or_load` (its tag times never leave the process).
+    /// `Duration::MAX` keeps tagged entries for their whole lifetimes and invalidation times
+    /// for good.
     ///
     /// ```
     /// use std::time::Duration;
