@@ -184,7 +184,8 @@ where
     /// for good. Untagged entries and [`clear`](Layered::clear) are not concerned, and neither
     /// is a `MemoryCache`'s own `get_or_load` (its tag times never leave the process).
     /// `Duration::MAX` keeps tagged entries for their whole lifetimes and invalidation times
-    /// for good.
+    /// for good. Give every replica of a namespace the same retention: one with a shorter one
+    /// deletes the times sooner than the others' entries need them.
     ///
     /// ```
     /// use std::time::Duration;
