@@ -97,6 +97,16 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
     if path.starts_with("/cached/etag") {
         return validated(&up, &request, response);
     }
+    if path == "/cached/tenant" {
+        // A tenant per subdomain: the answer depends on the host asked.
+        let host = request
+            .headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        *response.body_mut() = Body::from(format!("tenant {host}, call {call}"));
+    }
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     match path.as_str() {
@@ -721,9 +731,9 @@ async fn two_servers_share_responses_through_redis() {
         l1().l2(l2)
     };
     let (one, two) = (serve(stack().await).await, serve(stack().await).await);
-    let first = one
-        .get("/cached/answer", &[("authorization", "Bearer carol")])
-        .await;
+    // Behind a load balancer both replicas are asked for the same host.
+    let asked = [("authorization", "Bearer carol"), ("host", "api.example")];
+    let first = one.get("/cached/answer", &asked).await;
     assert_eq!(first.x_cache.as_deref(), Some("miss"));
     // The write to L2 may finish after the answer: wait until Redis holds the response.
     let raw = support::redis::raw_client(&redis.url()).await;
@@ -742,9 +752,7 @@ async fn two_servers_share_responses_through_redis() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let shared = two
-        .get("/cached/answer", &[("authorization", "Bearer carol")])
-        .await;
+    let shared = two.get("/cached/answer", &asked).await;
     assert_eq!(shared.x_cache.as_deref(), Some("hit"));
     assert_eq!(shared.body, first.body);
     assert_eq!(two.upstream.calls("/cached/answer"), 0);
@@ -877,4 +885,33 @@ async fn a_revalidating_request_gets_304_and_never_hands_it_to_the_requests_that
         (if_match.status, if_match.x_cache.as_deref()),
         (200, Some("bypass"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_gets_its_own_responses() {
+    let server = serve(l1()).await;
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let (a, b) = (format!("a.example:{port}"), format!("b.example:{port}"));
+    let first_a = server.get("/cached/tenant", &[("host", &a)]).await;
+    let first_b = server.get("/cached/tenant", &[("host", &b)]).await;
+    assert_eq!(first_a.body, format!("tenant {a}, call 1"));
+    assert_eq!(
+        first_b.body,
+        format!("tenant {b}, call 2"),
+        "b was served a's response"
+    );
+    // Each host's response is cached for that host (the host's case does not matter).
+    let again_a = server
+        .get("/cached/tenant", &[("host", &a.to_uppercase())])
+        .await;
+    let again_b = server.get("/cached/tenant", &[("host", &b)]).await;
+    assert_eq!(
+        (again_a.body, again_a.x_cache.as_deref()),
+        (first_a.body, Some("hit"))
+    );
+    assert_eq!(
+        (again_b.body, again_b.x_cache.as_deref()),
+        (first_b.body, Some("hit"))
+    );
+    assert_eq!(server.upstream.calls("/cached/tenant"), 2);
 }

@@ -40,8 +40,11 @@
 //! included (a server may ignore a range). A request with `If-Match` or
 //! `If-Unmodified-Since`, which the cache does not evaluate, bypasses it.
 //!
-//! Keys are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
-//! readable, the path, query and varied header values (an `Authorization` token) are hashed.
+//! A response is keyed on the host it was asked of (the URI's authority, else the `Host`
+//! header), the path and query, and the varied headers: a service that answers several hosts
+//! (a tenant per subdomain) never hands one host's response to another. Keys are private
+//! ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays readable, the host,
+//! path, query and varied header values (an `Authorization` token) are hashed.
 //!
 //! A server-sent event stream (`Content-Type: text/event-stream`: an LLM's token stream) is
 //! handed to the request that fetched it as it comes, never buffered, stored or shared (the
@@ -78,7 +81,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::http::header::{HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE};
+use ::http::header::{HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST};
 use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -335,6 +338,12 @@ impl Shared {
         if no_store || personal || Condition::is_unsupported(headers) {
             return Plan::Bypass;
         }
+        // The host: a service answering several (a tenant per subdomain) keeps them apart.
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| headers.get(HOST).map(HeaderValue::as_bytes));
         let mut key = crate::KeyBuilder::request("http")
             .version(1)
             .label(request.method().as_str())
@@ -344,6 +353,10 @@ impl Shared {
                     .path_and_query()
                     .map_or(path, |pq| pq.as_str()),
             );
+        key = match host {
+            Some(host) => key.part_bytes(&host.to_ascii_lowercase()),
+            None => key.part_opt(None::<&str>),
+        };
         for name in &self.vary {
             let values: Vec<&[u8]> = headers
                 .get_all(name)
