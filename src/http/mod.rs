@@ -42,9 +42,11 @@
 //!
 //! A response is keyed on the host it was asked of (the URI's authority, else the `Host`
 //! header), the path and query, and the varied headers: a service that answers several hosts
-//! (a tenant per subdomain) never hands one host's response to another. Keys are private
-//! ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays readable, the host,
-//! path, query and varied header values (an `Authorization` token) are hashed.
+//! (a tenant per subdomain) never hands one host's response to another (behind a proxy that
+//! rewrites `Host` and passes the original on, vary on that header: `x-forwarded-host`). Keys
+//! are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
+//! readable, the host, path, query and varied header values (an `Authorization` token) are
+//! hashed.
 //!
 //! A server-sent event stream (`Content-Type: text/event-stream`: an LLM's token stream) is
 //! handed to the request that fetched it as it comes, never buffered, stored or shared (the
