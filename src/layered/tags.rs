@@ -195,7 +195,9 @@ where
     /// Expire every entry of the cache, in every layer and, with a backplane, on every replica,
     /// in O(1) Redis writes: L1 is emptied (here and on the other replicas), and L2 entries
     /// created before now are no longer fresh (still fail-safe fallbacks until their stale
-    /// deadline).
+    /// deadline). The clear time, like tag times, belongs to the backplane's namespace: caches
+    /// that share one (two value types under one namespace) are cleared together, so give each
+    /// cache a namespace of its own.
     ///
     /// # Errors
     ///
