@@ -160,8 +160,8 @@ where
     ///
     /// The L2 error, or [`Error::CircuitOpen`], when L2 could not be reached (L1s are cleared
     /// anyway); [`Error::Config`] when a layer cannot remove by prefix, or for an empty prefix
-    /// over a Redis L2 without a namespace (which would delete every key of its database;
-    /// nothing is removed then).
+    /// over a Redis L2 without a namespace (which would delete every key of its database). When
+    /// L2 refuses the request so, nothing is removed from any layer and nothing is announced.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
         let l2 = inner
