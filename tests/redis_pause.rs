@@ -183,13 +183,25 @@ async fn a_full_redis_still_serves_what_it_holds_and_takes_the_refused_writes_la
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // Replacing a value Redis holds while it is full: the write is refused, and the older value
+    // is deleted (a full Redis takes deletes), so no replica told of the change reads it back.
+    cache
+        .set_value("old7", "replaced while full".into(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(l2.get_value("old7").await.expect("get"), None);
+    assert_eq!(
+        cache.get_value("old7").await.expect("get").as_deref(),
+        Some("replaced while full")
+    );
+
     // Room again (the other data expires or is deleted): the refused writes are caught up.
     assert_eq!(junk.invalidate_prefix("").await.expect("delete"), filled);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // Any successful L2 call lets the catch-up run.
         cache.get_value("absent").await.expect("get");
-        let mut missing = 0;
+        let mut missing = usize::from(l2.get_value("old7").await.expect("get").is_none());
         for i in 0..100u64 {
             missing += usize::from(
                 l2.get_value(&format!("new{i}"))
@@ -203,12 +215,16 @@ async fn a_full_redis_still_serves_what_it_holds_and_takes_the_refused_writes_la
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} of 100 refused writes never reached Redis"
+            "{missing} of 101 refused writes never reached Redis"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         l2.get_value("new7").await.expect("get").as_deref(),
         Some(support::chat::text(1_007, 2_000).as_str())
+    );
+    assert_eq!(
+        l2.get_value("old7").await.expect("get").as_deref(),
+        Some("replaced while full")
     );
 }

@@ -130,7 +130,17 @@ where
 
     /// Write `entry` to L2, or remember the key for later if L2 is unavailable. Returns the
     /// refusal, if L2's codec refused the value (it is then not remembered).
-    pub(crate) async fn write_l2(self: &Arc<Self>, key: &str, entry: Entry<V>) -> Option<Error> {
+    ///
+    /// `replacing`: the write replaces what the key held (a `set`, announced to the fleet). If
+    /// L2 answers it with an error of its own (a full Redis: `OOM`), the older value it still
+    /// holds is deleted (a full Redis takes deletes), so that the replicas told of the change do
+    /// not read that value back until the catch-up writes this one.
+    pub(crate) async fn write_l2(
+        self: &Arc<Self>,
+        key: &str,
+        entry: Entry<V>,
+        replacing: bool,
+    ) -> Option<Error> {
         self.l2.as_ref()?;
         let entry = self.retained(entry);
         let written = self
@@ -139,13 +149,26 @@ where
         match written {
             Some(Ok(())) => None,
             Some(Err(e)) if e.is_refusal() => Some(e),
-            _ => {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                if pending.len() < MAX_PENDING {
-                    pending.insert(Arc::from(key));
+            failed => {
+                {
+                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    if pending.len() < MAX_PENDING {
+                        pending.insert(Arc::from(key));
+                    }
+                }
+                if replacing && matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
+                    self.clear_older(&[key]).await;
                 }
                 None
             }
+        }
+    }
+
+    /// Delete `keys` from L2 (best effort): their writes were refused by the server, and what
+    /// it holds for them is older than what this replica announced.
+    async fn clear_older(self: &Arc<Self>, keys: &[&str]) {
+        for key in keys {
+            let _ = self.via_l2(|l2| async move { l2.delete(key).await }).await;
         }
     }
 
@@ -160,6 +183,7 @@ where
             return Ok(());
         }
         let keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::from(*k)).collect();
+        let names: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
         let entries: Vec<(&str, Entry<V>)> = entries
             .into_iter()
             .map(|(key, entry)| (key, self.retained(entry)))
@@ -170,13 +194,19 @@ where
         match written {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) if e.is_refusal() => Err(e),
-            _ => {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                for key in keys {
-                    if pending.len() >= MAX_PENDING {
-                        break;
+            failed => {
+                {
+                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for key in keys {
+                        if pending.len() >= MAX_PENDING {
+                            break;
+                        }
+                        pending.insert(key);
                     }
-                    pending.insert(key);
+                }
+                // These writes replace what the keys held (see `write_l2`).
+                if matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
+                    self.clear_older(&names).await;
                 }
                 Ok(())
             }

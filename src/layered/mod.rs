@@ -613,7 +613,7 @@ where
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
         let inner = &self.inner;
         crate::tags::validate(entry.tag_set().as_slice())?;
-        if let Some(refused) = inner.write_l2(key, entry.clone()).await {
+        if let Some(refused) = inner.write_l2(key, entry.clone(), true).await {
             if !matches!(refused, Error::ValueTooLarge { .. }) {
                 return Err(refused);
             }

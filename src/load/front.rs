@@ -48,7 +48,9 @@ where
     }
     async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
-        let _ = self.0.write_l2(key, entry).await;
+        // A load's value, not a replacement: what L2 holds (a fail-safe fallback for the other
+        // replicas) stays if L2 refuses the write.
+        let _ = self.0.write_l2(key, entry, false).await;
         self.0.announce_set(key);
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
