@@ -22,7 +22,7 @@ where
     /// # Errors
     ///
     /// [`Error::Config`] for an empty prefix on a cache without a
-    /// [`namespace`](RedisCacheBuilder::namespace): that would delete every key of the database,
+    /// [`namespace`](super::RedisCacheBuilder::namespace): that would delete every key of the database,
     /// whoever wrote it. The Redis error when a node could not be scanned.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         if prefix.is_empty() && self.inner.prefix.is_empty() {
