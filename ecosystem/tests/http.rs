@@ -915,3 +915,42 @@ async fn each_host_gets_its_own_responses() {
     );
     assert_eq!(server.upstream.calls("/cached/tenant"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_is_answered_from_the_stored_get_response() {
+    let server = serve(l1()).await;
+    let head = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let mut request = server.client.head(format!("{}{path}", server.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.expect("HEAD") }
+    };
+    // Nothing stored yet: forwarded (a HEAD's answer has no body to store).
+    let cold = head("/cached/etag-head", &[]).await;
+    assert_eq!(cold.status(), 200);
+    assert_eq!(cold.headers()["x-cache"], "miss");
+    assert_eq!(server.upstream.calls("/cached/etag-head"), 1);
+
+    let got = server.get("/cached/etag-head", &[]).await;
+    assert_eq!((got.status, got.x_cache.as_deref()), (200, Some("miss")));
+    let hit = head("/cached/etag-head", &[]).await;
+    assert_eq!(hit.status(), 200);
+    assert_eq!(hit.headers()["x-cache"], "hit");
+    assert_eq!(hit.headers()["etag"], "\"reply-v1\"");
+    assert_eq!(hit.headers()["content-type"], "application/json");
+    assert!(hit.headers().contains_key("age"));
+    assert_eq!(
+        hit.headers()["content-length"],
+        got.body.len().to_string().as_str(),
+        "the length of the GET's body"
+    );
+    assert!(hit.text().await.expect("body").is_empty());
+    let revalidated = head("/cached/etag-head", &[("if-none-match", "\"reply-v1\"")]).await;
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(
+        server.upstream.calls("/cached/etag-head"),
+        2,
+        "one HEAD forwarded, one GET; the rest from the cache"
+    );
+}

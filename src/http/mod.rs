@@ -9,7 +9,10 @@
 //! What is cached, and what never is:
 //!
 //! * only `GET` requests on a configured route ([`HttpCacheBuilder::route`]: a path prefix and
-//!   its time to live); everything else passes through untouched;
+//!   its time to live) are cached; a `HEAD` there is answered from the fresh `GET` response
+//!   stored for it (status, headers and its `Content-Length`, no body; a `304` when its
+//!   validators match), and forwarded when there is none; everything else passes through
+//!   untouched;
 //! * a request with `Cache-Control: no-store` or `no-cache` bypasses the cache, and so does one
 //!   carrying `Authorization` or `Cookie` unless the route varies on that header
 //!   ([`HttpCacheBuilder::vary`]): a shared cache must never hand one user's response to another.
@@ -81,13 +84,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::http::header::{HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST};
 use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+use crate::entry::Entry;
 use crate::error::{BoxError, Error, Result};
 use crate::layered::{Layered, LayeredBuilder};
 use crate::load::LoadOptions;
@@ -311,11 +315,18 @@ enum Plan {
         ttl: Duration,
         condition: Option<Condition>,
     },
+    /// A `HEAD` on a cached route: answered from the `GET` response stored under `key` when
+    /// there is a fresh one, else forwarded (its answer has no body to store).
+    Head {
+        key: String,
+        condition: Option<Condition>,
+    },
 }
 
 impl Shared {
     fn plan<B>(&self, request: &Request<B>) -> Plan {
-        if request.method() != Method::GET {
+        let head = request.method() == Method::HEAD;
+        if request.method() != Method::GET && !head {
             return Plan::Untouched;
         }
         let path = request.uri().path();
@@ -348,7 +359,8 @@ impl Shared {
             .or_else(|| headers.get(HOST).map(HeaderValue::as_bytes));
         let mut key = crate::KeyBuilder::request("http")
             .version(1)
-            .label(request.method().as_str())
+            // A `HEAD` is answered from the `GET` response.
+            .label(Method::GET.as_str())
             .part(
                 request
                     .uri()
@@ -372,10 +384,15 @@ impl Shared {
                 key.part_bytes(&values.join(&b"\n"[..]))
             };
         }
+        let key = key.build().as_str().to_owned();
+        let condition = Condition::of(headers);
+        if head {
+            return Plan::Head { key, condition };
+        }
         Plan::Cache {
-            key: key.build().as_str().to_owned(),
+            key,
             ttl: *ttl,
-            condition: Condition::of(headers),
+            condition,
         }
     }
 }
@@ -435,6 +452,31 @@ where
             Plan::Untouched => Box::pin(async move {
                 let response = inner.call(request).await?;
                 Ok(response.map(HttpCacheBody::inner))
+            }),
+            Plan::Head { key, condition } => Box::pin(async move {
+                let stored = crate::cache::Cache::get(&shared.cache, &key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(Entry::is_fresh);
+                let Some(stored) = stored else {
+                    let mut response = inner.call(request).await?.map(HttpCacheBody::inner);
+                    response
+                        .headers_mut()
+                        .insert(X_CACHE, HeaderValue::from_static("miss"));
+                    return Ok(response);
+                };
+                let mut response = match &condition {
+                    Some(condition) if condition.is_met_by(stored.value()) => {
+                        stored.value().to_not_modified("hit")
+                    }
+                    _ => stored.value().to_head("hit"),
+                };
+                let age = SystemTime::now()
+                    .duration_since(stored.created_at())
+                    .unwrap_or_default();
+                set_age(&mut response, age);
+                Ok(response)
             }),
             Plan::Bypass => Box::pin(async move {
                 let mut response = inner.call(request).await?.map(HttpCacheBody::inner);

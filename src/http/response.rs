@@ -1,6 +1,6 @@
 //! The stored form of an HTTP response.
 
-use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, SET_COOKIE, VARY};
+use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE, VARY};
 use ::http::response::Parts;
 use ::http::{Response, StatusCode};
 use bytes::Bytes;
@@ -183,6 +183,19 @@ impl CachedResponse {
         self.build(StatusCode::NOT_MODIFIED, Bytes::new(), x_cache, |name| {
             NOT_MODIFIED_KEEPS.contains(&name)
         })
+    }
+
+    /// The answer to a `HEAD`: this response's status and headers (`Content-Length` included),
+    /// no body, with `x-cache: <x_cache>`.
+    pub(crate) fn to_head<B>(&self, x_cache: &'static str) -> Response<HttpCacheBody<B>> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let mut response = self.build(status, Bytes::new(), x_cache, |_| true);
+        // The length the `GET` sends (the server computed it there, so it is seldom stored).
+        response
+            .headers_mut()
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(self.body.0.len()));
+        response
     }
 
     /// The response to send, with `x-cache: <x_cache>`.
