@@ -731,8 +731,8 @@ async fn two_servers_share_responses_through_redis() {
         l1().l2(l2)
     };
     let (one, two) = (serve(stack().await).await, serve(stack().await).await);
-    // Behind a load balancer both replicas are asked for the same host.
-    let asked = [("authorization", "Bearer carol"), ("host", "api.example")];
+    // Two replicas of one service (here on two ports of one host) share their responses.
+    let asked = [("authorization", "Bearer carol")];
     let first = one.get("/cached/answer", &asked).await;
     assert_eq!(first.x_cache.as_deref(), Some("miss"));
     // The write to L2 may finish after the answer: wait until Redis holds the response.
@@ -906,13 +906,18 @@ async fn each_host_gets_its_own_responses() {
         .await;
     let again_b = server.get("/cached/tenant", &[("host", &b)]).await;
     assert_eq!(
-        (again_a.body, again_a.x_cache.as_deref()),
-        (first_a.body, Some("hit"))
+        (again_a.body.as_str(), again_a.x_cache.as_deref()),
+        (first_a.body.as_str(), Some("hit"))
     );
     assert_eq!(
         (again_b.body, again_b.x_cache.as_deref()),
         (first_b.body, Some("hit"))
     );
+    // The port is not part of the host: replicas listening on other ports share.
+    let other_port = server
+        .get("/cached/tenant", &[("host", "a.example:1")])
+        .await;
+    assert_eq!(other_port.body, first_a.body);
     assert_eq!(server.upstream.calls("/cached/tenant"), 2);
 }
 

@@ -44,7 +44,7 @@
 //! `If-Unmodified-Since`, which the cache does not evaluate, bypasses it.
 //!
 //! A response is keyed on the host it was asked of (the URI's authority, else the `Host`
-//! header), the path and query, and the varied headers: a service that answers several hosts
+//! header; its name, not its port), the path and query, and the varied headers: a service that answers several hosts
 //! (a tenant per subdomain) never hands one host's response to another (behind a proxy that
 //! rewrites `Host` and passes the original on, vary on that header: `x-forwarded-host`). Keys
 //! are private ([`KeyBuilder::request`](crate::KeyBuilder::request)): the method stays
@@ -356,7 +356,8 @@ impl Shared {
             .uri()
             .authority()
             .map(|a| a.as_str().as_bytes())
-            .or_else(|| headers.get(HOST).map(HeaderValue::as_bytes));
+            .or_else(|| headers.get(HOST).map(HeaderValue::as_bytes))
+            .map(without_port);
         let mut key = crate::KeyBuilder::request("http")
             .version(1)
             // A `HEAD` is answered from the `GET` response.
@@ -394,6 +395,19 @@ impl Shared {
             ttl: *ttl,
             condition,
         }
+    }
+}
+
+/// A host as a key holds it: without its port (replicas listening on different ports share
+/// their responses; `[::1]:8080` keeps its brackets).
+fn without_port(authority: &[u8]) -> &[u8] {
+    let name_end = match authority.first() {
+        Some(b'[') => authority.iter().position(|&b| b == b']').map(|i| i + 1),
+        _ => authority.iter().rposition(|&b| b == b':'),
+    };
+    match name_end.map(|end| (end, &authority[end..])) {
+        Some((end, [b':', port @ ..])) if port.iter().all(u8::is_ascii_digit) => &authority[..end],
+        _ => authority,
     }
 }
 
@@ -619,4 +633,29 @@ fn status_response<B>(status: StatusCode) -> Response<HttpCacheBody<B>> {
         .headers_mut()
         .insert(X_CACHE, HeaderValue::from_static("miss"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_port;
+
+    #[test]
+    fn a_host_is_keyed_without_its_port() {
+        let cases: [(&str, &str); 7] = [
+            ("a.example:8080", "a.example"),
+            ("a.example", "a.example"),
+            ("a.example:", "a.example"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("a.example:http", "a.example:http"),
+            ("", ""),
+        ];
+        for (authority, host) in cases {
+            assert_eq!(
+                without_port(authority.as_bytes()),
+                host.as_bytes(),
+                "{authority}"
+            );
+        }
+    }
 }
