@@ -607,6 +607,61 @@ async fn invalidate_prefix_reaches_every_replicas_l1() {
     }
 }
 
+/// A change returns only once the other replicas have been told of it, so a process that exits
+/// right after its change — a CLI or a cron job that updates the cache, a replica shut down
+/// by a rolling deploy — leaves no replica serving the old value. Each change here is made by
+/// a process that exits (`std::process::exit`) the moment the call returns; the replica in
+/// this process holds every key in its L1 for 10 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_just_before_a_process_exits_reaches_every_replica() {
+    let server = RedisServer::start();
+    let b = replica_here(&server.url(), "fx").await;
+    let subscribed = Instant::now() + Duration::from_secs(10);
+    while !b.backplane().is_some_and(|bp| bp.is_subscribed()) {
+        assert!(Instant::now() < subscribed, "the reader subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ttl = Duration::from_secs(600);
+    // (the writer's command, the key the reader watches, what the reader must come to see)
+    let cases: [(&str, &str, Option<&str>); 8] = [
+        ("set k1 new", "k1", Some("new")),
+        ("del k2", "k2", None),
+        ("expire k3", "k3", None),
+        ("untag t4", "k4", None),
+        ("prefix p5:", "p5:a", None),
+        ("setmany new k6 k7", "k7", Some("new")),
+        ("clear", "k8", None),
+        ("set k9 new", "k9", Some("new")),
+    ];
+    for (command, key, want) in cases {
+        let entry = layercache::Entry::new("old".to_string(), ttl).with_tags(["t4"]);
+        b.set(key, entry).await.expect("set");
+        assert_eq!(b.get_value(key).await.expect("get").as_deref(), Some("old"));
+        let mut writer = Replica::start(&server.url(), "fx");
+        assert_eq!(writer.ask(&format!("{command} !exit")), "ok", "{command}");
+        let exited = writer.wait();
+        assert!(exited.success(), "the writer exited: {exited:?}");
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        loop {
+            let now = b.get_value(key).await.expect("get");
+            if now.as_deref() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{command}` returned and its process exited, but another replica still \
+                 serves {now:?} for {key} after 5 s (want {want:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!(
+            "{command}: seen by the other replica {:?} after the writer exited",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_every_replica_loads_on_its_own() {
     use support::proxy::Mode;

@@ -12,6 +12,7 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::{broadcast, watch, Notify};
 
+use super::outbox::{Outbox, Progress, Ticket};
 use crate::entry::{now_ms, now_us};
 
 pub(crate) const WIRE: u8 = WIRE_VERSION;
@@ -56,7 +57,7 @@ pub(crate) enum Action {
 impl Action {
     /// Which outbox slot the action takes: changes of a key replace each other (latest wins),
     /// but never a lease release or a tag invalidation of the same name.
-    fn class(self) -> u8 {
+    pub(super) fn class(self) -> u8 {
         match self {
             Action::Released => 1,
             Action::Tag | Action::Clear => 2,
@@ -101,7 +102,7 @@ pub(crate) enum Event {
     Prefix(Arc<str>),
 }
 
-fn encode(id: u128, action: Action, us: u64, key: &str) -> Bytes {
+pub(super) fn encode(id: u128, action: Action, us: u64, key: &str) -> Bytes {
     let mut out = Vec::with_capacity(HEADER + key.len());
     out.push(WIRE_VERSION);
     out.push(action as u8);
@@ -186,7 +187,7 @@ pub struct Backplane {
 pub(crate) struct Shared {
     pub(crate) id: u128,
     pub(crate) namespace: String,
-    channel: String,
+    pub(super) channel: String,
     pub(crate) publisher: Client,
     subscriber: SubscriberClient,
     /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
@@ -195,41 +196,28 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Latest action per key, waiting to be published. A lease's `released` has a slot of its
     /// own, so that it never replaces a change (which must reach every replica).
-    outbox: Mutex<Outbox>,
-    wake: Arc<Notify>,
+    pub(super) outbox: Mutex<Outbox>,
+    /// How far the outbox is published (see [`super::outbox`]).
+    pub(super) progress: watch::Sender<Progress>,
+    pub(super) wake: Arc<Notify>,
     events: broadcast::Sender<Event>,
     /// When this replica last heard its own heartbeat (ms since the epoch).
     last_heard_ms: AtomicU64,
     trusted: AtomicBool,
-    published: AtomicU64,
-    publish_failures: AtomicU64,
+    pub(super) published: AtomicU64,
+    pub(super) publish_failures: AtomicU64,
     received: AtomicU64,
     resyncs: AtomicU64,
     dropped: AtomicU64,
     outbox_overflows: AtomicU64,
     /// Keeps the clients' connection attempts going while the backplane lives.
-    connecting: crate::redis::connect::Alive,
+    pub(super) connecting: crate::redis::connect::Alive,
     /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
     /// (the streams themselves stay open when the client never connected).
     _stop: watch::Sender<()>,
     /// fred's task that resubscribes after a reconnect; ended with the backplane.
     resubscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
-
-/// Changes waiting to be published.
-#[derive(Default)]
-struct Outbox {
-    /// Latest action per slot, not yet taken by the publisher.
-    slots: HashMap<Slot, (Action, u64)>,
-    /// Changes the publisher has taken and not yet published or put back: with `slots`, what
-    /// [`MAX_OUTBOX`] bounds.
-    in_flight: usize,
-    /// Bumped by each overflow: the publisher drops what it had taken (the resync covers it).
-    generation: u64,
-}
-
-/// An outbox slot: a key (or tag) and the [`Action::class`] of what is announced about it.
-type Slot = (Arc<str>, u8);
 
 /// The flights of this process waiting for messages about one key: a version bumped by each
 /// message, and how many watch it.
@@ -242,8 +230,8 @@ pub(crate) struct Counters {
     pub(crate) lease_timeouts: AtomicU64,
     pub(crate) lease_holders_lost: AtomicU64,
     pub(crate) lease_bypassed: AtomicU64,
-    published: ::metrics::Counter,
-    publish_failed: ::metrics::Counter,
+    pub(super) published: ::metrics::Counter,
+    pub(super) publish_failed: ::metrics::Counter,
     received: ::metrics::Counter,
     dropped: ::metrics::Counter,
     overflowed: ::metrics::Counter,
@@ -356,6 +344,7 @@ impl Backplane {
             waiters: Mutex::new(HashMap::new()),
             counters: Counters::new(namespace),
             outbox: Mutex::new(Outbox::default()),
+            progress: watch::channel(Progress::default()).0,
             wake: Arc::new(Notify::new()),
             events,
             last_heard_ms: AtomicU64::new(now_ms()),
@@ -390,7 +379,7 @@ impl Backplane {
         }
         tokio::spawn(receive(weak.clone(), messages, stopped.clone()));
         tokio::spawn(distrust_on_reconnect(weak.clone(), reconnects, stopped));
-        tokio::spawn(publish_loop(weak.clone()));
+        tokio::spawn(super::outbox::publish_loop(weak.clone()));
         tokio::spawn(heartbeat(weak));
         Ok(Backplane { shared })
     }
@@ -427,37 +416,32 @@ impl Backplane {
         }
     }
 
-    /// Announce `action` on `key` (queued; never waits, never fails).
-    pub(crate) fn announce(&self, action: Action, key: &str) {
-        self.announce_at(action, key, now_us());
+    /// Announce `action` on `key` (queued; never waits, never fails). The ticket is for
+    /// [`published`](Self::published).
+    pub(crate) fn announce(&self, action: Action, key: &str) -> Ticket {
+        self.announce_at(action, key, now_us())
     }
 
     /// [`announce`](Self::announce) with the time the message carries (µs since the epoch).
-    pub(crate) fn announce_at(&self, action: Action, key: &str, us: u64) {
-        let mut outbox = self
+    pub(crate) fn announce_at(&self, action: Action, key: &str, us: u64) -> Ticket {
+        let (seq, overflowed) = self
             .shared
             .outbox
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let slot: Slot = (Arc::from(key), action.class());
-        if outbox.slots.len() + outbox.in_flight >= MAX_OUTBOX && !outbox.slots.contains_key(&slot)
-        {
-            // Every queued change, those the publisher holds and this one, is covered by the
-            // other replicas dropping their whole L1.
-            outbox.slots.clear();
-            outbox.in_flight = 0;
-            outbox.generation = outbox.generation.wrapping_add(1);
-            outbox.slots.insert(
-                (Arc::from(""), Action::Resync.class()),
-                (Action::Resync, us),
-            );
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue(action, key, us);
+        if overflowed {
             self.shared.outbox_overflows.fetch_add(1, Ordering::Relaxed);
             self.shared.counters.overflowed.increment(1);
-        } else {
-            outbox.slots.insert(slot, (action, us));
         }
-        drop(outbox);
         self.shared.wake.notify_one();
+        self.shared.ticket(seq)
+    }
+
+    /// Wait until the announcement of `ticket` is published, publishing fails (it is retried in
+    /// the background), or [`ANNOUNCE_WAIT`](super::ANNOUNCE_WAIT) has passed.
+    pub(crate) async fn published(&self, ticket: Ticket) {
+        self.shared.published(ticket).await;
     }
 
     /// The events a cache applies to its L1.
@@ -569,63 +553,6 @@ async fn distrust_on_reconnect(
                 s.set_trusted(false);
             }
             Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Publish the outbox, latest action per key; failures are counted and retried.
-///
-/// The background tasks hold the backplane only between awaits, never across a Redis call or a
-/// wait: two tasks that each held it across a 250 ms timed-out call, one picking it up as the
-/// other let go, kept a dropped backplane alive for good while Redis was down.
-async fn publish_loop(shared: std::sync::Weak<Shared>) {
-    loop {
-        let generation;
-        let (publisher, channel, id, wake, batch) = {
-            let Some(s) = shared.upgrade() else {
-                return;
-            };
-            let batch: Vec<(Slot, (Action, u64))> = {
-                let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-                let batch: Vec<(Slot, (Action, u64))> = outbox.slots.drain().collect();
-                outbox.in_flight = batch.len();
-                generation = outbox.generation;
-                batch
-            };
-            let wake = Arc::clone(&s.wake);
-            (s.publisher.clone(), s.channel.clone(), s.id, wake, batch)
-        };
-        let mut failed = false;
-        for (key, (action, us)) in batch {
-            let message = encode(id, action, us, &key.0);
-            let sent: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
-            let Some(s) = shared.upgrade() else {
-                return;
-            };
-            if sent.is_err() {
-                s.publish_failures.fetch_add(1, Ordering::Relaxed);
-                s.counters.publish_failed.increment(1);
-                failed = true;
-            }
-            let mut outbox = s.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-            if outbox.generation != generation {
-                // The outbox overflowed meanwhile: a resync covers the rest of the batch.
-                break;
-            }
-            outbox.in_flight = outbox.in_flight.saturating_sub(1);
-            if sent.is_ok() {
-                s.published.fetch_add(1, Ordering::Relaxed);
-                s.counters.published.increment(1);
-            } else {
-                // A newer action for the key, queued meanwhile, wins.
-                outbox.slots.entry(key).or_insert((action, us));
-            }
-        }
-        if failed {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        } else {
-            // Re-check at least every heartbeat so a dropped backplane ends this task.
-            let _ = tokio::time::timeout(HEARTBEAT, wake.notified()).await;
         }
     }
 }

@@ -74,7 +74,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.extender.abort();
         if !self.stored {
-            self.backplane.announce(Action::Released, &self.key);
+            let _ = self.backplane.announce(Action::Released, &self.key);
         }
         let (client, lease_key, token) = (
             self.backplane.shared.publisher.clone(),

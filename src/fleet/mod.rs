@@ -35,6 +35,14 @@
 //!   long time — they are replaced by one `resync` message, on which every other replica drops
 //!   its whole L1 (counted in [`BackplaneState::outbox_overflows`]). Memory stays bounded
 //!   through any outage, and no invalidation is lost, only widened.
+//! * **A change returns once it is announced**: `set`, `set_many`, `delete`, `expire`,
+//!   `invalidate_tag`, `clear` and `invalidate_prefix` on a `Layered` wait until their message is
+//!   published (one round trip: the publisher sends what the outbox holds pipelined), at most
+//!   [`ANNOUNCE_WAIT`] (1 s), and no longer than the first failed publish (Redis unreachable:
+//!   the message stays queued). A process that exits right after a change — a CLI or a cron
+//!   job, a replica shut down mid-deploy — has therefore told the fleet. A loaded value's
+//!   message is not waited for: it mainly wakes replicas waiting for the value, and those look
+//!   at L2 again when their wait ends.
 //! * **Lost messages are bounded**: each replica publishes a heartbeat every [`HEARTBEAT`]
 //!   (250 ms) and expects to hear its own. When it has heard nothing for [`TRUST_WINDOW`] (1 s)
 //!   — the subscription hangs, Redis restarted — or its subscriber reconnected (messages may
@@ -93,8 +101,11 @@
 
 pub mod backplane;
 mod lease;
+mod outbox;
 mod tag_store;
 
 pub use self::backplane::{Backplane, BackplaneState, HEARTBEAT, MAX_OUTBOX, TRUST_WINDOW};
 pub(crate) use self::lease::{Attempt, Held, WaitOutcome};
 pub use self::lease::{DEFAULT_LEASE_TTL, MAX_LEASE_WAIT};
+pub(crate) use self::outbox::Ticket;
+pub use self::outbox::ANNOUNCE_WAIT;

@@ -70,13 +70,13 @@ impl Backplane {
 
     /// Store that `tag` (or, for [`CLEAR`], everything) was invalidated at `us`, to be kept
     /// `keep_ms` (for good with `None`), and announce it to the fleet: one script call and one
-    /// message, however many entries carry the tag.
+    /// message, however many entries carry the tag. The ticket is the announcement's.
     pub(crate) async fn invalidate_tag(
         &self,
         tag: &str,
         us: u64,
         keep_ms: Option<u64>,
-    ) -> Result<(), fred::error::Error> {
+    ) -> Result<super::Ticket, fred::error::Error> {
         let (client, keys) = (
             &self.shared.publisher,
             vec![self.tag_key(tag), self.tag_index_key()],
@@ -102,7 +102,7 @@ impl Backplane {
             })
             .await;
         }
-        self.announce_at(
+        Ok(self.announce_at(
             if tag == CLEAR {
                 Action::Clear
             } else {
@@ -110,8 +110,7 @@ impl Backplane {
             },
             tag,
             us,
-        );
-        Ok(())
+        ))
     }
 
     /// The stored invalidation times of `tags` (0: never invalidated).

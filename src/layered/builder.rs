@@ -154,8 +154,9 @@ where
 
     /// Keep this replica's L1 in step with the fleet's: changes made here are announced on
     /// `backplane`, and changes announced by other replicas evict the key from this L1 (see
-    /// [`crate::fleet`] for the guarantees and the bound on lost messages). L1 must be a
-    /// [`MemoryCache`].
+    /// [`crate::fleet`] for the guarantees and the bound on lost messages). A change (`set`,
+    /// `delete`, `invalidate_tag`…) returns once its announcement is published, at most
+    /// [`ANNOUNCE_WAIT`](crate::fleet::ANNOUNCE_WAIT) later. L1 must be a [`MemoryCache`].
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn backplane(mut self, backplane: crate::fleet::Backplane) -> Self {

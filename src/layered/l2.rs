@@ -275,7 +275,9 @@ where
                 match l2.set_if_newer(&key, entry).await {
                     // Announced again: a replica that re-read L2 between the first announcement
                     // and this write holds the older value.
-                    Ok(true) => self.announce_set(&key),
+                    Ok(true) => {
+                        let _ = self.announce_set(&key);
+                    }
                     // L2 holds a newer value (another replica wrote it meanwhile): ours is
                     // dropped from L1 too, so this replica reads the newer one.
                     Ok(false) => {

@@ -136,6 +136,35 @@ pub struct Layered<V> {
     pub(crate) inner: Arc<Inner<V>>,
 }
 
+/// A change this replica announced to the fleet (nothing without a backplane), to wait for
+/// with `Inner::told` before the change returns.
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub(crate) struct Announced(#[cfg(feature = "redis")] Option<crate::fleet::Ticket>);
+
+impl Announced {
+    /// Both announcements: waiting for it waits for the later one.
+    pub(crate) fn and(self, other: Announced) -> Announced {
+        #[cfg(feature = "redis")]
+        return Announced(match (self.0, other.0) {
+            (Some(a), Some(b)) => Some(a.later(b)),
+            (a, b) => a.or(b),
+        });
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = other;
+            self
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<crate::fleet::Ticket> for Announced {
+    fn from(ticket: crate::fleet::Ticket) -> Self {
+        Announced(Some(ticket))
+    }
+}
+
 pub(crate) struct Inner<V> {
     pub(crate) l1: Arc<dyn Cache<V>>,
     /// L1 again when it is a [`MemoryCache`]: looked up directly, without a dynamic call or a
@@ -269,27 +298,40 @@ where
 
     /// Tell the other replicas that `key` changed (with a backplane).
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn announce_set(&self, key: &str) {
+    pub(crate) fn announce_set(&self, key: &str) -> Announced {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
-            backplane.announce(crate::fleet::backplane::Action::Set, key);
+            return Announced::from(backplane.announce(crate::fleet::backplane::Action::Set, key));
         }
+        Announced::default()
     }
 
     /// Tell the other replicas that `key` is gone or expired (with a backplane).
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    fn announce_delete(&self, key: &str, expired: bool) {
+    fn announce_delete(&self, key: &str, expired: bool) -> Announced {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
             use crate::fleet::backplane::Action;
-            backplane.announce(
+            return Announced::from(backplane.announce(
                 if expired {
                     Action::Expire
                 } else {
                     Action::Delete
                 },
                 key,
-            );
+            ));
+        }
+        Announced::default()
+    }
+
+    /// Wait until the other replicas have been told of this replica's change (its announcement
+    /// is published), at most [`fleet::ANNOUNCE_WAIT`](crate::fleet::ANNOUNCE_WAIT): a change
+    /// that returned is not lost when the process exits right after it.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) async fn told(&self, announced: Announced) {
+        #[cfg(feature = "redis")]
+        if let (Some(backplane), Some(ticket)) = (&self.backplane, announced.0) {
+            backplane.published(ticket).await;
         }
     }
 
@@ -436,7 +478,8 @@ where
                 }
             }
         }
-        inner.announce_delete(key, true);
+        let announced = inner.announce_delete(key, true);
+        inner.told(announced).await;
         result
     }
 
@@ -619,7 +662,8 @@ where
             }
         }
         let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-        inner.announce_set(key);
+        let announced = inner.announce_set(key);
+        inner.told(announced).await;
         stored.inspect_err(|_| {
             inner
                 .layer_errors
@@ -642,17 +686,21 @@ where
             }
             return Ok(());
         }
+        let mut announced = Announced::default();
+        let mut failed = Ok(());
         for (key, entry) in entries {
             let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-            inner.announce_set(key);
-            if stored.is_err() {
+            announced = announced.and(inner.announce_set(key));
+            if let Err(e) = stored {
                 inner
                     .layer_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                stored?;
+                failed = Err(e);
+                break;
             }
         }
-        Ok(())
+        inner.told(announced).await;
+        failed
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
@@ -664,8 +712,10 @@ where
     async fn delete(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
-        inner.announce_delete(key, false);
-        inner.l1.delete(key).await.inspect_err(|_| {
+        let announced = inner.announce_delete(key, false);
+        let l1 = inner.l1.delete(key).await;
+        inner.told(announced).await;
+        l1.inspect_err(|_| {
             inner
                 .layer_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

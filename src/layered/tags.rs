@@ -90,12 +90,19 @@ where
                 .tag_retention_ms
                 .filter(|_| tag != CLEAR)
                 .map(|retention| retention.saturating_add(retention.min(CLOCK_MARGIN_MS)));
-            backplane
+            let announced = backplane
                 .invalidate_tag(tag, us, keep_ms)
                 .await
                 .map_err(|e| Error::redis("invalidate_tag", e))?;
+            self.tag_times.set(tag, us);
+            crate::metrics::count_invalidation(
+                &self.name,
+                if tag == CLEAR { "clear" } else { "tag" },
+            );
+            self.told(announced.into()).await;
+            return Ok(());
         }
-        if self.l2.is_some() && !self.has_backplane() {
+        if self.l2.is_some() {
             return Err(Error::config(
                 "invalidating a tag or clearing a cache with an L2 needs a backplane: the \
                  invalidation time is kept in Redis and announced to every replica through it",
@@ -104,13 +111,6 @@ where
         self.tag_times.set(tag, us);
         crate::metrics::count_invalidation(&self.name, if tag == CLEAR { "clear" } else { "tag" });
         Ok(())
-    }
-
-    fn has_backplane(&self) -> bool {
-        #[cfg(feature = "redis")]
-        return self.backplane.is_some();
-        #[cfg(not(feature = "redis"))]
-        false
     }
 }
 
@@ -181,7 +181,8 @@ where
         crate::metrics::count_invalidation(&inner.name, "prefix");
         #[cfg(feature = "redis")]
         if let Some(backplane) = &inner.backplane {
-            backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
+            let announced = backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
+            inner.told(announced.into()).await;
         }
         match (l2, &inner.l2) {
             (Some(result), _) => result,

@@ -51,7 +51,9 @@ where
         // A load's value, not a replacement: what L2 holds (a fail-safe fallback for the other
         // replicas) stays if L2 refuses the write.
         let _ = self.0.write_l2(key, entry, false).await;
-        self.0.announce_set(key);
+        // Not waited for: the caller has its value, and a waiting replica that misses this
+        // message looks at L2 again when its wait ends.
+        let _ = self.0.announce_set(key);
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         self.0

@@ -16,6 +16,8 @@
 //! | `fill PREFIX N TAG` | `ok`: `get_or_load` of keys `PREFIX0…` with tag `TAG` |
 //! | `fresh PREFIX N` | `fresh K`: how many of those keys `get_value` returns |
 //! | `untag TAG` / `clear` | `ok` or `error …`: `invalidate_tag` / `clear` |
+//! | `expire KEY` / `prefix PREFIX` / `setmany VALUE KEY…` | `ok` or `error …`: `expire` / `invalidate_prefix` / `set_many` |
+//! | any command, then ` !exit` | its answer, then the process exits at once (`std::process::exit`: no destructor, no task left runs) |
 
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -127,16 +129,39 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
             }
         }
     });
-    let say = |line: String| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{PREFIX}{line}");
-        let _ = out.flush();
-    };
     say("ready".into());
     while let Some(line) = rx.recv().await {
+        let (line, exit) = match line.strip_suffix(" !exit") {
+            Some(command) => (command.to_owned(), true),
+            None => (line, false),
+        };
+        answer(&cache, &line).await;
+        if exit {
+            std::process::exit(0);
+        }
+    }
+    Ok(())
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{PREFIX}{line}");
+    let _ = out.flush();
+}
+
+fn done<T>(result: layercache::Result<T>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Run one command and say its answer.
+async fn answer(cache: &Layered<String>, line: &str) {
+    {
         let parts: Vec<&str> = line.splitn(3, ' ').collect();
         match parts.as_slice() {
-            ["get", key] => say(match value(&cache, key).await {
+            ["get", key] => say(match value(cache, key).await {
                 Some(v) => format!("val {v}"),
                 None => "none".into(),
             }),
@@ -154,7 +179,7 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut armed = false;
                 let answer = loop {
-                    let now = value(&cache, key).await;
+                    let now = value(cache, key).await;
                     if !armed {
                         if now.as_deref() == Some(*v) {
                             armed = true;
@@ -182,10 +207,10 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                 let n: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
                 let [keys, callers, load_ms, lease] = n[..] else {
                     say(format!("error bad stampede: {line}"));
-                    continue;
+                    return;
                 };
                 let (loads, errors) = stampede(
-                    &cache,
+                    cache,
                     prefix,
                     keys as usize,
                     callers as usize,
@@ -239,7 +264,7 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
             ["fill", prefix, rest] => {
                 let Some((n, tag)) = rest.split_once(' ') else {
                     say(format!("error bad fill: {line}"));
-                    continue;
+                    return;
                 };
                 let n: usize = n.parse().unwrap_or(0);
                 let options = layercache::LoadOptions::ttl(Duration::from_secs(600))
@@ -267,7 +292,7 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                 let n: usize = n.parse().unwrap_or(0);
                 let mut fresh = 0;
                 for i in 0..n {
-                    fresh += usize::from(value(&cache, &format!("{prefix}{i}")).await.is_some());
+                    fresh += usize::from(value(cache, &format!("{prefix}{i}")).await.is_some());
                 }
                 say(format!("fresh {fresh}"));
             }
@@ -279,8 +304,15 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
                 Ok(()) => "ok".into(),
                 Err(e) => format!("error {e}"),
             }),
+            ["expire", key] => say(done(cache.expire(key).await)),
+            ["prefix", prefix] => say(done(cache.invalidate_prefix(prefix).await)),
+            ["setmany", v, keys] => {
+                let entry = layercache::Entry::new((*v).to_owned(), Duration::from_secs(600));
+                let entries = keys.split(' ').map(|k| (k, entry.clone())).collect();
+                say(done(cache.set_many(entries).await));
+            }
             ["leases"] => {
-                let s = backplane_state(&cache);
+                let s = backplane_state(cache);
                 say(format!(
                     "won {} waited {} timed_out {} holder_lost {} bypassed {}",
                     s.leases_won,
@@ -293,7 +325,6 @@ pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::erro
             _ => say(format!("error unknown command: {line}")),
         }
     }
-    Ok(())
 }
 
 /// A replica process, driven through its stdin.
@@ -369,6 +400,11 @@ impl Replica {
 }
 
 impl Replica {
+    /// Wait for the process to exit on its own.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for the replica")
+    }
+
     /// Kill the process (SIGKILL) and reap it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
