@@ -624,3 +624,90 @@ fn a_backplane_outliving_its_runtime_is_not_trusted() {
         assert!(cache.stats().errors >= 1, "{:?}", cache.stats());
     });
 }
+
+/// A replica shutting down keeps what it paid for: LLM calls whose callers hung up (the load
+/// goes on, detached) reach Redis when the replica calls `flush` before its process exits, and
+/// are lost with the process when it does not. Each "process" here is a runtime of its own,
+/// dropped right after its last call (its tasks and connections end with it).
+#[test]
+fn flush_before_exit_keeps_the_loads_that_callers_left() {
+    let server = RedisServer::start();
+    let run = |namespace: &str, load: Duration, flush: Option<Duration>| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let loads = Arc::new(AtomicUsize::new(0));
+        let flushed = runtime.block_on(async {
+            let l2 = RedisCache::<ChatCompletion>::builder()
+                .url(server.url())
+                .namespace(namespace)
+                .build()
+                .await
+                .expect("l2");
+            let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+                .build()
+                .expect("cache");
+            for i in 0..10 {
+                let (loads, key) = (Arc::clone(&loads), key(i));
+                let call = cache.get_or_load(
+                    &key,
+                    move || async move {
+                        tokio::time::sleep(load).await;
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, std::io::Error>(completion(i))
+                    },
+                    LoadOptions::ttl(Duration::from_secs(600)),
+                );
+                // The client hangs up after 20 ms; the paid-for call goes on.
+                let hung_up = tokio::time::timeout(Duration::from_millis(20), call).await;
+                assert!(hung_up.is_err(), "the load takes {load:?}");
+            }
+            assert_eq!(cache.pending_loads(), 10);
+            let flushed = match flush {
+                Some(timeout) => Some(cache.flush(timeout).await),
+                None => None,
+            };
+            (flushed, cache.pending_loads())
+        });
+        drop(runtime);
+        let in_redis = server
+            .cli(&["--scan", "--pattern", &format!("{namespace}:*")])
+            .lines()
+            .count();
+        (flushed, in_redis, loads.load(Ordering::SeqCst))
+    };
+
+    let load = Duration::from_millis(300);
+    let (flushed, in_redis, loads) = run("flushed", load, Some(Duration::from_secs(10)));
+    let (flushed, pending) = flushed;
+    assert!(matches!(flushed, Some(Ok(()))), "{flushed:?}");
+    assert_eq!(pending, 0, "nothing left running after flush");
+    assert_eq!(
+        (loads, in_redis),
+        (10, 10),
+        "every paid-for load is in Redis"
+    );
+
+    // (Loads long enough that none ends before the "process" does, however slow the machine.)
+    let ((flushed, _), in_redis, loads) = run("exited", Duration::from_secs(5), None);
+    assert!(flushed.is_none());
+    assert_eq!(
+        (loads, in_redis),
+        (0, 0),
+        "without flush, the loads die with the process"
+    );
+
+    // A flush that cannot finish in time says so; the loads go on without it.
+    let ((flushed, pending), _, _) = run(
+        "slow",
+        Duration::from_secs(30),
+        Some(Duration::from_millis(100)),
+    );
+    assert!(
+        matches!(flushed, Some(Err(layercache::Error::Timeout { after })) if after == Duration::from_millis(100)),
+        "{flushed:?}"
+    );
+    assert_eq!(pending, 10);
+}

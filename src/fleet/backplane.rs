@@ -444,6 +444,11 @@ impl Backplane {
         self.shared.published(ticket).await;
     }
 
+    /// Wait until every announcement queued so far is published, or publishing fails.
+    pub(crate) async fn flushed(&self) {
+        self.shared.flushed().await;
+    }
+
     /// The events a cache applies to its L1.
     pub(crate) fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()

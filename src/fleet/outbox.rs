@@ -154,6 +154,23 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Wait until every announcement queued so far is published, or publishing fails (no cap:
+    /// the caller bounds the wait).
+    pub(super) async fn flushed(&self) {
+        if self.connecting.runtime_gone() {
+            return;
+        }
+        let last = self
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_seq;
+        let mut progress = self.progress.subscribe();
+        let _ = progress.wait_for(|p| p.failing || p.done >= last).await;
+    }
+}
+
 /// Publish the outbox, latest action per key, in concurrent rounds; failures are counted and
 /// retried.
 ///

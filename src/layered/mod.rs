@@ -36,6 +36,7 @@ mod batch;
 mod builder;
 #[cfg(feature = "redis")]
 mod fleet;
+mod flush;
 mod l2;
 mod tags;
 

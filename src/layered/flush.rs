@@ -1,0 +1,55 @@
+//! [`Layered::flush`]: finishing the background work before the process exits.
+
+use std::time::Duration;
+
+use super::Layered;
+use crate::error::{Error, Result};
+
+/// How often `flush` looks whether the loads it waits for are done.
+const POLL: Duration = Duration::from_millis(1);
+
+impl<V> Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Wait until the work this cache still does in the background is done, for at most
+    /// `timeout`: loads that outlived their callers (a caller that left, a soft or hard timeout,
+    /// an early refresh) and their writes to L2, and, with a backplane, the announcements of
+    /// its loaded values. Call it when shutting down, after the server stopped taking requests
+    /// and before the process exits: a load already paid for (an LLM call) then reaches Redis
+    /// instead of being lost with the process.
+    ///
+    /// What cannot be done now is not waited for: announcements while Redis cannot be reached,
+    /// and the writes kept for L2 during an outage ([`pending_l2_writes`](Self::pending_l2_writes)).
+    /// Changes (`set`, `delete`, `invalidate_tag`…) need no flush: each returns once it is in L2
+    /// and announced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when work is still running after `timeout`; it goes on in the
+    /// background (and is lost if the process exits).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: layercache::Layered<String>) -> layercache::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// // … the server has stopped (axum's `with_graceful_shutdown` returned):
+    /// cache.flush(Duration::from_secs(10)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let work = async {
+            while self.inner.flights.len() > 0 {
+                tokio::time::sleep(POLL).await;
+            }
+            #[cfg(feature = "redis")]
+            if let Some(backplane) = &self.inner.backplane {
+                backplane.flushed().await;
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::Timeout { after: timeout })
+    }
+}
