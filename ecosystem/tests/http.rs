@@ -136,6 +136,33 @@ async fn upstream(State(up): State<Upstream>, request: Request) -> Response {
             // It came from a cache in front of the upstream, 100 s after that cache fetched it.
             headers.insert("age", HeaderValue::from_static("100"));
         }
+        "/cached/max-age-1" => {
+            headers.insert(
+                "cache-control",
+                HeaderValue::from_static("public, max-age=1"),
+            );
+        }
+        "/cached/s-maxage-1" => {
+            // A shared cache goes by `s-maxage`: browsers may keep it 10 minutes, we 1 s.
+            headers.insert(
+                "cache-control",
+                HeaderValue::from_static("max-age=600, s-maxage=1"),
+            );
+        }
+        "/cached/max-age-0" => {
+            headers.insert("cache-control", HeaderValue::from_static("max-age=0"));
+        }
+        "/cached/aged-out" => {
+            // From a cache in front of the upstream that kept it its whole minute already.
+            headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+            headers.insert("age", HeaderValue::from_static("60"));
+        }
+        "/cached/max-age-bad" => {
+            headers.insert("cache-control", HeaderValue::from_static("max-age=soon"));
+        }
+        "/cached/short/long-lived" => {
+            headers.insert("cache-control", HeaderValue::from_static("max-age=3600"));
+        }
         "/cached/vary-star" => {
             headers.insert("vary", HeaderValue::from_static("*"));
         }
@@ -484,6 +511,62 @@ async fn responses_that_must_not_be_stored_are_forwarded_every_time() {
         response.headers().get("content-type").map(|v| v.as_bytes()),
         Some(&b"application/json"[..])
     );
+}
+
+/// A response's own freshness caps its route's lifetime (RFC 9111 §4.2.1): a handler that says
+/// `max-age=1` is not served from the cache for its route's 60 s, `s-maxage` wins over
+/// `max-age`, and the route's lifetime still wins when it is the shorter. A response stale on
+/// arrival (`max-age=0`, an `Age` past its `max-age`, a `max-age` that is not a number) is not
+/// stored at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_is_kept_no_longer_than_its_own_max_age() {
+    let server = serve(l1()).await;
+    for (path, fresh_for) in [
+        ("/cached/max-age-1", Duration::from_secs(1)),
+        ("/cached/s-maxage-1", Duration::from_secs(1)),
+        ("/cached/short/long-lived", Duration::from_millis(300)),
+    ] {
+        let asked = Instant::now();
+        assert_eq!(server.get(path, &[]).await.x_cache.as_deref(), Some("miss"));
+        // Hits until the shorter lifetime has passed, then the upstream is asked again.
+        let deadline = asked + Duration::from_secs(10);
+        loop {
+            let reply = server.get(path, &[]).await;
+            if reply.x_cache.as_deref() == Some("miss") {
+                break;
+            }
+            assert_eq!(reply.x_cache.as_deref(), Some("hit"), "{path}");
+            assert!(
+                Instant::now() < deadline,
+                "{path} was still served from the cache after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // (Deadlines are whole milliseconds of the wall clock.)
+        let kept = asked.elapsed();
+        assert!(
+            kept + Duration::from_millis(10) >= fresh_for,
+            "{path} expired after {kept:?}, before its {fresh_for:?}"
+        );
+        assert_eq!(server.upstream.calls(path), 2, "{path}");
+        println!("{path}: served from the cache for {kept:?} (fresh for {fresh_for:?})");
+    }
+    for path in [
+        "/cached/max-age-0",
+        "/cached/aged-out",
+        "/cached/max-age-bad",
+    ] {
+        for round in 0..2 {
+            let reply = server.get(path, &[]).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(
+                reply.x_cache.as_deref(),
+                Some("miss"),
+                "{path} round {round}"
+            );
+        }
+        assert_eq!(server.upstream.calls(path), 2, "{path} was stored");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

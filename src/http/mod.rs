@@ -19,7 +19,8 @@
 //!   Credentials in a header of your own (`x-api-key`, Azure OpenAI's `api-key`) are not known to
 //!   the cache: name them with `vary`, so each key gets its own responses;
 //! * a response is stored only when its status is cacheable (200, 203, 204, 300, 301, 308, 404,
-//!   410), it has no `Cache-Control: no-store`, `no-cache` or `private`, no `Set-Cookie`, no
+//!   410), it has no `Cache-Control: no-store`, `no-cache` or `private`, it is not stale on
+//!   arrival (`max-age=0`, an `Age` past its `max-age`, an invalid `max-age`), no `Set-Cookie`, no
 //!   `Vary` naming a request header the route does not vary on (nor `Vary: *`: with
 //!   `Accept-Encoding` varied upstream, a stored gzip body would reach clients that cannot read
 //!   it), and its body is at most [`HttpCacheBuilder::max_body_bytes`] (1 MiB by default); other
@@ -27,6 +28,9 @@
 //!   `private`, `no-store`, `no-cache`, a foreign `Vary`) is not shared either: a request that
 //!   waited on another's upstream call for it makes its own (each visitor gets its own
 //!   `Set-Cookie`); one kept out only by its status or size answers every request that waited;
+//! * a stored response is fresh for its route's lifetime, or for what its own `Cache-Control`
+//!   allows a shared cache when that is shorter: `s-maxage`, else `max-age`, less the `Age` it
+//!   arrived with ([`CachedResponse::fresh_for`]; `Expires` is not read);
 //! * every answer from a cached route carries `x-cache: hit`, `miss` or `stale` (`bypass` when
 //!   the request was not eligible), and one from the cache an `Age` (seconds since it was
 //!   fetched, added to any `Age` the upstream sent), so that a browser or proxy further on
@@ -220,7 +224,11 @@ impl HttpCacheBuilder {
             .clone()
             .with_ttl(Duration::from_secs(1))
             .validate()?;
-        let cache = self.cache.admit(CachedResponse::is_storable).build()?;
+        let cache = self
+            .cache
+            .admit(CachedResponse::is_storable)
+            .fresh_for(CachedResponse::fresh_for)
+            .build()?;
         Ok(HttpCacheLayer {
             shared: Arc::new(Shared {
                 cache,

@@ -1,6 +1,8 @@
 //! The stored form of an HTTP response.
 
-use ::http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE, VARY};
+use ::http::header::{
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE, VARY,
+};
 use ::http::response::Parts;
 use ::http::{Response, StatusCode};
 use bytes::Bytes;
@@ -37,6 +39,39 @@ const NOT_MODIFIED_KEEPS: [&str; 8] = [
     "last-modified",
     "age",
 ];
+
+/// The directives of comma-separated header values, trimmed and lower-cased.
+fn directives<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2): digits, saturating when too large; `None` if not
+/// digits.
+fn seconds(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
+}
+
+/// How many more seconds a shared cache may use a response: `s-maxage`, else `max-age` (an
+/// invalid value counts as 0: RFC 9111 §4.2.1 treats the response as stale), less `age`.
+fn fresh_secs(cache_control: &[String], age: Option<u64>) -> Option<u64> {
+    let directive = |name: &str| {
+        cache_control.iter().find_map(|d| {
+            let value = d.strip_prefix(name)?.trim_start().strip_prefix('=')?;
+            Some(seconds(value.trim().trim_matches('"').as_bytes()).unwrap_or(0))
+        })
+    };
+    let max_age = directive("s-maxage").or_else(|| directive("max-age"))?;
+    Some(max_age.saturating_sub(age.unwrap_or(0)))
+}
 
 /// An HTTP response as the cache keeps it: status, end-to-end headers and the whole body.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,14 +115,13 @@ impl CachedResponse {
         varied: &[HeaderName],
     ) -> Self {
         let directives = |name: &HeaderName| -> Vec<String> {
-            parts
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|d| d.trim().to_ascii_lowercase())
-                .collect()
+            directives(
+                parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            )
         };
         let cache_control = directives(&CACHE_CONTROL);
         // `no-cache` (with or without field names): reuse needs a revalidation this cache
@@ -110,8 +144,14 @@ impl CachedResponse {
         let personal = cache_control.iter().any(forbidden)
             || varies_elsewhere.is_some()
             || parts.headers.contains_key(SET_COOKIE);
-        let storable =
-            !personal && STORABLE.contains(&parts.status.as_u16()) && body.len() <= max_body;
+        // Stale on arrival (`max-age=0`, or an `Age` past it): a shared cache may not reuse it
+        // without a revalidation (RFC 9111 §4.2), which this one does not do.
+        let age = parts.headers.get(AGE).and_then(|v| seconds(v.as_bytes()));
+        let stale = fresh_secs(&cache_control, age) == Some(0);
+        let storable = !personal
+            && !stale
+            && STORABLE.contains(&parts.status.as_u16())
+            && body.len() <= max_body;
         let headers = parts
             .headers
             .iter()
@@ -142,6 +182,21 @@ impl CachedResponse {
             storable: false,
             shareable: false,
         }
+    }
+
+    /// How long the response says a shared cache may use it (RFC 9111 §4.2.1): its
+    /// `s-maxage`, else its `max-age`, less the `Age` it arrived with; `None` when it says
+    /// nothing (`Expires` is not read). The cache keeps a response fresh for the shorter of this
+    /// and its route's lifetime.
+    pub fn fresh_for(&self) -> Option<std::time::Duration> {
+        let cache_control = directives(
+            self.headers
+                .iter()
+                .filter(|(name, _)| name == "cache-control")
+                .filter_map(|(_, value)| std::str::from_utf8(&value.0).ok()),
+        );
+        let age = self.header("age").and_then(seconds);
+        fresh_secs(&cache_control, age).map(std::time::Duration::from_secs)
     }
 
     /// Whether the response may be stored: a cacheable status, no `Cache-Control: no-store`,

@@ -32,6 +32,7 @@ pub struct LayeredBuilder<V> {
     max_concurrent_loads: Option<usize>,
     admit: Option<Predicate<V>>,
     negative: Option<(Predicate<V>, Duration)>,
+    fresh_for: Option<super::FreshFor<V>>,
     /// Counters shared with a `MemoryCache` whose front this is.
     metrics: Option<Arc<FrontMetrics>>,
     metrics_interval: Option<Duration>,
@@ -75,6 +76,7 @@ where
             max_concurrent_loads: None,
             admit: None,
             negative: None,
+            fresh_for: None,
             metrics: None,
             metrics_interval: None,
             tag_retention: crate::tags::DEFAULT_TAG_RETENTION,
@@ -131,6 +133,17 @@ where
     /// loader spawns is a caller's load again.
     pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
         self.max_concurrent_loads = Some(loads);
+        self
+    }
+
+    /// Cap each loaded value's fresh lifetime by what `fresh_for` reads from it (the HTTP layer:
+    /// the response's own `max-age`).
+    #[cfg(feature = "tower")]
+    pub(crate) fn fresh_for(
+        mut self,
+        fresh_for: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        self.fresh_for = Some(Arc::new(fresh_for));
         self
     }
 
@@ -329,6 +342,7 @@ where
                 defaults,
                 admit: self.admit,
                 negative: self.negative,
+                fresh_for: self.fresh_for,
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
                 tag_retention_ms: (self.tag_retention != Duration::MAX)

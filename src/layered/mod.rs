@@ -61,6 +61,9 @@ use crate::memory::MemoryCache;
 use crate::metrics::{Counted, FrontMetrics, Stats};
 
 pub(crate) type Predicate<V> = Arc<dyn Fn(&V) -> bool + Send + Sync>;
+/// The longest a loaded value may be fresh, read from the value itself (an HTTP response's
+/// `Cache-Control: max-age`), `None` for no limit of its own.
+pub(crate) type FreshFor<V> = Arc<dyn Fn(&V) -> Option<Duration> + Send + Sync>;
 
 /// The state of one layer, as reported by [`Layered::health`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +184,8 @@ pub(crate) struct Inner<V> {
     pub(crate) limit: Option<Arc<Semaphore>>,
     pub(crate) admit: Option<Predicate<V>>,
     pub(crate) negative: Option<(Predicate<V>, Duration)>,
+    /// Caps a loaded value's fresh lifetime by what the value says of itself.
+    pub(crate) fresh_for: Option<FreshFor<V>>,
     pub(crate) metrics: Arc<FrontMetrics>,
     /// Keys whose L2 write was skipped (open circuit) or failed; written from L1 to L2 once L2
     /// answers again. Bounded by `l2::MAX_PENDING`.

@@ -114,6 +114,7 @@ where
         let max_stale = options.max_stale.get();
         let admit = self.admit.clone();
         let negative = self.negative.clone();
+        let fresh_for = self.fresh_for.clone();
         let tags = options.tags();
         let retention = self.tag_retention_ms;
         LoadSpec {
@@ -126,7 +127,12 @@ where
                         if admit.as_ref().is_some_and(|admit| !admit(value)) {
                             return (None, false);
                         }
-                        let entry = Entry::new(value.clone(), ttl + jitter);
+                        let lifetime = ttl + jitter;
+                        let lifetime = match fresh_for.as_ref().and_then(|f| f(value)) {
+                            Some(own) => lifetime.min(own),
+                            None => lifetime,
+                        };
+                        let entry = Entry::new(value.clone(), lifetime);
                         let entry = match max_stale {
                             Some(max_stale) => entry.with_max_stale(max_stale),
                             None => entry,
