@@ -46,10 +46,78 @@ async fn let_pass(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-async fn suite<C: GetOrLoad<Reply> + 'static>(name: &str, cache: C) {
+/// A change of a key while a load of it runs wins over the load: the load read its source
+/// before the change (a row updated, then its key deleted or set), so its value answers the
+/// caller that asked before the change but is not stored over it.
+async fn a_change_during_a_load_wins<C>(name: &str, cache: &Arc<C>)
+where
+    C: GetOrLoad<Reply> + layercache::Cache<Reply> + 'static,
+{
+    use layercache::{Cache, CacheExt, Entry};
+    for change in ["delete", "set"] {
+        let key = format!("changed-by-{change}");
+        let (started, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+        let running = {
+            let (cache, key) = (Arc::clone(cache), key.clone());
+            let (started, gate) = (Arc::clone(&started), Arc::clone(&gate));
+            tokio::spawn(async move {
+                GetOrLoad::get_or_load(
+                    &*cache,
+                    &key,
+                    move || async move {
+                        started.notify_one();
+                        // Reads the source before the change, answers after it.
+                        let _open = gate.acquire().await;
+                        Ok::<_, Down>("read before the change".to_string())
+                    },
+                    LoadOptions::ttl(Duration::from_secs(60)),
+                )
+                .await
+            })
+        };
+        started.notified().await;
+        match change {
+            "delete" => Cache::delete(&**cache, &key).await.expect("delete"),
+            _ => Cache::set(
+                &**cache,
+                &key,
+                Entry::new("set during the load".to_string(), Duration::from_secs(60)),
+            )
+            .await
+            .expect("set"),
+        }
+        gate.add_permits(1);
+        let answered = running.await.expect("task").expect("load");
+        assert_eq!(answered, "read before the change", "{name}: {change}");
+        let want = (change == "set").then_some("set during the load");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The flight may still be finishing its writes: wait for it to leave.
+        loop {
+            let now = cache.get_value(&key).await.expect("get");
+            if now.as_deref() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: after a {change} during its load, the cache serves {now:?} (want {want:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn suite<C>(name: &str, cache: C)
+where
+    C: GetOrLoad<Reply> + layercache::Cache<Reply> + 'static,
+{
     let cache = Arc::new(cache);
     let calls = Arc::new(AtomicUsize::new(0));
     let ttl = LoadOptions::ttl(Duration::from_secs(60));
+
+    a_change_during_a_load_wins(name, &cache).await;
 
     // Sources: loaded, then a hit.
     let a = cache

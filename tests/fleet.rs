@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use layercache::fleet::TRUST_WINDOW;
@@ -659,6 +660,80 @@ async fn a_change_made_just_before_a_process_exits_reaches_every_replica() {
             "{command}: seen by the other replica {:?} after the writer exited",
             started.elapsed()
         );
+    }
+}
+
+/// A change another replica makes to a key while this replica loads it (a row updated there,
+/// then its key deleted or set) wins over the load: the loaded value, read before the change,
+/// answers its caller but is stored in no layer, so neither replica serves it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_another_replica_during_a_load_wins_over_it() {
+    let server = RedisServer::start();
+    let a = replica_here(&server.url(), "fw").await;
+    let mut b = Replica::start(&server.url(), "fw");
+    let subscribed = Instant::now() + Duration::from_secs(10);
+    while !a.backplane().is_some_and(|bp| bp.is_subscribed()) {
+        assert!(Instant::now() < subscribed, "A subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (change, want) in [("del", None), ("set", Some("set on B"))] {
+        let key = format!("row-{change}");
+        let (started, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+        let running = {
+            let (a, key) = (a.clone(), key.clone());
+            let (started, gate) = (Arc::clone(&started), Arc::clone(&gate));
+            tokio::spawn(async move {
+                a.get_or_load(
+                    &key,
+                    move || async move {
+                        started.notify_one();
+                        let _open = gate.acquire().await;
+                        Ok::<_, std::io::Error>("read on A before the change".to_string())
+                    },
+                    layercache::LoadOptions::ttl(Duration::from_secs(600)),
+                )
+                .await
+            })
+        };
+        started.notified().await;
+        // B changes the key, then deletes a sentinel A holds in L1: A applies B's messages in
+        // order, so once the sentinel is gone from A, A has heard of the change.
+        a.set_value("sentinel", "in A's L1".into(), Duration::from_secs(600))
+            .await
+            .expect("sentinel");
+        let command = match change {
+            "del" => format!("del {key}"),
+            _ => format!("set {key} set on B"),
+        };
+        assert_eq!(b.ask(&command), "ok");
+        assert_eq!(b.ask("del sentinel"), "ok");
+        let heard = Instant::now() + Duration::from_secs(5);
+        while a.get_value("sentinel").await.expect("get").is_some() {
+            assert!(Instant::now() < heard, "A heard B's changes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gate.add_permits(1);
+        let answered = running.await.expect("task").expect("load");
+        assert_eq!(answered, "read on A before the change");
+        // A's flight may still be finishing: wait for what both replicas serve to settle on B's
+        // change (it never does without the fix: A stores its value in L1 and Redis).
+        let settled = Instant::now() + Duration::from_secs(5);
+        loop {
+            let on_a = a.get_value(&key).await.expect("get");
+            let on_b = b.ask(&format!("get {key}"));
+            let want_b = want.map_or("none".to_string(), |v| format!("val {v}"));
+            if on_a.as_deref() == want && on_b == want_b && a.pending_loads() == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < settled,
+                "after B's {change} during A's load: A serves {on_a:?}, B {on_b:?} (want {want:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -135,6 +135,12 @@ where
         inner
             .evictions
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Another replica changed the key: a load of it running here read the old source.
+        match &event {
+            Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _)) => inner.flights.supersede(key),
+            Ok(Event::Prefix(prefix)) => inner.flights.supersede_prefix(prefix),
+            _ => {}
+        }
         match event {
             // A write of ours still waiting for the catch-up and newer than the change
             // announced stays (the catch-up compares with L2 again); anything else goes.

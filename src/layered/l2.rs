@@ -43,7 +43,7 @@ where
 {
     /// Run `op` against L2 if there is one and the breaker allows, reporting the outcome to the
     /// breaker (a refusal is neither a success nor a failure).
-    pub(super) async fn via_l2<T, Fut>(
+    pub(crate) async fn via_l2<T, Fut>(
         self: &Arc<Self>,
         op: impl FnOnce(Arc<dyn Cache<V>>) -> Fut,
     ) -> Option<Result<T>>

@@ -462,6 +462,7 @@ where
     /// The L2 error when L2 could not be read or written.
     pub async fn expire(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
+        inner.flights.supersede(key);
         let now = now_ms();
         if let Some(entry) = inner.read_l1(key, now).await {
             inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
@@ -662,6 +663,7 @@ where
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
         let inner = &self.inner;
         crate::tags::validate(entry.tag_set().as_slice())?;
+        inner.flights.supersede(key);
         if let Some(refused) = inner.write_l2(key, entry.clone(), true).await {
             if !matches!(refused, Error::ValueTooLarge { .. }) {
                 return Err(refused);
@@ -685,6 +687,9 @@ where
         let inner = &self.inner;
         for (_, entry) in &entries {
             crate::tags::validate(entry.tag_set().as_slice())?;
+        }
+        for (key, _) in &entries {
+            inner.flights.supersede(key);
         }
         if inner.write_l2_many(entries.clone()).await.is_err() {
             for (key, entry) in entries {
@@ -717,6 +722,7 @@ where
     /// reached: the value may then survive in L2 (and other processes' L1s).
     async fn delete(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
+        inner.flights.supersede(key);
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
         let announced = inner.announce_delete(key, false);
         let l1 = inner.l1.delete(key).await;

@@ -164,6 +164,11 @@ where
     /// L2 refuses the request so, nothing is removed from any layer and nothing is announced.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
+        // Loads of the keys that run now must not store what they read before the change
+        // (`""` may yet be refused below: then nothing changes).
+        if !prefix.is_empty() {
+            inner.flights.supersede_prefix(prefix);
+        }
         let l2 = inner
             .via_l2(|l2| async move { l2.invalidate_prefix(prefix).await })
             .await;
@@ -173,6 +178,9 @@ where
             return Err(refused);
         }
         inner.forget_pending_prefix(prefix);
+        if prefix.is_empty() {
+            inner.flights.supersede_prefix(prefix);
+        }
         let l1 = inner.l1.invalidate_prefix(prefix).await.inspect_err(|_| {
             inner
                 .layer_errors

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,8 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// Store after the waiters are answered (slow, remote layers); the flight stays in the table
     /// meanwhile, so new callers get the value at once instead of loading again.
     async fn store_after_answer(&self, key: &str, entry: Entry<V>);
+    /// Take back what the flight stored for `key`: the key changed while it was being stored.
+    async fn unstore(&self, key: &str);
     /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
     /// loader is not called again before then.
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64);
@@ -145,6 +147,8 @@ type Channel<V> = watch::Receiver<Slot<V>>;
 struct Flight<V> {
     id: u64,
     rx: Channel<V>,
+    /// Set when the key changes while the flight runs (see [`Flights::supersede`]).
+    superseded: Arc<AtomicBool>,
     /// Lets the flight go ahead without a permit (see [`limit`](super::limit)).
     waiver: Arc<Waiver>,
 }
@@ -202,6 +206,14 @@ struct FlightGuard<V> {
     flights: Arc<Flights<V>>,
     key: Arc<str>,
     id: u64,
+    superseded: Arc<AtomicBool>,
+}
+
+impl<V> FlightGuard<V> {
+    /// Whether the key changed since the flight started.
+    fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::SeqCst)
+    }
 }
 
 impl<V> Drop for FlightGuard<V> {
@@ -244,6 +256,25 @@ impl<V> Flights<V> {
     /// Whether a flight for `key` is running.
     pub(crate) fn is_loading(&self, key: &str) -> bool {
         self.lock().contains_key(key)
+    }
+
+    /// `key` changed (a `set`, `delete` or `expire` here, or one another replica announced):
+    /// the load running for it, if any, read the source before the change, so its value answers
+    /// the callers that were waiting for it but is not stored over the change. Call it before
+    /// the change is written.
+    pub(crate) fn supersede(&self, key: &str) {
+        if let Some(flight) = self.lock().get(key) {
+            flight.superseded.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// [`supersede`](Self::supersede) every key starting with `prefix` (every key for `""`).
+    pub(crate) fn supersede_prefix(&self, prefix: &str) {
+        for (key, flight) in self.lock().iter() {
+            if key.starts_with(prefix) {
+                flight.superseded.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     pub(crate) fn fill(&self, stats: &mut Stats) {
@@ -302,12 +333,14 @@ where
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = Arc::from(key);
         let waiver = Arc::new(Waiver::default());
+        let superseded = Arc::new(AtomicBool::new(false));
         table.insert(
             Arc::clone(&key),
             Flight {
                 id,
                 rx: rx.clone(),
                 waiver: Arc::clone(&waiver),
+                superseded: Arc::clone(&superseded),
             },
         );
         drop(table);
@@ -315,6 +348,7 @@ where
             flights: Arc::clone(self),
             key,
             id,
+            superseded,
         };
         // A caller can miss L1 just before an earlier flight for this key stored its value, and
         // get here just after that flight left the table. Only then is a second look at L1
@@ -461,6 +495,14 @@ async fn run_flight<V, T, F, Fut, E>(
                 Source::Loaded
             };
             match entry {
+                Some(entry) if guard.superseded() => {
+                    // The key changed while it loaded (deleted once its source changed, or set
+                    // to a newer value): this value answers the callers that asked before the
+                    // change, and is not stored over it.
+                    drop(lease);
+                    drop(guard);
+                    done(&tx, entry, source);
+                }
                 Some(entry) => {
                     target.store_before_answer(&guard.key, entry.clone()).await;
                     flights.completed.fetch_add(1, Ordering::Release);
@@ -486,6 +528,11 @@ async fn run_flight<V, T, F, Fut, E>(
                     } else {
                         store.await;
                     }
+                    if guard.superseded() {
+                        // Changed while this value was being stored: the change wins, whichever
+                        // of the two writes reached a layer last.
+                        target.unstore(&guard.key).await;
+                    }
                     if let Some(lease) = &mut lease {
                         lease.stored();
                     }
@@ -503,7 +550,9 @@ async fn run_flight<V, T, F, Fut, E>(
         }
         Ok(Err(err)) => {
             flights.metrics.load_error(took);
-            if let (Some(throttle), Some((stale, _))) = (spec.fail_safe_throttle, &stale) {
+            if let (Some(throttle), Some((stale, _)), false) =
+                (spec.fail_safe_throttle, &stale, guard.superseded())
+            {
                 let until = crate::entry::now_ms()
                     .saturating_add(throttle.as_millis() as u64)
                     .min(stale.stale_until_ms());
@@ -516,7 +565,9 @@ async fn run_flight<V, T, F, Fut, E>(
         }
         Err(join) => {
             flights.metrics.load_error(took);
-            if let (Some(throttle), Some((stale, _))) = (spec.fail_safe_throttle, &stale) {
+            if let (Some(throttle), Some((stale, _)), false) =
+                (spec.fail_safe_throttle, &stale, guard.superseded())
+            {
                 let until = crate::entry::now_ms()
                     .saturating_add(throttle.as_millis() as u64)
                     .min(stale.stale_until_ms());

@@ -55,6 +55,13 @@ where
         // message looks at L2 again when its wait ends.
         let _ = self.0.announce_set(key);
     }
+    async fn unstore(&self, key: &str) {
+        self.0.l1_done(self.0.l1.delete(key).await);
+        let _ = self
+            .0
+            .via_l2(|l2| async move { l2.delete(key).await })
+            .await;
+    }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         self.0
             .l1_done(self.0.l1.set(key, stale.refreshed_until_ms(until_ms)).await);

@@ -286,15 +286,20 @@ where
         self.inner.peek(key).await
     }
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        self.front.inner.flights.supersede(key);
         self.inner.set(key, entry).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
+        self.front.inner.flights.supersede(key);
         self.inner.delete(key).await
     }
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Entry<V>>>> {
         self.inner.get_many(keys).await
     }
     async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+        for (key, _) in &entries {
+            self.front.inner.flights.supersede(key);
+        }
         self.inner.set_many(entries).await
     }
 }

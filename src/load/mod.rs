@@ -19,6 +19,15 @@
 //! still miss the value; its `get_or_load` does not load it again when a backplane is set (the
 //! fleet lease, held until the write is done, makes it wait for the value).
 //!
+//! A change of the key while it loads wins over the load: a `set`, `set_many`, `delete`,
+//! `expire` or `invalidate_prefix` through the same cache — or, with a backplane, on another
+//! replica, once its message arrives — marks the running load. Its value, read before the
+//! change (a row updated, then its key deleted), still answers the callers that were waiting,
+//! but is stored in no layer; if the change comes while the value is being stored, it is taken
+//! out again. (A change on another replica that arrives after the load's writes is an ordinary
+//! later change: it evicts the value.) `invalidate_tag` and `clear` need none of this: an entry
+//! counts as created when its load started, so an invalidation during the load expires it.
+//!
 //! # Which lifetime wins
 //!
 //! * A loaded value is fresh for the call's `ttl`, else the cache's `default_options` ttl, else

@@ -329,12 +329,28 @@ where
 
     /// Remove every entry whose key starts with `prefix` (walking every entry); how many.
     pub fn remove_prefix(&self, prefix: &str) -> u64 {
+        self.supersede_prefix(prefix);
         self.inner.store.remove_prefix(prefix)
     }
 
     /// Remove every entry.
     pub fn invalidate_all(&self) {
+        self.supersede_prefix("");
         self.inner.store.clear();
+    }
+
+    /// A change of `key` wins over a `get_or_load` of it that is running: see
+    /// `Flights::supersede`.
+    fn supersede(&self, key: &str) {
+        if let Some(front) = &self.front {
+            front.inner.flights.supersede(key);
+        }
+    }
+
+    fn supersede_prefix(&self, prefix: &str) {
+        if let Some(front) = &self.front {
+            front.inner.flights.supersede_prefix(prefix);
+        }
     }
 }
 
@@ -382,6 +398,7 @@ where
     }
 
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        self.supersede(key);
         if entry.is_usable_at(now_ms()) {
             self.inner.store.insert(Arc::from(key), entry);
         } else {
@@ -391,6 +408,7 @@ where
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        self.supersede(key);
         self.inner.store.remove(key);
         Ok(())
     }
