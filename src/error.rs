@@ -161,9 +161,10 @@ pub enum Error {
         layer: String,
     },
 
-    /// `get_or_load` was called outside a tokio runtime; detached loads need one.
+    /// `get_or_load` was called outside a tokio runtime; detached loads need one. The source is
+    /// tokio's own explanation (boxed, so that no tokio type is part of this API).
     #[error("no tokio runtime is running; get_or_load must be called from within a tokio runtime")]
-    NoRuntime(#[source] Box<tokio::runtime::TryCurrentError>),
+    NoRuntime(#[source] BoxError),
 }
 
 /// What was wrong with bytes that failed to decode (see [`Error::Decode`]).

@@ -539,3 +539,24 @@ async fn a_load_that_asks_for_its_own_key_fails_instead_of_hanging() {
         "x from y (the load of `x` asked for `x` itself: it would wait for itself forever)"
     );
 }
+
+/// `get_or_load` outside a tokio runtime (a plain thread, another executor) is a typed error,
+/// never a panic: its loads run on tokio.
+#[test]
+fn get_or_load_outside_a_runtime_is_an_error_not_a_panic() {
+    let cache = MemoryCache::<String>::builder().build().expect("cache");
+    let call = cache.get_or_load(
+        "k",
+        || async { Ok::<_, std::io::Error>("v".to_string()) },
+        LoadOptions::default(),
+    );
+    let mut call = std::pin::pin!(call);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(call.as_mut(), &mut cx) {
+        std::task::Poll::Ready(Err(err @ Error::NoRuntime(_))) => {
+            let source = std::error::Error::source(&err).expect("tokio's reason");
+            assert!(!source.to_string().is_empty());
+        }
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
+}
