@@ -737,6 +737,64 @@ async fn a_change_on_another_replica_during_a_load_wins_over_it() {
     }
 }
 
+/// A change whose caller stops waiting — an axum handler dropped because its client hung up
+/// while the change was on the wire to a slow Redis — is still made whole: in Redis *and*
+/// announced, so no replica keeps serving the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_caller_hung_up_still_reaches_every_replica() {
+    use support::proxy::Mode;
+    let server = RedisServer::start();
+    let (w, proxy) = replica_behind_proxy(&server, "fh").await;
+    let r = replica_here(&server.url(), "fh").await;
+    let subscribed = Instant::now() + Duration::from_secs(10);
+    while ![&w, &r]
+        .iter()
+        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
+    {
+        assert!(Instant::now() < subscribed, "both replicas subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 60 ms each way to Redis (within the 200 ms command timeout of `w`'s client).
+    proxy.set(Mode::Latency(Duration::from_millis(60)));
+    for change in ["delete", "set", "expire", "untag"] {
+        let key = format!("hung-up-{change}");
+        let entry =
+            layercache::Entry::new("old".to_string(), Duration::from_secs(600)).with_tags(["t"]);
+        w.set(&key, entry).await.expect("set");
+        assert_eq!(
+            r.get_value(&key).await.expect("get").as_deref(),
+            Some("old")
+        );
+        let made = async {
+            let _ = match change {
+                "delete" => w.delete(&key).await,
+                "set" => {
+                    w.set_value(&key, "new".into(), Duration::from_secs(600))
+                        .await
+                }
+                "expire" => w.expire(&key).await,
+                _ => w.invalidate_tag("t").await,
+            };
+        };
+        // The client hangs up 20 ms in: the change's first Redis command is on the wire.
+        let hung_up = tokio::time::timeout(Duration::from_millis(20), made).await;
+        assert!(hung_up.is_err(), "{change} outlasted 20 ms");
+        let want = (change == "set").then_some("new");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = r.get_value(&key).await.expect("get");
+            if now.as_deref() == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a {change} whose caller hung up left the other replica serving {now:?} (want {want:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_every_replica_loads_on_its_own() {
     use support::proxy::Mode;

@@ -40,7 +40,9 @@
 //!   published (one round trip: the publisher sends what the outbox holds pipelined), at most
 //!   [`ANNOUNCE_WAIT`] (1 s), and no longer than the first failed publish (Redis unreachable:
 //!   the message stays queued). A process that exits right after a change — a CLI or a cron
-//!   job, a replica shut down mid-deploy — has therefore told the fleet. A loaded value's
+//!   job, a replica shut down mid-deploy — has therefore told the fleet. A change also runs to
+//!   its end on a task of its own when its caller stops waiting (a dropped request handler), so
+//!   it is never left in Redis but unannounced. A loaded value's
 //!   message is not waited for: it mainly wakes replicas waiting for the value, and those look
 //!   at L2 again when their wait ends.
 //! * **Lost messages are bounded**: each replica publishes a heartbeat every [`HEARTBEAT`]

@@ -34,6 +34,7 @@
 
 mod batch;
 mod builder;
+mod change;
 #[cfg(feature = "redis")]
 mod fleet;
 mod flush;
@@ -461,33 +462,9 @@ where
     ///
     /// The L2 error when L2 could not be read or written.
     pub async fn expire(&self, key: &str) -> Result<()> {
-        let inner = &self.inner;
-        inner.flights.supersede(key);
-        let now = now_ms();
-        if let Some(entry) = inner.read_l1(key, now).await {
-            inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
-        }
-        let mut result = Ok(());
-        if inner.l2.is_some() {
-            if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
-                match read {
-                    Ok(Some(entry)) => {
-                        let entry = entry.cap_fresh_ms(now);
-                        if let Some(Err(e)) = inner
-                            .via_l2(|l2| async move { l2.set(key, entry).await })
-                            .await
-                        {
-                            result = Err(e);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => result = Err(e),
-                }
-            }
-        }
-        let announced = inner.announce_delete(key, true);
-        inner.told(announced).await;
-        result
+        let (this, key) = (self.clone(), key.to_owned());
+        self.to_completion(async move { this.expire_now(&key).await })
+            .await
     }
 
     /// Counters of this cache: each answer counted once (`hits`, `stale_hits`, `misses`,
@@ -661,22 +638,9 @@ where
     /// and reported once); a value L2 cannot encode, or that would not read back
     /// ([`Error::Encode`], [`Error::RoundTrip`]), is an error and is stored nowhere.
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
-        let inner = &self.inner;
-        crate::tags::validate(entry.tag_set().as_slice())?;
-        inner.flights.supersede(key);
-        if let Some(refused) = inner.write_l2(key, entry.clone(), true).await {
-            if !matches!(refused, Error::ValueTooLarge { .. }) {
-                return Err(refused);
-            }
-        }
-        let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-        let announced = inner.announce_set(key);
-        inner.told(announced).await;
-        stored.inspect_err(|_| {
-            inner
-                .layer_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })
+        let (this, key) = (self.clone(), key.to_owned());
+        self.to_completion(async move { this.set_now(&key, entry).await })
+            .await
     }
 
     /// One L2 batch (Redis: pipelined `SET`s), then L1, each key announced; otherwise as
@@ -684,34 +648,16 @@ where
     /// encodable), the entries are written one by one instead, so that each value meets the fate
     /// `set` gives it.
     async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
-        let inner = &self.inner;
-        for (_, entry) in &entries {
-            crate::tags::validate(entry.tag_set().as_slice())?;
-        }
-        for (key, _) in &entries {
-            inner.flights.supersede(key);
-        }
-        if inner.write_l2_many(entries.clone()).await.is_err() {
-            for (key, entry) in entries {
-                Cache::set(self, key, entry).await?;
-            }
-            return Ok(());
-        }
-        let mut announced = Announced::default();
-        let mut failed = Ok(());
-        for (key, entry) in entries {
-            let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-            announced = announced.and(inner.announce_set(key));
-            if let Err(e) = stored {
-                inner
-                    .layer_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                failed = Err(e);
-                break;
-            }
-        }
-        inner.told(announced).await;
-        failed
+        let this = self.clone();
+        let owned: Vec<(String, Entry<V>)> = entries
+            .into_iter()
+            .map(|(key, entry)| (key.to_owned(), entry))
+            .collect();
+        self.to_completion(async move {
+            let entries = owned.iter().map(|(k, e)| (k.as_str(), e.clone())).collect();
+            this.set_many_now(entries).await
+        })
+        .await
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
@@ -721,23 +667,8 @@ where
     /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
     /// reached: the value may then survive in L2 (and other processes' L1s).
     async fn delete(&self, key: &str) -> Result<()> {
-        let inner = &self.inner;
-        inner.flights.supersede(key);
-        let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
-        let announced = inner.announce_delete(key, false);
-        let l1 = inner.l1.delete(key).await;
-        inner.told(announced).await;
-        l1.inspect_err(|_| {
-            inner
-                .layer_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })?;
-        match (l2, &inner.l2) {
-            (Some(result), _) => result,
-            (None, None) => Ok(()),
-            (None, Some(l2)) => Err(Error::CircuitOpen {
-                layer: l2.name().to_owned(),
-            }),
-        }
+        let (this, key) = (self.clone(), key.to_owned());
+        self.to_completion(async move { this.delete_now(&key).await })
+            .await
     }
 }

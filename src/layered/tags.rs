@@ -148,7 +148,9 @@ where
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         crate::tags::validate(&[tag])?;
-        self.inner.invalidate_tag_at(tag, now_us()).await
+        let (this, tag) = (self.clone(), tag.to_owned());
+        self.to_completion(async move { this.inner.invalidate_tag_at(&tag, now_us()).await })
+            .await
     }
 
     /// Remove every key starting with `prefix` from L2 (Redis: `SCAN` + `UNLINK`), from L1 and,
@@ -163,6 +165,12 @@ where
     /// over a Redis L2 without a namespace (which would delete every key of its database). When
     /// L2 refuses the request so, nothing is removed from any layer and nothing is announced.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
+        let (this, prefix) = (self.clone(), prefix.to_owned());
+        self.to_completion(async move { this.invalidate_prefix_now(&prefix).await })
+            .await
+    }
+
+    async fn invalidate_prefix_now(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
         // Loads of the keys that run now must not store what they read before the change
         // (`""` may yet be refused below: then nothing changes).
@@ -212,10 +220,14 @@ where
     ///
     /// As [`invalidate_tag`](Self::invalidate_tag).
     pub async fn clear(&self) -> Result<()> {
-        self.inner.invalidate_tag_at(CLEAR, now_us()).await?;
-        if let Some(memory) = &self.inner.l1_memory {
-            memory.invalidate_all();
-        }
-        Ok(())
+        let this = self.clone();
+        self.to_completion(async move {
+            this.inner.invalidate_tag_at(CLEAR, now_us()).await?;
+            if let Some(memory) = &this.inner.l1_memory {
+                memory.invalidate_all();
+            }
+            Ok(())
+        })
+        .await
     }
 }

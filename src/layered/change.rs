@@ -1,0 +1,142 @@
+//! Changes made through a [`Layered`]: `set`, `set_many`, `delete`, `expire` (and, through
+//! [`Layered::to_completion`], `invalidate_tag`, `clear` and `invalidate_prefix`).
+//!
+//! A change takes several steps — L2, L1, the announcement to the other replicas — and a caller
+//! can stop waiting between any two: a request handler whose client hung up is dropped mid-way.
+//! A change half made (gone from Redis, but never announced) would leave the other replicas
+//! serving the old value for its whole lifetime, so each change runs to its end on a task of
+//! its own, whether or not its caller still waits.
+
+use std::future::Future;
+
+use super::{Announced, Layered};
+use crate::cache::Cache;
+use crate::entry::{now_ms, Entry};
+use crate::error::{Error, Result};
+
+impl<V> Layered<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// Run `change` to its end even if the caller stops waiting for it (on a task of its own;
+    /// in place outside a tokio runtime). A panic in it reaches the caller.
+    ///
+    /// # Errors
+    ///
+    /// The change's own; [`Error::LoadCancelled`] if the runtime shut down before it ended.
+    pub(super) async fn to_completion<T, F>(&self, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return change.await;
+        };
+        match runtime.spawn(change).await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Err(Error::LoadCancelled),
+        }
+    }
+
+    pub(super) async fn expire_now(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.flights.supersede(key);
+        let now = now_ms();
+        if let Some(entry) = inner.read_l1(key, now).await {
+            inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
+        }
+        let mut result = Ok(());
+        if inner.l2.is_some() {
+            if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
+                match read {
+                    Ok(Some(entry)) => {
+                        let entry = entry.cap_fresh_ms(now);
+                        if let Some(Err(e)) = inner
+                            .via_l2(|l2| async move { l2.set(key, entry).await })
+                            .await
+                        {
+                            result = Err(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        let announced = inner.announce_delete(key, true);
+        inner.told(announced).await;
+        result
+    }
+
+    pub(super) async fn set_now(&self, key: &str, entry: Entry<V>) -> Result<()> {
+        let inner = &self.inner;
+        crate::tags::validate(entry.tag_set().as_slice())?;
+        inner.flights.supersede(key);
+        if let Some(refused) = inner.write_l2(key, entry.clone(), true).await {
+            if !matches!(refused, Error::ValueTooLarge { .. }) {
+                return Err(refused);
+            }
+        }
+        let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+        let announced = inner.announce_set(key);
+        inner.told(announced).await;
+        stored.inspect_err(|_| {
+            inner
+                .layer_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    }
+
+    pub(super) async fn set_many_now(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
+        let inner = &self.inner;
+        for (_, entry) in &entries {
+            crate::tags::validate(entry.tag_set().as_slice())?;
+        }
+        for (key, _) in &entries {
+            inner.flights.supersede(key);
+        }
+        if inner.write_l2_many(entries.clone()).await.is_err() {
+            for (key, entry) in entries {
+                self.set_now(key, entry).await?;
+            }
+            return Ok(());
+        }
+        let mut announced = Announced::default();
+        let mut failed = Ok(());
+        for (key, entry) in entries {
+            let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+            announced = announced.and(inner.announce_set(key));
+            if let Err(e) = stored {
+                inner
+                    .layer_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                failed = Err(e);
+                break;
+            }
+        }
+        inner.told(announced).await;
+        failed
+    }
+
+    pub(super) async fn delete_now(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.flights.supersede(key);
+        let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
+        let announced = inner.announce_delete(key, false);
+        let l1 = inner.l1.delete(key).await;
+        inner.told(announced).await;
+        l1.inspect_err(|_| {
+            inner
+                .layer_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        match (l2, &inner.l2) {
+            (Some(result), _) => result,
+            (None, None) => Ok(()),
+            (None, Some(l2)) => Err(Error::CircuitOpen {
+                layer: l2.name().to_owned(),
+            }),
+        }
+    }
+}
