@@ -779,6 +779,10 @@ async fn a_change_whose_caller_hung_up_still_reaches_every_replica() {
         // The client hangs up 20 ms in: the change's first Redis command is on the wire.
         let hung_up = tokio::time::timeout(Duration::from_millis(20), made).await;
         assert!(hung_up.is_err(), "{change} outlasted 20 ms");
+        // A replica shutting down now would wait for it.
+        w.flush(Duration::from_secs(5))
+            .await
+            .expect("the change ends within 5 s");
         let want = (change == "set").then_some("new");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

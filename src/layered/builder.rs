@@ -351,6 +351,7 @@ where
                 refusal_reported: AtomicBool::new(false),
                 reply_reported: AtomicBool::new(false),
                 layer_errors: std::sync::atomic::AtomicU64::new(0),
+                changes_running: Arc::default(),
                 #[cfg(feature = "redis")]
                 backplane: self.backplane,
                 #[cfg(feature = "redis")]

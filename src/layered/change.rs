@@ -8,6 +8,8 @@
 //! its own, whether or not its caller still waits.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::{Announced, Layered};
 use crate::cache::Cache;
@@ -31,6 +33,11 @@ where
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return change.await;
+        };
+        let running = Running::start(&self.inner.changes_running);
+        let change = async move {
+            let _running = running;
+            change.await
         };
         match runtime.spawn(change).await {
             Ok(result) => result,
@@ -138,5 +145,21 @@ where
                 layer: l2.name().to_owned(),
             }),
         }
+    }
+}
+
+/// Counts a change as running until it is dropped (done, or dropped with its runtime).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::SeqCst);
+        Running(Arc::clone(count))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

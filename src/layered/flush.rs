@@ -14,15 +14,15 @@ where
 {
     /// Wait until the work this cache still does in the background is done, for at most
     /// `timeout`: loads that outlived their callers (a caller that left, a soft or hard timeout,
-    /// an early refresh) and their writes to L2, and, with a backplane, the announcements of
-    /// its loaded values. Call it when shutting down, after the server stopped taking requests
+    /// an early refresh) and their writes to L2, changes whose callers stopped waiting, and,
+    /// with a backplane, the announcements of its loaded values. Call it when shutting down, after the server stopped taking requests
     /// and before the process exits: a load already paid for (an LLM call) then reaches Redis
     /// instead of being lost with the process.
     ///
     /// What cannot be done now is not waited for: announcements while Redis cannot be reached,
     /// and the writes kept for L2 during an outage ([`pending_l2_writes`](Self::pending_l2_writes)).
-    /// Changes (`set`, `delete`, `invalidate_tag`…) need no flush: each returns once it is in L2
-    /// and announced.
+    /// A change (`set`, `delete`, `invalidate_tag`…) whose caller waited needs no flush: it
+    /// returned once it was in L2 and announced.
     ///
     /// # Errors
     ///
@@ -40,7 +40,10 @@ where
     /// ```
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let work = async {
-            while self.inner.flights.len() > 0 {
+            let changes = &self.inner.changes_running;
+            while self.inner.flights.len() > 0
+                || changes.load(std::sync::atomic::Ordering::SeqCst) > 0
+            {
                 tokio::time::sleep(POLL).await;
             }
             #[cfg(feature = "redis")]

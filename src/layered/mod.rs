@@ -206,6 +206,8 @@ pub(crate) struct Inner<V> {
     reply_reported: AtomicBool,
     /// Layer operations that failed (errors, timeouts, refusals), for `stats().errors`.
     pub(crate) layer_errors: std::sync::atomic::AtomicU64,
+    /// Changes running on tasks of their own (see `change.rs`), for `flush`.
+    pub(crate) changes_running: Arc<std::sync::atomic::AtomicUsize>,
     /// Cross-replica invalidation, when set.
     #[cfg(feature = "redis")]
     pub(crate) backplane: Option<crate::fleet::Backplane>,
