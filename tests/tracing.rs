@@ -164,7 +164,7 @@ fn get_or_load_and_its_load_are_spans_under_the_callers_span() {
 #[cfg(all(feature = "redis", feature = "msgpack"))]
 #[test]
 fn each_redis_command_is_a_span() {
-    use layercache::{Cache, CacheExt, RedisCache};
+    use layercache::{Cache, CacheExt, Layered, MemoryCache, RedisCache};
     let spans = spans();
     let server = support::redis::RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -184,7 +184,24 @@ fn each_redis_command_is_a_span() {
             .expect("set");
         assert!(l2.get("k").await.expect("get").is_some());
         l2.delete("k").await.expect("delete");
+        // A change through a `Layered` runs on a task of its own, in the caller's span.
+        let stack = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+            .build()
+            .expect("stack");
+        stack
+            .set_value("k2", "v".into(), Duration::from_secs(60))
+            .instrument(tracing::info_span!("update_request"))
+            .await
+            .expect("set through the stack");
     });
+    let under_request = find(&spans, "layercache.redis", "traced-redis")
+        .into_iter()
+        .filter(|s| s.parent == Some("update_request"))
+        .count();
+    assert_eq!(
+        under_request, 1,
+        "the stack's Redis set is the request's child"
+    );
     let ops: Vec<String> = find(&spans, "layercache.redis", "traced-redis")
         .into_iter()
         .filter_map(|s| s.fields.get("op").cloned())

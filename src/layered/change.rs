@@ -35,10 +35,11 @@ where
             return change.await;
         };
         let running = Running::start(&self.inner.changes_running);
-        let change = async move {
+        // In the caller's span, as if it ran in place (its Redis commands are the caller's).
+        let change = crate::traced!(tracing::Span::current(), async move {
             let _running = running;
             change.await
-        };
+        });
         match runtime.spawn(change).await {
             Ok(result) => result,
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
