@@ -356,6 +356,15 @@ impl Server {
         }
     }
 
+    /// A request of `method` to `path`: its status.
+    async fn send(&self, method: reqwest::Method, path: &str, headers: &[(&str, &str)]) -> u16 {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request").status().as_u16()
+    }
+
     /// `n` concurrent GETs of `path`: status, headers and body of each.
     async fn burst(&self, path: &str, n: usize) -> Vec<(u16, reqwest::header::HeaderMap, String)> {
         let requests: Vec<_> = (0..n)
@@ -567,6 +576,62 @@ async fn a_response_is_kept_no_longer_than_its_own_max_age() {
         }
         assert_eq!(server.upstream.calls(path), 2, "{path} was stored");
     }
+}
+
+/// A successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`) invalidates every response
+/// stored for its URI, whatever the headers they vary on (RFC 9111 §4.4): after Alice updates a
+/// document, neither she nor Bob is answered from the cache with the old one. A failed unsafe
+/// request, or one to another URI, invalidates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_unsafe_request_invalidates_what_is_stored_for_its_uri() {
+    let server = serve(l1()).await;
+    let alice = [("authorization", "Bearer alice")];
+    let bob = [("authorization", "Bearer bob")];
+    let x_cache = |reply: Reply| reply.x_cache.unwrap_or_default();
+    for who in [&alice, &bob] {
+        assert_eq!(x_cache(server.get("/cached/doc", who).await), "miss");
+        assert_eq!(x_cache(server.get("/cached/doc", who).await), "hit");
+    }
+    assert_eq!(
+        x_cache(server.get("/cached/doc?page=2", &alice).await),
+        "miss"
+    );
+    assert_eq!(x_cache(server.get("/cached/missing", &[]).await), "miss");
+    for (round, method) in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            server.send(method.clone(), "/cached/doc", &alice).await,
+            200
+        );
+        for who in [&alice, &bob] {
+            let reply = server.get("/cached/doc", who).await;
+            assert_eq!(x_cache(reply), "miss", "after a {method}");
+        }
+        let calls = server.upstream.calls("/cached/doc");
+        // (Counted by path: the first 3 loads, `?page=2` included.) Each round: the unsafe
+        // request and 2 reloads.
+        assert_eq!(calls, 3 + 3 * (round as u32 + 1), "after a {method}");
+    }
+    // Another URI (another query) keeps its response.
+    assert_eq!(
+        x_cache(server.get("/cached/doc?page=2", &alice).await),
+        "hit"
+    );
+    // A failed unsafe request changed nothing: the stored response stays.
+    assert_eq!(
+        server
+            .send(reqwest::Method::DELETE, "/cached/missing", &[])
+            .await,
+        404
+    );
+    assert_eq!(x_cache(server.get("/cached/missing", &[]).await), "hit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -840,6 +905,62 @@ async fn two_servers_share_responses_through_redis() {
     assert_eq!(shared.body, first.body);
     assert_eq!(two.upstream.calls("/cached/answer"), 0);
     assert_eq!(two.layer.cache().stats().l2_hits, 1);
+}
+
+/// With Redis and a backplane, an update on one replica invalidates what every replica stored
+/// for the URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_one_replica_invalidates_the_uri_on_every_replica() {
+    use layercache::RedisCache;
+    let redis = support::redis::RedisServer::start();
+    let stack = || async {
+        let l2 = RedisCache::<CachedResponse>::builder()
+            .url(redis.url())
+            .namespace("http-fleet")
+            .command_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .expect("redis");
+        let backplane = l2.backplane().await.expect("backplane");
+        l1().l2(l2).backplane(backplane)
+    };
+    let (one, two) = (serve(stack().await).await, serve(stack().await).await);
+    let subscribed = Instant::now() + Duration::from_secs(10);
+    for server in [&one, &two] {
+        while !server
+            .layer
+            .cache()
+            .backplane()
+            .is_some_and(|b| b.is_subscribed())
+        {
+            assert!(Instant::now() < subscribed, "subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let dave = [("authorization", "Bearer dave")];
+    for server in [&one, &two] {
+        server.get("/cached/shared-doc", &dave).await;
+        let again = server.get("/cached/shared-doc", &dave).await;
+        assert_eq!(again.x_cache.as_deref(), Some("hit"));
+    }
+    // The update returns once every replica has been told.
+    assert_eq!(
+        one.send(reqwest::Method::PUT, "/cached/shared-doc", &dave)
+            .await,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = two.get("/cached/shared-doc", &dave).await;
+        if reply.x_cache.as_deref() == Some("miss") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other replica still answers from its cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A server-sent event stream on a cached route reaches its client event by event — never

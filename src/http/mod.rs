@@ -28,6 +28,12 @@
 //!   `private`, `no-store`, `no-cache`, a foreign `Vary`) is not shared either: a request that
 //!   waited on another's upstream call for it makes its own (each visitor gets its own
 //!   `Set-Cookie`); one kept out only by its status or size answers every request that waited;
+//! * a successful (`2xx`, `3xx`) unsafe request — `POST`, `PUT`, `PATCH`, `DELETE`, any method
+//!   but `GET`, `HEAD`, `OPTIONS` and `TRACE` — on a cached route invalidates every response
+//!   stored for its URI (host, path and query), whatever the varied headers (RFC 9111 §4.4):
+//!   responses are tagged with their URI, and the tag is invalidated, on every replica when the
+//!   [`Layered`] has a backplane. Over an L2 without a backplane, tags cannot be invalidated:
+//!   only the response stored for the request itself is deleted;
 //! * a stored response is fresh for its route's lifetime, or for what its own `Cache-Control`
 //!   allows a shared cache when that is shorter: `s-maxage`, else `max-age`, less the `Age` it
 //!   arrived with ([`CachedResponse::fresh_for`]; `Expires` is not read);
@@ -322,7 +328,13 @@ enum Plan {
         key: String,
         ttl: Duration,
         condition: Option<Condition>,
+        /// The tag of every response stored for the request's URI.
+        tag: String,
     },
+    /// An unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`…) on a cached route: forwarded, and
+    /// once it succeeded every response stored for its URI is invalidated (RFC 9111 §4.4), by
+    /// `tag`, or, where tags cannot be invalidated, the one stored under `key`.
+    Invalidate { tag: String, key: String },
     /// A `HEAD` on a cached route: answered from the `GET` response stored under `key` when
     /// there is a fresh one, else forwarded (its answer has no body to store).
     Head {
@@ -333,8 +345,13 @@ enum Plan {
 
 impl Shared {
     fn plan<B>(&self, request: &Request<B>) -> Plan {
-        let head = request.method() == Method::HEAD;
-        if request.method() != Method::GET && !head {
+        let method = request.method();
+        let head = method == Method::HEAD;
+        let unsafe_method = !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        if method != Method::GET && !head && !unsafe_method {
             return Plan::Untouched;
         }
         let path = request.uri().path();
@@ -346,6 +363,10 @@ impl Shared {
             return Plan::Untouched;
         };
         let headers = request.headers();
+        if unsafe_method {
+            let (tag, key) = self.tag_and_key(request);
+            return Plan::Invalidate { tag, key };
+        }
         let no_store = headers.get_all(CACHE_CONTROL).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
@@ -359,6 +380,24 @@ impl Shared {
         if no_store || personal || Condition::is_unsupported(headers) {
             return Plan::Bypass;
         }
+        let (tag, key) = self.tag_and_key(request);
+        let condition = Condition::of(headers);
+        if head {
+            return Plan::Head { key, condition };
+        }
+        Plan::Cache {
+            key,
+            ttl: *ttl,
+            condition,
+            tag,
+        }
+    }
+
+    /// The tag of every response stored for the request's URI (its host and path with query,
+    /// whatever the varied headers), and the key of the `GET` response for this request.
+    fn tag_and_key<B>(&self, request: &Request<B>) -> (String, String) {
+        let headers = request.headers();
+        let path = request.uri().path();
         // The host: a service answering several (a tenant per subdomain) keeps them apart.
         let host = request
             .uri()
@@ -366,20 +405,30 @@ impl Shared {
             .map(|a| a.as_str().as_bytes())
             .or_else(|| headers.get(HOST).map(HeaderValue::as_bytes))
             .map(without_port);
-        let mut key = crate::KeyBuilder::request("http")
-            .version(1)
-            // A `HEAD` is answered from the `GET` response.
-            .label(Method::GET.as_str())
-            .part(
-                request
-                    .uri()
-                    .path_and_query()
-                    .map_or(path, |pq| pq.as_str()),
-            );
-        key = match host {
-            Some(host) => key.part_bytes(&host.to_ascii_lowercase()),
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(path, |pq| pq.as_str());
+        let host = host.map(<[u8]>::to_ascii_lowercase);
+        let with_host = |key: crate::KeyBuilder| match &host {
+            Some(host) => key.part_bytes(host),
             None => key.part_opt(None::<&str>),
         };
+        let tag = with_host(
+            crate::KeyBuilder::request("http-uri")
+                .version(1)
+                .part(target),
+        )
+        .build()
+        .as_str()
+        .to_owned();
+        let mut key = with_host(
+            crate::KeyBuilder::request("http")
+                .version(1)
+                // A `HEAD` is answered from the `GET` response.
+                .label(Method::GET.as_str())
+                .part(target),
+        );
         for name in &self.vary {
             let values: Vec<&[u8]> = headers
                 .get_all(name)
@@ -393,16 +442,7 @@ impl Shared {
                 key.part_bytes(&values.join(&b"\n"[..]))
             };
         }
-        let key = key.build().as_str().to_owned();
-        let condition = Condition::of(headers);
-        if head {
-            return Plan::Head { key, condition };
-        }
-        Plan::Cache {
-            key,
-            ttl: *ttl,
-            condition,
-        }
+        (tag, key.build().as_str().to_owned())
     }
 }
 
@@ -507,10 +547,24 @@ where
                     .insert(X_CACHE, HeaderValue::from_static("bypass"));
                 Ok(response)
             }),
+            Plan::Invalidate { tag, key } => Box::pin(async move {
+                let response = inner.call(request).await?;
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    // The resource changed: no replica may answer from what it stored for it.
+                    // (Without a backplane over an L2, tags cannot be invalidated: the response
+                    // stored for this request goes, others run out their lifetime.)
+                    if shared.cache.invalidate_tag(&tag).await.is_err() {
+                        let _ = crate::cache::Cache::delete(&shared.cache, &key).await;
+                    }
+                }
+                Ok(response.map(HttpCacheBody::inner))
+            }),
             Plan::Cache {
                 key,
                 ttl,
                 condition,
+                tag,
             } => Box::pin(async move {
                 // The service and the request go to the loader if this caller runs the load, and
                 // stay here if it joins another caller's load.
@@ -556,7 +610,15 @@ where
                         Ok(cached)
                     }
                 };
-                let options = shared.options.clone().with_ttl(ttl);
+                let mut tags: Vec<String> = shared
+                    .options
+                    .tags()
+                    .as_slice()
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect();
+                tags.push(tag);
+                let options = shared.options.clone().with_ttl(ttl).with_tags(tags);
                 let answered = shared.cache.get_or_load_answer(&key, loader, options).await;
                 let stream = streamed.lock().ok().and_then(|mut stream| stream.take());
                 if let Some(mut response) = stream {
