@@ -651,12 +651,12 @@ where
     /// `set` gives it.
     async fn set_many(&self, entries: Vec<(&str, Entry<V>)>) -> Result<()> {
         let this = self.clone();
-        let owned: Vec<(String, Entry<V>)> = entries
+        let (keys, entries): (Vec<String>, Vec<Entry<V>>) = entries
             .into_iter()
             .map(|(key, entry)| (key.to_owned(), entry))
-            .collect();
+            .unzip();
         self.to_completion(async move {
-            let entries = owned.iter().map(|(k, e)| (k.as_str(), e.clone())).collect();
+            let entries = keys.iter().map(String::as_str).zip(entries).collect();
             this.set_many_now(entries).await
         })
         .await
