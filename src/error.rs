@@ -65,7 +65,8 @@ pub enum Error {
     },
 
     /// The task that ran the load ended before producing a value (for example because the tokio
-    /// runtime was shutting down).
+    /// runtime was shutting down); also returned by a change (`set`, `delete`…) of a
+    /// [`Layered`](crate::Layered) whose task the runtime dropped before it ended.
     #[error("the load was cancelled before it completed")]
     LoadCancelled,
 
