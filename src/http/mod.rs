@@ -31,8 +31,9 @@
 //! * a successful (`2xx`, `3xx`) unsafe request — `POST`, `PUT`, `PATCH`, `DELETE`, any method
 //!   but `GET`, `HEAD`, `OPTIONS` and `TRACE` — on a cached route invalidates every response
 //!   stored for its URI (host, path and query), whatever the varied headers (RFC 9111 §4.4):
-//!   responses are tagged with their URI, and the tag is invalidated, on every replica when the
-//!   [`Layered`] has a backplane. Over an L2 without a backplane, tags cannot be invalidated:
+//!   responses are tagged with their URI's bucket (one of 65,536, so that a replica keeps every
+//!   tag time it needs; an update also expires about one in 65,536 of the other stored URIs),
+//!   and the tag is invalidated, on every replica when the [`Layered`] has a backplane. Over an L2 without a backplane, tags cannot be invalidated:
 //!   only the response stored for the request itself is deleted;
 //! * a stored response is fresh for its route's lifetime, or for what its own `Cache-Control`
 //!   allows a shared cache when that is shorter: `s-maxage`, else `max-age`, less the `Age` it
@@ -414,14 +415,7 @@ impl Shared {
             Some(host) => key.part_bytes(host),
             None => key.part_opt(None::<&str>),
         };
-        let tag = with_host(
-            crate::KeyBuilder::request("http-uri")
-                .version(1)
-                .part(target),
-        )
-        .build()
-        .as_str()
-        .to_owned();
+        let tag = uri_bucket(host.as_deref(), target);
         let mut key = with_host(
             crate::KeyBuilder::request("http")
                 .version(1)
@@ -444,6 +438,30 @@ impl Shared {
         }
         (tag, key.build().as_str().to_owned())
     }
+}
+
+/// The tag of the responses stored for a URI (its host, lower-cased and without its port, and
+/// its path and query): one of 65,536 buckets, by BLAKE3, so that no URI shows in tag names.
+/// Buckets, not a tag per URI: a fleet replica keeps the invalidation times of at most 100,000
+/// tags before reading them from Redis again, and one tag per URI would turn the hits of a
+/// large URI space into Redis reads. An update invalidates its URI's bucket: about one in
+/// 65,536 of the other stored URIs with it.
+fn uri_bucket(host: Option<&[u8]>, target: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    match host {
+        Some(host) => {
+            hasher.update(&(host.len() as u64).to_le_bytes());
+            hasher.update(host);
+        }
+        None => {
+            hasher.update(&u64::MAX.to_le_bytes());
+        }
+    }
+    hasher.update(target.as_bytes());
+    let digest = hasher.finalize();
+    let bytes = digest.as_bytes();
+    let bucket = u16::from_le_bytes([bytes[0], bytes[1]]);
+    format!("http-uri:v1:{bucket:04x}")
 }
 
 /// A host as a key holds it: without its port (replicas listening on different ports share
@@ -707,7 +725,25 @@ fn status_response<B>(status: StatusCode) -> Response<HttpCacheBody<B>> {
 
 #[cfg(test)]
 mod tests {
-    use super::without_port;
+    use super::{uri_bucket, without_port};
+
+    #[test]
+    fn a_uri_bucket_is_stable_and_keeps_no_uri() {
+        let doc = uri_bucket(Some(b"a.example"), "/v1/doc?id=7");
+        assert_eq!(doc, uri_bucket(Some(b"a.example"), "/v1/doc?id=7"));
+        assert!(doc.starts_with("http-uri:v1:") && doc.len() == "http-uri:v1:".len() + 4);
+        assert!(!doc.contains("doc"));
+        // 1,000 URIs spread over the buckets (a bucket per URI, but for a rare collision).
+        let buckets: std::collections::HashSet<String> = (0..1000)
+            .map(|i| uri_bucket(Some(b"a.example"), &format!("/v1/doc?id={i}")))
+            .collect();
+        assert!(buckets.len() > 980, "{}", buckets.len());
+        assert_ne!(
+            uri_bucket(Some(b"ab"), "c"),
+            uri_bucket(Some(b"a"), "bc"),
+            "the host is delimited"
+        );
+    }
 
     #[test]
     fn a_host_is_keyed_without_its_port() {
