@@ -33,6 +33,18 @@ fn fleet_replica_process() {
         .expect("replica");
 }
 
+/// Wait (at most 10 s) until every one of `caches` hears its own backplane.
+async fn wait_subscribed(caches: &[&Layered<String>]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !caches
+        .iter()
+        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
+    {
+        assert!(Instant::now() < deadline, "every replica subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn replica_here(url: &str, namespace: &str) -> Layered<String> {
     support::fleet::replica_cache(url, namespace)
         .await
@@ -617,11 +629,7 @@ async fn invalidate_prefix_reaches_every_replicas_l1() {
 async fn a_change_made_just_before_a_process_exits_reaches_every_replica() {
     let server = RedisServer::start();
     let b = replica_here(&server.url(), "fx").await;
-    let subscribed = Instant::now() + Duration::from_secs(10);
-    while !b.backplane().is_some_and(|bp| bp.is_subscribed()) {
-        assert!(Instant::now() < subscribed, "the reader subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_subscribed(&[&b]).await;
     let ttl = Duration::from_secs(600);
     // (the writer's command, the key the reader watches, what the reader must come to see)
     let cases: [(&str, &str, Option<&str>); 8] = [
@@ -671,11 +679,7 @@ async fn a_change_on_another_replica_during_a_load_wins_over_it() {
     let server = RedisServer::start();
     let a = replica_here(&server.url(), "fw").await;
     let mut b = Replica::start(&server.url(), "fw");
-    let subscribed = Instant::now() + Duration::from_secs(10);
-    while !a.backplane().is_some_and(|bp| bp.is_subscribed()) {
-        assert!(Instant::now() < subscribed, "A subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_subscribed(&[&a]).await;
     for (change, want) in [("del", None), ("set", Some("set on B"))] {
         let key = format!("row-{change}");
         let (started, gate) = (
@@ -746,14 +750,7 @@ async fn a_change_whose_caller_hung_up_still_reaches_every_replica() {
     let server = RedisServer::start();
     let (w, proxy) = replica_behind_proxy(&server, "fh").await;
     let r = replica_here(&server.url(), "fh").await;
-    let subscribed = Instant::now() + Duration::from_secs(10);
-    while ![&w, &r]
-        .iter()
-        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
-    {
-        assert!(Instant::now() < subscribed, "both replicas subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_subscribed(&[&w, &r]).await;
     // 60 ms each way to Redis (within the 200 ms command timeout of `w`'s client).
     proxy.set(Mode::Latency(Duration::from_millis(60)));
     for change in ["delete", "set", "expire", "untag"] {
