@@ -12,25 +12,14 @@ use std::time::{Duration, Instant};
 
 use layercache::fleet::TRUST_WINDOW;
 use layercache::{Cache, CacheExt, Layered};
-use support::fleet::{unix_nanos, Replica, REPLICA_ENV};
+use support::fleet::{unix_nanos, Replica};
 use support::redis::RedisServer;
 
 /// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
 /// other tests as a child process; without the environment variable it does nothing.
 #[test]
 fn fleet_replica_process() {
-    let Ok(spec) = std::env::var(REPLICA_ENV) else {
-        return;
-    };
-    let (url, namespace) = spec.split_once(' ').expect("url and namespace");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime
-        .block_on(support::fleet::replica(url, namespace))
-        .expect("replica");
+    support::fleet::replica_process();
 }
 
 /// Wait (at most 10 s) until every one of `caches` hears its own backplane.

@@ -174,6 +174,12 @@ pub struct BackplaneState {
     /// before the lease, or the lease request): the fleet stays available, at the cost of a
     /// possible second load of the key.
     pub lease_bypassed: u64,
+    /// Times this replica rebuilt its backplane connections because it had not heard its own
+    /// heartbeat for the cache's unresponsive time
+    /// ([`RedisCacheBuilder::unresponsive_after`](crate::RedisCacheBuilder::unresponsive_after)):
+    /// a server that hangs without closing its connections, such as a frozen master the
+    /// sentinels have since replaced.
+    pub connections_rebuilt: u64,
 }
 
 /// Cross-replica L1 invalidation over Redis pub/sub. Made by
@@ -210,6 +216,8 @@ pub(crate) struct Shared {
     resyncs: AtomicU64,
     dropped: AtomicU64,
     outbox_overflows: AtomicU64,
+    /// Times the connections were rebuilt because this replica was deaf (see [`heartbeat`]).
+    rebuilds: AtomicU64,
     /// Keeps the clients' connection attempts going while the backplane lives.
     pub(super) connecting: crate::redis::connect::Alive,
     /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
@@ -325,12 +333,14 @@ impl Backplane {
     /// Start a backplane on `channel` with `publisher` and `subscriber` clients, kept connecting
     /// while `connecting` lives. A subscriber that is not connected yet subscribes once it is;
     /// until then (and until this replica hears its own heartbeat) the backplane is not trusted.
+    /// Connections that leave this replica deaf for `unresponsive` are rebuilt (see
+    /// [`heartbeat`]).
     pub(crate) async fn start(
         namespace: &str,
         channel: String,
-        publisher: Client,
-        subscriber: SubscriberClient,
+        (publisher, subscriber): (Client, SubscriberClient),
         connecting: crate::redis::connect::Alive,
+        unresponsive: Duration,
     ) -> Result<Backplane, fred::error::Error> {
         let (events, _) = broadcast::channel(4096);
         let (stop, stopped) = watch::channel(());
@@ -355,6 +365,7 @@ impl Backplane {
             resyncs: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             outbox_overflows: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
             connecting,
             _stop: stop,
             resubscriber: Mutex::new(None),
@@ -380,7 +391,7 @@ impl Backplane {
         tokio::spawn(receive(weak.clone(), messages, stopped.clone()));
         tokio::spawn(distrust_on_reconnect(weak.clone(), reconnects, stopped));
         tokio::spawn(super::outbox::publish_loop(weak.clone()));
-        tokio::spawn(heartbeat(weak));
+        tokio::spawn(heartbeat(weak, unresponsive));
         Ok(Backplane { shared })
     }
 
@@ -413,6 +424,7 @@ impl Backplane {
             lease_timeouts: s.counters.lease_timeouts.load(Ordering::Relaxed),
             lease_holders_lost: s.counters.lease_holders_lost.load(Ordering::Relaxed),
             lease_bypassed: s.counters.lease_bypassed.load(Ordering::Relaxed),
+            connections_rebuilt: s.rebuilds.load(Ordering::Relaxed),
         }
     }
 
@@ -563,9 +575,23 @@ async fn distrust_on_reconnect(
 }
 
 /// Publish a heartbeat every [`HEARTBEAT`]; lose trust after [`TRUST_WINDOW`] of silence.
-async fn heartbeat(shared: std::sync::Weak<Shared>) {
+///
+/// A replica deaf for `unresponsive` rebuilds its backplane connections (at most once per
+/// `unresponsive`): neither fred nor the kernel notices a connection to a server that hangs
+/// without closing it (a frozen VM, a network partition, SIGSTOP), and a subscriber sends
+/// nothing that could time out. Behind a sentinel such a connection would outlive the
+/// failover for good — the fleet's L1s untrusted, every read going to Redis — so:
+///
+/// * the heartbeat was published but never heard: the subscriber is rebuilt (it re-asks the
+///   sentinels, and fred subscribes again);
+/// * the heartbeat timed out: the publisher is stuck too, and both are rebuilt.
+///
+/// Other failures (refused, disconnected) are left to the clients, which already know and are
+/// reconnecting.
+async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rebuilt_at: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let (publisher, channel, id) = {
@@ -576,13 +602,36 @@ async fn heartbeat(shared: std::sync::Weak<Shared>) {
         };
         let message = encode(id, Action::Heartbeat, now_us(), "");
         // Bounded by the client's command timeout; a failure just means no heartbeat.
-        let _: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
+        let sent: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
         let Some(s) = shared.upgrade() else {
             return;
         };
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
         if silent_for > TRUST_WINDOW.as_millis() as u64 {
             s.set_trusted(false);
+        }
+        let stuck = match &sent {
+            Ok(_) => Some(false),
+            Err(e) if *e.kind() == fred::error::ErrorKind::Timeout => Some(true),
+            Err(_) => None,
+        };
+        let deaf = Duration::from_millis(silent_for) >= unresponsive
+            && rebuilt_at.is_none_or(|at| at.elapsed() >= unresponsive);
+        if let (true, Some(publisher_stuck)) = (deaf, stuck) {
+            rebuilt_at = Some(tokio::time::Instant::now());
+            s.rebuilds.fetch_add(1, Ordering::Relaxed);
+            let subscriber = s.subscriber.clone();
+            let publisher = publisher_stuck.then(|| s.publisher.clone());
+            // Not awaited here: the heartbeat goes on while the clients reconnect.
+            tokio::spawn(async move {
+                let rebuild = async {
+                    let _ = subscriber.force_reconnection().await;
+                    if let Some(publisher) = publisher {
+                        let _ = publisher.force_reconnection().await;
+                    }
+                };
+                let _ = tokio::time::timeout(unresponsive, rebuild).await;
+            });
         }
     }
 }

@@ -56,6 +56,16 @@
 //! * **A replica can start while Redis is down**: the backplane starts unsubscribed (so L1 is not
 //!   trusted), keeps connecting, subscribes once Redis answers and is trusted once it hears its
 //!   own heartbeat — the replica rejoins the fleet without help.
+//! * **A deaf replica rebuilds its backplane connections**: when it has not heard its own
+//!   heartbeat for the cache's unresponsive time
+//!   ([`RedisCacheBuilder::unresponsive_after`](crate::RedisCacheBuilder::unresponsive_after),
+//!   default 2 s) although Redis took the heartbeat — or the heartbeat timed out — the
+//!   subscriber (and a timed-out publisher) is forced to reconnect, at most once per that time,
+//!   and subscribes again. A server that hangs without closing its connections (a frozen VM, a
+//!   network partition) is noticed by nothing else: a subscriber sends nothing that could time
+//!   out. Behind sentinels that replaced such a master, the fleet heard itself again 1.8–1.9 s
+//!   after the promotion (counted in [`BackplaneState::connections_rebuilt`]); without it, never
+//!   while the old master stayed hung, every L1 untrusted and every read going to Redis.
 //! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows
 //!   the master like any client).
 //!
@@ -88,10 +98,14 @@
 //!
 //! # Catch-up after an outage
 //!
-//! A write a replica kept in L1 while Redis was unreachable is copied to Redis afterwards with
-//! [`Cache::set_if_newer`](crate::Cache::set_if_newer): one script compares the creation time of
-//! what Redis holds with ours and writes only if ours is later. A backplane message about the key
-//! (another replica changed it) drops it from the catch-up.
+//! A write a replica kept in L1 while Redis was unreachable (or failed, or timed out) is copied
+//! to Redis afterwards with [`Cache::set_if_newer`](crate::Cache::set_if_newer): one script
+//! compares the creation time of what Redis holds with ours and writes only if ours is later,
+//! and the key is announced again. A backplane message about the key (another replica changed
+//! it) drops it from the catch-up. The catch-up is tried every 250 ms while writes wait (not
+//! while the circuit is open), so it does not depend on the replica calling Redis again: a
+//! replica that went quiet after its write failed would otherwise hold the value alone, while
+//! the replicas it announced the change to read Redis.
 //!
 //! Times are wall-clock (µs) from each replica's clock: keep the fleet's clocks in sync.
 //!

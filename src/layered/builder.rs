@@ -345,6 +345,8 @@ where
                 fresh_for: self.fresh_for,
                 pending: Mutex::new(HashSet::new()),
                 flushing: AtomicBool::new(false),
+                catching_up: AtomicBool::new(false),
+                in_catch_up: std::sync::atomic::AtomicUsize::new(0),
                 tag_retention_ms: (self.tag_retention != Duration::MAX)
                     .then(|| u64::try_from(self.tag_retention.as_millis()).unwrap_or(u64::MAX)),
                 flush_not_before_ms: std::sync::atomic::AtomicU64::new(0),

@@ -36,6 +36,11 @@ const FLUSH_BATCH: usize = 100;
 /// After L2 answered a catch-up write with an error of its own (full, read-only), the catch-up
 /// waits this long (ms) before it tries again.
 pub(crate) const REPLY_RETRY_MS: u64 = 1_000;
+/// While writes wait for the catch-up, it is tried this often even if nothing else on this
+/// replica calls L2: a replica that went quiet after a failed write (a Redis blip, a failover)
+/// would otherwise keep the value in its L1 alone, while the fleet it announced the change to
+/// reads L2.
+pub(crate) const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl<V> Inner<V>
 where
@@ -156,6 +161,7 @@ where
                         pending.insert(Arc::from(key));
                     }
                 }
+                self.catch_up_later();
                 if replacing && matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&[key]).await;
                 }
@@ -204,6 +210,7 @@ where
                         pending.insert(key);
                     }
                 }
+                self.catch_up_later();
                 // These writes replace what the keys held (see `write_l2`).
                 if matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&names).await;
@@ -237,6 +244,59 @@ where
         });
     }
 
+    /// Make sure the pending writes are tried again every [`CATCH_UP_EVERY`] until none is left
+    /// (one task per cache, holding it weakly: a dropped cache ends it), whether or not other
+    /// L2 calls succeed meanwhile. Each try skips an open circuit, so an outage costs no Redis
+    /// call beyond the breaker's own probes.
+    pub(super) fn catch_up_later(self: &Arc<Self>) {
+        if self.catching_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.catching_up.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(CATCH_UP_EVERY).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if inner.pending_is_empty() {
+                    inner.catching_up.store(false, Ordering::Release);
+                    // A key queued just before the flag went down found it up and left the
+                    // retries to this task: take them back unless another task did.
+                    if inner.pending_is_empty() || inner.catching_up.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                }
+                inner.try_catch_up().await;
+            }
+        });
+    }
+
+    fn pending_is_empty(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// One catch-up pass now, unless the circuit is open, L2 asked for a pause, or a pass is
+    /// already running.
+    pub(super) async fn try_catch_up(self: &Arc<Self>) {
+        if self.breaker.state() == crate::load::breaker::CircuitState::Open
+            || crate::entry::now_ms() < self.flush_not_before_ms.load(Ordering::Relaxed)
+            || self.flushing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.flush_pending().await;
+        self.flushing.store(false, Ordering::Release);
+    }
+
     /// Copy pending keys' current L1 entries to L2, a batch at a time, each only if L2 holds
     /// nothing newer; stop at the first failure of L2 (the keys stay pending). A refused value
     /// (too large, cannot encode) is dropped and never holds back the others.
@@ -251,6 +311,8 @@ where
                 for key in &batch {
                     pending.remove(key);
                 }
+                // Still waiting for L2 while the batch is out of the set.
+                self.in_catch_up.store(batch.len(), Ordering::SeqCst);
                 batch
             };
             if batch.is_empty() {
@@ -309,6 +371,7 @@ where
                 }
             }
             self.breaker.record(allowed, true, connections);
+            self.in_catch_up.store(0, Ordering::SeqCst);
         }
     }
 
@@ -371,5 +434,6 @@ where
     fn requeue(&self, batch: Vec<Arc<str>>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.extend(batch);
+        self.in_catch_up.store(0, Ordering::SeqCst);
     }
 }

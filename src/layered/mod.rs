@@ -192,6 +192,10 @@ pub(crate) struct Inner<V> {
     /// answers again. Bounded by `l2::MAX_PENDING`.
     pending: Mutex<HashSet<Arc<str>>>,
     flushing: AtomicBool,
+    /// Whether a task retries the catch-up while keys are pending (see `l2::catch_up_later`).
+    catching_up: AtomicBool,
+    /// Keys of the catch-up batch being written (out of `pending` meanwhile).
+    in_catch_up: std::sync::atomic::AtomicUsize,
     /// How long a tagged entry may live (ms), `None` for its whole lifetime: see
     /// [`LayeredBuilder::tag_retention`].
     pub(crate) tag_retention_ms: Option<u64>,
@@ -499,14 +503,21 @@ where
         self.inner.flights.len()
     }
 
-    /// Keys written to L1 but not yet to L2 (because L2 was unavailable); they are written to L2
-    /// automatically once it answers again.
+    /// Keys written to L1 but not yet to L2 (because L2 was unavailable or failed the write);
+    /// they are written to L2 automatically once it answers again — tried every 250 ms while
+    /// the circuit is not open, whether or not this replica calls L2 meanwhile (each only if L2
+    /// holds nothing newer, and announced again to the fleet).
     pub fn pending_l2_writes(&self) -> usize {
-        self.inner
+        let pending = self
+            .inner
             .pending
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.len()
+            + self
+                .inner
+                .in_catch_up
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time (a

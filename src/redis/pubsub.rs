@@ -1,5 +1,7 @@
 //! [`RedisCache::backplane`]: the backplane's own connections on the cache's server.
 
+use std::time::Duration;
+
 use fred::interfaces::ClientLike;
 
 use super::{builder, connect, RedisCache};
@@ -72,8 +74,19 @@ where
             0 => format!("layercache:backplane:v{wire}:{namespace}"),
             database => format!("layercache:backplane:v{wire}:db{database}:{namespace}"),
         };
-        crate::fleet::Backplane::start(namespace, channel, publisher, subscriber, alive)
-            .await
-            .map_err(|e| Error::redis("subscribe", e))
+        let unresponsive = setup
+            .connection
+            .unresponsive
+            .max_timeout
+            .unwrap_or(Duration::from_secs(2));
+        crate::fleet::Backplane::start(
+            namespace,
+            channel,
+            (publisher, subscriber),
+            alive,
+            unresponsive,
+        )
+        .await
+        .map_err(|e| Error::redis("subscribe", e))
     }
 }

@@ -115,6 +115,21 @@ async fn value(cache: &Layered<String>, key: &str) -> Option<String> {
     cache.get_value(key).await.ok().flatten()
 }
 
+/// The body of the `fleet_replica_process` "test" of a binary that starts replicas: serve as a
+/// replica when [`REPLICA_ENV`] is set, do nothing otherwise.
+pub fn replica_process() {
+    let Ok(spec) = std::env::var(REPLICA_ENV) else {
+        return;
+    };
+    let (url, namespace) = spec.split_once(' ').expect("url and namespace");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(replica(url, namespace)).expect("replica");
+}
+
 /// Answer commands from stdin until it closes (the protocol is in the module docs).
 pub async fn replica(url: &str, namespace: &str) -> Result<(), Box<dyn std::error::Error>> {
     let cache = replica_cache(url, namespace).await?;

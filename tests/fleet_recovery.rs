@@ -1,0 +1,205 @@
+//! A fleet after Redis faults recovers with no help from its callers:
+//!
+//! * across a failover (replicas as separate OS processes, see `support::fleet`), once the new
+//!   master is in charge every replica hears the fleet again — its backplane subscribed and
+//!   trusted, invalidations crossing — even while the old master stays hung (a frozen VM, a
+//!   network partition: its TCP connections neither answer nor close);
+//! * a write that Redis failed reaches it once Redis answers, and the fleet sees it, even if the
+//!   replica that made it never calls Redis again.
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use layercache::{CacheExt, Layered, MemoryCache, RedisCache};
+use support::fleet::Replica;
+use support::proxy::{FaultProxy, Mode};
+use support::redis::{RedisSentinel, RedisServer};
+
+/// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
+/// other tests as a child process; without the environment variable it does nothing.
+#[test]
+fn fleet_replica_process() {
+    support::fleet::replica_process();
+}
+
+/// Ask `replica` for its backplane state until it says `subscribed true`; how long that took.
+fn wait_until_subscribed(replica: &mut Replica, within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    while replica.ask("state") != "subscribed true" {
+        assert!(
+            started.elapsed() < within,
+            "{what}: the replica did not hear the fleet again within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// `b` holds `key` = `old` in its L1 (armed), `a` sets `new`: `b` must stop serving `old`.
+fn assert_change_crosses(a: &mut Replica, b: &mut Replica, key: &str, old: &str, new: &str) {
+    assert_eq!(a.ask(&format!("set {key} {old}")), "ok");
+    b.send(&format!("watch {key} {old}"));
+    assert_eq!(b.read(), "armed", "{key}: b reads {old}");
+    assert_eq!(a.ask(&format!("set {key} {new}")), "ok");
+    let seen = b.read();
+    assert!(
+        seen.starts_with("changed"),
+        "{key}: b still served {old} 10 s after a set it to {new} ({seen})"
+    );
+}
+
+#[test]
+fn a_fleet_behind_a_sentinel_rejoins_the_promoted_master_while_the_old_one_hangs() {
+    let group = RedisSentinel::start();
+    let url = group.url();
+    let mut a = Replica::start(&url, "ffo");
+    let mut b = Replica::start(&url, "ffo");
+    wait_until_subscribed(&mut a, Duration::from_secs(10), "a, at start");
+    wait_until_subscribed(&mut b, Duration::from_secs(10), "b, at start");
+    assert_change_crosses(&mut a, &mut b, "before", "v1", "v2");
+
+    // The master freezes for good (SIGSTOP until the end of the test).
+    let fault = Instant::now();
+    group.master.pause();
+    let promoted = loop {
+        if group.replica.cli(&["role"]).starts_with("master") {
+            break fault.elapsed();
+        }
+        assert!(
+            fault.elapsed() < Duration::from_secs(15),
+            "the sentinels did not promote the replica within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Both replicas find the new master for their backplane too, and trust their L1 again.
+    let within = Duration::from_secs(15);
+    wait_until_subscribed(&mut a, within, "a, after the failover");
+    let a_back = fault.elapsed();
+    wait_until_subscribed(&mut b, within, "b, after the failover");
+    let b_back = fault.elapsed();
+    println!(
+        "sentinel failover with the old master hung: promoted {promoted:?} after SIGSTOP; \
+         replicas subscribed again by {a_back:?} (a) and {b_back:?} (b)"
+    );
+
+    // And changes cross again, both ways, through the promoted master.
+    assert_change_crosses(&mut a, &mut b, "after", "v1", "v2");
+    assert_change_crosses(&mut b, &mut a, "after2", "v1", "v2");
+    group.master.resume();
+}
+
+/// A Redis cache reaching `server` through a fault proxy (200 ms command timeout).
+async fn behind_proxy(server: &RedisServer, namespace: &str) -> (RedisCache<String>, FaultProxy) {
+    let upstream = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let l2 = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace(namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("l2 behind the proxy");
+    (l2, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_failed_reaches_the_fleet_though_its_replica_goes_quiet() {
+    let server = RedisServer::start();
+    // Replica A reaches Redis through a fault proxy; replica B directly.
+    let (a_l2, proxy) = behind_proxy(&server, "fq").await;
+    let a = Layered::builder(MemoryCache::builder().build().expect("l1"), a_l2.clone())
+        .name("a")
+        .backplane(a_l2.backplane().await.expect("backplane of a"))
+        .build()
+        .expect("a");
+    let b = support::fleet::replica_cache(&server.url(), "fq")
+        .await
+        .expect("b");
+    let subscribed = Instant::now() + Duration::from_secs(10);
+    while ![&a, &b]
+        .iter()
+        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
+    {
+        assert!(Instant::now() < subscribed, "both replicas subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A's connections to Redis are cut while it writes: the write is kept for the catch-up.
+    proxy.set(Mode::Reset);
+    a.set_value("k", "from-a".into(), Duration::from_secs(600))
+        .await
+        .expect("a set answers without L2");
+    assert_eq!(a.pending_l2_writes(), 1);
+    proxy.set(Mode::Pass);
+
+    // A makes no call at all from here on; B must come to read A's value from Redis.
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(5);
+    loop {
+        let seen = b.get_value("k").await.expect("b reads");
+        if seen.as_deref() == Some("from-a") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still reads {seen:?} 5 s after Redis came back: A's write is in its L1 alone \
+             ({} pending)",
+            a.pending_l2_writes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "a write Redis failed reached the fleet {:?} after Redis was back, with no call on its replica",
+        back.elapsed()
+    );
+    assert_eq!(a.pending_l2_writes(), 0);
+    assert!(
+        server.cli(&["GET", "fq:k"]).len() > 1,
+        "the value is in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_for_the_writes_redis_failed_and_says_when_they_cannot_be_made() {
+    let server = RedisServer::start();
+    let (l2, proxy) = behind_proxy(&server, "fw").await;
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+        .name("flush")
+        .build()
+        .expect("cache");
+    let ttl = Duration::from_secs(600);
+
+    // Redis unreachable for good: the kept write cannot be made, and flush says so.
+    proxy.set(Mode::Reset);
+    cache
+        .set_value("kept", "v1".into(), ttl)
+        .await
+        .expect("set answers without L2");
+    assert_eq!(cache.pending_l2_writes(), 1);
+    let refused = cache.flush(Duration::from_millis(600)).await;
+    assert!(
+        matches!(refused, Err(layercache::Error::Timeout { .. })),
+        "flush with Redis unreachable: {refused:?}"
+    );
+    assert_eq!(cache.pending_l2_writes(), 1, "still kept for later");
+
+    // Redis back: flush returns once the write is in Redis.
+    proxy.set(Mode::Pass);
+    let started = Instant::now();
+    cache
+        .flush(Duration::from_secs(10))
+        .await
+        .expect("flush once Redis answers");
+    println!("flush wrote the kept value in {:?}", started.elapsed());
+    assert_eq!(cache.pending_l2_writes(), 0);
+    assert!(
+        server.cli(&["GET", "fw:kept"]).len() > 1,
+        "the value is in Redis when flush returns"
+    );
+}
