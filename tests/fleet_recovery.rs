@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use layercache::{CacheExt, Layered, MemoryCache, RedisCache};
 use support::fleet::Replica;
 use support::proxy::{FaultProxy, Mode};
-use support::redis::{RedisSentinel, RedisServer};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 /// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
 /// other tests as a child process; without the environment variable it does nothing.
@@ -31,7 +31,8 @@ fn wait_until_subscribed(replica: &mut Replica, within: Duration, what: &str) ->
     while replica.ask("state") != "subscribed true" {
         assert!(
             started.elapsed() < within,
-            "{what}: the replica did not hear the fleet again within {within:?}"
+            "{what}: the replica did not hear the fleet again within {within:?}: {}",
+            replica.ask("diag")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -42,7 +43,14 @@ fn wait_until_subscribed(replica: &mut Replica, within: Duration, what: &str) ->
 fn assert_change_crosses(a: &mut Replica, b: &mut Replica, key: &str, old: &str, new: &str) {
     assert_eq!(a.ask(&format!("set {key} {old}")), "ok");
     b.send(&format!("watch {key} {old}"));
-    assert_eq!(b.read(), "armed", "{key}: b reads {old}");
+    let armed = b.read();
+    if armed != "armed" {
+        panic!(
+            "{key}: the reader never read {old} ({armed}); writer: {}; reader: {}",
+            a.ask("diag"),
+            b.ask("diag")
+        );
+    }
     assert_eq!(a.ask(&format!("set {key} {new}")), "ok");
     let seen = b.read();
     assert!(
@@ -202,4 +210,71 @@ async fn flush_waits_for_the_writes_redis_failed_and_says_when_they_cannot_be_ma
         server.cli(&["GET", "fw:kept"]).len() > 1,
         "the value is in Redis when flush returns"
     );
+}
+
+#[test]
+fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
+    let cluster = RedisCluster::start_topology(1, &[]);
+    let url = cluster.url();
+    let mut a = Replica::start(&url, "fcl");
+    let mut b = Replica::start(&url, "fcl");
+    wait_until_subscribed(&mut a, Duration::from_secs(10), "a, at start");
+    wait_until_subscribed(&mut b, Duration::from_secs(10), "b, at start");
+    assert_change_crosses(&mut a, &mut b, "before", "v1", "v2");
+
+    // The victim: a master the replicas' subscriptions are on.
+    let channel = "layercache:backplane:v1:fcl";
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| {
+            n.cli(&["role"]).starts_with("master")
+                && n.cli(&["pubsub", "channels"]).contains(channel)
+        })
+        .expect("a master holds the backplane's subscriptions");
+    let victim_port = cluster.nodes[victim].port;
+    let replica = cluster.replica_of(victim_port);
+    // Keys the victim holds, so that the replicas' reads and writes meet the hung node too.
+    let on_victim: Vec<String> = (0..)
+        .map(|i| format!("after{i}"))
+        .filter(|key| {
+            let slot = support::redis::cli(
+                cluster.nodes[0].port,
+                &["cluster", "keyslot", &format!("fcl:{key}")],
+            );
+            slot.trim()
+                .parse::<u16>()
+                .is_ok_and(|slot| cluster.master_port_of_slot(slot) == victim_port)
+        })
+        .take(2)
+        .collect();
+    let fault = Instant::now();
+    cluster.nodes[victim].pause();
+    let promoted = loop {
+        if cluster.nodes[replica].cli(&["role"]).starts_with("master") {
+            break fault.elapsed();
+        }
+        assert!(
+            fault.elapsed() < Duration::from_secs(15),
+            "the cluster did not promote the replica within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let within = Duration::from_secs(15);
+    wait_until_subscribed(&mut a, within, "a, after the failover");
+    let a_back = fault.elapsed();
+    wait_until_subscribed(&mut b, within, "b, after the failover");
+    let b_back = fault.elapsed();
+    println!(
+        "cluster failover with the subscriptions' master hung: promoted {promoted:?} after \
+         SIGSTOP; replicas subscribed again by {a_back:?} (a) and {b_back:?} (b)"
+    );
+    assert_change_crosses(&mut a, &mut b, &on_victim[0], "v1", "v2");
+    assert_change_crosses(&mut b, &mut a, &on_victim[1], "v1", "v2");
+    println!(
+        "changes to keys of the failed-over slots crossed by {:?}",
+        fault.elapsed()
+    );
+    cluster.nodes[victim].resume();
 }

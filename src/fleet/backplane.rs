@@ -218,6 +218,9 @@ pub(crate) struct Shared {
     outbox_overflows: AtomicU64,
     /// Times the connections were rebuilt because this replica was deaf (see [`heartbeat`]).
     rebuilds: AtomicU64,
+    /// Replaces the publisher's connection when its commands only time out (a hung server; on
+    /// a cluster, a hung master the cluster has replaced): see [`crate::redis::watchdog`].
+    watchdog: Arc<crate::redis::watchdog::Watchdog>,
     /// Keeps the clients' connection attempts going while the backplane lives.
     pub(super) connecting: crate::redis::connect::Alive,
     /// Dropped with the backplane: tells the tasks that wait on the subscriber's streams to end
@@ -278,6 +281,17 @@ impl Counters {
 }
 
 impl Shared {
+    /// A command on the publisher failed: a timeout starts the watchdog's probe of it.
+    pub(crate) fn publisher_failed(&self, error: &fred::error::Error) {
+        if *error.kind() == fred::error::ErrorKind::Timeout {
+            let options = fred::prelude::Options {
+                timeout: Some(self.publisher.perf_config().default_command_timeout),
+                ..Default::default()
+            };
+            self.watchdog.timed_out(0, &self.publisher, &options);
+        }
+    }
+
     fn set_trusted(&self, trusted: bool) -> bool {
         let was = self.trusted.swap(trusted, Ordering::AcqRel);
         self.counters
@@ -345,6 +359,11 @@ impl Backplane {
         let (events, _) = broadcast::channel(4096);
         let (stop, stopped) = watch::channel(());
         let connected = subscriber.is_connected();
+        let watchdog = Arc::new(crate::redis::watchdog::Watchdog::new(
+            1,
+            unresponsive,
+            publisher.is_clustered(),
+        ));
         let shared = Arc::new(Shared {
             id: instance_id(),
             namespace: namespace.to_owned(),
@@ -366,6 +385,7 @@ impl Backplane {
             dropped: AtomicU64::new(0),
             outbox_overflows: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
+            watchdog,
             connecting,
             _stop: stop,
             resubscriber: Mutex::new(None),
@@ -576,22 +596,21 @@ async fn distrust_on_reconnect(
 
 /// Publish a heartbeat every [`HEARTBEAT`]; lose trust after [`TRUST_WINDOW`] of silence.
 ///
-/// A replica deaf for `unresponsive` rebuilds its backplane connections (at most once per
-/// `unresponsive`): neither fred nor the kernel notices a connection to a server that hangs
-/// without closing it (a frozen VM, a network partition, SIGSTOP), and a subscriber sends
-/// nothing that could time out. Behind a sentinel such a connection would outlive the
-/// failover for good — the fleet's L1s untrusted, every read going to Redis — so:
-///
-/// * the heartbeat was published but never heard: the subscriber is rebuilt (it re-asks the
-///   sentinels, and fred subscribes again);
-/// * the heartbeat timed out: the publisher is stuck too, and both are rebuilt.
-///
+/// A replica deaf for `unresponsive` although Redis took its heartbeat rebuilds its subscriber
+/// (at most once per `unresponsive`): neither fred nor the kernel notices a connection to a
+/// server that hangs without closing it (a frozen VM, a network partition, SIGSTOP), and a
+/// subscriber sends nothing that could time out. Behind a sentinel, or on a cluster, such a
+/// connection would outlive the failover for good — the fleet's L1s untrusted, every read going
+/// to Redis. The rebuilt subscriber re-asks the sentinels (or the cluster) and subscribes again.
+/// A heartbeat that timed out is the publisher's hang: the watchdog probes and replaces it
+/// ([`Shared::publisher_failed`]), and the subscriber is rebuilt once it still hears nothing.
 /// Other failures (refused, disconnected) are left to the clients, which already know and are
 /// reconnecting.
 async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rebuilt_at: Option<tokio::time::Instant> = None;
+    let mut rebuilding: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         let (publisher, channel, id) = {
@@ -606,32 +625,37 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
         let Some(s) = shared.upgrade() else {
             return;
         };
+        if let Err(e) = &sent {
+            s.publisher_failed(e);
+        }
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
         if silent_for > TRUST_WINDOW.as_millis() as u64 {
             s.set_trusted(false);
         }
-        let stuck = match &sent {
-            Ok(_) => Some(false),
-            Err(e) if *e.kind() == fred::error::ErrorKind::Timeout => Some(true),
-            Err(_) => None,
+        // Taken but unheard (the subscriber hangs), or timed out (the server hangs); other
+        // failures are the clients' own to handle.
+        let hang_suspected = match &sent {
+            Ok(_) => true,
+            Err(e) => *e.kind() == fred::error::ErrorKind::Timeout,
         };
-        let deaf = Duration::from_millis(silent_for) >= unresponsive
-            && rebuilt_at.is_none_or(|at| at.elapsed() >= unresponsive);
-        if let (true, Some(publisher_stuck)) = (deaf, stuck) {
+        // A rebuild still reconnecting (a cluster's routing refresh may wait for the hung node)
+        // is never cut short by the next one; the next waits `unresponsive` after it ended.
+        if rebuilding.as_ref().is_some_and(|task| task.is_finished()) {
+            rebuilding = None;
             rebuilt_at = Some(tokio::time::Instant::now());
+        }
+        let deaf = Duration::from_millis(silent_for) >= unresponsive
+            && rebuilding.is_none()
+            && rebuilt_at.is_none_or(|at| at.elapsed() >= unresponsive);
+        if deaf && hang_suspected {
             s.rebuilds.fetch_add(1, Ordering::Relaxed);
             let subscriber = s.subscriber.clone();
-            let publisher = publisher_stuck.then(|| s.publisher.clone());
-            // Not awaited here: the heartbeat goes on while the clients reconnect.
-            tokio::spawn(async move {
-                let rebuild = async {
-                    let _ = subscriber.force_reconnection().await;
-                    if let Some(publisher) = publisher {
-                        let _ = publisher.force_reconnection().await;
-                    }
-                };
-                let _ = tokio::time::timeout(unresponsive, rebuild).await;
-            });
+            // Not awaited here: the heartbeat goes on while the subscriber reconnects. Capped,
+            // so that a reconnection fred never ends cannot stop the rebuilds for good.
+            rebuilding = Some(tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(unresponsive * 4, subscriber.force_reconnection()).await;
+            }));
         }
     }
 }

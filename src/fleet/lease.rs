@@ -168,6 +168,9 @@ impl Backplane {
             async move { c.eval(ACQUIRE, lease_key, args).await }
         })
         .await;
+        if let Err(e) = &answer {
+            self.shared.publisher_failed(e);
+        }
         match answer {
             Ok(-3) => {
                 self.shared

@@ -56,16 +56,19 @@
 //! * **A replica can start while Redis is down**: the backplane starts unsubscribed (so L1 is not
 //!   trusted), keeps connecting, subscribes once Redis answers and is trusted once it hears its
 //!   own heartbeat — the replica rejoins the fleet without help.
-//! * **A deaf replica rebuilds its backplane connections**: when it has not heard its own
-//!   heartbeat for the cache's unresponsive time
+//! * **A deaf replica rebuilds its subscriber**: when it has not heard its own heartbeat for
+//!   the cache's unresponsive time
 //!   ([`RedisCacheBuilder::unresponsive_after`](crate::RedisCacheBuilder::unresponsive_after),
-//!   default 2 s) although Redis took the heartbeat — or the heartbeat timed out — the
-//!   subscriber (and a timed-out publisher) is forced to reconnect, at most once per that time,
-//!   and subscribes again. A server that hangs without closing its connections (a frozen VM, a
-//!   network partition) is noticed by nothing else: a subscriber sends nothing that could time
-//!   out. Behind sentinels that replaced such a master, the fleet heard itself again 1.8–1.9 s
-//!   after the promotion (counted in [`BackplaneState::connections_rebuilt`]); without it, never
-//!   while the old master stayed hung, every L1 untrusted and every read going to Redis.
+//!   default 2 s) although Redis took the heartbeat (or the heartbeat timed out), the
+//!   subscriber is forced to reconnect — never while a rebuild is still reconnecting, and at
+//!   most once per that time after one — and subscribes again; the publisher (heartbeats,
+//!   tag times, leases) has the connection watchdog of a `RedisCache`. A server that hangs
+//!   without closing its connections (a frozen VM, a network partition) is noticed by nothing
+//!   else: a subscriber sends nothing that could time out. Behind sentinels that replaced such a
+//!   master, the fleet heard itself again ~2.3 s after the promotion; on a cluster that failed
+//!   over the master the subscriptions were on, 0.3–2.3 s after it (counted in
+//!   [`BackplaneState::connections_rebuilt`]). Without it: never while the old master stayed
+//!   hung, every L1 untrusted and every read going to Redis.
 //! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows
 //!   the master like any client).
 //!

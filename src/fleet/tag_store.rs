@@ -90,7 +90,8 @@ impl Backplane {
             let (c, keys, args) = (client.with_options(o), keys.clone(), args.clone());
             async move { c.eval(STORE_LATER, keys, args).await }
         })
-        .await?;
+        .await
+        .inspect_err(|e| self.shared.publisher_failed(e))?;
         if let (false, Some(keep_ms)) = (old.is_empty(), keep_ms) {
             // Best effort: what is left is swept by a later invalidation.
             let cutoff_us = (us / 1_000).saturating_sub(keep_ms).saturating_mul(1_000);
@@ -124,7 +125,8 @@ impl Backplane {
             let (c, keys) = (client.with_options(o), keys.clone());
             async move { c.mget(keys).await }
         })
-        .await?;
+        .await
+        .inspect_err(|e| self.shared.publisher_failed(e))?;
         Ok(values
             .into_iter()
             .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))

@@ -29,8 +29,10 @@
 //!   own check (no reply for 2 s) plus a watchdog of ours that also catches the case fred misses:
 //!   steady traffic into a hung server, where every command times out. The first timeout on a
 //!   connection starts a `PING` probe; if the node still does not answer after the unresponsive
-//!   time, the connection is rebuilt (re-asking the sentinels for the master). Not on a cluster:
-//!   see the watchdog's notes;
+//!   time, the connection is rebuilt (re-asking the sentinels for the master). On a cluster,
+//!   where a rebuild would stall the healthy masters' keys, each master is probed on its own,
+//!   and the routing is refreshed once the cluster has replaced the hung one (see the
+//!   watchdog's notes); the backplane's publisher has the same watchdog;
 //! * **TCP_NODELAY**, and a pool of 2 connections ([`DEFAULT_POOL_SIZE`]): writes on one, so
 //!   that a `set` and a later `delete` of one key cannot overtake each other, and reads on the
 //!   other, so that a write blocked at the server (`CLIENT PAUSE WRITE`, `maxmemory`) never
@@ -99,7 +101,7 @@ mod ops;
 mod prefix;
 mod pubsub;
 mod tls;
-mod watchdog;
+pub(crate) mod watchdog;
 
 use self::builder::Setup;
 pub use self::builder::{Reconnect, RedisCacheBuilder};

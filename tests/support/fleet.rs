@@ -13,6 +13,7 @@
 //! | `hold KEY LOAD_MS` | `loading` when its load starts, `done` when it ends |
 //! | `load KEY` | `val VALUE` (and whether this process loaded it: `loaded` or `served`), or `error …` |
 //! | `leases` | `won W waited S timed_out T holder_lost L` |
+//! | `diag` | `pending N health … stats …`: L2 writes waiting for the catch-up, circuits, `stats()` |
 //! | `fill PREFIX N TAG` | `ok`: `get_or_load` of keys `PREFIX0…` with tag `TAG` |
 //! | `fresh PREFIX N` | `fresh K`: how many of those keys `get_value` returns |
 //! | `untag TAG` / `clear` | `ok` or `error …`: `invalidate_tag` / `clear` |
@@ -326,6 +327,17 @@ async fn answer(cache: &Layered<String>, line: &str) {
                 let entries = keys.split(' ').map(|k| (k, entry.clone())).collect();
                 say(done(cache.set_many(entries).await));
             }
+            ["diag"] => say(format!(
+                "pending {} health {:?} backplane {:?} stats {:?}",
+                cache.pending_l2_writes(),
+                cache
+                    .health()
+                    .iter()
+                    .map(|h| (h.position, h.circuit))
+                    .collect::<Vec<_>>(),
+                backplane_state(cache),
+                cache.stats()
+            )),
             ["leases"] => {
                 let s = backplane_state(cache);
                 say(format!(
