@@ -59,6 +59,39 @@ fn assert_change_crosses(a: &mut Replica, b: &mut Replica, key: &str, old: &str,
     );
 }
 
+/// Freeze `victim` for good (SIGSTOP; the caller resumes it at the end), wait until `promoted`
+/// reports itself master, then until both replicas hear the fleet again. Prints the times.
+fn hang_and_rejoin(
+    what: &str,
+    victim: &RedisServer,
+    promoted: &RedisServer,
+    (a, b): (&mut Replica, &mut Replica),
+) -> Instant {
+    let fault = Instant::now();
+    victim.pause();
+    let promoted_after = loop {
+        if promoted.cli(&["role"]).starts_with("master") {
+            break fault.elapsed();
+        }
+        assert!(
+            fault.elapsed() < Duration::from_secs(15),
+            "{what}: the replica was not promoted within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Both replicas find the new master for their backplane too, and trust their L1 again.
+    let within = Duration::from_secs(15);
+    wait_until_subscribed(a, within, "a, after the failover");
+    let a_back = fault.elapsed();
+    wait_until_subscribed(b, within, "b, after the failover");
+    let b_back = fault.elapsed();
+    println!(
+        "{what}: promoted {promoted_after:?} after SIGSTOP; replicas subscribed again by \
+         {a_back:?} (a) and {b_back:?} (b)"
+    );
+    fault
+}
+
 #[test]
 fn a_fleet_behind_a_sentinel_rejoins_the_promoted_master_while_the_old_one_hangs() {
     let group = RedisSentinel::start();
@@ -70,28 +103,11 @@ fn a_fleet_behind_a_sentinel_rejoins_the_promoted_master_while_the_old_one_hangs
     assert_change_crosses(&mut a, &mut b, "before", "v1", "v2");
 
     // The master freezes for good (SIGSTOP until the end of the test).
-    let fault = Instant::now();
-    group.master.pause();
-    let promoted = loop {
-        if group.replica.cli(&["role"]).starts_with("master") {
-            break fault.elapsed();
-        }
-        assert!(
-            fault.elapsed() < Duration::from_secs(15),
-            "the sentinels did not promote the replica within 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-
-    // Both replicas find the new master for their backplane too, and trust their L1 again.
-    let within = Duration::from_secs(15);
-    wait_until_subscribed(&mut a, within, "a, after the failover");
-    let a_back = fault.elapsed();
-    wait_until_subscribed(&mut b, within, "b, after the failover");
-    let b_back = fault.elapsed();
-    println!(
-        "sentinel failover with the old master hung: promoted {promoted:?} after SIGSTOP; \
-         replicas subscribed again by {a_back:?} (a) and {b_back:?} (b)"
+    hang_and_rejoin(
+        "sentinel failover with the old master hung",
+        &group.master,
+        &group.replica,
+        (&mut a, &mut b),
     );
 
     // And changes cross again, both ways, through the promoted master.
@@ -248,27 +264,11 @@ fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
         })
         .take(2)
         .collect();
-    let fault = Instant::now();
-    cluster.nodes[victim].pause();
-    let promoted = loop {
-        if cluster.nodes[replica].cli(&["role"]).starts_with("master") {
-            break fault.elapsed();
-        }
-        assert!(
-            fault.elapsed() < Duration::from_secs(15),
-            "the cluster did not promote the replica within 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-
-    let within = Duration::from_secs(15);
-    wait_until_subscribed(&mut a, within, "a, after the failover");
-    let a_back = fault.elapsed();
-    wait_until_subscribed(&mut b, within, "b, after the failover");
-    let b_back = fault.elapsed();
-    println!(
-        "cluster failover with the subscriptions' master hung: promoted {promoted:?} after \
-         SIGSTOP; replicas subscribed again by {a_back:?} (a) and {b_back:?} (b)"
+    let fault = hang_and_rejoin(
+        "cluster failover with the subscriptions' master hung",
+        &cluster.nodes[victim],
+        &cluster.nodes[replica],
+        (&mut a, &mut b),
     );
     assert_change_crosses(&mut a, &mut b, &on_victim[0], "v1", "v2");
     assert_change_crosses(&mut b, &mut a, &on_victim[1], "v1", "v2");
