@@ -170,6 +170,20 @@ where
     fn connections(&self) -> u64 {
         0
     }
+
+    /// Whether the last read of `key` found a value another deployment wrote recently: intact,
+    /// but in a format, schema or value type this layer cannot read (a rolling deploy that
+    /// changed the value type), written less than
+    /// [`OTHER_DEPLOYMENT_GRACE`](crate::redis::OTHER_DEPLOYMENT_GRACE) ago. A
+    /// [`Layered`](crate::Layered) cache does not overwrite such a value with one it loaded: it
+    /// keeps its own in L1 only, so that two versions serving side by side do not take turns
+    /// overwriting (and evicting) each other's values on every read. A
+    /// [`RedisCache`](crate::RedisCache) notes it on every read; layers that only ever hold
+    /// their own values (the default) return `false`.
+    fn holds_other_deployment(&self, key: &str) -> bool {
+        let _ = key;
+        false
+    }
 }
 
 /// The boxed future an `#[async_trait]` method returns.
@@ -343,6 +357,9 @@ macro_rules! forward_cache_impl {
             }
             fn connections(&self) -> u64 {
                 (**self).connections()
+            }
+            fn holds_other_deployment(&self, key: &str) -> bool {
+                (**self).holds_other_deployment(key)
             }
         }
     )*};

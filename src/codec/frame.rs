@@ -152,3 +152,19 @@ pub(crate) fn declared_raw_len(bytes: &[u8]) -> Option<u32> {
     (bytes.get(0..2)? == MAGIC)
         .then(|| u32::from_le_bytes([field[0], field[1], field[2], field[3]]))
 }
+
+#[cfg(feature = "redis")]
+/// The creation time (µs) a version-1 frame records in its metadata block, read without
+/// checking the rest of the frame (for a frame this codec cannot decode: another deployment's);
+/// `None` for anything else, or a frame without the block.
+pub(crate) fn frame_created_us(bytes: &[u8]) -> Option<u64> {
+    if bytes.get(0..2)? != MAGIC || *bytes.get(2)? != VERSION {
+        return None;
+    }
+    let flags = *bytes.get(3)?;
+    if flags & FLAG_META == 0 {
+        return None;
+    }
+    let at = HEADER_LEN + if flags & FLAG_SCHEMA != 0 { 4 } else { 0 };
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}

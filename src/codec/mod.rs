@@ -45,7 +45,10 @@
 //! A frame that is intact but cannot be read by this codec — another format, dictionary or
 //! [schema](CodecBuilder::schema), or a value type that changed shape — is a miss for this reader
 //! but not corruption: [`DecodeErrorKind::is_foreign`] tells the two apart, and `RedisCache` only
-//! deletes corrupted frames, so old and new replicas do not destroy each other's entries.
+//! deletes corrupted frames, so old and new replicas do not destroy each other's entries. Nor
+//! does a `Layered` cache overwrite a recent one with a value it loaded (see
+//! [`Cache::holds_other_deployment`](crate::Cache::holds_other_deployment)): two versions serving
+//! side by side would otherwise take turns loading on every read.
 //!
 //! # Frame
 //!
@@ -88,7 +91,7 @@ pub use self::format::MessagePack;
 #[cfg(feature = "postcard")]
 pub use self::format::Postcard;
 #[cfg(feature = "redis")]
-pub(crate) use self::frame::declared_raw_len;
+pub(crate) use self::frame::{declared_raw_len, frame_created_us};
 use self::frame::{
     Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, FLAG_SIGNED, HEADER_LEN,
     KNOWN_FLAGS, SCHEMA_LEN,

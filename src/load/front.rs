@@ -47,6 +47,17 @@ where
             .l1_done(self.0.l1.set(key, self.0.for_l1(entry)).await);
     }
     async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
+        // L2 holds another deployment's recent value (a rolling deploy that changed the value
+        // type): ours stays in L1 only, neither written over it nor announced, so that two
+        // versions do not take turns overwriting each other (see `redis::deploy`).
+        if self
+            .0
+            .l2
+            .as_ref()
+            .is_some_and(|l2| l2.holds_other_deployment(key))
+        {
+            return;
+        }
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
         // A load's value, not a replacement: what L2 holds (a fail-safe fallback for the other
         // replicas) stays if L2 refuses the write.

@@ -548,6 +548,7 @@ where
                     clustered,
                 )),
                 connections,
+                deployments: super::deploy::OtherDeployments::default(),
             }),
         })
     }

@@ -97,6 +97,7 @@ use crate::metrics::{LayerMetrics, Stats};
 pub(crate) mod builder;
 pub(crate) mod cluster;
 pub(crate) mod connect;
+mod deploy;
 mod ops;
 mod prefix;
 mod pubsub;
@@ -105,6 +106,7 @@ pub(crate) mod watchdog;
 
 use self::builder::Setup;
 pub use self::builder::{Reconnect, RedisCacheBuilder};
+pub use self::deploy::OTHER_DEPLOYMENT_GRACE;
 pub use self::ops::RedisOp;
 use self::ops::{Op, OpMetrics};
 
@@ -210,6 +212,8 @@ struct Inner<V> {
     watchdog: Arc<watchdog::Watchdog>,
     /// Connections opened so far (fred's reconnect events), for [`Cache::connections`].
     connections: Arc<std::sync::atomic::AtomicU64>,
+    /// Keys whose last read found a recent value of another deployment (see `deploy`).
+    deployments: deploy::OtherDeployments,
 }
 
 impl<V> Drop for Inner<V> {
@@ -341,7 +345,11 @@ where
     /// is corrupted — not when it is intact but foreign (another format, schema or crate
     /// version: another deployment may still read it).
     async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
-        match self.inner.codec.decode_for_key(full_key, bytes) {
+        let decoded = self.inner.codec.decode_for_key(full_key, bytes);
+        self.inner
+            .deployments
+            .read(key, decoded.as_ref().err().map(|e| (e, bytes)));
+        match decoded {
             Ok(entry) if entry.is_usable_at(now_ms()) => Some(entry),
             Ok(_) => None,
             Err(e) => {
@@ -385,7 +393,10 @@ where
         self.inner.ops.took(Op::Get, started);
         match read.map_err(|e| self.failed(Op::Get, index, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
-            None => Ok(None),
+            None => {
+                self.inner.deployments.read(key, None);
+                Ok(None)
+            }
         }
     }
 
@@ -457,6 +468,10 @@ where
 {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn holds_other_deployment(&self, key: &str) -> bool {
+        self.inner.deployments.holds(key)
     }
 
     fn connections(&self) -> u64 {
