@@ -282,3 +282,54 @@ async fn a_planted_frame_is_never_protected_as_another_deployments() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_versions_replicas_do_not_queue_for_the_lease() {
+    let server = RedisServer::start();
+    let old = replica::<ReplyV1>(&server).await;
+    assert_eq!(
+        answer(&old, "summary", v1(), &Arc::new(AtomicUsize::new(0))).await,
+        v1()
+    );
+    // Three replicas of the new version miss the key at once. What each loads stays in its own
+    // L1, so none can serve the others: their loads must run side by side, not one after the
+    // other behind the fleet lease (each then waiting for the previous one's LLM call).
+    let mut new = Vec::new();
+    for _ in 0..3 {
+        new.push(replica::<ReplyV2>(&server).await);
+    }
+    let met = Arc::new(tokio::sync::Barrier::new(3));
+    let together = Arc::new(AtomicUsize::new(0));
+    let mut calls = tokio::task::JoinSet::new();
+    for cache in new {
+        let (met, together) = (Arc::clone(&met), Arc::clone(&together));
+        calls.spawn(async move {
+            cache
+                .get_or_load(
+                    "summary",
+                    move || async move {
+                        // Each load waits (at most 5 s) for the other two to be running too.
+                        if tokio::time::timeout(Duration::from_secs(5), met.wait())
+                            .await
+                            .is_ok()
+                        {
+                            together.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, std::io::Error>(v2())
+                    },
+                    LoadOptions::ttl(Duration::from_secs(3600)),
+                )
+                .await
+                .expect("answered")
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(done.expect("no panic"), v2());
+    }
+    assert_eq!(
+        together.load(Ordering::SeqCst),
+        3,
+        "the three loads ran at the same time"
+    );
+    assert_eq!(in_redis::<ReplyV1>(&server, "summary").await, Some(v1()));
+}

@@ -85,7 +85,10 @@
 //! no Redis command while they wait. If no message comes before the lease would expire, they
 //! look again: a holder that died (its lease expired unextended) is replaced by the next replica
 //! to win the lease. A replica loads on its own whenever the lease cannot help: Redis does not
-//! answer, the replica cannot hear the backplane, or it has waited [`MAX_LEASE_WAIT`]. Each
+//! answer, the replica cannot hear the backplane, it has waited [`MAX_LEASE_WAIT`], or L2 holds
+//! another deployment's recent value (a rolling deploy that changed the value type: what this
+//! version loads stays in each replica's L1, so waiting could serve nobody, see
+//! [`OTHER_DEPLOYMENT_GRACE`](crate::redis::OTHER_DEPLOYMENT_GRACE)). Each
 //! caller's own timeouts (soft, hard, fail-safe) apply to the wait as to a load. Opt a call out
 //! with [`LoadOptions::with_fleet_lease`](crate::LoadOptions::with_fleet_lease).
 //!

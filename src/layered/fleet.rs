@@ -38,6 +38,13 @@ where
             backplane.count_wait(WaitOutcome::Bypassed);
             return FleetLease::Load(None);
         }
+        // L2 holds another deployment's recent value (a rolling deploy that changed the value
+        // type): the value loaded here stays in this L1, so no replica could be served by
+        // waiting for another's load — queueing for the lease would only make this version's
+        // replicas load one after the other.
+        if self.holds_other_deployment(key) {
+            return FleetLease::Load(None);
+        }
         let answers = |e: &Entry<V>| e.is_fresh() && e.fresh_until_ms() > fresher_than_ms;
         let deadline = Instant::now() + MAX_LEASE_WAIT;
         // Listen before trying, so a value announced in between is not missed.
@@ -87,6 +94,11 @@ where
                             return FleetLease::Found(entry);
                         }
                         L2Read::Unavailable => {
+                            backplane.count_wait(WaitOutcome::TimedOut);
+                            return FleetLease::Load(None);
+                        }
+                        // The holder was of another deployment, or kept its value in its L1.
+                        _ if self.holds_other_deployment(key) => {
                             backplane.count_wait(WaitOutcome::TimedOut);
                             return FleetLease::Load(None);
                         }

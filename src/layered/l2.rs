@@ -86,6 +86,14 @@ where
         Some(result)
     }
 
+    /// Whether L2's last read of `key` found another deployment's recent value (see
+    /// [`Cache::holds_other_deployment`]).
+    pub(crate) fn holds_other_deployment(&self, key: &str) -> bool {
+        self.l2
+            .as_ref()
+            .is_some_and(|l2| l2.holds_other_deployment(key))
+    }
+
     /// Report the first refusal of this cache (the layer counts each one).
     pub(super) fn refused(&self, error: &Error) {
         if !self.refusal_reported.swap(true, Ordering::Relaxed) {

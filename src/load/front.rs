@@ -50,12 +50,7 @@ where
         // L2 holds another deployment's recent value (a rolling deploy that changed the value
         // type): ours stays in L1 only, neither written over it nor announced, so that two
         // versions do not take turns overwriting each other (see `redis::deploy`).
-        if self
-            .0
-            .l2
-            .as_ref()
-            .is_some_and(|l2| l2.holds_other_deployment(key))
-        {
+        if self.0.holds_other_deployment(key) {
             return;
         }
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
