@@ -20,6 +20,7 @@
 //! deployment.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ const MAX_NOTES: usize = 10_000;
 #[derive(Default)]
 pub(super) struct OtherDeployments {
     notes: Mutex<HashMap<Box<str>, u64>>,
+    /// Whether `notes` may hold anything: lets a read of the key's own value (every read, but
+    /// mid-deploy) skip the lock.
+    any: AtomicBool,
 }
 
 impl OtherDeployments {
@@ -58,6 +62,9 @@ impl OtherDeployments {
             let until = created_ms.saturating_add(OTHER_DEPLOYMENT_GRACE.as_millis() as u64);
             (deployed && until > now_ms()).then_some(until)
         });
+        if until.is_none() && !self.any.load(Ordering::Acquire) {
+            return;
+        }
         let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
         match until {
             Some(until) => {
@@ -71,15 +78,17 @@ impl OtherDeployments {
                 notes.insert(key.into(), until);
             }
             None => {
-                if !notes.is_empty() {
-                    notes.remove(key);
-                }
+                notes.remove(key);
             }
         }
+        self.any.store(!notes.is_empty(), Ordering::Release);
     }
 
     /// Whether the last read of `key` found another deployment's value, still within the grace.
     pub(super) fn holds(&self, key: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
         notes.get(key).is_some_and(|until| *until > now_ms())
     }
