@@ -49,12 +49,14 @@ pub(super) struct OtherDeployments {
     /// Whether `notes` may hold anything: lets a read of the key's own value (every read, but
     /// mid-deploy) skip the lock.
     any: AtomicBool,
+    /// Whether the first such value has been reported (once per cache).
+    reported: AtomicBool,
 }
 
 impl OtherDeployments {
     /// After a read of `key`: `foreign` holds the frame it found when it could not be decoded
     /// here (with why), `None` when the read found the key's own value or nothing.
-    pub(super) fn read(&self, key: &str, foreign: Option<(&Error, &[u8])>) {
+    pub(super) fn read(&self, cache: &str, key: &str, foreign: Option<(&Error, &[u8])>) {
         let until = foreign.and_then(|(error, bytes)| {
             let deployed = matches!(error, Error::Decode { kind, .. }
                 if kind.is_foreign() && !matches!(**kind, DecodeErrorKind::BadSignature));
@@ -68,6 +70,15 @@ impl OtherDeployments {
         let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
         match until {
             Some(until) => {
+                #[cfg(not(feature = "tracing"))]
+                let _ = cache;
+                if !self.reported.swap(true, Ordering::Relaxed) {
+                    crate::log_info!(
+                        cache,
+                        reason = %foreign.map(|(e, _)| e.to_string()).unwrap_or_default(),
+                        "layercache: Redis holds values another deployment wrote recently (another value type, format or schema: a rolling deploy?); values loaded for them stay in this replica's memory instead of overwriting them (reported once per cache)"
+                    );
+                }
                 if notes.len() >= MAX_NOTES {
                     let now = now_ms();
                     notes.retain(|_, until| *until > now);

@@ -346,9 +346,11 @@ where
     /// version: another deployment may still read it).
     async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
         let decoded = self.inner.codec.decode_for_key(full_key, bytes);
-        self.inner
-            .deployments
-            .read(key, decoded.as_ref().err().map(|e| (e, bytes)));
+        self.inner.deployments.read(
+            &self.inner.name,
+            key,
+            decoded.as_ref().err().map(|e| (e, bytes)),
+        );
         match decoded {
             Ok(entry) if entry.is_usable_at(now_ms()) => Some(entry),
             Ok(_) => None,
@@ -394,7 +396,7 @@ where
         match read.map_err(|e| self.failed(Op::Get, index, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
             None => {
-                self.inner.deployments.read(key, None);
+                self.inner.deployments.read(&self.inner.name, key, None);
                 Ok(None)
             }
         }
