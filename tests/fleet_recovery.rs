@@ -317,12 +317,23 @@ async fn replicas_converge_on_redis_after_random_faults() {
     for (i, r) in replicas.iter_mut().enumerate() {
         wait_until_subscribed(r, Duration::from_secs(10), &format!("replica {i} at start"));
     }
-    let truth = RedisCache::<String>::builder()
+    // What the fleet should serve: a cache that reads Redis on every call (its L1 keeps nothing
+    // past 1 ms), tag and clear times included.
+    let truth_l2 = RedisCache::<String>::builder()
         .url(server.url())
         .namespace("fz")
         .build()
         .await
         .expect("reader");
+    let truth = Layered::builder(
+        MemoryCache::builder().build().expect("l1"),
+        truth_l2.clone(),
+    )
+    .name("truth")
+    .l1_ttl(Duration::from_millis(1))
+    .backplane(truth_l2.backplane().await.expect("backplane"))
+    .build()
+    .expect("truth");
 
     // Random changes, loads and reads from random replicas, while one replica at a time loses
     // Redis for a while: its connections reset, or stalled (every reply 300 ms to 1.2 s late,
@@ -352,10 +363,17 @@ async fn replicas_converge_on_redis_after_random_faults() {
         let which = rng.below(3) as usize;
         let replica = &mut replicas[which];
         let key = format!("k{}", rng.below(KEYS));
-        let command = match rng.below(4) {
-            0 => format!("set {key} v{step}"),
-            1 => format!("del {key}"),
-            2 => format!("load {key}"),
+        let tag = format!("t{}", rng.below(3));
+        let command = match rng.below(11) {
+            0 | 1 => format!("set {key} v{step}"),
+            2 => format!("del {key}"),
+            3 | 4 => format!("load {key}"),
+            5 => format!("expire {key}"),
+            6 => format!("setmany m{step} {key} k{}", rng.below(KEYS)),
+            7 => format!("fill k {KEYS} {tag}"),
+            8 => format!("untag {tag}"),
+            9 if rng.below(4) == 0 => "prefix k1".to_string(),
+            9 if rng.below(3) == 0 => "clear".to_string(),
             _ => format!("get {key}"),
         };
         let trace = std::env::var_os("LAYERCACHE_CONVERGE_TRACE").is_some();
@@ -374,11 +392,15 @@ async fn replicas_converge_on_redis_after_random_faults() {
     // Once Redis is back for everyone, every replica serves what Redis holds.
     let settled = Instant::now();
     let deadline = settled + Duration::from_secs(20);
+    let mut holding;
     loop {
         let mut diverged = Vec::new();
+        holding = 0;
         for k in 0..KEYS {
             let key = format!("k{k}");
             let held = truth.get_value(&key).await.expect("read Redis");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            holding += usize::from(held.is_some());
             let expected = held.map_or_else(|| "none".to_string(), |v| format!("val {v}"));
             for (i, r) in replicas.iter_mut().enumerate() {
                 let seen = r.ask(&format!("get {key}"));
@@ -397,7 +419,8 @@ async fn replicas_converge_on_redis_after_random_faults() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "seed {seed}, {steps} steps: every replica served what Redis holds {:?} after the faults ended",
+        "seed {seed}, {steps} steps: every replica served what Redis holds ({holding} of {KEYS} \
+         keys with a fresh value) {:?} after the faults ended",
         settled.elapsed()
     );
 }
