@@ -65,8 +65,8 @@
 //!   tag times, leases) has the connection watchdog of a `RedisCache`. A server that hangs
 //!   without closing its connections (a frozen VM, a network partition) is noticed by nothing
 //!   else: a subscriber sends nothing that could time out. Behind sentinels that replaced such a
-//!   master, the fleet heard itself again ~2.3 s after the promotion; on a cluster that failed
-//!   over the master the subscriptions were on, 0.3–2.3 s after it (counted in
+//!   master, the fleet heard itself again 1.9–2.4 s after the promotion; on a cluster that failed
+//!   over the master the subscriptions were on, within 2.3 s of it (counted in
 //!   [`BackplaneState::connections_rebuilt`]). Without it: never while the old master stayed
 //!   hung, every L1 untrusted and every read going to Redis.
 //! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows

@@ -19,12 +19,12 @@ where
     /// and before the process exits: a load already paid for (an LLM call) then reaches Redis
     /// instead of being lost with the process.
     ///
-    /// The writes kept for L2 because it failed them or its circuit was open
-    /// ([`pending_l2_writes`](Self::pending_l2_writes): a Redis blip, a failover, an outage) are
-    /// waited for too: they are tried at once, then every 250 ms, until L2 takes them — so while
-    /// Redis cannot be reached, `flush` returns [`Error::Timeout`], telling that they would be
-    /// lost. Announcements that cannot be published are not waited for (they are only L1
-    /// evictions: a replica that cannot hear the fleet does not trust its L1 anyway).
+    /// The writes kept for L2 because it failed them ([`pending_l2_writes`](Self::pending_l2_writes):
+    /// a Redis blip, a failover) are tried once more, so those a blip failed reach Redis before
+    /// the process exits. What cannot be done now is not waited for: those writes while Redis
+    /// cannot be reached (or its circuit is open) — `pending_l2_writes()` afterwards tells how
+    /// many would be lost — and announcements that cannot be published (only L1 evictions: a
+    /// replica that cannot hear the fleet does not trust its L1 anyway).
     /// A change (`set`, `delete`, `invalidate_tag`…) whose caller waited needs no flush unless
     /// L2 failed it: it returned once it was in L2 and announced.
     ///
@@ -51,11 +51,16 @@ where
                 tokio::time::sleep(POLL).await;
             }
             if self.pending_l2_writes() > 0 {
-                // Tried now, then every `CATCH_UP_EVERY` by the catch-up task.
-                self.inner.try_catch_up().await;
-                while self.pending_l2_writes() > 0 {
+                // One more pass (after one already running): what a blip failed reaches L2;
+                // during an outage it stays kept, and is not waited for.
+                while self
+                    .inner
+                    .flushing
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
                     tokio::time::sleep(POLL).await;
                 }
+                self.inner.try_catch_up().await;
             }
             #[cfg(feature = "redis")]
             if let Some(backplane) = &self.inner.backplane {
