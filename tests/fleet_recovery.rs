@@ -236,6 +236,50 @@ async fn flush_writes_what_a_blip_failed_and_does_not_wait_out_an_outage() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_timed_out_mid_catch_up_leaves_the_catch_up_working() {
+    let server = RedisServer::start();
+    let (l2, proxy) = behind_proxy(&server, "fx").await;
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+        .name("flush-timeout")
+        .build()
+        .expect("cache");
+    let ttl = Duration::from_secs(600);
+    proxy.set(Mode::Reset);
+    cache
+        .set_value("first", "v1".into(), ttl)
+        .await
+        .expect("set answers without L2");
+    // Redis answers again, but 1 s late: flush's catch-up pass waits out its command timeout
+    // (200 ms), and the flush gives up long before.
+    proxy.set(Mode::Latency(Duration::from_secs(1)));
+    let flushed = cache.flush(Duration::from_millis(20)).await;
+    assert!(
+        matches!(flushed, Err(layercache::Error::Timeout { .. })),
+        "{flushed:?}"
+    );
+    // Later writes that fail are still caught up once Redis is back: the pass the flush gave
+    // up on did not leave the catch-up stuck.
+    proxy.set(Mode::Reset);
+    cache
+        .set_value("second", "v2".into(), ttl)
+        .await
+        .expect("set answers without L2");
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.cli(&["EXISTS", "fx:second"]).trim() != "1"
+        || server.cli(&["EXISTS", "fx:first"]).trim() != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "writes kept after a timed-out flush never reached Redis ({} pending)",
+            cache.pending_l2_writes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.pending_l2_writes(), 0);
+}
+
 #[test]
 fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
     let cluster = RedisCluster::start_topology(1, &[]);

@@ -60,7 +60,17 @@ where
                 {
                     tokio::time::sleep(POLL).await;
                 }
-                self.inner.try_catch_up().await;
+                // On a task of its own: past the timeout, the pass goes on in the background
+                // rather than stopping half-way.
+                let inner = std::sync::Arc::clone(&self.inner);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        let _ = runtime
+                            .spawn(async move { inner.try_catch_up().await })
+                            .await;
+                    }
+                    Err(_) => inner.try_catch_up().await,
+                }
             }
             #[cfg(feature = "redis")]
             if let Some(backplane) = &self.inner.backplane {

@@ -293,7 +293,8 @@ where
     }
 
     /// One catch-up pass now, unless the circuit is open, L2 asked for a pause, or a pass is
-    /// already running.
+    /// already running. Run it on a task of its own (a pass dropped half-way would lose the
+    /// batch it took out of the pending set).
     pub(super) async fn try_catch_up(self: &Arc<Self>) {
         if self.breaker.state() == crate::load::breaker::CircuitState::Open
             || crate::entry::now_ms() < self.flush_not_before_ms.load(Ordering::Relaxed)
@@ -301,8 +302,15 @@ where
         {
             return;
         }
+        // Lowers the flag however the pass ends.
+        struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(&self.flushing);
         self.flush_pending().await;
-        self.flushing.store(false, Ordering::Release);
     }
 
     /// Copy pending keys' current L1 entries to L2, a batch at a time, each only if L2 holds
