@@ -21,7 +21,8 @@
 //!   master on its own connection; while one still times out after `after`, it asks a master that
 //!   answers for its `CLUSTER SLOTS`, and refreshes the client's routing only once that view no
 //!   longer has the hung node as a master (the cluster failed it over). A master that hangs and
-//!   is not replaced costs its own keys their timeouts, and nothing more. A killed master needs
+//!   is not replaced costs its own keys their timeouts, and nothing more (the probe gives up
+//!   after 30 times `after`; the next timeout starts another). A killed master needs
 //!   no help: fred refreshes the routing table itself when the connection drops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +128,9 @@ impl Watchdog {
                     answering.push(master);
                 }
             }
-            if hung.is_empty() {
+            // A master that stays hung and is never replaced: the probe ends after a while (a
+            // later timeout starts another), so that it never outlives its cache for long.
+            if hung.is_empty() || started.elapsed() >= self.after * 30 {
                 return;
             }
             if started.elapsed() >= self.after && replaced(client, options, &hung, &answering).await
