@@ -23,6 +23,15 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// lost invalidation can be served.
 pub const TRUST_WINDOW: Duration = Duration::from_secs(1);
 
+/// How many incoming messages a replica's subscriber holds for the backplane to apply. A
+/// burst of changes from another replica (a `set_many` or a loop of deletes: one message per
+/// key) arrives faster than a busy replica applies it; past this many waiting, messages are
+/// lost and the replica must drop its whole L1 to stay correct (counted in
+/// [`BackplaneState::dropped`] and `resyncs`). 2,048 carried bursts of 26,000 changes (5,000
+/// keys per `set_many`) to a replica on a single-threaded runtime with both CPUs busy, where
+/// fred's default of 32 lost most of them; it costs ~1.5 MB per backplane.
+pub const SUBSCRIBER_BUFFER: usize = 2_048;
+
 /// Most changes (distinct keys) waiting to be published. While Redis cannot be reached the
 /// outbox keeps the latest change per key; when this many are waiting, they are replaced by one
 /// `resync` message that makes the other replicas drop their whole L1, so a long outage costs
@@ -194,6 +203,9 @@ pub(crate) struct Shared {
     pub(crate) id: u128,
     pub(crate) namespace: String,
     pub(super) channel: String,
+    /// This replica's own channel, where it publishes its heartbeats
+    /// (`<channel>:hb:<instance id>`, see [`heartbeat_channel`]).
+    heartbeat_channel: String,
     pub(crate) publisher: Client,
     subscriber: SubscriberClient,
     /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
@@ -280,7 +292,30 @@ impl Counters {
     }
 }
 
+/// The channel a replica publishes its heartbeats on: its own, so that each heartbeat reaches
+/// one subscriber, not the whole fleet (on the shared channel, N replicas made Redis deliver
+/// 4·N² messages a second, and every replica decode 4·N). Its subscriber subscribes to both in
+/// one command, on one connection (fred sends all of a client's subscriptions to one node, on
+/// a cluster too), so hearing its own heartbeat still proves that connection delivers the
+/// shared channel's messages; a reconnection resubscribes both together.
+fn heartbeat_channel(channel: &str, id: u128) -> String {
+    format!("{channel}:hb:{id:032x}")
+}
+
 impl Shared {
+    /// The channels the subscriber listens on: the fleet's, and this replica's heartbeats.
+    fn channels(&self) -> Vec<String> {
+        vec![self.channel.clone(), self.heartbeat_channel.clone()]
+    }
+
+    /// `lost` messages were dropped because this replica fell behind: counted as dropped, and
+    /// as one resync (the caller drops L1).
+    pub(crate) fn fell_behind(&self, lost: u64) {
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        self.counters.dropped.increment(lost);
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A command on the publisher failed: a timeout starts the watchdog's probe of it.
     pub(crate) fn publisher_failed(&self, error: &fred::error::Error) {
         if *error.kind() == fred::error::ErrorKind::Timeout {
@@ -364,9 +399,11 @@ impl Backplane {
             unresponsive,
             publisher.is_clustered(),
         ));
+        let id = instance_id();
         let shared = Arc::new(Shared {
-            id: instance_id(),
+            id,
             namespace: namespace.to_owned(),
+            heartbeat_channel: heartbeat_channel(&channel, id),
             channel,
             publisher,
             subscriber,
@@ -404,7 +441,7 @@ impl Backplane {
             Some(shared.subscriber.manage_subscriptions());
         let weak = Arc::downgrade(&shared);
         if connected {
-            shared.subscriber.subscribe(shared.channel.as_str()).await?;
+            shared.subscriber.subscribe(shared.channels()).await?;
         } else {
             tokio::spawn(subscribe_once_connected(weak.clone()));
         }
@@ -542,9 +579,7 @@ async fn receive(
             }
             Err(broadcast::error::RecvError::Lagged(lost)) => {
                 // Messages were dropped on our side: anything may have been missed.
-                s.dropped.fetch_add(lost, Ordering::Relaxed);
-                s.counters.dropped.increment(lost);
-                s.resyncs.fetch_add(1, Ordering::Relaxed);
+                s.fell_behind(lost);
                 let _ = s.events.send(Event::ClearAll);
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -556,13 +591,13 @@ async fn receive(
 /// be reached); tried again every [`HEARTBEAT`] until it succeeds or the backplane is dropped.
 async fn subscribe_once_connected(shared: std::sync::Weak<Shared>) {
     loop {
-        let (subscriber, channel) = {
+        let (subscriber, channels) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.subscriber.clone(), s.channel.clone())
+            (s.subscriber.clone(), s.channels())
         };
-        if subscriber.is_connected() && subscriber.subscribe(channel.as_str()).await.is_ok() {
+        if subscriber.is_connected() && subscriber.subscribe(channels).await.is_ok() {
             return;
         }
         drop(subscriber);
@@ -617,7 +652,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.publisher.clone(), s.channel.clone(), s.id)
+            (s.publisher.clone(), s.heartbeat_channel.clone(), s.id)
         };
         let message = encode(id, Action::Heartbeat, now_us(), "");
         // Bounded by the client's command timeout; a failure just means no heartbeat.

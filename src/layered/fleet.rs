@@ -170,6 +170,11 @@ where
                 }
             }
             Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
+                if let (Err(RecvError::Lagged(lost)), Some(backplane)) = (&event, &inner.backplane)
+                {
+                    // This cache fell behind the backplane's events (the backplane itself did not).
+                    backplane.shared.fell_behind(*lost);
+                }
                 // Writes still to be copied to L2 are this replica's own: kept for the catch-up
                 // (which drops them if L2 holds something newer).
                 let keep = inner.pending_entries(memory);

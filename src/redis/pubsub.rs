@@ -16,7 +16,9 @@ where
     /// on database `N` other than 0: Redis channels are server-wide, and caches on other
     /// databases of one server — staging beside production — must not hear each other's
     /// invalidations), with connections of its own: a subscriber and a publisher. Give it to
-    /// [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
+    /// [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane). Each replica also
+    /// publishes its heartbeats on a channel of its own, `<channel>:hb:<instance id>`: an ACL
+    /// user needs the channel pattern `&layercache:backplane:v1:<namespace>*`.
     ///
     /// Like the cache itself, a backplane can start while Redis cannot be reached (refused, no
     /// answer within the connect timeout): it starts unsubscribed — a `Layered` then does not
@@ -31,8 +33,15 @@ where
     /// but refuses the subscription.
     pub async fn backplane(&self) -> Result<crate::fleet::Backplane> {
         let setup = &self.inner.setup;
-        let subscriber = setup
-            .builder()
+        // The subscriber hands messages to the backplane through a buffer: one that overflows
+        // while the backplane is behind (a burst of changes from another replica, a busy
+        // runtime) costs this replica its whole L1. fred's default holds 32 messages.
+        let mut subscriber = setup.builder();
+        subscriber.set_performance_config(fred::types::config::PerformanceConfig {
+            broadcast_channel_capacity: crate::fleet::SUBSCRIBER_BUFFER,
+            ..setup.performance.clone()
+        });
+        let subscriber = subscriber
             .build_subscriber_client()
             .map_err(|e| Error::redis("config", e))?;
         let publisher = setup

@@ -1,0 +1,207 @@
+//! A fleet under load stays one cache without costing Redis or the replicas more than it must:
+//!
+//! * a burst of changes on one replica (a `set_many` of thousands of keys, a loop of deletes)
+//!   reaches another replica — a separate OS process — whole, and leaves what that replica's
+//!   L1 holds otherwise in place (no message lost on its side, so no L1 dropped);
+//! * heartbeats reach only the replica that sent them: none on the fleet's channel, so a fleet
+//!   of N replicas costs Redis 4·N deliveries a second, not 4·N².
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use layercache::{Cache, Entry, Layered};
+use support::fleet::{backplane_state, replica_cache, Replica};
+use support::redis::RedisServer;
+
+/// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
+/// other tests as a child process; without the environment variable it does nothing.
+#[test]
+fn fleet_replica_process() {
+    support::fleet::replica_process();
+}
+
+/// A counter out of a replica's `diag` answer (`name: N` in its backplane state).
+fn counter(diag: &str, name: &str) -> u64 {
+    let at = diag
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {diag}"));
+    diag[at + name.len() + 2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("a number after {name} in {diag}"))
+}
+
+fn wait_subscribed(replica: &mut Replica) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.ask("state") != "subscribed true" {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never heard the fleet"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_subscribed_here(cache: &Layered<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !backplane_state(cache).subscribed {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never heard the fleet"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_leaves_the_other_replicas_l1_alone() {
+    const KEPT: usize = 2_000;
+    const ROUNDS: usize = 5;
+    const PER_SET_MANY: usize = 2_000;
+    const DELETES: usize = 500;
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut reader = Replica::start(&url, "burst");
+    wait_subscribed(&mut reader);
+    // The reader's own entries, in its L1 (and Redis), which no change of the burst concerns.
+    assert_eq!(reader.ask(&format!("fill kept {KEPT} mine")), "ok");
+    let writer = replica_cache(&url, "burst").await.expect("writer");
+    wait_subscribed_here(&writer).await;
+
+    let before = reader.ask("diag");
+    let mut changes = 0;
+    for round in 0..ROUNDS {
+        let entries: Vec<(String, Entry<String>)> = (0..PER_SET_MANY)
+            .map(|i| {
+                let reply = support::chat::text(i as u64, 200);
+                (
+                    format!("burst{round}-{i}"),
+                    Entry::new(reply, Duration::from_secs(600)),
+                )
+            })
+            .collect();
+        writer
+            .set_many(
+                entries
+                    .iter()
+                    .map(|(k, e)| (k.as_str(), e.clone()))
+                    .collect(),
+            )
+            .await
+            .expect("set_many");
+        for i in 0..DELETES {
+            writer
+                .delete(&format!("burst{round}-{i}"))
+                .await
+                .expect("delete");
+        }
+        changes += PER_SET_MANY + DELETES;
+    }
+    assert_eq!(backplane_state(&writer).published as usize, changes);
+
+    // Every change reached the reader (messages it lost would not count as received).
+    let want = counter(&before, "received") + changes as u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let diag = reader.ask("diag");
+        if counter(&diag, "received") >= want || counter(&diag, "dropped") > 0 {
+            break diag;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst never arrived whole: {diag}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (counter(&after, "dropped"), counter(&after, "resyncs")),
+        (0, counter(&before, "resyncs")),
+        "the reader lost messages of the burst and dropped its L1: {after}"
+    );
+    // Its own entries are still served from its L1: not one more read of Redis.
+    assert_eq!(
+        reader.ask(&format!("fresh kept {KEPT}")),
+        format!("fresh {KEPT}")
+    );
+    let served = reader.ask("diag");
+    assert_eq!(
+        counter(&served, "l2_hits"),
+        counter(&after, "l2_hits"),
+        "the reader's own entries had left its L1: {served}"
+    );
+    assert_eq!(reader.ask("state"), "subscribed true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_reach_only_the_replica_that_sent_them() {
+    const REPLICAS: usize = 3;
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|_| Replica::start(&url, "beats"))
+        .collect();
+    for replica in &mut replicas {
+        wait_subscribed(replica);
+    }
+    let channel = "layercache:backplane:v1:beats";
+    // A listener on the fleet's channel and on every replica's heartbeat channel.
+    let listener =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url).expect("url"))
+            .build_subscriber_client()
+            .expect("subscriber");
+    listener.init().await.expect("connect");
+    let mut messages = listener.message_rx();
+    listener.subscribe(channel).await.expect("subscribe");
+    listener
+        .psubscribe(format!("{channel}:hb:*"))
+        .await
+        .expect("psubscribe");
+
+    // Four heartbeats from each replica on its own channel: nothing on the fleet's.
+    let mut own = std::collections::HashMap::<String, usize>::new();
+    let mut shared = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while own.len() < REPLICAS || own.values().any(|n| *n < 4) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, messages.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("heartbeats heard: {own:?} on their own channels, {shared} on the fleet's")
+            })
+            .expect("message");
+        let name = message.channel.to_string();
+        if name == channel {
+            shared += 1;
+        } else {
+            *own.entry(name).or_default() += 1;
+        }
+    }
+    assert_eq!(shared, 0, "heartbeats on the fleet's channel");
+    // The heartbeat channels are one per replica, and each has one subscriber: its replica.
+    let client = support::redis::raw_client(&url).await;
+    for name in own.keys() {
+        let subscribers: Vec<(String, i64)> =
+            client.pubsub_numsub(name.as_str()).await.expect("NUMSUB");
+        assert_eq!(subscribers, vec![(name.clone(), 1)], "{name}");
+    }
+    let fleet: Vec<(String, i64)> = client.pubsub_numsub(channel).await.expect("NUMSUB");
+    assert_eq!(fleet, vec![(channel.to_owned(), REPLICAS as i64 + 1)]);
+    // Every replica still hears itself, and a change still crosses.
+    for replica in &mut replicas {
+        assert_eq!(replica.ask("state"), "subscribed true");
+    }
+    let (first, rest) = replicas.split_at_mut(1);
+    assert_eq!(first[0].ask("set k old"), "ok");
+    rest[0].send("watch k old");
+    assert_eq!(rest[0].read(), "armed");
+    assert_eq!(first[0].ask("set k new"), "ok");
+    assert!(rest[0].read().starts_with("changed"));
+    let _ = listener.quit().await;
+    let _ = client.quit().await;
+}
