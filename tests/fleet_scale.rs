@@ -3,6 +3,8 @@
 //! * a burst of changes on one replica (a `set_many` of thousands of keys, a loop of deletes)
 //!   reaches another replica — a separate OS process — whole, and leaves what that replica's
 //!   L1 holds otherwise in place (no message lost on its side, so no L1 dropped);
+//! * a `set_many` of more keys than the outbox holds is announced whole, not replaced by a
+//!   resync that would drop every other replica's L1;
 //! * heartbeats reach only the replica that sent them: none on the fleet's channel, so a fleet
 //!   of N replicas costs Redis 4·N deliveries a second, not 4·N².
 
@@ -59,54 +61,42 @@ async fn wait_subscribed_here(cache: &Layered<String>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_changes_leaves_the_other_replicas_l1_alone() {
-    const KEPT: usize = 2_000;
-    const ROUNDS: usize = 5;
-    const PER_SET_MANY: usize = 2_000;
-    const DELETES: usize = 500;
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut reader = Replica::start(&url, "burst");
+/// The entries the reader fills its L1 with, which no change of a burst concerns.
+const KEPT: usize = 2_000;
+
+/// A reader process holding [`KEPT`] entries of its own, and a writer here, both on `namespace`.
+async fn reader_and_writer(url: &str, namespace: &str) -> (Replica, Layered<String>) {
+    let mut reader = Replica::start(url, namespace);
     wait_subscribed(&mut reader);
-    // The reader's own entries, in its L1 (and Redis), which no change of the burst concerns.
     assert_eq!(reader.ask(&format!("fill kept {KEPT} mine")), "ok");
-    let writer = replica_cache(&url, "burst").await.expect("writer");
+    let writer = replica_cache(url, namespace).await.expect("writer");
     wait_subscribed_here(&writer).await;
+    (reader, writer)
+}
 
-    let before = reader.ask("diag");
-    let mut changes = 0;
-    for round in 0..ROUNDS {
-        let entries: Vec<(String, Entry<String>)> = (0..PER_SET_MANY)
-            .map(|i| {
-                let reply = support::chat::text(i as u64, 200);
-                (
-                    format!("burst{round}-{i}"),
-                    Entry::new(reply, Duration::from_secs(600)),
-                )
-            })
-            .collect();
-        writer
-            .set_many(
-                entries
-                    .iter()
-                    .map(|(k, e)| (k.as_str(), e.clone()))
-                    .collect(),
+/// `writer.set_many` of `count` OpenAI-sized replies under `prefix`.
+async fn write_many(writer: &Layered<String>, prefix: &str, count: usize) {
+    let entries: Vec<(String, Entry<String>)> = (0..count)
+        .map(|i| {
+            let reply = support::chat::text(i as u64, 200);
+            (
+                format!("{prefix}{i}"),
+                Entry::new(reply, Duration::from_secs(600)),
             )
-            .await
-            .expect("set_many");
-        for i in 0..DELETES {
-            writer
-                .delete(&format!("burst{round}-{i}"))
-                .await
-                .expect("delete");
-        }
-        changes += PER_SET_MANY + DELETES;
-    }
-    assert_eq!(backplane_state(&writer).published as usize, changes);
+        })
+        .collect();
+    let entries = entries
+        .iter()
+        .map(|(k, e)| (k.as_str(), e.clone()))
+        .collect();
+    writer.set_many(entries).await.expect("set_many");
+}
 
-    // Every change reached the reader (messages it lost would not count as received).
-    let want = counter(&before, "received") + changes as u64;
+/// Every one of `changes` messages since `before` (the reader's `diag`) reached the reader, which
+/// lost none and still serves its own entries from its L1.
+fn assert_reader_kept_its_l1(reader: &mut Replica, before: &str, changes: usize) {
+    // Messages the reader lost would not count as received.
+    let want = counter(before, "received") + changes as u64;
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = loop {
         let diag = reader.ask("diag");
@@ -115,14 +105,14 @@ async fn a_burst_of_changes_leaves_the_other_replicas_l1_alone() {
         }
         assert!(
             Instant::now() < deadline,
-            "the burst never arrived whole: {diag}"
+            "the changes never arrived whole: {diag}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
         (counter(&after, "dropped"), counter(&after, "resyncs")),
-        (0, counter(&before, "resyncs")),
-        "the reader lost messages of the burst and dropped its L1: {after}"
+        (0, counter(before, "resyncs")),
+        "the reader lost messages and dropped its L1: {after}"
     );
     // Its own entries are still served from its L1: not one more read of Redis.
     assert_eq!(
@@ -136,6 +126,52 @@ async fn a_burst_of_changes_leaves_the_other_replicas_l1_alone() {
         "the reader's own entries had left its L1: {served}"
     );
     assert_eq!(reader.ask("state"), "subscribed true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_leaves_the_other_replicas_l1_alone() {
+    const ROUNDS: usize = 5;
+    const PER_SET_MANY: usize = 2_000;
+    const DELETES: usize = 500;
+    let server = RedisServer::start();
+    let (mut reader, writer) = reader_and_writer(&server.url(), "burst").await;
+    let before = reader.ask("diag");
+    let mut changes = 0;
+    for round in 0..ROUNDS {
+        let prefix = format!("burst{round}-");
+        write_many(&writer, &prefix, PER_SET_MANY).await;
+        for i in 0..DELETES {
+            writer
+                .delete(&format!("{prefix}{i}"))
+                .await
+                .expect("delete");
+        }
+        changes += PER_SET_MANY + DELETES;
+    }
+    assert_eq!(backplane_state(&writer).published as usize, changes);
+    assert_reader_kept_its_l1(&mut reader, &before, changes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_many_larger_than_the_outbox_leaves_the_other_replicas_l1_alone() {
+    // More keys than the outbox holds: queued at once, they overflowed it into a resync.
+    let keys = layercache::fleet::MAX_OUTBOX + 2_000;
+    let server = RedisServer::start();
+    let (mut reader, writer) = reader_and_writer(&server.url(), "bulk").await;
+    let before = reader.ask("diag");
+    write_many(&writer, "bulk", keys).await;
+    let state = backplane_state(&writer);
+    assert_eq!(
+        (state.outbox_overflows, state.published as usize),
+        (0, keys),
+        "{state:?}"
+    );
+    assert_reader_kept_its_l1(&mut reader, &before, keys);
+    // And every key of the write is in Redis and readable on the other replica.
+    assert_eq!(
+        reader.ask(&format!("fresh bulk {keys}")),
+        format!("fresh {keys}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

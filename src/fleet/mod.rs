@@ -34,7 +34,9 @@
 //!   The outbox is bounded: when [`MAX_OUTBOX`] (10,000) keys wait — Redis unreachable for a
 //!   long time — they are replaced by one `resync` message, on which every other replica drops
 //!   its whole L1 (counted in [`BackplaneState::outbox_overflows`]). Memory stays bounded
-//!   through any outage, and no invalidation is lost, only widened.
+//!   through any outage, and no invalidation is lost, only widened. A `set_many` of more keys
+//!   than that, with Redis up, does not overflow it: its keys are announced 1,000 at a time,
+//!   each chunk published before the next is queued.
 //! * **A change returns once it is announced**: `set`, `set_many`, `delete`, `expire`,
 //!   `invalidate_tag`, `clear` and `invalidate_prefix` on a `Layered` wait until their message is
 //!   published (one round trip: the publisher sends what the outbox holds pipelined), at most

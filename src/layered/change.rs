@@ -16,6 +16,13 @@ use crate::cache::Cache;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 
+/// A `set_many` announces its keys to the fleet this many at a time, each chunk published
+/// before the next is queued (unless publishing fails: then nothing waits). Queued all at once,
+/// more than `fleet::MAX_OUTBOX` keys (10,000) overflowed the outbox into a
+/// `resync`, and every other replica dropped its whole L1 after a healthy bulk write; a chunk
+/// also fits in the receivers' `fleet::SUBSCRIBER_BUFFER`.
+const ANNOUNCE_CHUNK: usize = 1_000;
+
 impl<V> Layered<V>
 where
     V: Clone + Send + Sync + 'static,
@@ -112,7 +119,11 @@ where
         }
         let mut announced = Announced::default();
         let mut failed = Ok(());
-        for (key, entry) in entries {
+        for (i, (key, entry)) in entries.into_iter().enumerate() {
+            if i > 0 && i % ANNOUNCE_CHUNK == 0 {
+                // Told a chunk at a time (see `ANNOUNCE_CHUNK`).
+                inner.told(std::mem::take(&mut announced)).await;
+            }
             let stored = inner.l1.set(key, inner.for_l1(entry)).await;
             announced = announced.and(inner.announce_set(key));
             if let Err(e) = stored {

@@ -10,7 +10,8 @@
 //!   copy the old value back into L1.
 //! * **Batches**: [`Cache::get_many`] answers from L1 what it can and reads the rest from L2 in
 //!   one batch (Redis: one `MGET`), copying it into L1; [`Cache::set_many`] writes L2 in one
-//!   batch (a pipeline), then L1.
+//!   batch (a pipeline), then L1, and with a backplane announces its keys 1,000 at a time (so
+//!   a bulk write of any size never overflows the outbox into a fleet-wide L1 drop).
 //! * **Resilience** (per call through [`LoadOptions`], with cache-wide defaults): fail-safe stale
 //!   values with a throttle, soft and hard loader timeouts, early refresh (fixed fraction or
 //!   XFetch), negative caching and admission, a limit on concurrent loads. See [`crate::load`].
