@@ -277,13 +277,28 @@ impl Error {
 
     /// Whether the error is the server's own answer to a command (`OOM` when Redis is full and
     /// evicts nothing, `READONLY`, `LOADING`, `NOPERM`, …): the server is up and answered at
-    /// once, so it says nothing about reaching it, and reads may well still succeed.
+    /// once, so it says nothing about reaching it, and reads may well still succeed. A command
+    /// that found its connection too busy to take it ([`RedisErrorKind::Busy`]) counts too: the
+    /// server was answering the others.
     pub(crate) fn is_server_reply(&self) -> bool {
         match self {
             #[cfg(feature = "redis")]
             Error::Redis { source, .. } => {
-                matches!(source.kind(), RedisErrorKind::Server | RedisErrorKind::Auth)
+                matches!(
+                    source.kind(),
+                    RedisErrorKind::Server | RedisErrorKind::Auth | RedisErrorKind::Busy
+                )
             }
+            _ => false,
+        }
+    }
+
+    /// Whether a Redis command was turned away unsent: too many at once on its connection.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn is_busy(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis")]
+            Error::Redis { source, .. } => source.kind() == RedisErrorKind::Busy,
             _ => false,
         }
     }
@@ -318,6 +333,11 @@ pub enum RedisErrorKind {
     Cluster,
     /// The server answered with an error (`OOM`, `READONLY`, a script error, …).
     Server,
+    /// Too many commands at once: this one waited its turn on its connection for the
+    /// unresponsive time while the server kept answering the others, and was not sent (see
+    /// [`RedisCacheBuilder::unresponsive_after`](crate::RedisCacheBuilder::unresponsive_after)).
+    /// Not an outage: a `Layered` stack's circuit breaker does not count it.
+    Busy,
     /// A reply the client could not understand.
     Protocol,
     /// The tokio runtime the cache was built on has shut down, and the cache's connections with
@@ -384,6 +404,7 @@ impl RedisError {
                 K::Config | K::Url => RedisErrorKind::Config,
                 K::Cluster | K::Routing => RedisErrorKind::Cluster,
                 K::Protocol | K::Parse => RedisErrorKind::Protocol,
+                K::Backpressure => RedisErrorKind::Busy,
                 K::Unknown if lower.contains("channel closed") => RedisErrorKind::Connection,
                 #[cfg(feature = "tls")]
                 K::Tls => RedisErrorKind::Tls,
@@ -413,6 +434,7 @@ impl fmt::Display for RedisError {
             RedisErrorKind::Config => "invalid settings",
             RedisErrorKind::Cluster => "cluster routing failed",
             RedisErrorKind::Server => "server error",
+            RedisErrorKind::Busy => "too many commands at once",
             RedisErrorKind::Protocol => "unexpected reply",
             RedisErrorKind::RuntimeGone => "runtime shut down",
             RedisErrorKind::Other => "failed",

@@ -116,6 +116,8 @@ where
             {
                 let hint = if error.to_string().contains("OOM") {
                     "; Redis is at its maxmemory and evicts nothing: give it an eviction policy (maxmemory-policy volatile-lru: every cache entry has a lifetime, the tag invalidation times that must stay have none)"
+                } else if error.is_busy() {
+                    "; more commands at once than the connection answered within the unresponsive time: RedisCacheBuilder::unresponsive_after lets them wait longer"
                 } else {
                     ""
                 };

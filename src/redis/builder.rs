@@ -360,6 +360,12 @@ where
     /// Replace a connection that has had a command waiting this long without any reply (default:
     /// 8 × the command timeout, at least 2 s). Zero is refused; anything over a year counts as
     /// a year.
+    ///
+    /// It also bounds how long a command waits for its turn when more than
+    /// 256 commands of this cache are in flight on its connection (a burst of
+    /// concurrent calls): while the server keeps answering, a command waits this long at most
+    /// and then fails with [`RedisErrorKind::Busy`](crate::RedisErrorKind::Busy), unsent; its
+    /// command timeout runs from its turn.
     pub fn unresponsive_after(mut self, after: Duration) -> Self {
         self.unresponsive_after = Some(after);
         self
@@ -547,6 +553,11 @@ where
                     unresponsive,
                     clustered,
                 )),
+                admission: super::admission::Admission::new(
+                    self.pool_size,
+                    command_timeout,
+                    unresponsive,
+                ),
                 connections,
                 deployments: super::deploy::OtherDeployments::default(),
             }),

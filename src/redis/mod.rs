@@ -22,6 +22,14 @@
 //!   the cache, which sends the command again (fred has refreshed its slot map by then) within
 //!   the same command timeout;
 //! * **fail-fast** while disconnected: calls error at once instead of queueing;
+//! * **turns** on each connection: at most 256 commands of the cache in flight on it, the
+//!   others waiting in the cache, with their timeout running from their turn. A burst of
+//!   40,000 concurrent reads (a batch job, a replica restarted under full traffic) had sent them
+//!   all at once, and each that waited behind the others longer than the command timeout failed
+//!   as if Redis were down (16,097 of 40,000 cached values loaded again). A turn not given
+//!   within the unresponsive time, while the server answers, is [`RedisErrorKind::Busy`]
+//!   (not counted by a stack's breaker); behind a hung server, waiters give up with a timeout
+//!   once a command in flight timed out (see the `admission` module notes);
 //! * a **reconnect policy** (exponential, 10 ms to 150 ms, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
 //!   after it;
@@ -94,6 +102,7 @@ use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::metrics::{LayerMetrics, Stats};
 
+mod admission;
 pub(crate) mod builder;
 pub(crate) mod cluster;
 pub(crate) mod connect;
@@ -210,6 +219,8 @@ struct Inner<V> {
     metrics: LayerMetrics,
     ops: OpMetrics,
     watchdog: Arc<watchdog::Watchdog>,
+    /// Turns on each pool connection (see [`admission`]).
+    admission: admission::Admission,
     /// Connections opened so far (fred's reconnect events), for [`Cache::connections`].
     connections: Arc<std::sync::atomic::AtomicU64>,
     /// Keys whose last read found a recent value of another deployment (see `deploy`).
@@ -313,6 +324,24 @@ where
         self.redis_error(op, source)
     }
 
+    /// A turn on pool connection `index` for a command of kind `op` (see [`admission`]).
+    async fn turn(&self, op: Op, index: usize) -> Result<admission::Turn<'_>> {
+        use fred::error::ErrorKind;
+        self.inner.admission.turn(index).await.map_err(|no| {
+            let source = match no {
+                admission::NoTurn::Stalled => fred::error::Error::new(
+                    ErrorKind::Timeout,
+                    "the commands in flight on the connection went unanswered for the command timeout",
+                ),
+                admission::NoTurn::Busy => fred::error::Error::new(
+                    ErrorKind::Backpressure,
+                    "waited the unresponsive time for a turn on the connection, while the server answered the commands before it",
+                ),
+            };
+            self.redis_error(op, source)
+        })
+    }
+
     fn redis_error(&self, op: Op, source: fred::error::Error) -> Error {
         self.inner.ops.error(op);
         self.client_error(op.name(), source)
@@ -384,14 +413,16 @@ where
         let started = Instant::now();
         let index = self.reader_for(key);
         let client = self.client(index);
+        let turn = self.turn(Op::Get, index).await?;
         let read: std::result::Result<Option<Bytes>, _> = crate::traced!(
             self.op_span(Op::Get),
-            cluster::follow_read(started, &self.inner.options, |o| {
+            cluster::follow_read(Instant::now(), &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
                 async move { c.get(full).await }
             })
         )
         .await;
+        settle(turn, &read);
         self.inner.ops.took(Op::Get, started);
         match read.map_err(|e| self.failed(Op::Get, index, e))? {
             Some(bytes) => Ok(self.decode_or_evict(key, &full, &bytes).await),
@@ -457,6 +488,17 @@ where
     }
 }
 
+/// Note how `turn`'s command came back (answered, timed out, or its connection lost), and end
+/// the turn.
+fn settle<T>(turn: admission::Turn<'_>, result: &std::result::Result<T, fred::error::Error>) {
+    use fred::error::ErrorKind;
+    match result {
+        Err(e) if *e.kind() == ErrorKind::Timeout => turn.timed_out(),
+        Err(e) if matches!(e.kind(), ErrorKind::Canceled | ErrorKind::IO) => {}
+        _ => turn.answered(),
+    }
+}
+
 fn key_hash(key: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
@@ -505,9 +547,10 @@ where
         let index = self.writer_for(key);
         let client = self.client(index);
         let bytes = Bytes::from(bytes);
+        let turn = self.turn(Op::Set, index).await?;
         let written: std::result::Result<(), _> = crate::traced!(
             self.op_span(Op::Set),
-            cluster::follow(started, &self.inner.options, |o| {
+            cluster::follow(Instant::now(), &self.inner.options, |o| {
                 let (c, bytes) = (client.with_options(o), bytes.clone());
                 let full = full.as_str();
                 async move {
@@ -517,6 +560,7 @@ where
             })
         )
         .await;
+        settle(turn, &written);
         self.inner.ops.took(Op::Set, started);
         written.map_err(|e| self.failed(Op::Set, index, e))
     }
@@ -545,15 +589,17 @@ where
             ttl_ms.to_string().into(),
         ];
         let client = self.client(index);
+        let turn = self.turn(Op::Set, index).await?;
         let written: std::result::Result<i64, _> = crate::traced!(
             self.op_span(Op::Set),
-            cluster::follow(started, &self.inner.options, |o| {
+            cluster::follow(Instant::now(), &self.inner.options, |o| {
                 let (c, args) = (client.with_options(o), args.clone());
                 let full = full.as_str();
                 async move { c.eval(SET_IF_NEWER, full, args).await }
             })
         )
         .await;
+        settle(turn, &written);
         self.inner.ops.took(Op::Set, started);
         written
             .map(|n| n == 1)
@@ -565,14 +611,16 @@ where
         let index = self.writer_for(key);
         let full = self.full_key(key);
         let client = self.client(index);
+        let turn = self.turn(Op::Delete, index).await?;
         let deleted: std::result::Result<i64, _> = crate::traced!(
             self.op_span(Op::Delete),
-            cluster::follow(started, &self.inner.options, |o| {
+            cluster::follow(Instant::now(), &self.inner.options, |o| {
                 let (c, full) = (client.with_options(o), full.as_str());
                 async move { c.unlink(full).await }
             })
         )
         .await;
+        settle(turn, &deleted);
         self.inner.ops.took(Op::Delete, started);
         deleted
             .map(|_| ())
@@ -613,7 +661,8 @@ where
         let mut replies: Vec<Value> = Vec::with_capacity(groups.len());
         for round in groups.chunks(PIPELINE_CHUNK) {
             let full = &full;
-            let round_replies: Vec<Value> = crate::traced!(
+            let turn = self.turn(Op::GetMany, index).await?;
+            let round_replies = crate::traced!(
                 self.op_span(Op::GetMany),
                 cluster::follow_read(Instant::now(), &self.inner.bulk_options, |_| async move {
                     let pipeline = client.pipeline();
@@ -624,11 +673,12 @@ where
                             .collect();
                         let _: () = pipeline.mget(group_keys).await?;
                     }
-                    pipeline.all().await
+                    pipeline.all::<Vec<Value>>().await
                 })
             )
-            .await
-            .map_err(|e| self.failed(Op::GetMany, index, e))?;
+            .await;
+            settle(turn, &round_replies);
+            let round_replies = round_replies.map_err(|e| self.failed(Op::GetMany, index, e))?;
             if round_replies.len() != round.len() {
                 return Err(self.redis_error(
                     Op::GetMany,
@@ -702,7 +752,8 @@ where
                 writes.push((full, Some((Bytes::from(bytes), redis_px(ttl_ms)))));
             }
             let writes = &writes;
-            crate::traced!(
+            let turn = self.turn(Op::SetMany, index).await?;
+            let written = crate::traced!(
                 self.op_span(Op::SetMany),
                 cluster::follow(Instant::now(), &self.inner.bulk_options, |_| async move {
                     let pipeline = client.pipeline();
@@ -728,8 +779,9 @@ where
                     Ok(())
                 })
             )
-            .await
-            .map_err(|e| self.failed(Op::SetMany, index, e))?;
+            .await;
+            settle(turn, &written);
+            written.map_err(|e| self.failed(Op::SetMany, index, e))?;
         }
         Ok(())
     }
