@@ -1,12 +1,12 @@
-//! A fleet under load stays one cache without costing Redis or the replicas more than it must:
+//! A fleet under a burst of changes stays one cache, and no replica loses its L1 to it:
 //!
 //! * a burst of changes on one replica (a `set_many` of thousands of keys, a loop of deletes)
 //!   reaches another replica — a separate OS process — whole, and leaves what that replica's
 //!   L1 holds otherwise in place (no message lost on its side, so no L1 dropped);
 //! * a `set_many` of more keys than the outbox holds is announced whole, not replaced by a
 //!   resync that would drop every other replica's L1;
-//! * heartbeats reach only the replica that sent them: none on the fleet's channel, so a fleet
-//!   of N replicas costs Redis 4·N deliveries a second, not 4·N².
+//! * nor are thousands of concurrent changes: a change waits for room in the outbox (while
+//!   publishing goes through) rather than overflow it.
 
 #![cfg(all(feature = "redis", feature = "msgpack"))]
 
@@ -14,7 +14,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use layercache::{Cache, Entry, Layered};
 use support::fleet::{backplane_state, replica_cache, Replica};
 use support::redis::RedisServer;
@@ -175,69 +174,44 @@ async fn a_set_many_larger_than_the_outbox_leaves_the_other_replicas_l1_alone() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_reach_only_the_replica_that_sent_them() {
-    const REPLICAS: usize = 3;
+async fn thousands_of_concurrent_changes_leave_the_other_replicas_l1_alone() {
+    // Concurrent, each on its own task (a batch job, or as many request handlers), on the
+    // runtime the backplane publishes from: they kept its publisher from keeping up, and
+    // overflowed the outbox into a resync.
+    const CHANGES: usize = 40_000;
     let server = RedisServer::start();
-    let url = server.url();
-    let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|_| Replica::start(&url, "beats"))
-        .collect();
-    for replica in &mut replicas {
-        wait_subscribed(replica);
-    }
-    let channel = "layercache:backplane:v1:beats";
-    // A listener on the fleet's channel and on every replica's heartbeat channel.
-    let listener =
-        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url).expect("url"))
-            .build_subscriber_client()
-            .expect("subscriber");
-    listener.init().await.expect("connect");
-    let mut messages = listener.message_rx();
-    listener.subscribe(channel).await.expect("subscribe");
-    listener
-        .psubscribe(format!("{channel}:hb:*"))
-        .await
-        .expect("psubscribe");
-
-    // Four heartbeats from each replica on its own channel: nothing on the fleet's.
-    let mut own = std::collections::HashMap::<String, usize>::new();
-    let mut shared = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while own.len() < REPLICAS || own.values().any(|n| *n < 4) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, messages.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("heartbeats heard: {own:?} on their own channels, {shared} on the fleet's")
+    let (mut reader, writer) = reader_and_writer(&server.url(), "concurrent").await;
+    let before = reader.ask("diag");
+    let changes: Vec<_> = (0..CHANGES)
+        .map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let key = format!("c{i}");
+                if i % 4 == 3 {
+                    writer.delete(&key).await
+                } else {
+                    let reply = support::chat::text(i as u64, 200);
+                    writer
+                        .set(&key, Entry::new(reply, Duration::from_secs(600)))
+                        .await
+                }
             })
-            .expect("message");
-        let name = message.channel.to_string();
-        if name == channel {
-            shared += 1;
-        } else {
-            *own.entry(name).or_default() += 1;
+        })
+        .collect();
+    // So many at once on 2 CPUs, some Redis writes fail (turned away, or timed out while the
+    // runtime was too busy to read their replies): a delete says so, a set is caught up later.
+    // Every change is announced either way, and that is what is checked here.
+    let mut failed = std::collections::BTreeMap::<String, usize>::new();
+    for change in changes {
+        if let Err(e) = change.await.expect("task") {
+            *failed
+                .entry(e.to_string().chars().take(60).collect())
+                .or_default() += 1;
         }
     }
-    assert_eq!(shared, 0, "heartbeats on the fleet's channel");
-    // The heartbeat channels are one per replica, and each has one subscriber: its replica.
-    let client = support::redis::raw_client(&url).await;
-    for name in own.keys() {
-        let subscribers: Vec<(String, i64)> =
-            client.pubsub_numsub(name.as_str()).await.expect("NUMSUB");
-        assert_eq!(subscribers, vec![(name.clone(), 1)], "{name}");
-    }
-    let fleet: Vec<(String, i64)> = client.pubsub_numsub(channel).await.expect("NUMSUB");
-    assert_eq!(fleet, vec![(channel.to_owned(), REPLICAS as i64 + 1)]);
-    // Every replica still hears itself, and a change still crosses.
-    for replica in &mut replicas {
-        assert_eq!(replica.ask("state"), "subscribed true");
-    }
-    let (first, rest) = replicas.split_at_mut(1);
-    assert_eq!(first[0].ask("set k old"), "ok");
-    rest[0].send("watch k old");
-    assert_eq!(rest[0].read(), "armed");
-    assert_eq!(first[0].ask("set k new"), "ok");
-    assert!(rest[0].read().starts_with("changed"));
-    let _ = listener.quit().await;
-    let _ = client.quit().await;
+    let state = backplane_state(&writer);
+    println!("{CHANGES} concurrent changes, failed: {failed:?}; {state:?}");
+    assert_eq!(state.outbox_overflows, 0, "{state:?}");
+    assert!(state.published as usize >= CHANGES, "{state:?}");
+    assert_reader_kept_its_l1(&mut reader, &before, CHANGES);
 }

@@ -203,9 +203,6 @@ pub(crate) struct Shared {
     pub(crate) id: u128,
     pub(crate) namespace: String,
     pub(super) channel: String,
-    /// This replica's own channel, where it publishes its heartbeats
-    /// (`<channel>:hb:<instance id>`, see [`heartbeat_channel`]).
-    heartbeat_channel: String,
     pub(crate) publisher: Client,
     subscriber: SubscriberClient,
     /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
@@ -292,22 +289,7 @@ impl Counters {
     }
 }
 
-/// The channel a replica publishes its heartbeats on: its own, so that each heartbeat reaches
-/// one subscriber, not the whole fleet (on the shared channel, N replicas made Redis deliver
-/// 4·N² messages a second, and every replica decode 4·N). Its subscriber subscribes to both in
-/// one command, on one connection (fred sends all of a client's subscriptions to one node, on
-/// a cluster too), so hearing its own heartbeat still proves that connection delivers the
-/// shared channel's messages; a reconnection resubscribes both together.
-fn heartbeat_channel(channel: &str, id: u128) -> String {
-    format!("{channel}:hb:{id:032x}")
-}
-
 impl Shared {
-    /// The channels the subscriber listens on: the fleet's, and this replica's heartbeats.
-    fn channels(&self) -> Vec<String> {
-        vec![self.channel.clone(), self.heartbeat_channel.clone()]
-    }
-
     /// `lost` messages were dropped because this replica fell behind: counted as dropped, and
     /// as one resync (the caller drops L1).
     pub(crate) fn fell_behind(&self, lost: u64) {
@@ -399,11 +381,9 @@ impl Backplane {
             unresponsive,
             publisher.is_clustered(),
         ));
-        let id = instance_id();
         let shared = Arc::new(Shared {
-            id,
+            id: instance_id(),
             namespace: namespace.to_owned(),
-            heartbeat_channel: heartbeat_channel(&channel, id),
             channel,
             publisher,
             subscriber,
@@ -441,7 +421,7 @@ impl Backplane {
             Some(shared.subscriber.manage_subscriptions());
         let weak = Arc::downgrade(&shared);
         if connected {
-            shared.subscriber.subscribe(shared.channels()).await?;
+            shared.subscriber.subscribe(shared.channel.as_str()).await?;
         } else {
             tokio::spawn(subscribe_once_connected(weak.clone()));
         }
@@ -511,6 +491,12 @@ impl Backplane {
     /// the background), or [`ANNOUNCE_WAIT`](super::ANNOUNCE_WAIT) has passed.
     pub(crate) async fn published(&self, ticket: Ticket) {
         self.shared.published(ticket).await;
+    }
+
+    /// Wait while the outbox is half full and publishing goes through (see
+    /// [`Shared::room`]).
+    pub(crate) async fn room(&self) {
+        self.shared.room().await;
     }
 
     /// Wait until every announcement queued so far is published, or publishing fails.
@@ -591,13 +577,13 @@ async fn receive(
 /// be reached); tried again every [`HEARTBEAT`] until it succeeds or the backplane is dropped.
 async fn subscribe_once_connected(shared: std::sync::Weak<Shared>) {
     loop {
-        let (subscriber, channels) = {
+        let (subscriber, channel) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.subscriber.clone(), s.channels())
+            (s.subscriber.clone(), s.channel.clone())
         };
-        if subscriber.is_connected() && subscriber.subscribe(channels).await.is_ok() {
+        if subscriber.is_connected() && subscriber.subscribe(channel.as_str()).await.is_ok() {
             return;
         }
         drop(subscriber);
@@ -652,7 +638,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.publisher.clone(), s.heartbeat_channel.clone(), s.id)
+            (s.publisher.clone(), s.channel.clone(), s.id)
         };
         let message = encode(id, Action::Heartbeat, now_us(), "");
         // Bounded by the client's command timeout; a failure just means no heartbeat.

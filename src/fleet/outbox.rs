@@ -154,7 +154,31 @@ impl Shared {
     }
 }
 
+/// Outbox fill from which a change made through a `Layered` waits for room before it starts
+/// (while publishing goes through): half of [`MAX_OUTBOX`].
+const HIGH_WATER: usize = MAX_OUTBOX / 2;
+
 impl Shared {
+    /// Wait while the outbox holds [`HIGH_WATER`] changes or more and publishing goes through,
+    /// at most [`ANNOUNCE_WAIT`]. While Redis cannot be reached nothing waits: the outbox then
+    /// overflows into one resync, by design.
+    pub(super) async fn room(&self) {
+        if self.connecting.runtime_gone() || !self.outbox_full() {
+            return;
+        }
+        let mut progress = self.progress.subscribe();
+        let _ = tokio::time::timeout(
+            ANNOUNCE_WAIT,
+            progress.wait_for(|p| p.failing || !self.outbox_full()),
+        )
+        .await;
+    }
+
+    fn outbox_full(&self) -> bool {
+        let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.slots.len() + outbox.in_flight >= HIGH_WATER
+    }
+
     /// Wait until every announcement queued so far is published, or publishing fails (no cap:
     /// the caller bounds the wait).
     pub(super) async fn flushed(&self) {

@@ -79,6 +79,7 @@ where
                 }
             }
         }
+        inner.room_to_announce().await;
         let announced = inner.announce_delete(key, true);
         inner.told(announced).await;
         result
@@ -94,6 +95,7 @@ where
             }
         }
         let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+        inner.room_to_announce().await;
         let announced = inner.announce_set(key);
         inner.told(announced).await;
         stored.inspect_err(|_| {
@@ -120,9 +122,10 @@ where
         let mut announced = Announced::default();
         let mut failed = Ok(());
         for (i, (key, entry)) in entries.into_iter().enumerate() {
-            if i > 0 && i % ANNOUNCE_CHUNK == 0 {
+            if i % ANNOUNCE_CHUNK == 0 {
                 // Told a chunk at a time (see `ANNOUNCE_CHUNK`).
                 inner.told(std::mem::take(&mut announced)).await;
+                inner.room_to_announce().await;
             }
             let stored = inner.l1.set(key, inner.for_l1(entry)).await;
             announced = announced.and(inner.announce_set(key));
@@ -142,6 +145,7 @@ where
         let inner = &self.inner;
         inner.flights.supersede(key);
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
+        inner.room_to_announce().await;
         let announced = inner.announce_delete(key, false);
         let l1 = inner.l1.delete(key).await;
         inner.told(announced).await;

@@ -349,6 +349,17 @@ where
         }
     }
 
+    /// Wait, before a change, while the backplane's outbox is half full and publishing goes
+    /// through (at most [`fleet::ANNOUNCE_WAIT`](crate::fleet::ANNOUNCE_WAIT)): thousands of
+    /// concurrent changes would otherwise outrun the publisher and overflow the outbox into a
+    /// resync, which drops every other replica's L1.
+    pub(crate) async fn room_to_announce(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            backplane.room().await;
+        }
+    }
+
     /// L1's entry for `key` at `now`, uncounted (the front counts its answers itself).
     pub(crate) async fn read_l1(&self, key: &str, now: u64) -> Option<Entry<V>> {
         let (entry, with_clear) = match &self.l1_memory {

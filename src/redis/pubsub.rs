@@ -16,9 +16,7 @@ where
     /// on database `N` other than 0: Redis channels are server-wide, and caches on other
     /// databases of one server — staging beside production — must not hear each other's
     /// invalidations), with connections of its own: a subscriber and a publisher. Give it to
-    /// [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane). Each replica also
-    /// publishes its heartbeats on a channel of its own, `<channel>:hb:<instance id>`: an ACL
-    /// user needs the channel pattern `&layercache:backplane:v1:<namespace>*`.
+    /// [`LayeredBuilder::backplane`](crate::LayeredBuilder::backplane).
     ///
     /// Like the cache itself, a backplane can start while Redis cannot be reached (refused, no
     /// answer within the connect timeout): it starts unsubscribed — a `Layered` then does not
