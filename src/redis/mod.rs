@@ -27,7 +27,8 @@
 //!   40,000 concurrent reads (a batch job, a replica restarted under full traffic) had sent them
 //!   all at once, and each that waited behind the others longer than the command timeout failed
 //!   as if Redis were down (16,097 of 40,000 cached values loaded again). A turn not given
-//!   within the unresponsive time, while the server answers, is [`RedisErrorKind::Busy`]
+//!   within the unresponsive time, while the server answers, is
+//!   [`RedisErrorKind::Busy`](crate::RedisErrorKind::Busy)
 //!   (not counted by a stack's breaker); behind a hung server, waiters give up with the first
 //!   timeout of a command in flight;
 //! * a **reconnect policy** (exponential, 10 ms to 150 ms, forever): without one, fred never recovers
