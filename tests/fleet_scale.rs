@@ -5,8 +5,8 @@
 //!   L1 holds otherwise in place (no message lost on its side, so no L1 dropped);
 //! * a `set_many` of more keys than the outbox holds is announced whole, not replaced by a
 //!   resync that would drop every other replica's L1;
-//! * nor are thousands of concurrent changes: a change waits for room in the outbox (while
-//!   publishing goes through) rather than overflow it.
+//! * nor are thousands of concurrent changes: a change waits for room in the outbox (while the
+//!   publisher makes progress) rather than overflow it.
 
 #![cfg(all(feature = "redis", feature = "msgpack"))]
 

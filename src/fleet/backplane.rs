@@ -473,12 +473,24 @@ impl Backplane {
 
     /// [`announce`](Self::announce) with the time the message carries (µs since the epoch).
     pub(crate) fn announce_at(&self, action: Action, key: &str, us: u64) -> Ticket {
-        let (seq, overflowed) = self
+        let queued = self
             .shared
             .outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .queue(action, key, us);
+        self.queued(queued)
+    }
+
+    /// [`announce`](Self::announce) for a change made through a `Layered`: queued once the
+    /// outbox has room, while publishing goes through (see `Shared::queue_paced`).
+    pub(crate) async fn announce_paced(&self, action: Action, key: &str) -> Ticket {
+        let queued = self.shared.queue_paced(action, key).await;
+        self.queued(queued)
+    }
+
+    /// Count an overflow, wake the publisher, and give the ticket of change `seq`.
+    fn queued(&self, (seq, overflowed): (u64, bool)) -> Ticket {
         if overflowed {
             self.shared.outbox_overflows.fetch_add(1, Ordering::Relaxed);
             self.shared.counters.overflowed.increment(1);
@@ -491,12 +503,6 @@ impl Backplane {
     /// the background), or [`ANNOUNCE_WAIT`](super::ANNOUNCE_WAIT) has passed.
     pub(crate) async fn published(&self, ticket: Ticket) {
         self.shared.published(ticket).await;
-    }
-
-    /// Wait while the outbox is half full and publishing goes through (see
-    /// [`Shared::room`]).
-    pub(crate) async fn room(&self) {
-        self.shared.room().await;
     }
 
     /// Wait until every announcement queued so far is published, or publishing fails.

@@ -60,8 +60,8 @@ pub(crate) struct Progress {
     done: u64,
     /// Publish attempts that failed so far.
     failures: u64,
-    /// Whether the last batch had a failure (Redis cannot be reached): until one goes through
-    /// whole, changes do not wait for their announcement at all.
+    /// Whether nothing of the last batch went out (Redis cannot be reached): until something
+    /// does, changes do not wait for their announcement, nor for room in the outbox.
     failing: bool,
 }
 
@@ -154,29 +154,58 @@ impl Shared {
     }
 }
 
-/// Outbox fill from which a change made through a `Layered` waits for room before it starts
-/// (while publishing goes through): half of [`MAX_OUTBOX`].
+/// Outbox fill from which a change made through a `Layered` waits for room before it is
+/// queued (while publishing goes through): half of [`MAX_OUTBOX`].
 const HIGH_WATER: usize = MAX_OUTBOX / 2;
 
-impl Shared {
-    /// Wait while the outbox holds [`HIGH_WATER`] changes or more and publishing goes through,
-    /// at most [`ANNOUNCE_WAIT`]. While Redis cannot be reached nothing waits: the outbox then
-    /// overflows into one resync, by design.
-    pub(super) async fn room(&self) {
-        if self.connecting.runtime_gone() || !self.outbox_full() {
-            return;
-        }
-        let mut progress = self.progress.subscribe();
-        let _ = tokio::time::timeout(
-            ANNOUNCE_WAIT,
-            progress.wait_for(|p| p.failing || !self.outbox_full()),
-        )
-        .await;
+impl Outbox {
+    /// [`queue`](Self::queue) if the outbox holds fewer than [`HIGH_WATER`] changes, or if
+    /// `anyway`; `None` otherwise. Checked and queued under one lock, so that any number of
+    /// changes let through at once never take it past the mark.
+    pub(super) fn queue_within(
+        &mut self,
+        action: Action,
+        key: &str,
+        us: u64,
+        anyway: bool,
+    ) -> Option<(u64, bool)> {
+        (anyway || self.slots.len() + self.in_flight < HIGH_WATER)
+            .then(|| self.queue(action, key, us))
     }
+}
 
-    fn outbox_full(&self) -> bool {
-        let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        outbox.slots.len() + outbox.in_flight >= HIGH_WATER
+impl Shared {
+    /// Queue `action` on `key` once the outbox holds fewer than [`HIGH_WATER`] changes: while
+    /// it is fuller, wait as long as the publisher makes progress. Thousands of concurrent
+    /// changes would otherwise outrun the publisher (on a busy runtime it falls behind) and
+    /// overflow the outbox into a resync, which drops every other replica's L1. Queued at once
+    /// while nothing goes out (Redis cannot be reached: the outbox then overflows into one
+    /// resync, by design) or after [`ANNOUNCE_WAIT`] without progress. Returns its sequence
+    /// number and whether the outbox overflowed.
+    pub(super) async fn queue_paced(&self, action: Action, key: &str) -> (u64, bool) {
+        let mut anyway = self.connecting.runtime_gone();
+        loop {
+            // Read before trying, so that progress made in between is not waited for again.
+            let mut progress = self.progress.subscribe();
+            let (done, failing) = {
+                let now = progress.borrow_and_update();
+                (now.done, now.failing)
+            };
+            let queued = self
+                .outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .queue_within(action, key, crate::entry::now_us(), anyway || failing);
+            if let Some(queued) = queued {
+                return queued;
+            }
+            let moved = tokio::time::timeout(
+                ANNOUNCE_WAIT,
+                progress.wait_for(|p| p.failing || p.done != done),
+            )
+            .await;
+            anyway = !matches!(moved, Ok(Ok(ref p)) if !p.failing);
+        }
     }
 
     /// Wait until every announcement queued so far is published, or publishing fails (no cap:
@@ -280,7 +309,10 @@ pub(super) async fn publish_loop(shared: std::sync::Weak<Shared>) {
             let before = (progress.done, progress.failures, progress.failing);
             progress.done = progress.done.max(done);
             progress.failures += failed;
-            progress.failing = failed > 0;
+            // Failing only when nothing went out: a few publishes that timed out on a busy
+            // runtime (or on one hung node of a cluster) must not stop changes from waiting for
+            // room, or a burst overflows the outbox.
+            progress.failing = failed > 0 && published == 0;
             before != (progress.done, progress.failures, progress.failing)
         });
         drop(s);

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{Announced, Layered};
+use super::{Announced, Change, Layered};
 use crate::cache::Cache;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
@@ -79,8 +79,7 @@ where
                 }
             }
         }
-        inner.room_to_announce().await;
-        let announced = inner.announce_delete(key, true);
+        let announced = inner.announce_change(key, Change::Expire).await;
         inner.told(announced).await;
         result
     }
@@ -95,8 +94,7 @@ where
             }
         }
         let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-        inner.room_to_announce().await;
-        let announced = inner.announce_set(key);
+        let announced = inner.announce_change(key, Change::Set).await;
         inner.told(announced).await;
         stored.inspect_err(|_| {
             inner
@@ -125,10 +123,9 @@ where
             if i % ANNOUNCE_CHUNK == 0 {
                 // Told a chunk at a time (see `ANNOUNCE_CHUNK`).
                 inner.told(std::mem::take(&mut announced)).await;
-                inner.room_to_announce().await;
             }
             let stored = inner.l1.set(key, inner.for_l1(entry)).await;
-            announced = announced.and(inner.announce_set(key));
+            announced = announced.and(inner.announce_change(key, Change::Set).await);
             if let Err(e) = stored {
                 inner
                     .layer_errors
@@ -145,8 +142,7 @@ where
         let inner = &self.inner;
         inner.flights.supersede(key);
         let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
-        inner.room_to_announce().await;
-        let announced = inner.announce_delete(key, false);
+        let announced = inner.announce_change(key, Change::Delete).await;
         let l1 = inner.l1.delete(key).await;
         inner.told(announced).await;
         l1.inspect_err(|_| {

@@ -142,6 +142,14 @@ pub struct Layered<V> {
     pub(crate) inner: Arc<Inner<V>>,
 }
 
+/// What a change made to a key, for [`Inner::announce_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Set,
+    Delete,
+    Expire,
+}
+
 /// A change this replica announced to the fleet (nothing without a backplane), to wait for
 /// with `Inner::told` before the change returns.
 #[derive(Debug, Clone, Copy, Default)]
@@ -320,20 +328,21 @@ where
         Announced::default()
     }
 
-    /// Tell the other replicas that `key` is gone or expired (with a backplane).
+    /// Tell the other replicas that this replica changed `key` — set it, or deleted or expired
+    /// it — (with a backplane), once the outbox has room: a change waits while it is half full
+    /// and publishing goes through, so that thousands of concurrent changes cannot overflow it
+    /// into a resync that drops every other replica's L1.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    fn announce_delete(&self, key: &str, expired: bool) -> Announced {
+    pub(crate) async fn announce_change(&self, key: &str, change: Change) -> Announced {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
             use crate::fleet::backplane::Action;
-            return Announced::from(backplane.announce(
-                if expired {
-                    Action::Expire
-                } else {
-                    Action::Delete
-                },
-                key,
-            ));
+            let action = match change {
+                Change::Set => Action::Set,
+                Change::Delete => Action::Delete,
+                Change::Expire => Action::Expire,
+            };
+            return Announced::from(backplane.announce_paced(action, key).await);
         }
         Announced::default()
     }
@@ -346,17 +355,6 @@ where
         #[cfg(feature = "redis")]
         if let (Some(backplane), Some(ticket)) = (&self.backplane, announced.0) {
             backplane.published(ticket).await;
-        }
-    }
-
-    /// Wait, before a change, while the backplane's outbox is half full and publishing goes
-    /// through (at most [`fleet::ANNOUNCE_WAIT`](crate::fleet::ANNOUNCE_WAIT)): thousands of
-    /// concurrent changes would otherwise outrun the publisher and overflow the outbox into a
-    /// resync, which drops every other replica's L1.
-    pub(crate) async fn room_to_announce(&self) {
-        #[cfg(feature = "redis")]
-        if let Some(backplane) = &self.backplane {
-            backplane.room().await;
         }
     }
 
