@@ -175,17 +175,53 @@ async fn a_set_many_larger_than_the_outbox_leaves_the_other_replicas_l1_alone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_concurrent_changes_leave_the_other_replicas_l1_alone() {
-    // Concurrent, each on its own task (a batch job, or as many request handlers), on the
-    // runtime the backplane publishes from: they kept its publisher from keeping up, and
-    // overflowed the outbox into a resync.
+    // Concurrent, each on its own task (a batch job, or as many request handlers), faster than
+    // the backplane publishes them: here its connection goes through a proxy that holds every
+    // chunk for 20 ms (a publisher that falls behind, as on a busy runtime or a distant Redis),
+    // while the writes go to Redis directly. Queued all at once, they overflowed the outbox
+    // into a resync. The callers run on a runtime of their own, so that only the proxy, not a
+    // starved runtime, sets the publisher's pace.
     const CHANGES: usize = 40_000;
     let server = RedisServer::start();
-    let (mut reader, writer) = reader_and_writer(&server.url(), "concurrent").await;
+    let url = server.url();
+    let mut reader = Replica::start(&url, "concurrent");
+    wait_subscribed(&mut reader);
+    assert_eq!(reader.ask(&format!("fill kept {KEPT} mine")), "ok");
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = support::proxy::FaultProxy::start(upstream).await;
+    let l2 = layercache::RedisCache::<String>::builder()
+        .url(&url)
+        .namespace("concurrent")
+        .build()
+        .await
+        .expect("l2");
+    let backplane = layercache::RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("concurrent")
+        .build()
+        .await
+        .expect("the backplane's cache")
+        .backplane()
+        .await
+        .expect("backplane");
+    let writer = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
+        .backplane(backplane)
+        .build()
+        .expect("writer");
+    wait_subscribed_here(&writer).await;
+    proxy.set(support::proxy::Mode::Latency(Duration::from_millis(20)));
     let before = reader.ask("diag");
+    let callers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("callers' runtime");
     let changes: Vec<_> = (0..CHANGES)
         .map(|i| {
             let writer = writer.clone();
-            tokio::spawn(async move {
+            callers.spawn(async move {
                 let key = format!("c{i}");
                 if i % 4 == 3 {
                     writer.delete(&key).await
@@ -198,9 +234,9 @@ async fn thousands_of_concurrent_changes_leave_the_other_replicas_l1_alone() {
             })
         })
         .collect();
-    // So many at once on 2 CPUs, some Redis writes fail (turned away, or timed out while the
-    // runtime was too busy to read their replies): a delete says so, a set is caught up later.
-    // Every change is announced either way, and that is what is checked here.
+    // So many writes at once on 2 CPUs, some may be turned away (`Busy`): a delete says so, a
+    // set is caught up later. Every change is announced either way, and that is what is
+    // checked here.
     let mut failed = std::collections::BTreeMap::<String, usize>::new();
     for change in changes {
         if let Err(e) = change.await.expect("task") {
@@ -209,6 +245,7 @@ async fn thousands_of_concurrent_changes_leave_the_other_replicas_l1_alone() {
                 .or_default() += 1;
         }
     }
+    callers.shutdown_background();
     let state = backplane_state(&writer);
     println!("{CHANGES} concurrent changes, failed: {failed:?}; {state:?}");
     assert_eq!(state.outbox_overflows, 0, "{state:?}");

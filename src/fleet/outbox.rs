@@ -63,6 +63,8 @@ pub(crate) struct Progress {
     /// Whether nothing of the last batch went out (Redis cannot be reached): until something
     /// does, changes do not wait for their announcement, nor for room in the outbox.
     failing: bool,
+    /// Since when nothing goes out (ms since the epoch; meaningful while `failing`).
+    failing_since_ms: u64,
 }
 
 /// A queued announcement, to wait for with [`Backplane::published`](super::Backplane).
@@ -158,6 +160,10 @@ impl Shared {
 /// queued (while publishing goes through): half of [`MAX_OUTBOX`].
 const HIGH_WATER: usize = MAX_OUTBOX / 2;
 
+/// How long nothing must go out before changes stop waiting for room: a batch whose every
+/// publish timed out on a busy runtime is not an outage.
+const FAILING_FOR: Duration = Duration::from_millis(250);
+
 impl Outbox {
     /// [`queue`](Self::queue) if the outbox holds fewer than [`HIGH_WATER`] changes, or if
     /// `anyway`; `None` otherwise. Checked and queued under one lock, so that any number of
@@ -180,31 +186,37 @@ impl Shared {
     /// changes would otherwise outrun the publisher (on a busy runtime it falls behind) and
     /// overflow the outbox into a resync, which drops every other replica's L1. Queued at once
     /// while nothing goes out (Redis cannot be reached: the outbox then overflows into one
-    /// resync, by design) or after [`ANNOUNCE_WAIT`] without progress. Returns its sequence
-    /// number and whether the outbox overflowed.
+    /// resync, by design) for [`FAILING_FOR`], or after [`ANNOUNCE_WAIT`] without progress.
+    /// Returns its sequence number and whether the outbox overflowed.
     pub(super) async fn queue_paced(&self, action: Action, key: &str) -> (u64, bool) {
         let mut anyway = self.connecting.runtime_gone();
         loop {
             // Read before trying, so that progress made in between is not waited for again.
             let mut progress = self.progress.subscribe();
-            let (done, failing) = {
+            let (done, failing, failing_since) = {
                 let now = progress.borrow_and_update();
-                (now.done, now.failing)
+                (now.done, now.failing, now.failing_since_ms)
             };
+            // Down for a while, not one batch that timed out whole on a busy runtime.
+            let down = failing
+                && crate::entry::now_ms().saturating_sub(failing_since)
+                    >= FAILING_FOR.as_millis() as u64;
             let queued = self
                 .outbox
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .queue_within(action, key, crate::entry::now_us(), anyway || failing);
+                .queue_within(action, key, crate::entry::now_us(), anyway || down);
             if let Some(queued) = queued {
                 return queued;
             }
             let moved = tokio::time::timeout(
-                ANNOUNCE_WAIT,
-                progress.wait_for(|p| p.failing || p.done != done),
+                if failing { FAILING_FOR } else { ANNOUNCE_WAIT },
+                progress.wait_for(|p| p.done != done || p.failing != failing),
             )
             .await;
-            anyway = !matches!(moved, Ok(Ok(ref p)) if !p.failing);
+            // No progress for the whole wait: queued anyway (a failing state is looked at
+            // again: it may have lasted long enough by now).
+            anyway = moved.is_err() && !failing;
         }
     }
 
@@ -312,7 +324,11 @@ pub(super) async fn publish_loop(shared: std::sync::Weak<Shared>) {
             // Failing only when nothing went out: a few publishes that timed out on a busy
             // runtime (or on one hung node of a cluster) must not stop changes from waiting for
             // room, or a burst overflows the outbox.
-            progress.failing = failed > 0 && published == 0;
+            let failing = failed > 0 && published == 0;
+            if failing && !progress.failing {
+                progress.failing_since_ms = crate::entry::now_ms();
+            }
+            progress.failing = failing;
             before != (progress.done, progress.failures, progress.failing)
         });
         drop(s);
