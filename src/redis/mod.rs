@@ -332,7 +332,7 @@ where
             let source = match no {
                 admission::NoTurn::Stalled => fred::error::Error::new(
                     ErrorKind::Timeout,
-                    "the commands in flight on the connection went unanswered for the command timeout",
+                    "the last command to come back on the connection timed out, and others are still in flight on it: the server hangs",
                 ),
                 admission::NoTurn::Busy => fred::error::Error::new(
                     ErrorKind::Backpressure,
