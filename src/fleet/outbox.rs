@@ -190,6 +190,15 @@ impl Shared {
     /// Returns its sequence number and whether the outbox overflowed.
     pub(super) async fn queue_paced(&self, action: Action, key: &str) -> (u64, bool) {
         let mut anyway = self.connecting.runtime_gone();
+        // The usual case, room at once: no progress to watch.
+        if let Some(queued) = self
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue_within(action, key, crate::entry::now_us(), anyway)
+        {
+            return queued;
+        }
         loop {
             // Read before trying, so that progress made in between is not waited for again.
             let mut progress = self.progress.subscribe();
