@@ -213,11 +213,7 @@ async fn thousands_of_concurrent_changes_leave_the_other_replicas_l1_alone() {
     wait_subscribed_here(&writer).await;
     proxy.set(support::proxy::Mode::Latency(Duration::from_millis(20)));
     let before = reader.ask("diag");
-    let callers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("callers' runtime");
+    let callers = support::callers_runtime();
     let changes: Vec<_> = (0..CHANGES)
         .map(|i| {
             let writer = writer.clone();

@@ -23,17 +23,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Held by each burst, so that the two never share the CPUs.
 static ONE_BURST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A runtime for the callers of a burst, beside the one the cache's connections run on: a
-/// burst of a debug build can keep a shared runtime from reading replies in time, and the
-/// test below is about how an unsent command ends, not about a timeout.
-fn callers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("callers' runtime")
-}
-
 async fn l2(url: &str, unresponsive: Duration) -> RedisCache<ChatCompletion> {
     RedisCache::builder()
         .url(url)
@@ -112,7 +101,7 @@ async fn a_command_that_waits_past_the_unresponsive_time_is_busy_not_an_outage()
     // The shortest bound the builder takes above the command timeout: a burst this large
     // cannot be served within it, so the last callers give up unsent.
     let redis = l2(&url, Duration::from_millis(300)).await;
-    let callers = callers();
+    let callers = support::callers_runtime();
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
             let redis = redis.clone();

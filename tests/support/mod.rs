@@ -43,3 +43,14 @@ pub async fn load_kv(cache: &layercache::Layered<String>, i: u64) -> String {
         .await
         .expect("no caller error while Redis comes and goes")
 }
+
+/// A runtime of its own for the callers of a burst, beside the one a cache's connections (and
+/// its backplane's publisher) run on: tens of thousands of tasks of a debug build on 2 CPUs
+/// would otherwise keep those from reading replies in time.
+pub fn callers_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("callers' runtime")
+}
