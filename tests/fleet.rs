@@ -570,6 +570,80 @@ async fn the_catch_up_after_an_outage_never_overwrites_a_newer_value() {
     println!("catch-up after an outage: the newer value won both ways");
 }
 
+/// A write that could not reach L2 races an older change of the same key announced by another
+/// replica: the announcement may arrive while the write is between its failed L2 write and its
+/// L1 store. Every such write is newer than the change it races, so each must reach L2 in the
+/// catch-up. (Before the fix, one in a few hundred was forgotten there, and the older value
+/// stayed in L2 for the fleet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_an_outage_survives_an_older_change_announced_meanwhile() {
+    use support::proxy::Mode;
+    const KEYS: usize = 1_500;
+    let server = RedisServer::start();
+    let upstream = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = support::proxy::FaultProxy::start(upstream).await;
+    // A's L2 goes through the proxy; its backplane does not, so it keeps hearing B's changes
+    // while its writes cannot reach L2.
+    let l2 = layercache::RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("race")
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("l2");
+    let direct = layercache::RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("race")
+        .build()
+        .await
+        .expect("direct");
+    let a = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
+        .name("race")
+        .backplane(direct.backplane().await.expect("backplane"))
+        .build()
+        .expect("cache");
+    let b = replica_here(&server.url(), "race").await;
+    wait_subscribed(&[&a, &b]).await;
+    let ttl = Duration::from_secs(600);
+
+    proxy.set(Mode::Reset);
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        // Published when `set_value` returns; on its way to A while A writes.
+        b.set_value(&key, "older-from-b".into(), ttl)
+            .await
+            .expect("set");
+        a.set_value(&key, "newer-from-a".into(), ttl)
+            .await
+            .expect("set");
+    }
+    let received = support::fleet::backplane_state(&a).received;
+    proxy.set(Mode::Pass);
+    wait_for_catch_up(&a).await;
+    let mut older = Vec::new();
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        if b.get_value(&key).await.expect("get").as_deref() != Some("newer-from-a") {
+            older.push(key);
+        }
+    }
+    let mut a_reads = Vec::new();
+    for key in older.iter().take(5) {
+        a_reads.push(a.get_value(key).await);
+    }
+    assert!(
+        older.is_empty(),
+        "{} of {KEYS} newer writes were forgotten, e.g. {:?}, where A reads {a_reads:?}; A heard \
+         {received} of B's changes; A's backplane: {:?}",
+        older.len(),
+        older.iter().take(5).collect::<Vec<_>>(),
+        support::fleet::backplane_state(&a)
+    );
+    println!("{KEYS} outage writes racing older changes (A heard {received}): all reached L2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_prefix_reaches_every_replicas_l1() {
     let server = RedisServer::start();

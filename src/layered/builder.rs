@@ -1,6 +1,6 @@
 //! [`LayeredBuilder`]: the settings of a [`Layered`] cache, checked when it is built.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -343,10 +343,9 @@ where
                 admit: self.admit,
                 negative: self.negative,
                 fresh_for: self.fresh_for,
-                pending: Mutex::new(HashSet::new()),
+                pending: Mutex::new(HashMap::new()),
                 flushing: AtomicBool::new(false),
                 catching_up: AtomicBool::new(false),
-                in_catch_up: std::sync::atomic::AtomicUsize::new(0),
                 tag_retention_ms: (self.tag_retention != Duration::MAX)
                     .then(|| u64::try_from(self.tag_retention.as_millis()).unwrap_or(u64::MAX)),
                 flush_not_before_ms: std::sync::atomic::AtomicU64::new(0),

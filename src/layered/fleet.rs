@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Inner;
-use crate::cache::Cache;
 use crate::entry::{now_ms, Entry};
 use crate::fleet::{Attempt, Held, WaitOutcome, MAX_LEASE_WAIT};
 use crate::load::{FleetLease, L2Read, LeaseGuard};
@@ -157,17 +156,21 @@ where
             // A write of ours still waiting for the catch-up and newer than the change
             // announced stays (the catch-up compares with L2 again); anything else goes.
             Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _))
-                if inner.pending_newer_than(memory, &key, event_us(&event)) => {}
-            Ok(Event::Evict(key, _)) => {
-                inner.forget_pending(Some(&key));
-                let _ = memory.delete(&key).await;
+                if inner.pending_newer_than(&key, event_us(&event)) => {}
+            // The write may remember itself (and store its L1 entry) while the event is applied:
+            // the pending set and L1 are each judged and changed in one step, and a write newer
+            // than the change survives both.
+            Ok(Event::Evict(key, us)) => {
+                inner.forget_pending_unless_newer(&key, us);
+                memory.remove_unless(&key, |entry| {
+                    entry.created_us() > us && inner.pending_newer_than(&key, us)
+                });
             }
-            Ok(Event::Expire(key, _)) => {
-                inner.forget_pending(Some(&key));
-                let now = now_ms();
-                if let Some(entry) = memory.peek_at(&key, now) {
-                    let _ = memory.set(&key, entry.cap_fresh_ms(now)).await;
-                }
+            Ok(Event::Expire(key, us)) => {
+                inner.forget_pending_unless_newer(&key, us);
+                memory.expire_unless(&key, now_ms(), |entry| {
+                    entry.created_us() > us && inner.pending_newer_than(&key, us)
+                });
             }
             Ok(Event::ClearAll) | Err(RecvError::Lagged(_)) => {
                 if let (Err(RecvError::Lagged(lost)), Some(backplane)) = (&event, &inner.backplane)
@@ -177,11 +180,7 @@ where
                 }
                 // Writes still to be copied to L2 are this replica's own: kept for the catch-up
                 // (which drops them if L2 holds something newer).
-                let keep = inner.pending_entries(memory);
-                memory.invalidate_all();
-                for (key, entry) in keep {
-                    let _ = memory.set(&key, entry).await;
-                }
+                memory.retain(|key, _| inner.is_pending(key));
                 inner.tag_times.forget();
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
@@ -190,7 +189,7 @@ where
                 memory.remove_prefix(&prefix);
             }
             Ok(Event::Clear(ms)) => {
-                inner.forget_pending(None);
+                inner.forget_all_pending();
                 inner.tag_times.set(crate::tags::CLEAR, ms);
                 memory.invalidate_all();
             }

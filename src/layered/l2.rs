@@ -17,6 +17,7 @@
 //! the catch-up, which tries again at most every [`REPLY_RETRY_MS`], and the first one is
 //! reported (a `tracing` warning, once per cache).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -41,6 +42,10 @@ pub(crate) const REPLY_RETRY_MS: u64 = 1_000;
 /// would otherwise keep the value in its L1 alone, while the fleet it announced the change to
 /// reads L2.
 pub(crate) const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// A write remembers its key for the catch-up before it stores its L1 entry (see
+/// `Inner::pending`); a key remembered less than this long ago (µs) whose L1 entry is missing
+/// or older is left for the next pass instead of being forgotten.
+const SETTLING_US: u64 = 1_000_000;
 
 impl<V> Inner<V>
 where
@@ -158,6 +163,7 @@ where
     ) -> Option<Error> {
         self.l2.as_ref()?;
         let entry = self.retained(entry);
+        let created_us = entry.created_us();
         let written = self
             .via_l2(|l2| async move { l2.set(key, entry).await })
             .await;
@@ -165,12 +171,7 @@ where
             Some(Ok(())) => None,
             Some(Err(e)) if e.is_refusal() => Some(e),
             failed => {
-                {
-                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                    if pending.len() < MAX_PENDING {
-                        pending.insert(Arc::from(key));
-                    }
-                }
+                self.remember(std::iter::once((Arc::from(key), created_us)));
                 self.catch_up_later();
                 if replacing && matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&[key]).await;
@@ -198,7 +199,10 @@ where
         if self.l2.is_none() || entries.is_empty() {
             return Ok(());
         }
-        let keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::from(*k)).collect();
+        let keys: Vec<(Arc<str>, u64)> = entries
+            .iter()
+            .map(|(k, e)| (Arc::from(*k), e.created_us()))
+            .collect();
         let names: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
         let entries: Vec<(&str, Entry<V>)> = entries
             .into_iter()
@@ -211,15 +215,7 @@ where
             Some(Ok(())) => Ok(()),
             Some(Err(e)) if e.is_refusal() => Err(e),
             failed => {
-                {
-                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                    for key in keys {
-                        if pending.len() >= MAX_PENDING {
-                            break;
-                        }
-                        pending.insert(key);
-                    }
-                }
+                self.remember(keys);
                 self.catch_up_later();
                 // These writes replace what the keys held (see `write_l2`).
                 if matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
@@ -318,54 +314,71 @@ where
     /// Copy pending keys' current L1 entries to L2, a batch at a time, each only if L2 holds
     /// nothing newer; stop at the first failure of L2 (the keys stay pending). A refused value
     /// (too large, cannot encode) is dropped and never holds back the others.
+    ///
+    /// A key stays in the pending set until its write is settled, so that the backplane's events
+    /// meanwhile still see it (an older change announced by another replica must not make this
+    /// replica forget its newer write; a newer one makes it forget, and the script's comparison
+    /// in L2 then keeps the newer value).
     async fn flush_pending(self: &Arc<Self>) {
         let Some(l2) = self.l2.clone() else {
             return;
         };
+        // Keys left for a later pass: their write is remembered but its L1 entry not stored yet.
+        let mut later: HashSet<Arc<str>> = HashSet::new();
         loop {
-            let batch: Vec<Arc<str>> = {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                let batch: Vec<Arc<str>> = pending.iter().take(FLUSH_BATCH).cloned().collect();
-                for key in &batch {
-                    pending.remove(key);
-                }
-                // Still waiting for L2 while the batch is out of the set.
-                self.in_catch_up.store(batch.len(), Ordering::SeqCst);
-                batch
+            let batch: Vec<(Arc<str>, u64)> = {
+                let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                pending
+                    .iter()
+                    .filter(|(key, _)| !later.contains(*key))
+                    .take(FLUSH_BATCH)
+                    .map(|(key, us)| (Arc::clone(key), *us))
+                    .collect()
             };
             if batch.is_empty() {
                 return;
             }
+            let now_us = crate::entry::now_us();
             let mut entries = Vec::with_capacity(batch.len());
-            for key in &batch {
-                if let Some(Some(entry)) = self.l1_done(self.l1.peek(key).await) {
-                    entries.push((Arc::clone(key), entry));
+            for (key, us) in batch {
+                match self.l1_done(self.l1.peek(&key).await).flatten() {
+                    Some(entry) if entry.created_us() >= us => entries.push((key, us, entry)),
+                    // The write remembered itself an instant ago and is storing its L1 entry.
+                    _ if now_us.saturating_sub(us) < SETTLING_US => {
+                        later.insert(key);
+                    }
+                    // Gone from L1 since (deleted here, or evicted): nothing left to copy.
+                    _ => {
+                        self.settled(&key, us);
+                    }
                 }
             }
             let connections = l2.connections();
             let allowed = self.breaker.allow(connections);
             if allowed == Allow::No {
-                self.requeue(batch);
                 return;
             }
             // Each key only if L2 holds nothing newer (another replica may have written it
             // while this one could not reach L2), compared and written in one step.
-            let mut rest = entries.into_iter();
-            for (key, entry) in rest.by_ref() {
+            for (key, us, entry) in entries {
                 match l2.set_if_newer(&key, entry).await {
                     // Announced again: a replica that re-read L2 between the first announcement
                     // and this write holds the older value.
                     Ok(true) => {
+                        self.settled(&key, us);
                         let _ = self.announce_set(&key);
                     }
                     // L2 holds a newer value (another replica wrote it meanwhile): ours is
                     // dropped from L1 too, so this replica reads the newer one.
                     Ok(false) => {
-                        self.l1_done(self.l1.delete(&key).await);
+                        if self.settled(&key, us) {
+                            self.l1_done(self.l1.delete(&key).await);
+                        }
                     }
                     // Refused (too large, cannot encode): counted and reported by the codec;
                     // not an outage, and not retried.
                     Err(e) if e.is_refusal() => {
+                        self.settled(&key, us);
                         self.layer_errors.fetch_add(1, Ordering::Relaxed);
                         self.refused(&e);
                     }
@@ -381,64 +394,69 @@ where
                         } else {
                             self.breaker.record(allowed, false, connections);
                         }
-                        let mut left: Vec<Arc<str>> = vec![key];
-                        left.extend(rest.map(|(k, _)| k));
-                        self.requeue(left);
+                        // This key and the rest of the batch stay pending.
                         return;
                     }
                 }
             }
             self.breaker.record(allowed, true, connections);
-            self.in_catch_up.store(0, Ordering::SeqCst);
         }
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    /// Another replica changed `key` (or, with `None`, everything): what this one remembered for
-    /// it during an outage is older and must not be copied to L2.
-    pub(crate) fn forget_pending(&self, key: Option<&str>) {
+    /// The catch-up is done with the write of `key` created at `us`: forget the key unless a
+    /// later write of it was remembered meanwhile (then it stays for the next pass). Whether
+    /// it was forgotten.
+    fn settled(&self, key: &str, us: u64) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        match key {
-            Some(key) => {
-                pending.remove(key);
-            }
-            None => pending.clear(),
+        if pending.get(key) == Some(&us) {
+            pending.remove(key);
+            true
+        } else {
+            false
         }
     }
 
-    /// The L1 entries of the keys waiting for the catch-up (kept when L1 is dropped after a gap
-    /// in the backplane: they are this replica's own writes, still to be copied to L2).
+    /// Another replica cleared the cache: what this one remembered during an outage is older
+    /// and must not be copied to L2.
     #[cfg(feature = "redis")]
-    pub(crate) fn pending_entries(
-        &self,
-        memory: &crate::MemoryCache<V>,
-    ) -> Vec<(Arc<str>, Entry<V>)> {
-        let now = crate::entry::now_ms();
+    pub(crate) fn forget_all_pending(&self) {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter_map(|key| memory.peek_at(key, now).map(|e| (Arc::clone(key), e)))
-            .collect()
+            .clear();
     }
 
-    /// Whether `key` waits for the catch-up with an L1 entry created after `us`.
+    /// Whether `key` waits for the catch-up.
     #[cfg(feature = "redis")]
-    pub(crate) fn pending_newer_than(
-        &self,
-        memory: &crate::MemoryCache<V>,
-        key: &str,
-        us: u64,
-    ) -> bool {
-        let pending = self
-            .pending
+    pub(crate) fn is_pending(&self, key: &str) -> bool {
+        self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(key);
-        pending
-            && memory
-                .peek_at(key, crate::entry::now_ms())
-                .is_some_and(|e| e.created_us() > us)
+            .contains_key(key)
+    }
+
+    /// Another replica changed `key` at `us`: forget what this one remembered for it unless
+    /// that write is newer (judged and forgotten in one step, so a write remembering itself
+    /// meanwhile is never forgotten unseen).
+    #[cfg(feature = "redis")]
+    pub(crate) fn forget_pending_unless_newer(&self, key: &str, us: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.get(key).is_some_and(|created| *created <= us) {
+            pending.remove(key);
+        }
+    }
+
+    /// Whether `key` waits for the catch-up with a write created after `us`. The time is the one
+    /// remembered with the key, not read from L1: the write stores its L1 entry only after its
+    /// L2 write failed and the key was remembered, and an older change announced in between
+    /// would otherwise find nothing in L1 and make this replica forget its newer write.
+    #[cfg(feature = "redis")]
+    pub(crate) fn pending_newer_than(&self, key: &str, us: u64) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|created| *created > us)
     }
 
     /// Forget what was remembered for the keys starting with `prefix`.
@@ -446,12 +464,64 @@ where
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|key| !key.starts_with(prefix));
+            .retain(|key, _| !key.starts_with(prefix));
     }
 
-    fn requeue(&self, batch: Vec<Arc<str>>) {
+    /// Remember `keys` (with their writes' creation times) for the catch-up, up to
+    /// [`MAX_PENDING`] keys; a key remembered already keeps the later of the two times.
+    fn remember(&self, keys: impl IntoIterator<Item = (Arc<str>, u64)>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.extend(batch);
-        self.in_catch_up.store(0, Ordering::SeqCst);
+        for (key, us) in keys {
+            if let Some(known) = pending.get_mut(&key) {
+                *known = (*known).max(us);
+            } else if pending.len() < MAX_PENDING {
+                pending.insert(key, us);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{Layered, MemoryCache};
+
+    fn layered() -> Layered<String> {
+        let memory = || MemoryCache::<String>::builder().build().expect("memory");
+        Layered::builder(memory(), memory())
+            .build()
+            .expect("layered")
+    }
+
+    /// The field failure: a write fails to reach L2 and is remembered, and an older change of
+    /// the same key announced by another replica arrives before the write has stored its L1
+    /// entry. The write is newer, so it must stay remembered for the catch-up.
+    #[test]
+    fn a_remembered_write_outranks_an_older_change_before_its_l1_entry_exists() {
+        let cache = layered();
+        let inner = &cache.inner;
+        inner.remember([(Arc::from("k"), 2_000)]);
+        assert!(inner.pending_newer_than("k", 1_999), "older change");
+        assert!(
+            !inner.pending_newer_than("k", 2_000),
+            "same time: not newer"
+        );
+        assert!(!inner.pending_newer_than("k", 2_001), "newer change");
+        assert!(!inner.pending_newer_than("other", 0), "not remembered");
+    }
+
+    #[test]
+    fn a_key_remembered_twice_keeps_its_later_write_until_that_one_is_settled() {
+        let cache = layered();
+        let inner = &cache.inner;
+        inner.remember([(Arc::from("k"), 5_000)]);
+        inner.remember([(Arc::from("k"), 3_000)]);
+        assert!(inner.pending_newer_than("k", 4_999));
+        // The catch-up wrote the first write while the second was remembered: the key stays.
+        assert!(!inner.settled("k", 3_000));
+        assert_eq!(cache.pending_l2_writes(), 1);
+        assert!(inner.settled("k", 5_000));
+        assert_eq!(cache.pending_l2_writes(), 0);
     }
 }

@@ -44,7 +44,7 @@ mod tags;
 
 pub use self::builder::LayeredBuilder;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -197,14 +197,17 @@ pub(crate) struct Inner<V> {
     /// Caps a loaded value's fresh lifetime by what the value says of itself.
     pub(crate) fresh_for: Option<FreshFor<V>>,
     pub(crate) metrics: Arc<FrontMetrics>,
-    /// Keys whose L2 write was skipped (open circuit) or failed; written from L1 to L2 once L2
-    /// answers again. Bounded by `l2::MAX_PENDING`.
-    pending: Mutex<HashSet<Arc<str>>>,
+    /// Keys whose L2 write was skipped (open circuit) or failed, each with the creation time (µs)
+    /// of the write waiting; written from L1 to L2 once L2 answers again. Bounded by
+    /// `l2::MAX_PENDING`. The time is kept here, not read back from L1: an older change
+    /// announced by another replica can arrive between this write's failure and its L1 store,
+    /// and must not make this replica forget the newer write (see `l2::pending_newer_than`).
+    /// The backplane's events read it while holding L1's lock for a key: never call L1 while
+    /// holding this one.
+    pending: Mutex<HashMap<Arc<str>, u64>>,
     flushing: AtomicBool,
     /// Whether a task retries the catch-up while keys are pending (see `l2::catch_up_later`).
     catching_up: AtomicBool,
-    /// Keys of the catch-up batch being written (out of `pending` meanwhile).
-    in_catch_up: std::sync::atomic::AtomicUsize,
     /// How long a tagged entry may live (ms), `None` for its whole lifetime: see
     /// [`LayeredBuilder::tag_retention`].
     pub(crate) tag_retention_ms: Option<u64>,
@@ -524,10 +527,6 @@ where
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         pending.len()
-            + self
-                .inner
-                .in_catch_up
-                .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time (a

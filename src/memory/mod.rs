@@ -333,6 +333,27 @@ where
         self.inner.store.remove_prefix(prefix)
     }
 
+    /// Remove `key`'s entry unless `keep` accepts it, in one step with the engine's lock for the
+    /// key (see `Store::remove_unless`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn remove_unless(&self, key: &str, keep: impl FnOnce(&Entry<V>) -> bool) {
+        self.supersede(key);
+        self.inner.store.remove_unless(key, keep);
+    }
+
+    /// End `key`'s entry's freshness at `now` (ms) unless `keep` accepts it, in one step.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn expire_unless(&self, key: &str, now: u64, keep: impl FnOnce(&Entry<V>) -> bool) {
+        self.inner.store.expire_unless(key, now, keep);
+    }
+
+    /// Remove every entry except those `keep` accepts (each judged in one step with its removal).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &Entry<V>) -> bool) {
+        self.supersede_prefix("");
+        self.inner.store.retain(keep);
+    }
+
     /// Remove every entry.
     pub fn invalidate_all(&self) {
         self.supersede_prefix("");

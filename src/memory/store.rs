@@ -251,6 +251,82 @@ where
         self.engine.sweep(now);
     }
 
+    /// Remove `key`'s entry unless `keep` accepts it, judged and removed in one step under the
+    /// engine's lock for the key: a write of the key stored meanwhile is judged, never removed
+    /// unseen. (The backplane's events race this replica's own writes.) `keep` must not touch
+    /// this store.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn remove_unless(&self, key: &str, keep: impl FnOnce(&Entry<V>) -> bool) {
+        match &self.engine {
+            Backend::Moka(moka) => {
+                let _ = moka
+                    .entry(Arc::from(key))
+                    .and_compute_with(|found| match found {
+                        Some(found) if !keep(found.value()) => moka::ops::compute::Op::Remove,
+                        _ => moka::ops::compute::Op::Nop,
+                    });
+            }
+            #[cfg(feature = "quick-cache")]
+            Backend::Quick(quick) => {
+                quick.cache.remove_if(key, |stored| !keep(&stored.entry));
+            }
+        }
+    }
+
+    /// End `key`'s entry's freshness at `now` (ms) unless `keep` accepts it, in one step (see
+    /// [`remove_unless`](Self::remove_unless)).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn expire_unless(&self, key: &str, now: u64, keep: impl FnOnce(&Entry<V>) -> bool) {
+        match &self.engine {
+            Backend::Moka(moka) => {
+                let _ = moka
+                    .entry(Arc::from(key))
+                    .and_compute_with(|found| match found {
+                        Some(found) if !keep(found.value()) => {
+                            moka::ops::compute::Op::Put(found.into_value().cap_fresh_ms(now))
+                        }
+                        _ => moka::ops::compute::Op::Nop,
+                    });
+            }
+            #[cfg(feature = "quick-cache")]
+            Backend::Quick(quick) => {
+                // A vacant key yields a placeholder guard, dropped (and removed) at once.
+                let _ =
+                    quick
+                        .cache
+                        .entry(&Arc::<str>::from(key), Some(Duration::ZERO), |_, stored| {
+                            if !keep(&stored.entry) {
+                                stored.entry.fresh_until_ms = stored.entry.fresh_until_ms.min(now);
+                            }
+                            quick_cache::sync::EntryAction::Retain(())
+                        });
+            }
+        }
+    }
+
+    /// Remove every entry except those `keep` accepts, each judged and removed in one step (see
+    /// [`remove_unless`](Self::remove_unless)).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &Entry<V>) -> bool) {
+        match &self.engine {
+            Backend::Moka(moka) => {
+                let keys: Vec<Arc<str>> = moka.iter().map(|(key, _)| Arc::clone(&*key)).collect();
+                for key in keys {
+                    let _ = moka
+                        .entry(Arc::clone(&key))
+                        .and_compute_with(|found| match found {
+                            Some(found) if !keep(&key, found.value()) => {
+                                moka::ops::compute::Op::Remove
+                            }
+                            _ => moka::ops::compute::Op::Nop,
+                        });
+                }
+            }
+            #[cfg(feature = "quick-cache")]
+            Backend::Quick(quick) => quick.cache.retain(|key, stored| keep(key, &stored.entry)),
+        }
+    }
+
     pub(crate) fn clear(&self) {
         match &self.engine {
             Backend::Moka(moka) => moka.invalidate_all(),
@@ -581,5 +657,66 @@ where
             }
             quick_cache::sync::EntryAction::Retain(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Engine;
+    use crate::entry::{now_ms, Entry};
+    use crate::MemoryCache;
+
+    fn engines() -> Vec<Engine> {
+        vec![
+            Engine::Moka,
+            #[cfg(feature = "quick-cache")]
+            Engine::QuickCache,
+        ]
+    }
+
+    fn entry(value: &str, created_us: u64) -> Entry<String> {
+        let mut entry = Entry::new(value.to_owned(), Duration::from_secs(600));
+        entry.created_us = created_us;
+        entry
+    }
+
+    #[test]
+    fn conditional_changes_judge_the_entry_they_change() {
+        for engine in engines() {
+            let memory = MemoryCache::<String>::builder()
+                .engine(engine)
+                .build()
+                .expect("memory");
+            let store = &memory.inner.store;
+            store.insert("old".into(), entry("o", 10));
+            store.insert("new".into(), entry("n", 30));
+            let newer_than_20 = |e: &Entry<String>| e.created_us() > 20;
+            store.remove_unless("old", newer_than_20);
+            store.remove_unless("new", newer_than_20);
+            store.remove_unless("absent", newer_than_20);
+            let now = now_ms();
+            assert!(store.get("old", now).is_none(), "{engine:?}");
+            assert!(store.get("new", now).is_some(), "{engine:?}");
+            assert!(store.get("absent", now).is_none(), "{engine:?}");
+
+            store.insert("old".into(), entry("o", 10));
+            store.expire_unless("old", now, newer_than_20);
+            store.expire_unless("new", now, newer_than_20);
+            store.expire_unless("absent", now, newer_than_20);
+            let later = now + 1;
+            let old = store
+                .get("old", later)
+                .expect("an expired entry stays, stale");
+            assert!(!old.is_fresh_at(later), "{engine:?}");
+            let new = store.get("new", later).expect("new");
+            assert!(new.is_fresh_at(later), "{engine:?}");
+            assert!(store.get("absent", later).is_none(), "{engine:?}");
+
+            store.retain(|key, _| key == "new");
+            assert!(store.get("old", later).is_none(), "{engine:?}");
+            assert!(store.get("new", later).is_some(), "{engine:?}");
+        }
     }
 }
