@@ -284,10 +284,19 @@ impl RedisCluster {
         cluster_create(&addrs, &[], replicas);
         let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
+        let total = cluster.nodes.len();
         let ready = |n: &RedisServer| {
             let view = n.cli(&["cluster", "nodes"]);
             let replication = n.cli(&["info", "replication"]);
+            // Every node linked to every other over the cluster bus: a PUBLISH reaches only
+            // the nodes linked to the one it was sent to, and `cluster_state:ok` comes first
+            // (a fleet test lost its first change to a node still in handshake).
+            let linked = view.lines().count() == total
+                && view
+                    .lines()
+                    .all(|l| l.contains(" connected") && !l.contains("handshake"));
             n.cli(&["cluster", "info"]).contains("cluster_state:ok")
+                && linked
                 && view.lines().filter(|l| l.contains("slave")).count() == 3 * replicas
                 && (!replication.contains("role:slave")
                     || replication.contains("master_link_status:up"))
@@ -295,7 +304,7 @@ impl RedisCluster {
         while !cluster.nodes.iter().all(ready) {
             assert!(
                 Instant::now() < deadline,
-                "the cluster did not reach state ok with every replica synced within 20 s"
+                "the cluster did not reach state ok, every node linked to every other and every replica synced, within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
