@@ -179,8 +179,14 @@ where
                     backplane.shared.fell_behind(*lost);
                 }
                 // Writes still to be copied to L2 are this replica's own: kept for the catch-up
-                // (which drops them if L2 holds something newer).
-                memory.retain(|key, _| inner.is_pending(key));
+                // (which drops them if L2 holds something newer). Without any, L1 is dropped at
+                // once rather than walked (a write that fails to reach L2 in the instant between
+                // the check and the drop loses its L1 copy; it is then not copied to L2).
+                if inner.pending_is_empty() {
+                    memory.invalidate_all();
+                } else {
+                    memory.retain(|key, _| inner.is_pending(key));
+                }
                 inner.tag_times.forget();
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),

@@ -164,8 +164,18 @@ where
         self.l2.as_ref()?;
         let entry = self.retained(entry);
         let created_us = entry.created_us();
+        // A load's value is written only if L2 holds nothing newer, compared in L2 (one script on
+        // Redis): a write that timed out here may still reach Redis later (a slow link, a
+        // stalled server), and a loaded value arriving after a newer `set` must not replace it
+        // unannounced. A `set` replaces, as its caller asked.
         let written = self
-            .via_l2(|l2| async move { l2.set(key, entry).await })
+            .via_l2(|l2| async move {
+                if replacing {
+                    l2.set(key, entry).await
+                } else {
+                    l2.set_if_newer(key, entry).await.map(|_| ())
+                }
+            })
             .await;
         match written {
             Some(Ok(())) => None,
@@ -283,7 +293,7 @@ where
         });
     }
 
-    fn pending_is_empty(&self) -> bool {
+    pub(super) fn pending_is_empty(&self) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -341,17 +351,26 @@ where
             let now_us = crate::entry::now_us();
             let mut entries = Vec::with_capacity(batch.len());
             for (key, us) in batch {
-                match self.l1_done(self.l1.peek(&key).await).flatten() {
+                let found = self.l1_done(self.l1.peek(&key).await).flatten();
+                match found {
                     Some(entry) if entry.created_us() >= us => entries.push((key, us, entry)),
                     // The write remembered itself an instant ago and is storing its L1 entry.
                     _ if now_us.saturating_sub(us) < SETTLING_US => {
                         later.insert(key);
                     }
+                    // An older entry of this replica's (the remembered write was not stored in
+                    // L1): copied all the same, as L2 may hold nothing newer.
+                    Some(entry) => entries.push((key, us, entry)),
                     // Gone from L1 since (deleted here, or evicted): nothing left to copy.
-                    _ => {
+                    None => {
                         self.settled(&key, us);
                     }
                 }
+            }
+            if entries.is_empty() {
+                // Nothing of this batch to write: the breaker is not asked (a probe would be
+                // spent, and a success recorded, without any call to L2).
+                continue;
             }
             let connections = l2.connections();
             let allowed = self.breaker.allow(connections);
@@ -371,7 +390,7 @@ where
                     // L2 holds a newer value (another replica wrote it meanwhile): ours is
                     // dropped from L1 too, so this replica reads the newer one.
                     Ok(false) => {
-                        if self.settled(&key, us) {
+                        if self.settled(&key, us) || !self.is_pending(&key) {
                             self.l1_done(self.l1.delete(&key).await);
                         }
                     }
@@ -427,7 +446,6 @@ where
     }
 
     /// Whether `key` waits for the catch-up.
-    #[cfg(feature = "redis")]
     pub(crate) fn is_pending(&self, key: &str) -> bool {
         self.pending
             .lock()
