@@ -149,8 +149,8 @@ where
 
     /// Store `entry` unless the layer holds an entry for `key` created at the same time or later
     /// ([`Entry::created_at`]); whether it was stored. A `Layered` cache uses it to write what it
-    /// kept during an L2 outage without overwriting a newer value another replica wrote
-    /// meanwhile. [`RedisCache`](crate::RedisCache) compares and writes in one server-side
+    /// kept during an L2 outage, and its loaded values, without overwriting a newer value
+    /// another replica wrote meanwhile. [`RedisCache`](crate::RedisCache) compares and writes in one server-side
     /// step; the default reads, then writes (not atomic, enough for a layer only this process
     /// writes).
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {

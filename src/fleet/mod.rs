@@ -122,10 +122,17 @@
 //! to Redis afterwards with [`Cache::set_if_newer`](crate::Cache::set_if_newer): one script
 //! compares the creation time of what Redis holds with ours and writes only if ours is later,
 //! and the key is announced again. A backplane message about the key (another replica changed
-//! it) drops it from the catch-up. The catch-up is tried every 250 ms while writes wait (not
+//! it) drops it from the catch-up, unless the write waiting is newer than that change (the
+//! message may arrive while the write is still storing itself; L1 and the writes waiting are
+//! judged and changed in one step). The catch-up is tried every 250 ms while writes wait (not
 //! while the circuit is open), so it does not depend on the replica calling Redis again: a
 //! replica that went quiet after its write failed would otherwise hold the value alone, while
 //! the replicas it announced the change to read Redis.
+//!
+//! A loaded value (`get_or_load`) is written to Redis the same way, only if Redis holds
+//! nothing newer: a write that timed out on a slow link or a stalled server may still reach
+//! Redis later, and a loaded value landing after a newer `set` must not replace it unannounced.
+//! A `set` replaces what Redis holds, as its caller asked.
 //!
 //! Times are wall-clock (µs) from each replica's clock: keep the fleet's clocks in sync.
 //!
