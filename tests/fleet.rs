@@ -476,6 +476,16 @@ async fn replica_behind_proxy(
     server: &RedisServer,
     namespace: &str,
 ) -> (Layered<String>, support::proxy::FaultProxy) {
+    replica_with_l2_behind_proxy(server, namespace, false).await
+}
+
+/// A replica whose L2 goes through a fault proxy, and its backplane too unless
+/// `backplane_direct`: its cache and the proxy.
+async fn replica_with_l2_behind_proxy(
+    server: &RedisServer,
+    namespace: &str,
+    backplane_direct: bool,
+) -> (Layered<String>, support::proxy::FaultProxy) {
     let upstream = format!("127.0.0.1:{}", server.port)
         .parse()
         .expect("address");
@@ -487,7 +497,17 @@ async fn replica_behind_proxy(
         .build()
         .await
         .expect("l2");
-    let backplane = l2.backplane().await.expect("backplane");
+    let backplane = if backplane_direct {
+        let direct = layercache::RedisCache::<String>::builder()
+            .url(server.url())
+            .namespace(namespace)
+            .build()
+            .await
+            .expect("direct");
+        direct.backplane().await.expect("backplane")
+    } else {
+        l2.backplane().await.expect("backplane")
+    };
     let cache = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
         .name("behind-proxy")
         .backplane(backplane)
@@ -580,30 +600,9 @@ async fn a_write_during_an_outage_survives_an_older_change_announced_meanwhile()
     use support::proxy::Mode;
     const KEYS: usize = 1_500;
     let server = RedisServer::start();
-    let upstream = format!("127.0.0.1:{}", server.port)
-        .parse()
-        .expect("address");
-    let proxy = support::proxy::FaultProxy::start(upstream).await;
     // A's L2 goes through the proxy; its backplane does not, so it keeps hearing B's changes
     // while its writes cannot reach L2.
-    let l2 = layercache::RedisCache::<String>::builder()
-        .url(proxy.url())
-        .namespace("race")
-        .command_timeout(Duration::from_millis(200))
-        .build()
-        .await
-        .expect("l2");
-    let direct = layercache::RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("race")
-        .build()
-        .await
-        .expect("direct");
-    let a = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
-        .name("race")
-        .backplane(direct.backplane().await.expect("backplane"))
-        .build()
-        .expect("cache");
+    let (a, proxy) = replica_with_l2_behind_proxy(&server, "race", true).await;
     let b = replica_here(&server.url(), "race").await;
     wait_subscribed(&[&a, &b]).await;
     let ttl = Duration::from_secs(600);

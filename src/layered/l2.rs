@@ -503,21 +503,22 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use crate::{Layered, MemoryCache};
+    use crate::{Layered, MemoryCache, Result};
 
-    fn layered() -> Layered<String> {
-        let memory = || MemoryCache::<String>::builder().build().expect("memory");
-        Layered::builder(memory(), memory())
-            .build()
-            .expect("layered")
+    fn layered() -> Result<Layered<String>> {
+        Layered::builder(
+            MemoryCache::<String>::builder().build()?,
+            MemoryCache::<String>::builder().build()?,
+        )
+        .build()
     }
 
     /// The field failure: a write fails to reach L2 and is remembered, and an older change of
     /// the same key announced by another replica arrives before the write has stored its L1
     /// entry. The write is newer, so it must stay remembered for the catch-up.
     #[test]
-    fn a_remembered_write_outranks_an_older_change_before_its_l1_entry_exists() {
-        let cache = layered();
+    fn a_remembered_write_outranks_an_older_change_before_its_l1_entry_exists() -> Result<()> {
+        let cache = layered()?;
         let inner = &cache.inner;
         inner.remember([(Arc::from("k"), 2_000)]);
         assert!(inner.pending_newer_than("k", 1_999), "older change");
@@ -527,11 +528,12 @@ mod tests {
         );
         assert!(!inner.pending_newer_than("k", 2_001), "newer change");
         assert!(!inner.pending_newer_than("other", 0), "not remembered");
+        Ok(())
     }
 
     #[test]
-    fn a_key_remembered_twice_keeps_its_later_write_until_that_one_is_settled() {
-        let cache = layered();
+    fn a_key_remembered_twice_keeps_its_later_write_until_that_one_is_settled() -> Result<()> {
+        let cache = layered()?;
         let inner = &cache.inner;
         inner.remember([(Arc::from("k"), 5_000)]);
         inner.remember([(Arc::from("k"), 3_000)]);
@@ -541,5 +543,6 @@ mod tests {
         assert_eq!(cache.pending_l2_writes(), 1);
         assert!(inner.settled("k", 5_000));
         assert_eq!(cache.pending_l2_writes(), 0);
+        Ok(())
     }
 }
