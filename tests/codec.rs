@@ -81,6 +81,82 @@ fn every_format_round_trips_with_and_without_compression() {
     round_trip(layercache::codec::Bincode);
 }
 
+/// What the module docs promise of the default format: `flatten` (with the rest of a reply's
+/// fields kept as JSON), adjacently tagged enums and 128-bit integers read back; the one thing
+/// it documents it cannot keep apart is `Some(None)` from `None`.
+#[cfg(feature = "msgpack")]
+#[test]
+fn message_pack_reads_back_flatten_and_documents_double_options() {
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Usage {
+        prompt_tokens: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cached_tokens: Option<u32>,
+    }
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "kind", content = "data")]
+    enum Finish {
+        Stop,
+        Length { limit: u32 },
+    }
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Reply {
+        id: String,
+        #[serde(flatten)]
+        usage: Usage,
+        finish: Finish,
+        total: u128,
+        #[serde(flatten)]
+        rest: HashMap<String, serde_json::Value>,
+    }
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Patch {
+        temperature: Option<Option<f32>>,
+    }
+
+    fn back<T>(value: T) -> T
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let codec = Codec::builder().build().expect("valid");
+        let bytes = codec
+            .encode(&Entry::new(value, Duration::from_secs(60)))
+            .expect("encode");
+        let entry: Entry<T> = codec.decode(&bytes).expect("decode");
+        entry.into_value()
+    }
+
+    let mut rest = HashMap::new();
+    rest.insert(
+        "system_fingerprint".to_string(),
+        serde_json::json!({"fp": "fp_3", "weights": [0.5, null, -1]}),
+    );
+    for finish in [Finish::Stop, Finish::Length { limit: 4096 }] {
+        let reply = Reply {
+            id: "chatcmpl-1".into(),
+            usage: Usage {
+                prompt_tokens: 12,
+                cached_tokens: None,
+            },
+            finish,
+            total: u128::MAX,
+            rest: rest.clone(),
+        };
+        assert_eq!(back(reply.clone()), reply);
+    }
+    let set = Patch {
+        temperature: Some(Some(0.7)),
+    };
+    assert_eq!(back(set.clone()), set);
+    // Documented: nil is nil, whichever `Option` wrote it.
+    let cleared = Patch {
+        temperature: Some(None),
+    };
+    assert_eq!(back(cleared), Patch { temperature: None });
+}
+
 #[cfg(feature = "postcard")]
 fn postcard() -> Codec<layercache::codec::Postcard> {
     Codec::with_format(layercache::codec::Postcard)

@@ -116,7 +116,13 @@ impl Format for Json {
 }
 
 /// MessagePack via rmp-serde, with structs as maps of field names: self-describing, so it reads
-/// back everything serde expresses, and other languages can read it. The default. Format id 3.
+/// back nearly everything serde expresses, and other languages can read it. The default. Format id 3.
+///
+/// What it cannot tell apart (nor can JSON): `None` and `Some(None)` of an `Option<Option<T>>`
+/// are both written as nil and read back as `None`. Give such a field a serde adapter that
+/// reads nil as `Some(None)` (as `serde_with`'s `double_option` does, with `default` and
+/// `skip_serializing_if` for the outer `None`), or use `Postcard` (feature `postcard`), which
+/// keeps the two apart.
 #[cfg(feature = "msgpack")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessagePack;

@@ -34,7 +34,8 @@
 //! client type has them), `serde_json::Value`, internally tagged and untagged enums, `flatten`.
 //! [`Postcard`] (feature `postcard`) is smaller and faster but not self-describing: it cannot read
 //! back any of those, so use it only for types you know suit it. [`Json`] is for readers in other
-//! languages. Measured figures are in BENCHMARKS.md (`codec_4k`).
+//! languages. Measured figures are in BENCHMARKS.md (`codec_4k`). Like JSON, MessagePack writes
+//! `None` and `Some(None)` of an `Option<Option<T>>` the same way (see [`MessagePack`]).
 //!
 //! Whatever the format, a codec **checks each value it writes by decoding it back** (see
 //! [`CodecBuilder::verify_writes`]): a value that would not read back fails at write time with
