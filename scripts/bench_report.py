@@ -2,6 +2,9 @@
 """Writes BENCHMARKS.md (to stdout) from criterion's target/criterion/<group>/<id>/new/estimates.json.
 
 Each group is measured beside its peer in the same run; the ratio ours / peer is the result.
+The hand-written notes of the current BENCHMARKS.md (from its `## Reading the figures` heading
+on: how the figures were measured, and the figures of earlier runs, each with its date) are
+kept after the generated tables.
 """
 import datetime
 import json
@@ -270,6 +273,26 @@ def main():
     print("CPU caches, so their absolute times (and the moka ratios) move by ±15–40 % between runs on")
     print("this VM, and the peer and ours are measured seconds apart. The 1,000-key table is the")
     print("steadier measure of what our code adds; the quick_cache and Redis ratios are steady in both.")
+    notes = hand_written_notes()
+    if notes:
+        print()
+        print(notes, end="")
+
+
+# Where the hand-written part of BENCHMARKS.md starts.
+NOTES_HEADING = "## Reading the figures"
+
+
+def hand_written_notes():
+    """The current BENCHMARKS.md from NOTES_HEADING on, or "" without one."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "BENCHMARKS.md")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    start = text.find("\n" + NOTES_HEADING)
+    return text[start + 1:] if start >= 0 else ""
 
 
 if __name__ == "__main__":

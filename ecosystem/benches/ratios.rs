@@ -85,6 +85,18 @@ const PAIRS: &[(&str, &str, &str, &str)] = &[
         "a hit: the cached crate's SizedCache behind a Mutex vs MemoryCache with the default engine (target ≤ 1.0)",
     ),
     (
+        "get_or_load_vs_cached",
+        "cached_macro",
+        "layered_get_or_load",
+        "a warm key: the cached crate's #[cached] async fn (size 2,000, its default features) vs Layered::get_or_load (default engine) (target ≤ 1.0)",
+    ),
+    (
+        "get_or_load_vs_cached_quick_cache",
+        "cached_macro",
+        "layered_get_or_load_quick_cache",
+        "a warm key: the cached crate's #[cached] async fn vs Layered::get_or_load on the quick_cache engine",
+    ),
+    (
         "layered_hit",
         "raw_moka",
         "layered_get",
@@ -139,6 +151,14 @@ fn memory(
     cache
 }
 
+/// The `cached` crate as its README shows it for an async call: its macro keeps the results in a
+/// static `SizedCache` behind an async mutex, keyed by the arguments (here a prompt key, taken as
+/// `&str` and made a `String` for the lookup). A warm call is a hit.
+#[cached::proc_macro::cached(size = 2000, key = "String", convert = r#"{ prompt.to_owned() }"#)]
+async fn cached_completion(prompt: &str) -> Value {
+    value(prompt.len())
+}
+
 async fn call(x: u64) -> Result<u64, std::io::Error> {
     Ok(black_box(x).wrapping_mul(0x9E37_79B9))
 }
@@ -174,6 +194,14 @@ fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
             Box::new(move |i| {
                 let mut cache = cache.lock().expect("lock");
                 black_box(cache.cache_get(&keys[i]).cloned());
+            })
+        }
+        "cached_macro" => {
+            for k in keys.iter() {
+                let _ = now(cached_completion(k));
+            }
+            Box::new(move |i| {
+                black_box(now_in_place!(cached_completion(&keys[i])));
             })
         }
         "memory_quick_cache" | "memory_moka" | "memory_default" => {
