@@ -132,7 +132,11 @@
 //! A loaded value (`get_or_load`) is written to Redis the same way, only if Redis holds
 //! nothing newer: a write that timed out on a slow link or a stalled server may still reach
 //! Redis later, and a loaded value landing after a newer `set` must not replace it unannounced.
-//! A `set` replaces what Redis holds, as its caller asked.
+//! A `set` replaces what Redis holds, as its caller asked. Its limit: a `set` whose write timed
+//! out may also reach Redis later, after a newer `set` of the same key from another replica,
+//! and replace it there. The replicas that hold the newer value in L1 serve it until it leaves
+//! their L1 ([`l1_ttl`](crate::LayeredBuilder::l1_ttl)), the others read the older one from
+//! Redis: a short `l1_ttl` bounds that disagreement.
 //!
 //! Times are wall-clock (µs) from each replica's clock: keep the fleet's clocks in sync.
 //!
