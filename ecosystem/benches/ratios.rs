@@ -151,9 +151,9 @@ fn memory(
     cache
 }
 
-/// The `cached` crate as its README shows it for an async call: its macro keeps the results in a
-/// static `SizedCache` behind an async mutex, keyed by the arguments (here a prompt key, taken as
-/// `&str` and made a `String` for the lookup). A warm call is a hit.
+/// The `cached` crate's macro on an async fn, as a user would wrap an async call with it: it keeps
+/// the results in a static `SizedCache` behind an async mutex, keyed by the arguments (here a
+/// prompt key, taken as `&str` and made a `String` for the lookup). A warm call is a hit.
 #[cached::proc_macro::cached(size = 2000, key = "String", convert = r#"{ prompt.to_owned() }"#)]
 async fn cached_completion(prompt: &str) -> Value {
     value(prompt.len())

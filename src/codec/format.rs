@@ -116,7 +116,8 @@ impl Format for Json {
 }
 
 /// MessagePack via rmp-serde, with structs as maps of field names: self-describing, so it reads
-/// back nearly everything serde expresses, and other languages can read it. The default. Format id 3.
+/// back nearly everything serde expresses, and other languages can read it. The default. Format
+/// id 3.
 ///
 /// What it cannot tell apart (nor can JSON): `None` and `Some(None)` of an `Option<Option<T>>`
 /// are both written as nil and read back as `None`. Give such a field a serde adapter that
