@@ -353,8 +353,8 @@ impl Drop for Shared {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (subscriber, publisher) = (self.subscriber.clone(), self.publisher.clone());
             runtime.spawn(async move {
-                let _ = subscriber.quit().await;
-                let _ = publisher.quit().await;
+                crate::redis::connect::quit_within(&subscriber).await;
+                crate::redis::connect::quit_within(&publisher).await;
             });
         }
     }

@@ -500,7 +500,7 @@ where
                 // timeout.
                 drop(alive);
                 tokio::spawn(async move {
-                    let _ = pool.quit().await;
+                    let _ = tokio::time::timeout(connect::QUIT_WAIT, pool.quit()).await;
                 });
                 return Err(Error::redis("connect", source));
             }

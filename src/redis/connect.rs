@@ -90,6 +90,16 @@ impl Token {
 /// before it is aborted.
 const GRACE: Duration = Duration::from_secs(1);
 
+/// How long a stopped owner's `QUIT` may take. A client that is reconnecting holds the command
+/// until a connection comes back, which for a server that is gone is never: the task sending it
+/// must not outlive its owner for good.
+pub(crate) const QUIT_WAIT: Duration = GRACE;
+
+/// `QUIT` on `client`, given up after [`QUIT_WAIT`].
+pub(crate) async fn quit_within<C: ClientLike>(client: &C) {
+    let _ = tokio::time::timeout(QUIT_WAIT, client.quit()).await;
+}
+
 /// The pause before a client whose connection task ended is started again.
 const RETRY: Duration = Duration::from_millis(100);
 

@@ -233,8 +233,9 @@ impl<V> Drop for Inner<V> {
         // Close the connections (and stop reconnect loops) when the last handle goes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
+            // Bounded: a pool still reconnecting to a server that is gone never sends it.
             runtime.spawn(async move {
-                let _ = pool.quit().await;
+                let _ = tokio::time::timeout(connect::QUIT_WAIT, pool.quit()).await;
             });
         }
     }

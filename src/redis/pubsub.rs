@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use fred::interfaces::ClientLike;
-
 use super::{builder, connect, RedisCache};
 use crate::error::{Error, Result};
 
@@ -64,8 +62,8 @@ where
             if builder::is_fatal(&source) {
                 drop(alive);
                 tokio::spawn(async move {
-                    let _ = subscriber.quit().await;
-                    let _ = publisher.quit().await;
+                    connect::quit_within(&subscriber).await;
+                    connect::quit_within(&publisher).await;
                 });
                 return Err(Error::redis("connect", source));
             }
