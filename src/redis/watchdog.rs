@@ -84,7 +84,11 @@ impl Watchdog {
                     Ok(_) => break,
                     Err(e) if *e.kind() == ErrorKind::Timeout => {
                         if started.elapsed() >= this.after {
-                            let _ = client.force_reconnection().await;
+                            // Capped: a reconnection to a server that is gone never ends, and
+                            // the probe must not outlive its cache for good.
+                            let _ =
+                                tokio::time::timeout(this.after * 4, client.force_reconnection())
+                                    .await;
                             break;
                         }
                         tokio::time::sleep(pause).await;
@@ -136,7 +140,7 @@ impl Watchdog {
             if started.elapsed() >= self.after && replaced(client, options, &hung, &answering).await
             {
                 // The cluster failed the hung master over: route its slots to the new one.
-                let _ = client.sync_cluster().await;
+                let _ = tokio::time::timeout(self.after * 4, client.sync_cluster()).await;
                 return;
             }
             tokio::time::sleep(pause).await;
