@@ -1,0 +1,252 @@
+//! The types a user really caches: replies of the OpenAI API as the `async-openai` crate defines
+//! them (chat completions with tool calls and log probabilities, a collected stream of chunks,
+//! embeddings, and the Responses API's internally tagged and untagged enums), parsed from
+//! replies shaped as the API sends them (`tests/data/openai/`).
+//!
+//! Each must read back equal through every self-describing format, be refused at its first
+//! write by postcard (never stored to fail on every read), and cross replicas through a real
+//! `redis-server` — also after that server restarts empty.
+
+#![cfg(all(
+    feature = "redis",
+    feature = "msgpack",
+    feature = "json",
+    feature = "postcard"
+))]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use async_openai::types::chat::{CreateChatCompletionResponse, CreateChatCompletionStreamResponse};
+use async_openai::types::embeddings::CreateEmbeddingResponse;
+use async_openai::types::responses::{OutputItem, Response};
+use layercache::codec::{Json, Postcard};
+use layercache::{
+    Cache, Codec, Entry, Error, Layered, LoadOptions, MemoryCache, RedisCache, Source, ValueCodec,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use support::redis::RedisServer;
+
+const CHAT: &str = include_str!("data/openai/chat_completion.json");
+const TOOL_CALLS: &str = include_str!("data/openai/chat_tool_calls.json");
+const STREAM: &str = include_str!("data/openai/chat_stream.json");
+const EMBEDDING: &str = include_str!("data/openai/embedding.json");
+const RESPONSE: &str = include_str!("data/openai/response.json");
+
+/// What every value here is.
+trait Reply: Serialize + DeserializeOwned + PartialEq + Debug + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + PartialEq + Debug + Clone + Send + Sync + 'static> Reply
+    for T
+{
+}
+
+fn parse<V: DeserializeOwned>(name: &str, json: &str) -> V {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: not a valid reply: {e}"))
+}
+
+fn chat() -> CreateChatCompletionResponse {
+    parse("chat_completion.json", CHAT)
+}
+
+/// A chat reply whose text is ~64 KB of varied words (seeded): a long answer, compressed.
+fn long_chat() -> CreateChatCompletionResponse {
+    const WORDS: [&str; 12] = [
+        "cache", "replica", "token", "résumé", "latency", "模型", "stream", "🦄", "vector", "tool",
+        "answer", "prompt",
+    ];
+    let mut reply = chat();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut text = String::new();
+    while text.len() < 64 * 1024 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        text.push_str(WORDS[(state >> 60) as usize % WORDS.len()]);
+        text.push(if state & 0xF == 0 { '\n' } else { ' ' });
+    }
+    reply.choices[0].message.content = Some(text);
+    reply
+}
+
+/// `value` encoded and decoded by `codec`.
+fn through<V: Reply, C: ValueCodec<V>>(codec: &C, value: &V) -> layercache::Result<V> {
+    let entry = Entry::new(value.clone(), Duration::from_secs(60));
+    let bytes = codec.encode(&entry)?;
+    Ok(codec.decode(&bytes)?.into_value())
+}
+
+fn reads_back<V: Reply>(name: &str, value: &V) {
+    let default = Codec::builder().build().expect("the default codec");
+    let json = Codec::with_format(Json).build().expect("a JSON codec");
+    for (format, back) in [
+        ("MessagePack", through(&default, value)),
+        ("JSON", through(&json, value)),
+    ] {
+        match back {
+            Ok(back) => assert_eq!(&back, value, "{name} through {format}"),
+            Err(e) => panic!("{name} through {format}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn sdk_replies_read_back_equal_through_every_self_describing_format() {
+    reads_back("chat completion", &chat());
+    reads_back("long chat completion", &long_chat());
+    let tools: CreateChatCompletionResponse = parse("chat_tool_calls.json", TOOL_CALLS);
+    assert!(tools.choices[0].message.tool_calls.is_some());
+    assert!(tools.choices[0].logprobs.is_some());
+    reads_back("tool calls", &tools);
+    let stream: Vec<CreateChatCompletionStreamResponse> = parse("chat_stream.json", STREAM);
+    reads_back("collected stream", &stream);
+    let embedding: CreateEmbeddingResponse = parse("embedding.json", EMBEDDING);
+    reads_back("embedding", &embedding);
+    let response: Response = parse("response.json", RESPONSE);
+    // Internally tagged (`"type": "message"`, ...) items of three kinds.
+    assert!(matches!(response.output[0], OutputItem::Reasoning(_)));
+    assert!(matches!(response.output[1], OutputItem::Message(_)));
+    assert!(matches!(response.output[2], OutputItem::FunctionCall(_)));
+    reads_back("Responses API reply", &response);
+    reads_back(
+        "serde_json::Value",
+        &parse::<serde_json::Value>("response.json", RESPONSE),
+    );
+}
+
+/// postcard is not self-describing: these types skip `None` fields and hold tagged enums, so
+/// their bytes do not read back. The write check refuses them at the first write.
+#[test]
+fn postcard_refuses_sdk_replies_at_the_first_write() {
+    fn refused<V: Reply>(name: &str, value: &V) {
+        let codec = Codec::with_format(Postcard)
+            .build()
+            .expect("a postcard codec");
+        let entry = Entry::new(value.clone(), Duration::from_secs(60));
+        match codec.encode(&entry) {
+            Err(Error::RoundTrip { .. }) => {}
+            Err(e) => panic!("{name}: refused with the wrong error: {e:?}"),
+            Ok(_) => panic!("{name}: postcard stored a value that does not read back"),
+        }
+    }
+    refused("chat completion", &chat());
+    refused(
+        "Responses API reply",
+        &parse::<Response>("response.json", RESPONSE),
+    );
+}
+
+async fn replica<V: Reply>(server: &RedisServer, name: &str) -> Layered<V> {
+    let l2 = RedisCache::<V>::builder()
+        .url(server.url())
+        .namespace("sdk")
+        .build()
+        .await
+        .expect("RedisCache");
+    let backplane = l2.backplane().await.expect("backplane");
+    Layered::builder(MemoryCache::builder().build().expect("L1"), l2)
+        .name(name)
+        .backplane(backplane)
+        .build()
+        .expect("Layered")
+}
+
+/// Replica `a` loads `key` (its loader answers `value`); replica `b`, which must not load, gets it
+/// from Redis, equal.
+async fn crosses<V: Reply>(a: &Layered<V>, b: &Layered<V>, key: &str, value: &V) {
+    let loaded = value.clone();
+    let first = a
+        .get_or_load_answer(
+            key,
+            move || async move { Ok::<_, std::io::Error>(loaded) },
+            LoadOptions::ttl(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{key}: replica a: {e}"));
+    assert_eq!(first.source, Source::Loaded, "{key}");
+    assert_eq!(&first.value, value, "{key}");
+    let second = b
+        .get_or_load_answer(
+            key,
+            || async { Err::<V, _>(std::io::Error::other("replica b must not load")) },
+            LoadOptions::ttl(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{key}: replica b: {e}"));
+    assert_eq!(second.source, Source::L2Hit, "{key}");
+    assert_eq!(&second.value, value, "{key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_replies_cross_replicas_through_redis_and_survive_its_restart() {
+    let mut server = RedisServer::start();
+    let (a, b) = (
+        replica::<CreateChatCompletionResponse>(&server, "a").await,
+        replica::<CreateChatCompletionResponse>(&server, "b").await,
+    );
+    crosses(&a, &b, "chat", &chat()).await;
+    crosses(&a, &b, "long", &long_chat()).await;
+    let tools = parse("chat_tool_calls.json", TOOL_CALLS);
+    crosses(&a, &b, "tools", &tools).await;
+
+    let (ra, rb) = (
+        replica::<Response>(&server, "ra").await,
+        replica::<Response>(&server, "rb").await,
+    );
+    crosses(&ra, &rb, "response", &parse("response.json", RESPONSE)).await;
+    let (ea, eb) = (
+        replica::<CreateEmbeddingResponse>(&server, "ea").await,
+        replica::<CreateEmbeddingResponse>(&server, "eb").await,
+    );
+    crosses(&ea, &eb, "embedding", &parse("embedding.json", EMBEDDING)).await;
+
+    // Redis restarts empty. A replica whose subscription dropped no longer trusts its L1 (a
+    // change announced meanwhile may have been missed), so the reply may be loaded again: every
+    // caller still gets it, and never an error.
+    server.restart();
+    for cache in [&a, &b] {
+        let reply = cache
+            .get_or_load(
+                "chat",
+                || async { Ok::<_, std::io::Error>(chat()) },
+                LoadOptions::ttl(Duration::from_secs(600)),
+            )
+            .await
+            .expect("answered across the restart");
+        assert_eq!(reply, chat());
+    }
+    // A reply loaded after the restart reaches the new Redis: a plain reader sees it.
+    let reader = RedisCache::<CreateChatCompletionResponse>::builder()
+        .url(server.url())
+        .namespace("sdk")
+        .build()
+        .await
+        .expect("reader");
+    let fresh = long_chat();
+    let loaded = fresh.clone();
+    let got = a
+        .get_or_load(
+            "after-restart",
+            move || async move { Ok::<_, std::io::Error>(loaded) },
+            LoadOptions::ttl(Duration::from_secs(600)),
+        )
+        .await
+        .expect("a load after the restart");
+    assert_eq!(got, fresh);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(entry)) = reader.get("after-restart").await {
+            assert_eq!(entry.value(), &fresh);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply loaded after the restart never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.flush(Duration::from_secs(5)).await.expect("flush");
+}
