@@ -18,6 +18,8 @@
 mod support;
 
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_openai::types::chat::{CreateChatCompletionResponse, CreateChatCompletionStreamResponse};
@@ -139,7 +141,8 @@ fn postcard_refuses_sdk_replies_at_the_first_write() {
     );
 }
 
-async fn replica<V: Reply>(server: &RedisServer, name: &str) -> Layered<V> {
+/// A replica: a `Layered` stack over `server` with a backplane, and its L1.
+async fn replica<V: Reply>(server: &RedisServer, name: &str) -> (Layered<V>, MemoryCache<V>) {
     let l2 = RedisCache::<V>::builder()
         .url(server.url())
         .namespace("sdk")
@@ -147,11 +150,13 @@ async fn replica<V: Reply>(server: &RedisServer, name: &str) -> Layered<V> {
         .await
         .expect("RedisCache");
     let backplane = l2.backplane().await.expect("backplane");
-    Layered::builder(MemoryCache::builder().build().expect("L1"), l2)
+    let l1 = MemoryCache::builder().build().expect("L1");
+    let stack = Layered::builder(l1.clone(), l2)
         .name(name)
         .backplane(backplane)
         .build()
-        .expect("Layered")
+        .expect("Layered");
+    (stack, l1)
 }
 
 /// Replica `a` loads `key` (its loader answers `value`); replica `b`, which must not load, gets it
@@ -183,41 +188,72 @@ async fn crosses<V: Reply>(a: &Layered<V>, b: &Layered<V>, key: &str, value: &V)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_replies_cross_replicas_through_redis_and_survive_its_restart() {
     let mut server = RedisServer::start();
-    let (a, b) = (
-        replica::<CreateChatCompletionResponse>(&server, "a").await,
-        replica::<CreateChatCompletionResponse>(&server, "b").await,
-    );
+    let (a, a_l1) = replica::<CreateChatCompletionResponse>(&server, "a").await;
+    let (b, b_l1) = replica::<CreateChatCompletionResponse>(&server, "b").await;
     crosses(&a, &b, "chat", &chat()).await;
     crosses(&a, &b, "long", &long_chat()).await;
     let tools = parse("chat_tool_calls.json", TOOL_CALLS);
     crosses(&a, &b, "tools", &tools).await;
 
     let (ra, rb) = (
-        replica::<Response>(&server, "ra").await,
-        replica::<Response>(&server, "rb").await,
+        replica::<Response>(&server, "ra").await.0,
+        replica::<Response>(&server, "rb").await.0,
     );
     crosses(&ra, &rb, "response", &parse("response.json", RESPONSE)).await;
     let (ea, eb) = (
-        replica::<CreateEmbeddingResponse>(&server, "ea").await,
-        replica::<CreateEmbeddingResponse>(&server, "eb").await,
+        replica::<CreateEmbeddingResponse>(&server, "ea").await.0,
+        replica::<CreateEmbeddingResponse>(&server, "eb").await.0,
     );
     crosses(&ea, &eb, "embedding", &parse("embedding.json", EMBEDDING)).await;
 
-    // Redis restarts empty. A replica whose subscription dropped no longer trusts its L1 (a
-    // change announced meanwhile may have been missed), so the reply may be loaded again: every
-    // caller still gets it, and never an error.
+    // Redis restarts empty. Each replica's subscription dropped: once it hears the fleet again
+    // it drops its L1 (a change announced meanwhile may have been missed), so the fleet starts
+    // cold (README) and the next request for a reply is loaded once across the fleet, through
+    // the lease, with no error for any caller.
     server.restart();
-    for cache in [&a, &b] {
-        let reply = cache
-            .get_or_load(
-                "chat",
-                || async { Ok::<_, std::io::Error>(chat()) },
-                LoadOptions::ttl(Duration::from_secs(600)),
-            )
-            .await
-            .expect("answered across the restart");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (cache, l1) in [(&a, &a_l1), (&b, &b_l1)] {
+        loop {
+            let subscribed = cache.backplane().is_some_and(|bp| bp.is_subscribed());
+            if subscribed && l1.peek("chat").await.expect("peek").is_none() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica kept its L1 after the restart, or never subscribed again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let loads = Arc::new(AtomicUsize::new(0));
+    let ask = |cache: Layered<CreateChatCompletionResponse>| {
+        let loads = Arc::clone(&loads);
+        tokio::spawn(async move {
+            cache
+                .get_or_load(
+                    "chat",
+                    move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(chat())
+                    },
+                    LoadOptions::ttl(Duration::from_secs(600)),
+                )
+                .await
+        })
+    };
+    let (from_a, from_b) = tokio::join!(ask(a.clone()), ask(b.clone()));
+    for reply in [from_a, from_b] {
+        let reply = reply
+            .expect("no panic")
+            .expect("answered after the restart");
         assert_eq!(reply, chat());
     }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the cold fleet loaded the reply once"
+    );
     // A reply loaded after the restart reaches the new Redis: a plain reader sees it.
     let reader = RedisCache::<CreateChatCompletionResponse>::builder()
         .url(server.url())
