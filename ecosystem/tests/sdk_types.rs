@@ -5,7 +5,8 @@
 //!
 //! Each must read back equal through every self-describing format, be refused at its first
 //! write by postcard (never stored to fail on every read), and cross replicas through a real
-//! `redis-server` — also after that server restarts empty.
+//! `redis-server` — also after that server restarts empty. Binary values (speech audio, images)
+//! are stored as bytes when serde knows they are bytes (the codec module's "Binary values").
 
 #![cfg(all(
     feature = "redis",
@@ -285,4 +286,70 @@ async fn sdk_replies_cross_replicas_through_redis_and_survive_its_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     a.flush(Duration::from_secs(5)).await.expect("flush");
+}
+
+/// A text-to-speech reply as a user should write it: the audio is one binary string.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Speech {
+    #[serde(with = "serde_bytes")]
+    audio: Vec<u8>,
+    format: String,
+}
+
+/// The same with a plain `Vec<u8>`: serde writes it as a sequence of numbers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PlainSpeech {
+    audio: Vec<u8>,
+    format: String,
+}
+
+/// 100 KB of seeded pseudo-random bytes: compressed audio does not compress further.
+fn audio() -> Vec<u8> {
+    let mut state: u64 = 42;
+    (0..100_000)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+/// What the codec module docs say about binary values, with the default codec.
+#[test]
+fn binary_values_are_stored_as_bytes_only_when_serde_knows_they_are_bytes() {
+    let codec = Codec::builder().build().expect("the default codec");
+    let audio = audio();
+    let speech = Speech {
+        audio: audio.clone(),
+        format: "mp3".into(),
+    };
+    let as_bytes = codec
+        .encode(&Entry::new(speech.clone(), Duration::from_secs(60)))
+        .expect("encode");
+    assert!(
+        as_bytes.len() < audio.len() + 256,
+        "stored as one binary string: {} bytes for {} of audio",
+        as_bytes.len(),
+        audio.len()
+    );
+    let back: Entry<Speech> = codec.decode(&as_bytes).expect("decode");
+    assert_eq!(back.value(), &speech);
+
+    let plain = PlainSpeech {
+        audio: audio.clone(),
+        format: "mp3".into(),
+    };
+    let as_numbers = codec
+        .encode(&Entry::new(plain.clone(), Duration::from_secs(60)))
+        .expect("encode");
+    assert!(
+        as_numbers.len() > audio.len() * 11 / 10,
+        "a plain Vec<u8> is a sequence of numbers: {} bytes for {} of audio",
+        as_numbers.len(),
+        audio.len()
+    );
+    let back: Entry<PlainSpeech> = codec.decode(&as_numbers).expect("decode");
+    assert_eq!(back.value(), &plain);
 }
