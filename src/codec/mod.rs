@@ -47,9 +47,9 @@
 //! no format can tell the difference. Cache speech audio, images or any other blob as
 //! `bytes::Bytes` (its `serde` feature), `serde_bytes::ByteBuf`, or a field marked
 //! `#[serde(with = "serde_bytes")]`: those are written as one binary string. Measured on
-//! 100 KB of random bytes with the default codec (release build, the 2-core benchmark VM): stored in ~100 KB, encoded in ~0.2 ms and
-//! decoded in ~0.02 ms as bytes; as a `Vec<u8>`, ~119 KB, ~4.6 ms and ~1.5 ms (in JSON, which has
-//! no binary type, either way ~140 KB).
+//! 100 KB of random bytes with the default codec (release build, the 2-core benchmark VM):
+//! stored in ~100 KB, encoded in ~0.2 ms and decoded in ~0.02 ms as bytes; as a `Vec<u8>`,
+//! ~119 KB, ~4.6 ms and ~1.5 ms (in JSON, which has no binary type, either way ~140 KB).
 //!
 //! # Rolling deploys
 //!
