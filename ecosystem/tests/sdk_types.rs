@@ -55,6 +55,13 @@ fn chat() -> CreateChatCompletionResponse {
     parse("chat_completion.json", CHAT)
 }
 
+/// One step of a seeded generator (a 64-bit LCG): test data that is the same on every run.
+fn next(state: u64) -> u64 {
+    state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407)
+}
+
 /// A chat reply whose text is ~64 KB of varied words (seeded): a long answer, compressed.
 fn long_chat() -> CreateChatCompletionResponse {
     const WORDS: [&str; 12] = [
@@ -65,9 +72,7 @@ fn long_chat() -> CreateChatCompletionResponse {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut text = String::new();
     while text.len() < 64 * 1024 {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        state = next(state);
         text.push_str(WORDS[(state >> 60) as usize % WORDS.len()]);
         text.push(if state & 0xF == 0 { '\n' } else { ' ' });
     }
@@ -308,9 +313,7 @@ fn audio() -> Vec<u8> {
     let mut state: u64 = 42;
     (0..100_000)
         .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = next(state);
             (state >> 56) as u8
         })
         .collect()
