@@ -83,6 +83,55 @@ async fn a_hung_server_costs_at_most_the_command_timeout() {
         .expect("set after SIGCONT");
 }
 
+/// One read to a frozen server, then silence: nothing else is sent that could time out. The
+/// watchdog, started by that one timeout, still replaces the connection once it has answered
+/// nothing (not even a `PING`) for the unresponsive time — the pool's clients have no other
+/// check (fred's own is off on them: it cost every command a timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_timed_out_read_is_enough_to_replace_a_silent_connection() {
+    const UNRESPONSIVE: Duration = Duration::from_millis(600);
+    let server = RedisServer::start();
+    let cache: RedisCache<String> = RedisCache::builder()
+        .url(server.url())
+        .namespace("f")
+        .command_timeout(TIMEOUT)
+        .unresponsive_after(UNRESPONSIVE)
+        .build()
+        .await
+        .expect("connect");
+    cache
+        .set_value("k", "v".into(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let before = cache.connections();
+
+    server.pause();
+    let got = cache.get("k").await;
+    assert!(is_redis_error(&got), "get while frozen: {got:?}");
+    // Frozen well past the first timeout plus the unresponsive time (~0.85 s), so that even on
+    // a busy machine the probe has given up on the connection before the server wakes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.resume();
+
+    let resumed = Instant::now();
+    while cache.connections() == before {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(3),
+            "the silent connection was not replaced: {before} connections, still"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "replaced: {before} -> {} connections, {:?} after SIGCONT",
+        cache.connections(),
+        resumed.elapsed()
+    );
+    assert_eq!(
+        cache.get_value("k").await.expect("get after").as_deref(),
+        Some("v")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_reconnected_without_help() {
     let mut server = RedisServer::start();

@@ -76,7 +76,7 @@ where
 }
 
 /// [`follow`] for a read: a read whose connection was closed under it (a reconnection forced by
-/// the watchdog, or by fred's own unresponsive check, cancels what was in flight) is sent once
+/// the watchdog cancels what was in flight) is sent once
 /// more within what is left of its time. A read is safe to repeat; a write is not (it could land
 /// after a later delete), so writes keep the plain [`follow`]. Only once: while the client is
 /// disconnected every command fails at once, and a read must keep failing fast then.

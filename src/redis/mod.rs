@@ -34,11 +34,11 @@
 //! * a **reconnect policy** (exponential, 10 ms to 150 ms, forever): without one, fred never recovers
 //!   from a server restart. The first delay is short because fred only starts failing fast
 //!   after it;
-//! * **unresponsive-connection detection**, so a connection to a hung server is replaced — fred's
-//!   own check (no reply for 2 s) plus a watchdog of ours that also catches the case fred misses:
-//!   steady traffic into a hung server, where every command times out. The first timeout on a
-//!   connection starts a `PING` probe; if the node still does not answer after the unresponsive
-//!   time, the connection is rebuilt (re-asking the sentinels for the master). On a cluster,
+//! * **unresponsive-connection detection**, so a connection to a hung server is replaced: a
+//!   watchdog of ours, which also catches what fred's own check misses (steady traffic into a
+//!   hung server, where every command times out). The first timeout on a connection starts a
+//!   `PING` probe; if the node still does not answer after the unresponsive time, the
+//!   connection is rebuilt (re-asking the sentinels for the master). On a cluster,
 //!   where a rebuild would stall the healthy masters' keys, each master is probed on its own,
 //!   and the routing is refreshed once the cluster has replaced the hung one (see the
 //!   watchdog's notes); the backplane's publisher has the same watchdog;
@@ -88,7 +88,6 @@
 //! mismatched certificate) fails `build()` at once with kind [`Tls`](crate::RedisErrorKind::Tls).
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -294,7 +293,7 @@ where
     /// of the pool.
     fn writer_for(&self, key: &str) -> usize {
         let writers = (self.inner.pool.size() / 2).max(1);
-        (key_hash(key) % writers as u64) as usize
+        pick(key, writers)
     }
 
     /// The connection for reads of `key`: the second half of the pool. A write blocked at the
@@ -307,7 +306,7 @@ where
         } else {
             (0, size)
         };
-        first + (key_hash(key) % readers as u64) as usize
+        first + pick(key, readers)
     }
 
     /// Pool client `index`.
@@ -501,10 +500,14 @@ fn settle<T>(turn: admission::Turn<'_>, result: &std::result::Result<T, fred::er
     }
 }
 
-fn key_hash(key: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
+/// Which of `choices` connections carries `key`: the same one every time. With one choice (the
+/// default pool of two gives one reader and one writer) there is nothing to hash; otherwise
+/// xxh3 (already used for frame checksums), cheaper than the standard library's SipHash.
+fn pick(key: &str, choices: usize) -> usize {
+    if choices <= 1 {
+        return 0;
+    }
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % choices as u64) as usize
 }
 
 #[async_trait]

@@ -7,8 +7,10 @@
 //! On a cluster the same holds for the hung master's slots: the cluster fails it over, but the
 //! client keeps sending those keys to the old node.
 //!
-//! The watchdog costs nothing on the success path. The first timeout on a pool client starts one
-//! probe task for that client:
+//! The watchdog costs nothing on the success path, so the pool's clients run without fred's
+//! check (which re-armed a timer on every command): every command they send has a timeout, and
+//! whatever hang fred's check would catch makes a command time out first. The first timeout on
+//! a pool client starts one probe task for that client:
 //!
 //! * **one server** (or sentinels): it `PING`s the server until one answers. If pings still time
 //!   out after `after`, the client is forced to reconnect, which re-asks the sentinels for the
