@@ -72,22 +72,25 @@ ratios_bin=$(cargo bench -p layercache-ecosystem --bench ratios --no-run 2>&1 \
 count() { # count <pair> <peer|ours> <calls>: instructions executed inside the counted loop
     # (only there: the set-up and the clock's calibration thread varied by ~10M between runs)
     valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect='*counted_calls*' \
-        "$ratios_bin" count "$@" 2>&1 \
+        "$ratios_bin" count "$@" </dev/null 2>&1 \
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1
 }
 calls=100000
 {
     echo '{"calls":'"$calls"',"rows":['
     first=1
-    for pair in $("$ratios_bin" list); do
+    # `list` gives each pair with its call count (the Redis pairs make fewer calls).
+    mkdir -p target/criterion/ratios
+    "$ratios_bin" list > target/criterion/ratios/pairs.txt
+    while read -r pair n; do
         for which in peer ours; do
-            one=$(count "$pair" "$which" "$calls")
-            two=$(count "$pair" "$which" $((calls * 2)))
+            one=$(count "$pair" "$which" "$n")
+            two=$(count "$pair" "$which" $((n * 2)))
             [ "$first" = 1 ] || echo ','
             first=0
-            echo '{"pair":"'"$pair"'","side":"'"$which"'","per_call":'"$(( (two - one) / calls ))"'}'
+            echo '{"pair":"'"$pair"'","side":"'"$which"'","calls":'"$n"',"per_call":'"$(( (two - one) / n ))"'}'
         done
-    done
+    done < target/criterion/ratios/pairs.txt
     echo ']}'
 } > target/criterion/ratios/instructions.json
 # Written beside, then moved: the report keeps the hand-written notes of the current file.

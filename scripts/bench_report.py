@@ -253,10 +253,16 @@ def main():
     instructions = load_json(os.path.join(ROOT, "ratios", "instructions.json")) or {"rows": []}
     counts = {(r["pair"], r["side"]): r["per_call"] for r in instructions["rows"]}
     if ratios:
+        calls = instructions.get('calls', 20000)
+        l2_calls = next((r["calls"] for r in instructions["rows"]
+                         if r["pair"].startswith("l2_") and "calls" in r), None)
+        l2_note = (f"; {l2_calls:,} and {2 * l2_calls:,} for the `l2_` pairs, whose count is the "
+                   "client's side of the round trip only" if l2_calls else "")
         print(f"\n`ratios` (`ecosystem/benches/ratios.rs`): each pair measured **interleaved** (alternating "
-              f"batches of 10,000 calls for {ratios['secs']} s, pinned; median ns per call), and in "
+              f"batches of 10,000 calls, 1,000 for the `l2_` pairs, for {ratios['secs']} s, pinned; "
+              "median ns per call), and in "
               "**instructions per call** under callgrind (the difference between runs of "
-              f"{instructions.get('calls', 20000):,} and {2 * instructions.get('calls', 20000):,} calls, "
+              f"{calls:,} and {2 * calls:,} calls{l2_note}, "
               "collected only inside the calling loop; no neighbour can move it).\n")
         print("| pair | peer | ours | interleaved ns (peer / ours) | ratio | instructions (peer / ours) | ratio | what |")
         print("|---|---|---|---|---|---|---|---|")

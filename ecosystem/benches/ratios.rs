@@ -16,6 +16,11 @@
 //!   calibration thread in: they varied by ~10M instructions between runs and moved per-call
 //!   figures by up to ~200.
 //!
+//! The `l2_` pairs read from a `redis-server` the run starts (over loopback, client and server
+//! on the same CPU when pinned): their interleaved ratio holds the whole round trip, and their
+//! instruction count only the client's side of it (callgrind follows this process, not the
+//! server), the part in which the clients differ. They batch and count fewer calls.
+//!
 //! ```text
 //! cargo bench -p layercache-ecosystem --bench ratios
 //! ```
@@ -31,6 +36,15 @@ use layercache::{Cache, CacheExt, Engine, Layered, LoadOptions, MemoryCache};
 
 mod support;
 use support::now;
+
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+#[path = "../../tests/support/chat.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod chat;
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+#[path = "../../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod redis_support;
 
 type Value = Arc<String>;
 
@@ -120,7 +134,40 @@ const PAIRS: &[(&str, &str, &str, &str)] = &[
         "ours",
         "one record: hdrhistogram (&mut) vs our lock-free histogram (target ≤ 1.0)",
     ),
+    (
+        "l2_hit_redis_rs",
+        "raw_redis_rs",
+        "redis_cache",
+        "an L2 hit of a 1 KB chat reply: a redis-rs 1.x ConnectionManager GET + the same decode vs RedisCache::get (target ≤ 1.05)",
+    ),
+    (
+        "l2_hit_fred",
+        "raw_fred",
+        "redis_cache",
+        "an L2 hit of a 1 KB chat reply: a fred GET + the same decode vs RedisCache::get",
+    ),
 ];
+
+/// Whether this build can run `pair` (the `l2_` pairs need the `redis` and `msgpack` features).
+fn available(pair: &str) -> bool {
+    !is_l2(pair) || cfg!(all(feature = "redis", feature = "msgpack"))
+}
+
+/// Whether `pair` reads from Redis (a server is started for it; fewer calls are batched and
+/// counted).
+fn is_l2(pair: &str) -> bool {
+    pair.starts_with("l2_")
+}
+
+/// How many calls one counted run of `pair` makes (`scripts/bench.sh` counts this many and
+/// twice as many): a Redis round trip is ~100× a memory hit, and ~50× slower under callgrind.
+fn count_calls(pair: &str) -> usize {
+    if is_l2(pair) {
+        2_000
+    } else {
+        100_000
+    }
+}
 
 fn value(i: usize) -> Value {
     Arc::new(format!("a cached completion for key {i}"))
@@ -163,10 +210,14 @@ async fn call(x: u64) -> Result<u64, std::io::Error> {
     Ok(black_box(x).wrapping_mul(0x9E37_79B9))
 }
 
-/// Build one side of a pair. `rt` must stay entered while the call is used.
-fn side(id: &str, rt: &tokio::runtime::Runtime) -> Call {
+/// Build one side of a pair. `rt` must stay entered while the call is used; `redis` is the URL
+/// of the server the `l2_` sides read from.
+fn side(id: &str, rt: &'static tokio::runtime::Runtime, redis: Option<&str>) -> Call {
     let keys = keys();
     match id {
+        "raw_redis_rs" | "raw_fred" | "redis_cache" => {
+            l2::side(id, rt, redis.expect("an l2 pair has a server"), keys)
+        }
         "raw_quick_cache" => {
             let cache: quick_cache::sync::Cache<String, Value> =
                 quick_cache::sync::Cache::new(KEYS * 2);
@@ -340,10 +391,9 @@ struct Measured {
     diff_p10: f64,
 }
 
-/// Alternate batches of `peer` and `ours` for about `secs`.
-fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> Measured {
+/// Alternate batches of `batch` calls of `peer` and `ours` for about `secs`.
+fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64, batch: usize) -> Measured {
     let order = order();
-    let batch = order.len() * 10;
     let timed = |call: &mut Call| {
         let started = Instant::now();
         for n in 0..batch {
@@ -379,10 +429,13 @@ fn interleaved(peer: &mut Call, ours: &mut Call, secs: f64) -> Measured {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // Leaked: the sides keep a `&'static` to it (the process ends with the run).
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    ));
     let _entered = rt.enter();
     if args.first().map(String::as_str) == Some("count") {
         let [_, pair, which, calls] = &args[..] else {
@@ -394,14 +447,16 @@ fn main() {
             .unwrap_or_else(|| panic!("no pair called {pair:?}"));
         let id = if which == "peer" { peer } else { ours };
         let calls: usize = calls.parse().expect("a call count");
-        let mut call = side(id, &rt);
+        let server = is_l2(pair).then(l2::Server::start);
+        let mut call = side(id, rt, server.as_ref().map(l2::Server::url).as_deref());
         settle();
         counted_calls(&mut call, &order(), calls);
         return;
     }
     if args.first().map(String::as_str) == Some("list") {
-        for (pair, ..) in PAIRS {
-            println!("{pair}");
+        // One line a pair: its name and how many calls a counted run makes.
+        for (pair, ..) in PAIRS.iter().filter(|p| available(p.0)) {
+            println!("{pair} {}", count_calls(pair));
         }
         return;
     }
@@ -412,13 +467,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2.0);
     let mut rows = Vec::new();
+    let mut server = None;
     for (pair, peer_id, our_id, what) in PAIRS {
-        if filter.as_deref().is_some_and(|f| !pair.contains(f)) {
+        if filter.as_deref().is_some_and(|f| !pair.contains(f)) || !available(pair) {
             continue;
         }
-        let mut peer = side(peer_id, &rt);
-        let mut ours = side(our_id, &rt);
-        let m = interleaved(&mut peer, &mut ours, secs);
+        let url = is_l2(pair).then(|| server.get_or_insert_with(l2::Server::start).url());
+        let mut peer = side(peer_id, rt, url.as_deref());
+        let mut ours = side(our_id, rt, url.as_deref());
+        // A batch of about the same time for every pair: 10,000 hits, 1,000 round trips.
+        let batch = if is_l2(pair) { KEYS } else { KEYS * 10 };
+        let m = interleaved(&mut peer, &mut ours, secs, batch);
         let (p, o) = (m.peer, m.ours);
         println!(
             "{pair:<24} {peer_id} {p:>8.1} ns   {our_id} {o:>8.1} ns   ratio {:.2}   ours − peer {:.1} ns (quietest tenth {:.1})",
@@ -440,5 +499,120 @@ fn main() {
             dir.join("report.json"),
             format!("{{\"secs\":{secs},\"rows\":[{}]}}\n", rows.join(",")),
         );
+    }
+}
+
+/// The `l2_` sides: one `redis-server`, the same 1 KB chat replies under every key (written by
+/// ours), and three clients reading them back.
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+mod l2 {
+    use std::hint::black_box;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fred::bytes::Bytes;
+    use fred::prelude::{ClientLike, KeysInterface};
+    use layercache::{Cache, CacheExt, Codec, Entry, RedisCache, ValueCodec};
+
+    use super::Call;
+
+    use super::chat;
+
+    pub use super::redis_support::RedisServer as Server;
+
+    const NAMESPACE: &str = "ratios";
+
+    /// One side. Each call runs on `rt` (current-thread: the client's connection tasks run inside
+    /// the call, so a counted run counts them too).
+    pub fn side(
+        id: &str,
+        rt: &'static tokio::runtime::Runtime,
+        url: &str,
+        keys: Arc<Vec<String>>,
+    ) -> Call {
+        let ours: RedisCache<chat::ChatReply> = rt.block_on(async {
+            let cache = RedisCache::builder()
+                .url(url)
+                .namespace(NAMESPACE)
+                .build()
+                .await
+                .expect("connect");
+            for (i, key) in keys.iter().enumerate() {
+                cache
+                    .set_value(key, chat::reply(i as u64, 1024), Duration::from_secs(3600))
+                    .await
+                    .expect("fill");
+            }
+            cache
+        });
+        let full: Arc<Vec<String>> =
+            Arc::new(keys.iter().map(|k| format!("{NAMESPACE}:{k}")).collect());
+        let codec = Codec::builder().build().expect("codec");
+        match id {
+            "redis_cache" => Box::new(move |i| {
+                let got = rt.block_on(ours.get(&keys[i])).expect("get");
+                black_box(got.expect("present"));
+            }),
+            "raw_fred" => {
+                let client = rt.block_on(async {
+                    let config = fred::prelude::Config::from_url(url).expect("url");
+                    let client = fred::types::Builder::from_config(config)
+                        .build()
+                        .expect("client");
+                    client.init().await.expect("connect");
+                    client
+                });
+                Box::new(move |i| {
+                    let bytes: Option<Bytes> = rt.block_on(client.get(&full[i])).expect("get");
+                    let entry: Entry<chat::ChatReply> =
+                        codec.decode(&bytes.expect("present")).expect("decode");
+                    black_box(entry);
+                })
+            }
+            _ => {
+                let manager = rt.block_on(async {
+                    redis::Client::open(url)
+                        .expect("a valid URL")
+                        .get_connection_manager()
+                        .await
+                        .expect("connect")
+                });
+                Box::new(move |i| {
+                    let mut con = manager.clone();
+                    let bytes: Option<Vec<u8>> = rt
+                        .block_on(redis::AsyncCommands::get(&mut con, &full[i]))
+                        .expect("get");
+                    let entry: Entry<chat::ChatReply> =
+                        codec.decode(&bytes.expect("present")).expect("decode");
+                    black_box(entry);
+                })
+            }
+        }
+    }
+}
+
+/// Without the `redis` feature no `l2_` pair is listed or run.
+#[cfg(not(all(feature = "redis", feature = "msgpack")))]
+mod l2 {
+    use super::Call;
+
+    pub struct Server;
+
+    impl Server {
+        pub fn start() -> Self {
+            unreachable!("no l2 pair is available in this build")
+        }
+        pub fn url(&self) -> String {
+            unreachable!("no l2 pair is available in this build")
+        }
+    }
+
+    pub fn side(
+        _: &str,
+        _: &'static tokio::runtime::Runtime,
+        _: &str,
+        _: std::sync::Arc<Vec<String>>,
+    ) -> Call {
+        unreachable!("no l2 pair is available in this build")
     }
 }
