@@ -9,6 +9,12 @@
 //! 100–399; measured: 1000–1099) — prints them and writes them to
 //! `target/criterion/codec_sizes.json` for `scripts/bench_report.py`.
 //!
+//! `codec_read`: decode alone — what an L2 hit pays after the round trip — of MessagePack chat
+//! replies of ~1, ~4 and ~16 KB stored uncompressed (`<size>_off`), with zstd at level 3 (the
+//! default above 1 KiB, `<size>_zstd3`), at the fast level −3 (`<size>_zstd-3`), and at level 3
+//! with a 16 KiB dictionary trained on other replies (`<size>_zstd3_dict`); their stored sizes
+//! are printed first.
+//!
 //! ```text
 //! cargo bench -p layercache-ecosystem --bench codec
 //! ```
@@ -123,5 +129,53 @@ fn codec_4k(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec_4k);
+fn codec_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec_read");
+    for (label, size) in [("1k", 1024usize), ("4k", 4096), ("16k", 16384)] {
+        let replies: Vec<Entry<chat::ChatReply>> = (0..100)
+            .map(|seed| Entry::new(chat::reply(seed, size), Duration::from_secs(3600)))
+            .collect();
+        // Trained on other replies (seeds 100–399), as a user trains on a sample of traffic.
+        let samples: Vec<Vec<u8>> = (100..400)
+            .map(|seed| rmp_serde::to_vec_named(&chat::reply(seed, size)).expect("serialize"))
+            .collect();
+        let dict = layercache::codec::train_dictionary(&samples, 16 * 1024).expect("train");
+        let variants = [
+            ("off", None, None),
+            ("zstd3", Some(3), None),
+            ("zstd-3", Some(-3), None),
+            ("zstd3_dict", Some(3), Some(dict)),
+        ];
+        for (variant, level, dict) in variants {
+            let builder = Codec::with_format(MessagePack).verify_writes(false);
+            let builder = match level {
+                Some(level) => builder.compress_above(64).zstd_level(level),
+                None => builder.no_compression(),
+            };
+            let builder = match dict {
+                Some(dict) => builder.with_dictionary(dict),
+                None => builder,
+            };
+            let codec = builder.build().expect("codec");
+            let frames: Vec<Vec<u8>> = replies
+                .iter()
+                .map(|e| codec.encode(e).expect("encode"))
+                .collect();
+            let stored = frames.iter().map(Vec::len).sum::<usize>() / frames.len();
+            eprintln!("codec_read {label}_{variant}: {stored} B stored");
+            let mut next = 0;
+            group.bench_function(format!("{label}_{variant}"), |b| {
+                b.iter(|| {
+                    next = (next + 1) % frames.len();
+                    let back: Entry<chat::ChatReply> =
+                        codec.decode(black_box(&frames[next])).expect("decode");
+                    black_box(back)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec_4k, codec_read);
 criterion_main!(benches);
