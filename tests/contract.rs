@@ -202,6 +202,48 @@ where
         "{name}: throttled, not called again"
     );
 
+    // A zero lifetime keeps nothing fresh: every call loads. With fail-safe the value is kept
+    // as a fallback only, served when the loader fails.
+    let zero = LoadOptions::ttl(Duration::ZERO);
+    let before = calls.load(Ordering::SeqCst);
+    for v in ["z1", "z2"] {
+        let a = cache
+            .get_or_load_answer(
+                "zero",
+                loader(&calls, Some(v), Duration::ZERO),
+                zero.clone(),
+            )
+            .await
+            .expect("load");
+        assert_eq!((a.source, a.value.as_str()), (Source::Loaded, v), "{name}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 2,
+        "{name}: loaded each time"
+    );
+    let fallback = zero.with_fail_safe(Duration::from_secs(60));
+    for v in ["f1", "f2"] {
+        let a = cache
+            .get_or_load_answer(
+                "zero-fs",
+                loader(&calls, Some(v), Duration::ZERO),
+                fallback.clone(),
+            )
+            .await
+            .expect("load");
+        assert_eq!((a.source, a.value.as_str()), (Source::Loaded, v), "{name}");
+    }
+    let failed = cache
+        .get_or_load_answer("zero-fs", loader(&calls, None, Duration::ZERO), fallback)
+        .await
+        .expect("fail-safe answers");
+    assert_eq!(
+        (failed.source, failed.value.as_str()),
+        (Source::FailSafe, "f2"),
+        "{name}"
+    );
+
     // Soft timeout: with a stale value, answer with it when the load is slow; the load goes on
     // and lands in the cache.
     let soft = LoadOptions::ttl(Duration::from_millis(50))

@@ -271,6 +271,36 @@ impl LoadOptions {
     }
 
     /// Options whose loaded value stays fresh for `ttl`.
+    ///
+    /// A zero `ttl` keeps nothing fresh: every call runs the loader (callers arriving during a
+    /// load still share it). With [`with_fail_safe`](Self::with_fail_safe) the value is kept
+    /// only as a fallback, answered when the loader fails or times out — "always ask the
+    /// provider, and answer with its last reply while it is down".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Layered, LoadOptions, MemoryCache, Source};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
+    /// let cache = Layered::single(MemoryCache::<String>::builder().build()?).build()?;
+    /// let options = LoadOptions::ttl(Duration::ZERO).with_fail_safe(Duration::from_secs(3600));
+    ///
+    /// let first = cache
+    ///     .get_or_load_answer("rate", || async { Ok::<_, std::io::Error>("1.08".to_string()) }, options.clone())
+    ///     .await?;
+    /// assert_eq!(first.source, Source::Loaded);
+    /// let down = cache
+    ///     .get_or_load_answer(
+    ///         "rate",
+    ///         || async { Err::<String, _>(std::io::Error::other("provider down")) },
+    ///         options,
+    ///     )
+    ///     .await?;
+    /// assert_eq!((down.source, down.value.as_str()), (Source::FailSafe, "1.08"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn ttl(ttl: Duration) -> Self {
         LoadOptions {
             ttl: OptDuration::some(ttl),
@@ -278,7 +308,7 @@ impl LoadOptions {
         }
     }
 
-    /// Set how long a loaded value stays fresh.
+    /// Set how long a loaded value stays fresh (zero: never fresh, see [`ttl`](Self::ttl)).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = OptDuration::some(ttl);
         self
