@@ -560,3 +560,88 @@ fn get_or_load_outside_a_runtime_is_an_error_not_a_panic() {
         other => panic!("expected NoRuntime, got {other:?}"),
     }
 }
+
+/// An L2 (a layer a user might write) whose writes wait until `open` says so: a flight that has
+/// answered its callers — after waiting its bounded time for L2 — is still storing its value.
+struct HeldWrites {
+    inner: MemoryCache<Reply>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl Cache<Reply> for HeldWrites {
+    fn name(&self) -> &str {
+        "held-writes"
+    }
+    fn get<'a>(&'a self, key: &'a str) -> layercache::CacheGet<'a, Reply> {
+        self.inner.get(key)
+    }
+    async fn set(&self, key: &str, entry: layercache::Entry<Reply>) -> layercache::Result<()> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        self.inner.set(key, entry).await
+    }
+    async fn delete(&self, key: &str) -> layercache::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+fn reply(text: &str) -> Reply {
+    Reply {
+        text: text.to_owned(),
+    }
+}
+
+/// A caller who asks after a load answered, or after its key changed, is never handed that
+/// load's value, even while the load is still writing it to L2: it loads afresh. A delete
+/// during that write wins over it, and `flush` waits for every load's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_the_answer_or_a_change_never_joins_that_load() {
+    let (open, held) = tokio::sync::watch::channel(false);
+    let l2 = HeldWrites {
+        inner: MemoryCache::builder().name("l2").build().expect("l2"),
+        open: held,
+    };
+    let cache = layercache::Layered::builder(cache(), l2)
+        .build()
+        .expect("layered");
+    let load = |text: &'static str| move || async move { Ok::<_, ProviderDown>(reply(text)) };
+    let source = |a: layercache::Answer<Reply>| (a.source, a.value.text);
+
+    // A zero lifetime keeps nothing in L1: each call loads, though the last load is still
+    // writing to L2.
+    let zero = LoadOptions::ttl(Duration::ZERO).with_fail_safe(Duration::from_secs(60));
+    for text in ["z1", "z2"] {
+        let answer = cache
+            .get_or_load_answer("zero", load(text), zero.clone())
+            .await
+            .expect("loaded");
+        assert_eq!(source(answer), (layercache::Source::Loaded, text.into()));
+    }
+
+    // Deleted while its load writes to L2: the next caller loads the new value.
+    let first = cache
+        .get_or_load_answer("k", load("v1"), opts())
+        .await
+        .expect("loaded");
+    assert_eq!(source(first), (layercache::Source::Loaded, "v1".into()));
+    cache.delete("k").await.expect("delete");
+    let second = cache
+        .get_or_load_answer("k", load("v2"), opts())
+        .await
+        .expect("loaded");
+    assert_eq!(source(second), (layercache::Source::Loaded, "v2".into()));
+
+    // Every load is still writing; flush waits for all of them, the replaced ones included.
+    assert!(cache.pending_loads() >= 3, "{}", cache.pending_loads());
+    assert!(matches!(
+        cache.flush(Duration::from_millis(50)).await,
+        Err(Error::Timeout { .. })
+    ));
+    open.send(true).expect("open");
+    cache.flush(Duration::from_secs(10)).await.expect("flushed");
+    assert_eq!(cache.pending_loads(), 0);
+    // The first load's late write did not bring back what the delete removed.
+    let now = cache.get_value("k").await.expect("get");
+    assert_ne!(now, Some(reply("v1")));
+}

@@ -15,10 +15,13 @@
 //!
 //! The table entry for a key is removed by a drop guard owned by the flight task, so it goes away
 //! on every outcome: success, error, panic, and the task being dropped by a shutting-down runtime.
+//! A flight stays in the table after answering while it finishes writing to L2; a caller never
+//! joins it then, nor after its key changed: it starts a flight in its place (see
+//! [`Flight::joinable`]).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -153,6 +156,16 @@ struct Flight<V> {
     waiver: Arc<Waiver>,
 }
 
+impl<V> Flight<V> {
+    /// Whether a caller may join this flight: not once it has answered (it may still be
+    /// storing its value, and a caller who asks after the answer must not be handed a value
+    /// that was never stored, as with a zero lifetime) nor once its key changed (its value was
+    /// read before the change).
+    fn joinable(&self) -> bool {
+        !self.superseded.load(Ordering::SeqCst) && self.rx.borrow().done.is_none()
+    }
+}
+
 /// A handle on a running flight.
 pub(crate) struct Waiter<V>(Channel<V>);
 
@@ -183,6 +196,8 @@ impl<V: Clone> Waiter<V> {
 /// The in-flight table of one cache, plus its loader metrics.
 pub(crate) struct Flights<V> {
     table: Mutex<HashMap<Arc<str>, Flight<V>>>,
+    /// Flight tasks not finished yet, those a newer flight replaced in the table included.
+    running: AtomicUsize,
     next_id: AtomicU64,
     /// Bumped each time a load stores its value; lets a new flight skip the re-check when nothing
     /// completed since its caller looked.
@@ -222,6 +237,7 @@ impl<V> Drop for FlightGuard<V> {
         if table.get(&*self.key).is_some_and(|f| f.id == self.id) {
             table.remove(&*self.key);
         }
+        self.flights.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -229,6 +245,7 @@ impl<V> Flights<V> {
     pub(crate) fn new(cache_name: &str) -> Self {
         Flights {
             table: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             metrics: LoadMetrics::new(cache_name),
@@ -248,9 +265,9 @@ impl<V> Flights<V> {
         self.completed.load(Ordering::Acquire)
     }
 
-    /// Number of flights currently running.
+    /// Number of flights currently running (a flight runs until its value is stored).
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Whether a flight for `key` is running.
@@ -293,7 +310,8 @@ impl<V> Flights<V>
 where
     V: Clone + Send + Sync + 'static,
 {
-    /// Join the flight running for `key`, or start one on a detached task.
+    /// Join the flight running for `key`, or start one on a detached task (in place of a flight
+    /// that may no longer be joined: see [`Flight::joinable`]).
     pub(crate) fn start_or_join<T, F, Fut, E>(
         self: &Arc<Self>,
         target: Arc<T>,
@@ -313,17 +331,26 @@ where
         let held = Held::current();
         let cache = Arc::as_ptr(self) as usize;
         let mut table = self.lock();
+        let mut superseded = None;
         if let Some(flight) = table.get(key) {
             if held.is_loading(cache, key) {
                 return Err(Error::RecursiveLoad {
                     key: key.to_owned(),
                 });
             }
-            if held.covers(spec.limit.as_ref()) {
-                // This caller is a load of this cache: its permit is idle while it waits here.
-                flight.waiver.waive();
+            if flight.joinable() {
+                if held.covers(spec.limit.as_ref()) {
+                    // This caller is a load of this cache: its permit is idle while it waits
+                    // here.
+                    flight.waiver.waive();
+                }
+                return Ok((Waiter(flight.rx.clone()), Joined::Joined));
             }
-            return Ok((Waiter(flight.rx.clone()), Joined::Joined));
+            if !flight.superseded.load(Ordering::SeqCst) {
+                // It answered and is still storing its value: a change from now on must reach
+                // it as well as the new flight (its late write must not outlive the change).
+                superseded = Some(Arc::clone(&flight.superseded));
+            }
         }
         let initial = Slot {
             stale: spec.stale.clone().map(|e| (e, Origin::L1)),
@@ -333,7 +360,7 @@ where
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: Arc<str> = Arc::from(key);
         let waiver = Arc::new(Waiver::default());
-        let superseded = Arc::new(AtomicBool::new(false));
+        let superseded = superseded.unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
         table.insert(
             Arc::clone(&key),
             Flight {
@@ -343,6 +370,7 @@ where
                 superseded: Arc::clone(&superseded),
             },
         );
+        self.running.fetch_add(1, Ordering::SeqCst);
         drop(table);
         let guard = FlightGuard {
             flights: Arc::clone(self),
