@@ -81,7 +81,7 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// meanwhile, so new callers get the value at once instead of loading again.
     async fn store_after_answer(&self, key: &str, entry: Entry<V>);
     /// Take back what the flight stored for `key`: the key changed while it was being stored.
-    async fn unstore(&self, key: &str);
+    async fn unstore(&self, key: &str, created_us: u64);
     /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
     /// loader is not called again before then.
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64);
@@ -550,6 +550,7 @@ async fn run_flight<V, T, F, Fut, E>(
                             && tokio::time::timeout(STORE_WAIT, store.as_mut())
                                 .await
                                 .is_ok());
+                    let created_us = entry.created_us();
                     done(&tx, entry, source);
                     if stored {
                         drop(store);
@@ -558,8 +559,8 @@ async fn run_flight<V, T, F, Fut, E>(
                     }
                     if guard.superseded() {
                         // Changed while this value was being stored: the change wins, whichever
-                        // of the two writes reached a layer last.
-                        target.unstore(&guard.key).await;
+                        // of the two writes reached a layer last (a newer value it wrote stays).
+                        target.unstore(&guard.key, created_us).await;
                     }
                     if let Some(lease) = &mut lease {
                         lease.stored();

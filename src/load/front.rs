@@ -61,11 +61,28 @@ where
         // message looks at L2 again when its wait ends.
         let _ = self.0.announce_set(key);
     }
-    async fn unstore(&self, key: &str) {
-        self.0.l1_done(self.0.l1.delete(key).await);
+    async fn unstore(&self, key: &str, created_us: u64) {
+        // Only this load's value (or an older one): a value the change itself wrote (a `set`,
+        // created later) stays.
+        let ours = move |e: &Entry<V>| e.created_us() <= created_us;
+        match &self.0.l1_memory {
+            Some(memory) => memory.remove_if(key, ours),
+            None => {
+                if let Ok(Some(found)) = self.0.l1.peek(key).await {
+                    if ours(&found) {
+                        self.0.l1_done(self.0.l1.delete(key).await);
+                    }
+                }
+            }
+        }
         let _ = self
             .0
-            .via_l2(|l2| async move { l2.delete(key).await })
+            .via_l2(|l2| async move {
+                match l2.peek(key).await? {
+                    Some(found) if ours(&found) => l2.delete(key).await,
+                    _ => Ok(()),
+                }
+            })
             .await;
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {

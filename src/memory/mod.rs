@@ -129,6 +129,12 @@ where
         found
     }
 
+    /// Remove `key`'s entry if `remove` accepts it, in one step under the engine's lock for
+    /// the key.
+    pub(crate) fn remove_if(&self, key: &str, remove: impl FnOnce(&Entry<V>) -> bool) {
+        self.inner.store.remove_unless(key, |e| !remove(e));
+    }
+
     /// [`lookup_at`](Self::lookup_at) without counting.
     #[inline]
     pub(crate) fn peek_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
