@@ -66,7 +66,7 @@ where
         // created later) stays.
         let ours = move |e: &Entry<V>| e.created_us() <= created_us;
         match &self.0.l1_memory {
-            Some(memory) => memory.remove_if(key, ours),
+            Some(memory) => memory.remove_unless(key, |e| !ours(e)),
             None => {
                 if let Ok(Some(found)) = self.0.l1.peek(key).await {
                     if ours(&found) {

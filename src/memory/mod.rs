@@ -129,12 +129,6 @@ where
         found
     }
 
-    /// Remove `key`'s entry if `remove` accepts it, in one step under the engine's lock for
-    /// the key.
-    pub(crate) fn remove_if(&self, key: &str, remove: impl FnOnce(&Entry<V>) -> bool) {
-        self.inner.store.remove_unless(key, |e| !remove(e));
-    }
-
     /// [`lookup_at`](Self::lookup_at) without counting.
     #[inline]
     pub(crate) fn peek_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
@@ -341,7 +335,6 @@ where
 
     /// Remove `key`'s entry unless `keep` accepts it, in one step with the engine's lock for the
     /// key (see `Store::remove_unless`).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn remove_unless(&self, key: &str, keep: impl FnOnce(&Entry<V>) -> bool) {
         self.supersede(key);
         self.inner.store.remove_unless(key, keep);
