@@ -290,14 +290,15 @@ fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
     wait_until_subscribed(&mut b, Duration::from_secs(10), "b, at start");
     assert_change_crosses(&mut a, &mut b, "before", "v1", "v2");
 
-    // The victim: a master the replicas' subscriptions are on.
+    // The victim: the master the replicas' subscriptions are on (the owner of the shard
+    // channel's slot).
     let channel = "layercache:backplane:v1:fcl";
     let victim = cluster
         .nodes
         .iter()
         .position(|n| {
             n.cli(&["role"]).starts_with("master")
-                && n.cli(&["pubsub", "channels"]).contains(channel)
+                && n.cli(&["pubsub", "shardchannels"]).contains(channel)
         })
         .expect("a master holds the backplane's subscriptions");
     let victim_port = cluster.nodes[victim].port;

@@ -1,5 +1,6 @@
 //! `RedisCache` on a real 3-master Redis Cluster: typed round trips in every format with keys on
-//! all three masters, `get_many` across slots, and `invalidate_prefix` on every master.
+//! all three masters, `get_many` across slots, `invalidate_prefix` on every master, tags, and the
+//! backplane on a shard channel (changes cross while the cluster bus reconnects).
 
 #![cfg(all(feature = "redis", feature = "postcard"))]
 
@@ -333,29 +334,35 @@ async fn resharding_under_traffic_never_reaches_a_caller() {
     }
 }
 
+/// A replica on `cluster`: a memory L1 over the cluster, with a backplane, in `namespace`.
+async fn replica(cluster: &RedisCluster, namespace: Option<&str>) -> layercache::Layered<String> {
+    let mut l2 = RedisCache::<String>::builder().url(cluster.url());
+    if let Some(namespace) = namespace {
+        l2 = l2.namespace(namespace);
+    }
+    let l2 = l2.build().await.expect("l2");
+    let backplane = l2.backplane().await.expect("backplane");
+    let l1 = layercache::MemoryCache::builder().build().expect("l1");
+    layercache::Layered::builder(l1, l2)
+        .backplane(backplane)
+        .build()
+        .expect("cache")
+}
+
 /// Tags on a cluster, with and without a namespace: the times of an entry's tags are read
 /// together and an invalidation stores its time and index together, so a namespace's tag keys
 /// must share one slot — the empty namespace too (an empty `{}` hash tag hashes the whole key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_work_on_a_cluster_with_or_without_a_namespace() {
-    use layercache::{CacheExt, Layered, LoadOptions, MemoryCache};
+    use layercache::{CacheExt, LoadOptions};
 
     let _one = ONE_CLUSTER.lock().await;
     let cluster = RedisCluster::start();
     for namespace in [Some("tagged"), None] {
-        let build = || async {
-            let mut l2 = RedisCache::<String>::builder().url(cluster.url());
-            if let Some(namespace) = namespace {
-                l2 = l2.namespace(namespace);
-            }
-            let l2 = l2.build().await.expect("l2");
-            let backplane = l2.backplane().await.expect("backplane");
-            Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
-                .backplane(backplane)
-                .build()
-                .expect("cache")
-        };
-        let (writer, reader) = (build().await, build().await);
+        let (writer, reader) = (
+            replica(&cluster, namespace).await,
+            replica(&cluster, namespace).await,
+        );
         let options = LoadOptions::ttl(Duration::from_secs(600));
         for i in 0..20u64 {
             let tags = [
@@ -400,5 +407,139 @@ async fn tags_work_on_a_cluster_with_or_without_a_namespace() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Every node's links to the others on the cluster bus dropped (and reconnecting), so that a
+/// message a node forwards to the others in that instant is lost. Only each node's outbound
+/// links, and only live ones: Redis 7.0 crashes when asked to kill a link that is not there.
+fn cut_the_cluster_bus(cluster: &RedisCluster) {
+    let ids: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.cli(&["cluster", "myid"]).trim().to_owned())
+        .collect();
+    let linked = |node: &support::redis::RedisServer, id: &str| {
+        let links = node.cli(&["cluster", "links"]);
+        let fields: Vec<&str> = links.lines().map(str::trim).collect();
+        fields
+            .windows(4)
+            .any(|w| w == ["direction", "to", "node", id])
+    };
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        for (_, id) in ids.iter().enumerate().filter(|(j, _)| *j != i) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !linked(node, id) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {i} has no link to {id} after 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let killed = node.cli(&["debug", "clusterlink", "kill", "to", id]);
+            assert_eq!(killed.trim(), "OK", "DEBUG CLUSTERLINK KILL to {id}");
+        }
+    }
+}
+
+/// Classic pub/sub on a cluster crosses the cluster bus: a change published while the links
+/// between nodes reconnect never reaches replicas subscribed on another node, and they go on
+/// hearing their own heartbeats (on their own node), so their L1 would serve the old value
+/// until it expired. The backplane uses a shard channel instead: every replica publishes to,
+/// and hears from, the master owning the channel's slot — the path its own heartbeat proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_replica_while_the_cluster_bus_reconnects() {
+    use layercache::CacheExt;
+
+    let _one = ONE_CLUSTER.lock().await;
+    let cluster = RedisCluster::start_with(&["--enable-debug-command", "yes"]);
+    let (writer, reader) = (
+        replica(&cluster, Some("bus")).await,
+        replica(&cluster, Some("bus")).await,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ![&writer, &reader]
+        .iter()
+        .all(|c| c.backplane().is_some_and(|b| b.is_subscribed()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both replicas subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ttl = Duration::from_secs(600);
+    for round in 0..6 {
+        let key = format!("answer:{round}");
+        writer
+            .set_value(&key, "old".to_owned(), ttl)
+            .await
+            .expect("set");
+        // In the reader's L1 (a hit there answers without Redis).
+        assert_eq!(
+            reader.get_value(&key).await.expect("get").as_deref(),
+            Some("old")
+        );
+        cut_the_cluster_bus(&cluster);
+        writer
+            .set_value(&key, "new".to_owned(), ttl)
+            .await
+            .expect("set");
+        // The bound on a lost message is 1.25 s; a message that arrives takes milliseconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = reader.get_value(&key).await.expect("get");
+            if seen.as_deref() == Some("new") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the reader still serves {seen:?} 5 s after the change"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The subscriptions dropped: each replica subscribes to the shard channel again (a change
+    // heard after the kill can only have come through a new subscription).
+    let heard = || reader.backplane().map_or(0, |b| b.state().received);
+    let before = heard();
+    let killed: u32 = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let killed = n.cli(&["client", "kill", "type", "pubsub"]);
+            killed.trim().parse::<u32>().unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        killed >= 2,
+        "both replicas' subscriptions killed ({killed})"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        if heard() > before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader heard nothing within 10 s of losing its subscription"
+        );
+        writer
+            .set_value("after", format!("v{n}"), ttl)
+            .await
+            .expect("set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer
+        .set_value("after", "last".to_owned(), ttl)
+        .await
+        .expect("set");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reader.get_value("after").await.expect("get").as_deref() != Some("last") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a change after the resubscription did not cross"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

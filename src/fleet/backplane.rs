@@ -203,6 +203,9 @@ pub(crate) struct Shared {
     pub(crate) id: u128,
     pub(crate) namespace: String,
     pub(super) channel: String,
+    /// Whether the channel is a shard channel (`SPUBLISH`/`SSUBSCRIBE`): on a cluster, unless
+    /// the server does not know the commands (before Redis 7). See [`publish`].
+    pub(super) sharded: Arc<AtomicBool>,
     pub(crate) publisher: Client,
     subscriber: SubscriberClient,
     /// Flights waiting for another replica's value, by key: bumped when a `set`, `delete` or
@@ -298,6 +301,11 @@ impl Shared {
         self.resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Subscribe to the backplane's channel.
+    async fn subscribe(&self) -> Result<(), fred::error::Error> {
+        subscribe(&self.subscriber, &self.channel, &self.sharded).await
+    }
+
     /// A command on the publisher failed: a timeout starts the watchdog's probe of it.
     pub(crate) fn publisher_failed(&self, error: &fred::error::Error) {
         if *error.kind() == fred::error::ErrorKind::Timeout {
@@ -385,6 +393,7 @@ impl Backplane {
             id: instance_id(),
             namespace: namespace.to_owned(),
             channel,
+            sharded: Arc::new(AtomicBool::new(publisher.is_clustered())),
             publisher,
             subscriber,
             waiters: Mutex::new(HashMap::new()),
@@ -421,7 +430,7 @@ impl Backplane {
             Some(shared.subscriber.manage_subscriptions());
         let weak = Arc::downgrade(&shared);
         if connected {
-            shared.subscriber.subscribe(shared.channel.as_str()).await?;
+            shared.subscribe().await?;
         } else {
             tokio::spawn(subscribe_once_connected(weak.clone()));
         }
@@ -579,17 +588,79 @@ async fn receive(
     }
 }
 
+/// Whether `error` is the server's refusal of a command it does not know (`SPUBLISH` and
+/// `SSUBSCRIBE` before Redis 7).
+fn unknown_command(error: &fred::error::Error) -> bool {
+    error
+        .details()
+        .to_ascii_lowercase()
+        .contains("unknown command")
+}
+
+/// Stop using shard channels on a server that does not know them, saying so once.
+fn unshard(sharded: &AtomicBool, channel: &str) {
+    if sharded.swap(false, Ordering::AcqRel) {
+        crate::log_warn!(
+            channel = channel,
+            "layercache: this Redis Cluster has no sharded pub/sub (Redis 7+): the backplane uses classic pub/sub, which a link between two nodes can lose messages on"
+        );
+    }
+}
+
+/// Publish `message` on `channel`: on a cluster, as a shard channel (`SPUBLISH`), so that every
+/// replica publishes to and hears from the one master that owns the channel's slot.
+///
+/// Classic pub/sub on a cluster sends a message to the node the publisher happened to use,
+/// which forwards it over the cluster bus to the others; a bus link being re-established (a
+/// node slow for half the node timeout, a restart) loses what crosses it then — silently, while
+/// each replica keeps hearing its own heartbeat on its own node, so a lost invalidation would
+/// be served until the entry expired. On a shard channel the path a replica's own heartbeat
+/// proves is the path every other replica's messages take.
+pub(crate) async fn publish(
+    publisher: &Client,
+    channel: &str,
+    sharded: &AtomicBool,
+    message: Bytes,
+) -> Result<i64, fred::error::Error> {
+    if sharded.load(Ordering::Acquire) {
+        match publisher.spublish(channel, message.clone()).await {
+            Err(e) if unknown_command(&e) => unshard(sharded, channel),
+            sent => return sent,
+        }
+    }
+    publisher.publish(channel, message).await
+}
+
+/// Subscribe `subscriber` to `channel`: a shard channel on a cluster (see [`publish`]).
+async fn subscribe(
+    subscriber: &SubscriberClient,
+    channel: &str,
+    sharded: &AtomicBool,
+) -> Result<(), fred::error::Error> {
+    if sharded.load(Ordering::Acquire) {
+        match subscriber.ssubscribe(channel).await {
+            Err(e) if unknown_command(&e) => unshard(sharded, channel),
+            subscribed => return subscribed,
+        }
+    }
+    subscriber.subscribe(channel).await
+}
+
 /// Subscribe as soon as the subscriber is connected (a backplane started while Redis could not
 /// be reached); tried again every [`HEARTBEAT`] until it succeeds or the backplane is dropped.
 async fn subscribe_once_connected(shared: std::sync::Weak<Shared>) {
     loop {
-        let (subscriber, channel) = {
+        let (subscriber, channel, sharded) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.subscriber.clone(), s.channel.clone())
+            (
+                s.subscriber.clone(),
+                s.channel.clone(),
+                Arc::clone(&s.sharded),
+            )
         };
-        if subscriber.is_connected() && subscriber.subscribe(channel.as_str()).await.is_ok() {
+        if subscriber.is_connected() && subscribe(&subscriber, &channel, &sharded).await.is_ok() {
             return;
         }
         drop(subscriber);
@@ -640,15 +711,20 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
     let mut rebuilding: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
-        let (publisher, channel, id) = {
+        let (publisher, channel, sharded, id) = {
             let Some(s) = shared.upgrade() else {
                 return;
             };
-            (s.publisher.clone(), s.channel.clone(), s.id)
+            (
+                s.publisher.clone(),
+                s.channel.clone(),
+                Arc::clone(&s.sharded),
+                s.id,
+            )
         };
         let message = encode(id, Action::Heartbeat, now_us(), "");
         // Bounded by the client's command timeout; a failure just means no heartbeat.
-        let sent: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
+        let sent = publish(&publisher, &channel, &sharded, message).await;
         let Some(s) = shared.upgrade() else {
             return;
         };

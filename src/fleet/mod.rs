@@ -83,8 +83,15 @@
 //!   drops its whole L1 (counted in [`BackplaneState::dropped`] and
 //!   [`resyncs`](BackplaneState::resyncs)). fred's default of 32 lost most of a 3,500-change
 //!   burst and dropped every other replica's L1 each time.
-//! * Pub/sub reaches every node of a cluster and works behind sentinels (the subscriber follows
-//!   the master like any client).
+//! * **On a cluster the channel is a shard channel** (`SPUBLISH`/`SSUBSCRIBE`, Redis or Valkey
+//!   7+): every replica publishes to and listens on the master owning the channel's slot, so
+//!   its own heartbeat proves the path the other replicas' messages take. Classic pub/sub
+//!   forwards each message from the node it was published on to the others over the cluster
+//!   bus, and loses what crosses a link that is being re-established (a node slow for half the
+//!   node timeout, a restart): a replica subscribed on another node missed the change while it
+//!   went on hearing its own heartbeat on its own node, and served the old value until it
+//!   expired. A cluster older than Redis 7 falls back to classic pub/sub (logged once). Behind
+//!   sentinels the subscriber follows the master like any client.
 //!
 //! # One load per cold key: the lease
 //!

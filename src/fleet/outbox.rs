@@ -14,8 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use fred::interfaces::PubsubInterface;
-
 use super::backplane::{encode, Action, Shared, HEARTBEAT, MAX_OUTBOX};
 
 /// The longest a change made through a `Layered` with a backplane (`set`, `set_many`,
@@ -268,7 +266,8 @@ pub(super) async fn publish_loop(shared: std::sync::Weak<Shared>) {
                 batch
             };
             let wake = Arc::clone(&s.wake);
-            (s.publisher.clone(), s.channel.clone(), s.id, wake, batch)
+            let route = (s.channel.clone(), Arc::clone(&s.sharded));
+            (s.publisher.clone(), route, s.id, wake, batch)
         };
         if batch.is_empty() {
             // Re-check at least every heartbeat so a dropped backplane ends this task.
@@ -286,9 +285,9 @@ pub(super) async fn publish_loop(shared: std::sync::Weak<Shared>) {
                 }
             }
             let message = encode(id, *action, *us, &slot.0);
-            let (publisher, channel) = (publisher.clone(), channel.clone());
+            let (publisher, (channel, sharded)) = (publisher.clone(), channel.clone());
             sends.spawn(async move {
-                let sent: Result<i64, _> = publisher.publish(channel.as_str(), message).await;
+                let sent = super::backplane::publish(&publisher, &channel, &sharded, message).await;
                 (index, sent.is_ok())
             });
         }
