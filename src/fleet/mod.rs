@@ -51,7 +51,8 @@
 //!   (250 ms) on the fleet's channel and expects to hear its own. Every replica receives every
 //!   heartbeat, so a fleet of N replicas costs Redis 4·N² deliveries a second (10,000 for 50
 //!   replicas, 160,000 for 200): size the Redis for it, or split a very large fleet by
-//!   namespace. (Heartbeats on a channel of each replica's own were tried: on a cluster whose
+//!   namespace (on a cluster, one master carries a namespace's channel, and namespaces spread
+//!   over the masters by their channel's slot). (Heartbeats on a channel of each replica's own were tried: on a cluster whose
 //!   subscription master hung, changes then crossed after the failover later, or not within
 //!   10 s, in 3 of 8 runs against none of 3.) When it has heard nothing for [`TRUST_WINDOW`] (1 s)
 //!   — the subscription hangs, Redis restarted — or its subscriber reconnected (messages may
