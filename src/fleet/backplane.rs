@@ -753,11 +753,19 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
         if deaf && hang_suspected {
             s.rebuilds.fetch_add(1, Ordering::Relaxed);
             let subscriber = s.subscriber.clone();
+            let (channel, sharded) = (channel.clone(), Arc::clone(&s.sharded));
             // Not awaited here: the heartbeat goes on while the subscriber reconnects. Capped,
             // so that a reconnection fred never ends cannot stop the rebuilds for good.
             rebuilding = Some(tokio::spawn(async move {
                 let _ =
                     tokio::time::timeout(unresponsive * 4, subscriber.force_reconnection()).await;
+                // Subscribed again by us too: on a cluster whose nodes did not change, fred keeps
+                // its connections (no reconnection, so no resubscription), and a shard channel
+                // whose slot moved to another master (a resharding; the old owner unsubscribed
+                // us) is only heard again once subscribed at the new owner.
+                let _ =
+                    tokio::time::timeout(unresponsive, subscribe(&subscriber, &channel, &sharded))
+                        .await;
             }));
         }
     }

@@ -91,8 +91,11 @@
 //!   bus, and loses what crosses a link that is being re-established (a node slow for half the
 //!   node timeout, a restart): a replica subscribed on another node missed the change while it
 //!   went on hearing its own heartbeat on its own node, and served the old value until it
-//!   expired. A cluster older than Redis 7 falls back to classic pub/sub (logged once). Behind
-//!   sentinels the subscriber follows the master like any client.
+//!   expired. A resharding that moves the channel's slot unsubscribes the replicas at the old
+//!   owner: they go deaf, so their L1 is distrusted within the bound, and the rebuild of a deaf
+//!   replica subscribes again at the new owner (heard again 2.2–2.4 s after the move). A cluster
+//!   older than Redis 7 falls back to classic pub/sub (logged once). Behind sentinels the
+//!   subscriber follows the master like any client.
 //!
 //! # One load per cold key: the lease
 //!
