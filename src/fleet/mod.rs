@@ -132,7 +132,10 @@
 //! A write a replica kept in L1 while Redis was unreachable (or failed, or timed out) is copied
 //! to Redis afterwards with [`Cache::set_if_newer`](crate::Cache::set_if_newer): one script
 //! compares the creation time of what Redis holds with ours and writes only if ours is later,
-//! and the key is announced again. A backplane message about the key (another replica changed
+//! and the key is announced again. It is announced again too when Redis already holds that very
+//! write (same creation time): the write that failed here reached Redis after all, maybe after
+//! its announcement, and a replica that re-read Redis in between holds the older value. A
+//! backplane message about the key (another replica changed
 //! it) drops it from the catch-up, unless the write waiting is newer than that change (the
 //! message may arrive while the write is still storing itself; L1 and the writes waiting are
 //! judged and changed in one step). The catch-up is tried every 250 ms while writes wait (not

@@ -191,6 +191,11 @@ where
         }
     }
 
+    /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own write).
+    async fn l2_holds_created(&self, l2: &Arc<dyn Cache<V>>, key: &str, created_us: u64) -> bool {
+        matches!(l2.peek(key).await, Ok(Some(found)) if found.created_us() == created_us)
+    }
+
     /// Delete `keys` from L2 (best effort): their writes were refused by the server, and what
     /// it holds for them is older than what this replica announced.
     async fn clear_older(self: &Arc<Self>, keys: &[&str]) {
@@ -380,10 +385,18 @@ where
             // Each key only if L2 holds nothing newer (another replica may have written it
             // while this one could not reach L2), compared and written in one step.
             for (key, us, entry) in entries {
+                let created_us = entry.created_us();
                 match l2.set_if_newer(&key, entry).await {
                     // Announced again: a replica that re-read L2 between the first announcement
                     // and this write holds the older value.
                     Ok(true) => {
+                        self.settled(&key, us);
+                        let _ = self.announce_set(&key);
+                    }
+                    // L2 holds our own value: the write that failed here reached Redis after
+                    // all (a timeout on a slow link), maybe after its announcement, and a
+                    // replica that re-read L2 in between holds the older value. Announced again.
+                    Ok(false) if self.l2_holds_created(&l2, &key, created_us).await => {
                         self.settled(&key, us);
                         let _ = self.announce_set(&key);
                     }
