@@ -393,10 +393,14 @@ where
                         self.settled(&key, us);
                         let _ = self.announce_set(&key);
                     }
-                    // L2 holds our own value: the write that failed here reached Redis after
-                    // all (a timeout on a slow link), maybe after its announcement, and a
-                    // replica that re-read L2 in between holds the older value. Announced again.
-                    Ok(false) if self.l2_holds_created(&l2, &key, created_us).await => {
+                    // L2 holds the remembered write itself (L1 held it too): the write that
+                    // failed here reached Redis after all (a timeout on a slow link), maybe after
+                    // its announcement, and a replica that re-read L2 in between holds the older
+                    // value. Announced again.
+                    Ok(false)
+                        if created_us == us
+                            && self.l2_holds_created(&l2, &key, created_us).await =>
+                    {
                         self.settled(&key, us);
                         let _ = self.announce_set(&key);
                     }
