@@ -148,11 +148,31 @@ where
     }
 
     /// Store `entry` unless the layer holds an entry for `key` created at the same time or later
-    /// ([`Entry::created_at`]); whether it was stored. A `Layered` cache uses it to write what it
-    /// kept during an L2 outage, and its loaded values, without overwriting a newer value
-    /// another replica wrote meanwhile. [`RedisCache`](crate::RedisCache) compares and writes in one server-side
-    /// step; the default reads, then writes (not atomic, enough for a layer only this process
-    /// writes).
+    /// ([`Entry::created_at`]); whether it was stored.
+    ///
+    /// A [`Layered`](crate::Layered) cache writes its L2 with this, never with [`Cache::set`]: its
+    /// `set`s, its loaded values, and what it kept during an L2 outage. A write can reach Redis
+    /// long after its caller gave up on it (a timeout on a slow link); compared by creation
+    /// time, such a late write never replaces a newer value another replica wrote meanwhile.
+    /// [`RedisCache`](crate::RedisCache) compares and writes in one server-side step; the
+    /// default reads, then writes (not atomic, enough for a layer only this process writes).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Cache, Entry, MemoryCache};
+    ///
+    /// # async fn demo() -> layercache::Result<()> {
+    /// let cache = MemoryCache::<String>::builder().build()?;
+    /// let older = Entry::new("first".to_string(), Duration::from_secs(60));
+    /// let newer = Entry::new("second".to_string(), Duration::from_secs(60));
+    /// assert!(cache.set_if_newer("k", newer).await?);
+    /// // Created earlier: Redis (or any layer) keeps the newer value.
+    /// assert!(!cache.set_if_newer("k", older).await?);
+    /// assert_eq!(cache.peek("k").await?.map(|e| e.into_value()).as_deref(), Some("second"));
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
         if let Some(current) = self.peek(key).await? {
             if current.created_us() >= entry.created_us() {
@@ -160,6 +180,51 @@ where
             }
         }
         self.set(key, entry).await.map(|()| true)
+    }
+
+    /// Delete `key` unless the layer holds an entry of it created at `than` or later; `false`
+    /// when such a newer entry was kept. A [`Layered`](crate::Layered) cache deletes from its
+    /// L2 with this, `than` being the time of the delete: a delete that reaches Redis late
+    /// (see [`Cache::set_if_newer`]) does not remove a value another replica wrote after it.
+    /// [`RedisCache`](crate::RedisCache) compares and deletes in one server-side step; the
+    /// default reads, then deletes (not atomic).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use layercache::{Cache, Entry, MemoryCache};
+    ///
+    /// # async fn demo() -> layercache::Result<()> {
+    /// let cache = MemoryCache::<String>::builder().build()?;
+    /// let asked = SystemTime::now();
+    /// let written_since = Entry::new("newer".to_string(), Duration::from_secs(60))
+    ///     .with_created_at(asked + Duration::from_millis(5));
+    /// cache.set("k", written_since).await?;
+    /// // The entry was written after the delete was asked for: it stays.
+    /// assert!(!cache.delete_if_older("k", asked).await?);
+    /// assert!(cache.delete_if_older("k", asked + Duration::from_secs(1)).await?);
+    /// assert!(cache.peek("k").await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
+        if let Some(current) = self.peek(key).await? {
+            if current.created_at() >= than {
+                return Ok(false);
+            }
+        }
+        self.delete(key).await.map(|()| true)
+    }
+
+    /// [`Cache::set_if_newer`] for every `(key, entry)` pair; whether each was stored, in the
+    /// order given. [`RedisCache`](crate::RedisCache) pipelines them (one script call each);
+    /// the default calls `set_if_newer` for each in turn and stops at the first error.
+    async fn set_many_if_newer(&self, entries: Vec<(&str, Entry<V>)>) -> Result<Vec<bool>> {
+        let mut stored = Vec::with_capacity(entries.len());
+        for (key, entry) in entries {
+            stored.push(self.set_if_newer(key, entry).await?);
+        }
+        Ok(stored)
     }
 
     /// A count that goes up each time this layer (re)connects to the store behind it — for a
@@ -354,6 +419,29 @@ macro_rules! forward_cache_impl {
                 Self: 'f,
             {
                 (**self).set_many(entries)
+            }
+            fn delete_if_older<'s, 'k, 'f>(
+                &'s self,
+                key: &'k str,
+                than: std::time::SystemTime,
+            ) -> BoxFuture<'f, Result<bool>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).delete_if_older(key, than)
+            }
+            fn set_many_if_newer<'s, 'k, 'f>(
+                &'s self,
+                entries: Vec<(&'k str, Entry<V>)>,
+            ) -> BoxFuture<'f, Result<Vec<bool>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).set_many_if_newer(entries)
             }
             fn connections(&self) -> u64 {
                 (**self).connections()

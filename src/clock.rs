@@ -40,15 +40,30 @@ pub(crate) fn now_ms() -> u64 {
     }
 }
 
-/// `SystemTime::now()` in milliseconds since the epoch.
 /// The wall clock in microseconds since the Unix epoch (creation and invalidation times, which
 /// are compared across processes and must tell apart events within one millisecond).
+///
+/// Strictly increasing within this process: each reading is later than the one before, even
+/// two in one microsecond or across a step back of the wall clock (an NTP correction). A
+/// replica's later write of a key is thereby always the newer one where writes are compared by
+/// creation time (Redis keeps the newer of two writes of a key), so it never loses to its own
+/// earlier write.
 pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
+    static LAST_US: AtomicU64 = AtomicU64::new(0);
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let mut last = LAST_US.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(last.saturating_add(1));
+        match LAST_US.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
 }
 
+/// `SystemTime::now()` in milliseconds since the epoch.
 pub(crate) fn system_ms() -> u64 {
     to_ms(SystemTime::now())
 }

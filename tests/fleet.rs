@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use layercache::fleet::TRUST_WINDOW;
 use layercache::{Cache, CacheExt, Layered};
-use support::fleet::{unix_nanos, Replica};
+use support::fleet::{unix_nanos, wait_subscribed, Replica};
 use support::redis::RedisServer;
 
 /// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
@@ -20,18 +20,6 @@ use support::redis::RedisServer;
 #[test]
 fn fleet_replica_process() {
     support::fleet::replica_process();
-}
-
-/// Wait (at most 10 s) until every one of `caches` hears its own backplane.
-async fn wait_subscribed(caches: &[&Layered<String>]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !caches
-        .iter()
-        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
-    {
-        assert!(Instant::now() < deadline, "every replica subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn replica_here(url: &str, namespace: &str) -> Layered<String> {

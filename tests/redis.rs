@@ -765,6 +765,92 @@ async fn set_if_newer_compares_creation_times_in_redis() {
         .expect("over a legacy frame"));
 }
 
+/// The batch and delete forms compare in Redis too; and the scripts go by their hash
+/// (`EVALSHA`), sent whole only when the server does not know them (after `SCRIPT FLUSH`, as
+/// after a restart or a failover), singly and in a pipelined batch.
+#[tokio::test]
+async fn conditional_batches_and_deletes_compare_in_redis_and_go_by_hash() {
+    use std::time::UNIX_EPOCH;
+    let server = RedisServer::start();
+    let cache: RedisCache<ChatReply> = RedisCache::builder()
+        .url(server.url())
+        .namespace("c")
+        .build()
+        .await
+        .expect("connect");
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s);
+    cache
+        .set("a", entry(1, 64).with_created_at(at(20)))
+        .await
+        .expect("set");
+
+    // Unknown scripts: sent whole once, then by hash.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let batch = vec![
+        ("a", entry(2, 64).with_created_at(at(10))),
+        ("b", entry(3, 100_000).with_created_at(at(10))),
+        ("c", entry(4, 64).with_created_at(at(10))),
+    ];
+    assert_eq!(
+        cache.set_many_if_newer(batch).await.expect("batch"),
+        vec![false, true, true],
+        "\"a\" holds a newer entry"
+    );
+    let (eval, evalsha) = (
+        server.command_calls("eval"),
+        server.command_calls("evalsha"),
+    );
+    assert!(eval >= 1, "the script was sent whole after NOSCRIPT");
+    let again = vec![
+        ("a", entry(5, 64).with_created_at(at(30))),
+        ("b", entry(6, 64).with_created_at(at(5))),
+    ];
+    assert_eq!(
+        cache.set_many_if_newer(again).await.expect("batch"),
+        vec![true, false]
+    );
+    assert_eq!(server.command_calls("eval"), eval, "known now: by hash");
+    assert_eq!(server.command_calls("evalsha"), evalsha + 2);
+    assert_eq!(
+        cache.get("a").await.expect("get").expect("a").value(),
+        entry(5, 64).value()
+    );
+    assert_eq!(
+        cache.get("b").await.expect("get").expect("b").value(),
+        entry(3, 100_000).value()
+    );
+
+    // Deletes: only what was created before the given time.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert!(!cache.delete_if_older("a", at(30)).await.expect("delete"));
+    assert!(cache.get("a").await.expect("get").is_some(), "kept: as new");
+    assert!(cache.delete_if_older("a", at(31)).await.expect("delete"));
+    assert!(cache.get("a").await.expect("get").is_none());
+    assert!(
+        cache
+            .delete_if_older("missing", at(31))
+            .await
+            .expect("delete"),
+        "nothing newer there"
+    );
+    let eval = server.command_calls("eval");
+    assert!(cache.delete_if_older("c", at(11)).await.expect("delete"));
+    assert_eq!(server.command_calls("eval"), eval, "by hash");
+    assert!(cache.get("c").await.expect("get").is_none());
+    // Single conditional writes by hash, too.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert!(cache
+        .set_if_newer("d", entry(7, 64).with_created_at(at(1)))
+        .await
+        .expect("write"));
+    let eval = server.command_calls("eval");
+    assert!(cache
+        .set_if_newer("d", entry(8, 64).with_created_at(at(2)))
+        .await
+        .expect("write"));
+    assert_eq!(server.command_calls("eval"), eval, "by hash");
+}
+
 /// Signed values: a frame planted by a writer without the key, or a genuine frame copied under
 /// another key, is a miss (counted, never served, not deleted); rotation reads old values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

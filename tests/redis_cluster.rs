@@ -87,6 +87,50 @@ async fn the_cluster_round_trips_batches_and_invalidates() {
         }
     }
 
+    // Conditional writes and deletes across slots (each master loads the scripts itself).
+    let newer: Vec<(&str, Entry<_>)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                k.as_str(),
+                Entry::new(reply(1000 + i as u64, 80), Duration::from_secs(60)),
+            )
+        })
+        .collect();
+    let stored = cache
+        .set_many_if_newer(newer)
+        .await
+        .expect("set_many_if_newer across slots");
+    assert!(
+        stored.iter().all(|s| *s),
+        "every entry was newer: {stored:?}"
+    );
+    let older: Vec<(&str, Entry<_>)> = keys
+        .iter()
+        .map(|k| {
+            let e = Entry::new(reply(7, 80), Duration::from_secs(60))
+                .with_created_at(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000));
+            (k.as_str(), e)
+        })
+        .collect();
+    let stored = cache.set_many_if_newer(older).await.expect("older batch");
+    assert!(stored.iter().all(|s| !*s), "none was newer: {stored:?}");
+    let got = cache.get_many(&refs).await.expect("get_many across slots");
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(
+            e.as_ref().expect("present").value(),
+            &reply(1000 + i as u64, 80),
+            "{i}"
+        );
+    }
+    let asked = std::time::SystemTime::now() + Duration::from_secs(1);
+    for key in &refs[..20] {
+        assert!(cache.delete_if_older(key, asked).await.expect("delete"));
+    }
+    let got = cache.get_many(&refs[..20]).await.expect("get_many");
+    assert!(got.iter().all(Option::is_none));
+
     // invalidate_prefix over 100k keys, on every master, without KEYS.
     let value = reply(0, 64);
     let doomed: Vec<String> = (0..100_000).map(|i| format!("doomed:{i}")).collect();
@@ -121,7 +165,7 @@ async fn the_cluster_round_trips_batches_and_invalidates() {
         before.iter().sum::<u64>() - 100_000
     );
     assert!(
-        cache.get("many-1").await.expect("get").is_some(),
+        cache.get("many-50").await.expect("get").is_some(),
         "other keys survive"
     );
     for node in &cluster.nodes {

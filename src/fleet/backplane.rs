@@ -598,6 +598,7 @@ fn unknown_command(error: &fred::error::Error) -> bool {
 }
 
 /// Stop using shard channels on a server that does not know them, saying so once.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 fn unshard(sharded: &AtomicBool, channel: &str) {
     if sharded.swap(false, Ordering::AcqRel) {
         crate::log_warn!(

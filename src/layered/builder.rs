@@ -346,6 +346,10 @@ where
                 pending: Mutex::new(HashMap::new()),
                 flushing: AtomicBool::new(false),
                 catching_up: AtomicBool::new(false),
+                #[cfg(feature = "redis")]
+                pending_tags: Mutex::new(HashMap::new()),
+                #[cfg(feature = "redis")]
+                retrying_tags: AtomicBool::new(false),
                 tag_retention_ms: (self.tag_retention != Duration::MAX)
                     .then(|| u64::try_from(self.tag_retention.as_millis()).unwrap_or(u64::MAX)),
                 flush_not_before_ms: std::sync::atomic::AtomicU64::new(0),

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::l2::Written;
 use super::{Announced, Change, Layered};
 use crate::cache::Cache;
 use crate::entry::{now_ms, Entry};
@@ -88,12 +89,15 @@ where
         let inner = &self.inner;
         crate::tags::validate(entry.tag_set().as_slice())?;
         inner.flights.supersede(key);
-        if let Some(refused) = inner.write_l2(key, entry.clone(), true).await {
-            if !matches!(refused, Error::ValueTooLarge { .. }) {
+        let stored = match inner.write_l2(key, entry.clone(), true).await {
+            Written::Refused(refused) if !matches!(refused, Error::ValueTooLarge { .. }) => {
                 return Err(refused);
             }
-        }
-        let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+            // L2 holds a newer write of the key (another replica's, created later than this
+            // one): that one stands, so this replica drops what its L1 holds and reads it.
+            Written::Superseded => inner.l1.delete(key).await,
+            _ => inner.l1.set(key, inner.for_l1(entry)).await,
+        };
         let announced = inner.announce_change(key, Change::Set).await;
         inner.told(announced).await;
         stored.inspect_err(|_| {
@@ -111,20 +115,25 @@ where
         for (key, _) in &entries {
             inner.flights.supersede(key);
         }
-        if inner.write_l2_many(entries.clone()).await.is_err() {
+        let Ok(superseded) = inner.write_l2_many(entries.clone()).await else {
             for (key, entry) in entries {
                 self.set_now(key, entry).await?;
             }
             return Ok(());
-        }
+        };
         let mut announced = Announced::default();
         let mut failed = Ok(());
-        for (i, (key, entry)) in entries.into_iter().enumerate() {
+        for (i, ((key, entry), superseded)) in entries.into_iter().zip(superseded).enumerate() {
             if i % ANNOUNCE_CHUNK == 0 {
                 // Told a chunk at a time (see `ANNOUNCE_CHUNK`).
                 inner.told(std::mem::take(&mut announced)).await;
             }
-            let stored = inner.l1.set(key, inner.for_l1(entry)).await;
+            // A newer write of the key stands in L2 (see `set_now`).
+            let stored = if superseded {
+                inner.l1.delete(key).await
+            } else {
+                inner.l1.set(key, inner.for_l1(entry)).await
+            };
             announced = announced.and(inner.announce_change(key, Change::Set).await);
             if let Err(e) = stored {
                 inner
@@ -141,7 +150,13 @@ where
     pub(super) async fn delete_now(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         inner.flights.supersede(key);
-        let l2 = inner.via_l2(|l2| async move { l2.delete(key).await }).await;
+        // Only what was written before this delete: the delete may reach Redis late (a slow
+        // link), after another replica's newer write of the key, which must stay.
+        let asked = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(crate::entry::now_us());
+        let l2 = inner
+            .via_l2(|l2| async move { l2.delete_if_older(key, asked).await.map(|_| ()) })
+            .await;
         let announced = inner.announce_change(key, Change::Delete).await;
         let l1 = inner.l1.delete(key).await;
         inner.told(announced).await;

@@ -47,6 +47,18 @@ pub(crate) const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from
 /// or older is left for the next pass instead of being forgotten.
 const SETTLING_US: u64 = 1_000_000;
 
+/// What became of a write to L2 ([`Inner::write_l2`]).
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Stored, or remembered for the catch-up while L2 is unavailable (or there is no L2).
+    Kept,
+    /// Not stored: L2 holds an entry of the key created at the same time or later (another
+    /// replica's newer write).
+    Superseded,
+    /// L2's codec refused the value (too large, cannot encode); not remembered.
+    Refused(Error),
+}
+
 impl<V> Inner<V>
 where
     V: Clone + Send + Sync + 'static,
@@ -148,8 +160,14 @@ where
         }
     }
 
-    /// Write `entry` to L2, or remember the key for later if L2 is unavailable. Returns the
-    /// refusal, if L2's codec refused the value (it is then not remembered).
+    /// Write `entry` to L2 unless L2 holds a newer entry of `key`, or remember the key for
+    /// later if L2 is unavailable.
+    ///
+    /// Every write is conditional on creation time, compared in L2 (one script on Redis): a
+    /// write that timed out here may still reach Redis later (a slow link, a stalled server),
+    /// and landing after another replica's newer write it must not replace it. A `set` is
+    /// replaced only by a later one; the caller of a superseded `set` is told
+    /// ([`Written::Superseded`]), so that it does not keep its older value in L1.
     ///
     /// `replacing`: the write replaces what the key held (a `set`, announced to the fleet). If
     /// L2 answers it with an error of its own (a full Redis: `OOM`), the older value it still
@@ -160,33 +178,26 @@ where
         key: &str,
         entry: Entry<V>,
         replacing: bool,
-    ) -> Option<Error> {
-        self.l2.as_ref()?;
+    ) -> Written {
+        if self.l2.is_none() {
+            return Written::Kept;
+        }
         let entry = self.retained(entry);
         let created_us = entry.created_us();
-        // A load's value is written only if L2 holds nothing newer, compared in L2 (one script on
-        // Redis): a write that timed out here may still reach Redis later (a slow link, a
-        // stalled server), and a loaded value arriving after a newer `set` must not replace it
-        // unannounced. A `set` replaces, as its caller asked.
         let written = self
-            .via_l2(|l2| async move {
-                if replacing {
-                    l2.set(key, entry).await
-                } else {
-                    l2.set_if_newer(key, entry).await.map(|_| ())
-                }
-            })
+            .via_l2(|l2| async move { l2.set_if_newer(key, entry).await })
             .await;
         match written {
-            Some(Ok(())) => None,
-            Some(Err(e)) if e.is_refusal() => Some(e),
+            Some(Ok(true)) => Written::Kept,
+            Some(Ok(false)) => Written::Superseded,
+            Some(Err(e)) if e.is_refusal() => Written::Refused(e),
             failed => {
                 self.remember(std::iter::once((Arc::from(key), created_us)));
                 self.catch_up_later();
                 if replacing && matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&[key]).await;
                 }
-                None
+                Written::Kept
             }
         }
     }
@@ -204,15 +215,18 @@ where
         }
     }
 
-    /// Write `entries` to L2 in one batch. `Ok(())` also when L2 is unavailable (the keys are
-    /// remembered for the catch-up); the error when L2 refused the batch (a value too large or
-    /// not encodable: the caller then writes key by key, so each value meets its own fate).
+    /// Write `entries` to L2 in one batch, each unless L2 holds a newer entry of its key (see
+    /// [`Inner::write_l2`]); which of them L2 superseded, in order. None superseded also when
+    /// L2 is unavailable (the keys are remembered for the catch-up); the error when L2 refused
+    /// the batch (a value too large or not encodable: the caller then writes key by key, so
+    /// each value meets its own fate).
     pub(crate) async fn write_l2_many(
         self: &Arc<Self>,
         entries: Vec<(&str, Entry<V>)>,
-    ) -> std::result::Result<(), Error> {
+    ) -> std::result::Result<Vec<bool>, Error> {
+        let none_superseded = vec![false; entries.len()];
         if self.l2.is_none() || entries.is_empty() {
-            return Ok(());
+            return Ok(none_superseded);
         }
         let keys: Vec<(Arc<str>, u64)> = entries
             .iter()
@@ -224,10 +238,14 @@ where
             .map(|(key, entry)| (key, self.retained(entry)))
             .collect();
         let written = self
-            .via_l2(|l2| async move { l2.set_many(entries).await })
+            .via_l2(|l2| async move { l2.set_many_if_newer(entries).await })
             .await;
         match written {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(stored)) if stored.len() == names.len() => {
+                Ok(stored.into_iter().map(|s| !s).collect())
+            }
+            // A layer that answered for another number of keys: none is taken as superseded.
+            Some(Ok(_)) => Ok(none_superseded),
             Some(Err(e)) if e.is_refusal() => Err(e),
             failed => {
                 self.remember(keys);
@@ -236,7 +254,7 @@ where
                 if matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&names).await;
                 }
-                Ok(())
+                Ok(none_superseded)
             }
         }
     }

@@ -208,6 +208,16 @@ pub(crate) struct Inner<V> {
     flushing: AtomicBool,
     /// Whether a task retries the catch-up while keys are pending (see `l2::catch_up_later`).
     catching_up: AtomicBool,
+    /// Tag (and clear) invalidations whose time could not be stored in Redis, each with its
+    /// latest time (µs): tried again until Redis takes them, then applied and announced (see
+    /// `tags::retry_tags_later`). The failed write may still have reached Redis (a timeout on a
+    /// slow link), where the replicas that read tag times afresh would find it: every replica
+    /// must learn it.
+    #[cfg(feature = "redis")]
+    pub(crate) pending_tags: Mutex<HashMap<String, u64>>,
+    /// Whether a task retries `pending_tags`.
+    #[cfg(feature = "redis")]
+    pub(crate) retrying_tags: AtomicBool,
     /// How long a tagged entry may live (ms), `None` for its whole lifetime: see
     /// [`LayeredBuilder::tag_retention`].
     pub(crate) tag_retention_ms: Option<u64>,
@@ -659,6 +669,11 @@ where
     /// L2 refuses to store is not an outage: a value too large for L2 is kept in L1 only (counted
     /// and reported once); a value L2 cannot encode, or that would not read back
     /// ([`Error::Encode`], [`Error::RoundTrip`]), is an error and is stored nowhere.
+    ///
+    /// L2 is written with [`Cache::set_if_newer`]: if it holds an entry of `key` created later
+    /// than `entry` (another replica's newer write), that one stays, and this one is not kept in
+    /// L1 either — the next read returns the newer value. A write that reaches Redis late (after
+    /// a timeout here) therefore never replaces a newer one.
     async fn set(&self, key: &str, entry: Entry<V>) -> Result<()> {
         let (this, key) = (self.clone(), key.to_owned());
         self.to_completion(async move { this.set_now(&key, entry).await })
@@ -687,7 +702,9 @@ where
     }
 
     /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
-    /// reached: the value may then survive in L2 (and other processes' L1s).
+    /// reached: the value may then survive in L2 (and other processes' L1s). L2 is asked with
+    /// [`Cache::delete_if_older`]: an entry written after this call (by another replica) stays,
+    /// even if the delete reaches Redis late.
     async fn delete(&self, key: &str) -> Result<()> {
         let (this, key) = (self.clone(), key.to_owned());
         self.to_completion(async move { this.delete_now(&key).await })

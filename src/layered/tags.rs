@@ -1,6 +1,8 @@
 //! Group invalidations on a [`Layered`] cache: tags and clear (see [`crate::tags`]), and
 //! prefixes.
 
+use std::sync::Arc;
+
 use super::{Inner, Layered};
 use crate::entry::{now_us, Entry};
 use crate::error::{Error, Result};
@@ -79,28 +81,27 @@ where
     }
 
     /// Record an invalidation of `tag` (or of everything, for [`CLEAR`]) at `us` (µs since the
-    /// epoch): in Redis and on
-    /// the backplane first when there is one, then here.
-    async fn invalidate_tag_at(&self, tag: &str, us: u64) -> Result<()> {
+    /// epoch): in Redis and on the backplane first when there is one, then here. When Redis
+    /// cannot take it now, it is retried in the background (see `retry_tags_later`) and the
+    /// error returned.
+    pub(crate) async fn invalidate_tag_at(self: &Arc<Self>, tag: &str, us: u64) -> Result<()> {
         #[cfg(feature = "redis")]
-        if let Some(backplane) = &self.backplane {
-            // A tag's time outlives every entry it could invalidate (the retention), plus a
-            // margin for the replicas' clock differences; the clear time is kept for good.
-            let keep_ms = self
-                .tag_retention_ms
-                .filter(|_| tag != CLEAR)
-                .map(|retention| retention.saturating_add(retention.min(CLOCK_MARGIN_MS)));
-            let announced = backplane
-                .invalidate_tag(tag, us, keep_ms)
-                .await
-                .map_err(|e| Error::redis("invalidate_tag", e))?;
-            self.tag_times.set(tag, us);
-            crate::metrics::count_invalidation(
-                &self.name,
-                if tag == CLEAR { "clear" } else { "tag" },
-            );
-            self.told(announced.into()).await;
-            return Ok(());
+        if self.backplane.is_some() {
+            return match self.store_tag_time(tag, us).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    {
+                        let mut pending = self
+                            .pending_tags
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let at = pending.entry(tag.to_owned()).or_insert(us);
+                        *at = (*at).max(us);
+                    }
+                    self.retry_tags_later();
+                    Err(Error::redis("invalidate_tag", e))
+                }
+            };
         }
         if self.l2.is_some() {
             return Err(Error::config(
@@ -111,6 +112,84 @@ where
         self.tag_times.set(tag, us);
         crate::metrics::count_invalidation(&self.name, if tag == CLEAR { "clear" } else { "tag" });
         Ok(())
+    }
+
+    /// Store `tag`'s time `us` in Redis, announce it, and apply it here.
+    #[cfg(feature = "redis")]
+    async fn store_tag_time(
+        &self,
+        tag: &str,
+        us: u64,
+    ) -> std::result::Result<(), fred::error::Error> {
+        let Some(backplane) = &self.backplane else {
+            return Ok(());
+        };
+        // A tag's time outlives every entry it could invalidate (the retention), plus a
+        // margin for the replicas' clock differences; the clear time is kept for good.
+        let keep_ms = self
+            .tag_retention_ms
+            .filter(|_| tag != CLEAR)
+            .map(|retention| retention.saturating_add(retention.min(CLOCK_MARGIN_MS)));
+        let announced = backplane.invalidate_tag(tag, us, keep_ms).await?;
+        self.tag_times.set(tag, us);
+        crate::metrics::count_invalidation(&self.name, if tag == CLEAR { "clear" } else { "tag" });
+        self.told(announced.into()).await;
+        Ok(())
+    }
+
+    /// Make sure the invalidations in `pending_tags` are tried again every
+    /// [`CATCH_UP_EVERY`](super::l2::CATCH_UP_EVERY) until Redis took each (one task per cache,
+    /// holding it weakly: a dropped cache ends it). Storing a tag's time keeps the later of two,
+    /// so trying again is safe however often the first write reached Redis.
+    #[cfg(feature = "redis")]
+    fn retry_tags_later(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.retrying_tags.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.retrying_tags.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(super::l2::CATCH_UP_EVERY).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let waiting: Vec<(String, u64)> = inner
+                    .pending_tags
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .map(|(tag, us)| (tag.clone(), *us))
+                    .collect();
+                for (tag, us) in waiting {
+                    if inner.store_tag_time(&tag, us).await.is_err() {
+                        break;
+                    }
+                    let mut pending = inner
+                        .pending_tags
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if pending.get(&tag) == Some(&us) {
+                        pending.remove(&tag);
+                    }
+                }
+                let pending = inner
+                    .pending_tags
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if pending.is_empty() {
+                    // Lowered under the lock: a tag queued after this sees it down and starts
+                    // a new task.
+                    inner.retrying_tags.store(false, Ordering::Release);
+                    return;
+                }
+                drop(pending);
+            }
+        });
     }
 }
 
@@ -128,7 +207,10 @@ where
     ///
     /// [`Error::Config`] for an empty or over-long tag, or for a cache with an L2 but no
     /// backplane (the invalidation could not reach L2's other readers); the Redis error when the
-    /// invalidation time could not be stored (nothing was invalidated then: call again).
+    /// invalidation time could not be stored now. The invalidation is not dropped then: it is
+    /// tried again in the background every 250 ms until Redis takes it, and applied on every
+    /// replica from then on (a write that timed out may have reached Redis already, where a
+    /// replica reading tag times afresh would find it). Calling again is safe.
     ///
     /// ```
     /// use std::time::Duration;

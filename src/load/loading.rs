@@ -302,4 +302,18 @@ where
         }
         self.inner.set_many(entries).await
     }
+    async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
+        self.front.inner.flights.supersede(key);
+        self.inner.set_if_newer(key, entry).await
+    }
+    async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
+        self.front.inner.flights.supersede(key);
+        self.inner.delete_if_older(key, than).await
+    }
+    async fn set_many_if_newer(&self, entries: Vec<(&str, Entry<V>)>) -> Result<Vec<bool>> {
+        for (key, _) in &entries {
+            self.front.inner.flights.supersede(key);
+        }
+        self.inner.set_many_if_newer(entries).await
+    }
 }

@@ -62,7 +62,7 @@
 //! replaced without breaking users. A redis-rs backend would need: a pool of multiplexed
 //! connections (or its cluster client) behind the same key-to-connection routing; per-command
 //! timeouts that never replay an abandoned write after a reconnect; the watchdog's hung-connection
-//! probe; `SCAN` per primary; the three Lua scripts (conditional write, lease, tag time); and a
+//! probe; `SCAN` per primary; the Lua scripts (conditional write and delete, lease, tag time); and a
 //! pub/sub connection that resubscribes after a reconnect.
 //!
 //! redis-rs 1.8's `ConnectionManager` was measured on the same fault scenarios
@@ -107,6 +107,7 @@ pub(crate) mod builder;
 pub(crate) mod cluster;
 pub(crate) mod connect;
 mod deploy;
+mod newer;
 mod ops;
 mod prefix;
 mod pubsub;
@@ -140,25 +141,6 @@ const PIPELINE_CHUNK: usize = 500;
 /// Writes of one command while its caller waits (fred re-sends a command written to a connection
 /// that broke before it was sent).
 const ATTEMPTS: u32 = 3;
-
-/// `set_if_newer` in one step: compare the stored frame's creation time (µs, in the metadata
-/// block after the 41-byte header and the optional 4-byte schema id; see `codec::frame`) with
-/// ours (ARGV[2]); write ARGV[1] with PX ARGV[3] only if ours is later.
-const SET_IF_NEWER: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur and #cur >= 50 and string.sub(cur, 1, 3) == 'LC\1' then
-  local flags = string.byte(cur, 4)
-  if flags % 16 >= 8 then
-    local at = 42
-    if flags % 8 >= 4 then at = at + 4 end
-    local created = 0
-    for i = 7, 0, -1 do created = created * 256 + string.byte(cur, at + i) end
-    if created >= tonumber(ARGV[2]) then return 0 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return 1
-";
 
 /// The longest expiry given to Redis (`PX`), in ms: about 100 years. Redis refuses an expiry
 /// that overflows its clock ("invalid expire time"), so a longer lifetime — up to
@@ -574,41 +556,24 @@ where
         RedisCache::invalidate_prefix(self, prefix).await
     }
 
-    /// One script: read the stored frame's creation time (frames without one count as older)
-    /// and write only if `entry` is newer.
+    /// One script, sent by its hash: read the stored frame's creation time (frames without one
+    /// count as older) and write only if `entry` is newer.
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
-        use fred::interfaces::LuaInterface;
-        let ttl_ms = entry.stale_until_ms().saturating_sub(now_ms());
-        if ttl_ms == 0 {
-            return Ok(false);
-        }
-        let ttl_ms = redis_px(ttl_ms);
-        let created = entry.created_us();
-        let full = self.full_key(key);
-        let bytes = self.encode_counted(&full, &entry)?;
-        let started = Instant::now();
-        let index = self.writer_for(key);
-        let args: Vec<fred::types::Value> = vec![
-            Bytes::from(bytes).into(),
-            created.to_string().into(),
-            ttl_ms.to_string().into(),
-        ];
-        let client = self.client(index);
-        let turn = self.turn(Op::Set, index).await?;
-        let written: std::result::Result<i64, _> = crate::traced!(
-            self.op_span(Op::Set),
-            cluster::follow(Instant::now(), &self.inner.options, |o| {
-                let (c, args) = (client.with_options(o), args.clone());
-                let full = full.as_str();
-                async move { c.eval(SET_IF_NEWER, full, args).await }
-            })
-        )
-        .await;
-        settle(turn, &written);
-        self.inner.ops.took(Op::Set, started);
-        written
-            .map(|n| n == 1)
-            .map_err(|e| self.failed(Op::Set, index, e))
+        self.write_if_newer(key, entry).await
+    }
+
+    /// One script, sent by its hash: read the stored frame's creation time and delete the key
+    /// only if it is earlier than `than` (a frame without one counts as earlier).
+    async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
+        let before_us = than
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.delete_older(key, before_us).await
+    }
+
+    /// The same script for each entry, pipelined as `set_many` pipelines its `SET`s.
+    async fn set_many_if_newer(&self, entries: Vec<(&str, Entry<V>)>) -> Result<Vec<bool>> {
+        self.write_many_if_newer(entries).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

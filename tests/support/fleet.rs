@@ -57,6 +57,21 @@ pub async fn replica_cache(
     .build()?)
 }
 
+/// Wait (at most 10 s) until every one of `caches` hears its own backplane.
+pub async fn wait_subscribed(caches: &[&Layered<String>]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !caches
+        .iter()
+        .all(|c| c.backplane().is_some_and(|bp| bp.is_subscribed()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every replica subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The backplane's counters of `cache`.
 pub fn backplane_state(cache: &Layered<String>) -> layercache::fleet::BackplaneState {
     cache.backplane().map(|b| b.state()).unwrap_or_default()
@@ -104,6 +119,11 @@ pub async fn stampede(
         }
     }
     (loads.load(Ordering::SeqCst), errors)
+}
+
+/// `t` in µs since the Unix epoch.
+fn micros(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
 }
 
 pub fn unix_nanos() -> u128 {
@@ -327,6 +347,21 @@ async fn answer(cache: &Layered<String>, line: &str) {
                 let entries = keys.split(' ').map(|k| (k, entry.clone())).collect();
                 say(done(cache.set_many(entries).await));
             }
+            // What the stack finds for `key` (L1, then L2), with its times in µs since the
+            // epoch: to tell why a replica serves what it does.
+            ["why", key] => say(match layercache::Cache::peek(cache, key).await {
+                Ok(Some(entry)) => format!(
+                    "entry {:?} tags {:?} created {} fresh {} fresh_until {} now {}",
+                    entry.value(),
+                    entry.tags().collect::<Vec<_>>(),
+                    micros(entry.created_at()),
+                    entry.is_fresh(),
+                    micros(entry.fresh_until()),
+                    micros(SystemTime::now()),
+                ),
+                Ok(None) => "nothing".into(),
+                Err(e) => format!("error {e}"),
+            }),
             ["diag"] => say(format!(
                 "pending {} health {:?} backplane {:?} stats {:?}",
                 cache.pending_l2_writes(),

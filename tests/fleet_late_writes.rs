@@ -1,0 +1,401 @@
+//! Writes and deletes that reach Redis late — after their caller gave up on them (a timeout on
+//! a slow link), after the change was announced, after another replica wrote the key again —
+//! leave the fleet serving one value: the newest by creation time.
+//!
+//! The late commands are held by a layer of the test's over a real Redis ([`LateWrites`]) and
+//! then sent as the stack sent them, so that the order in which they reach Redis is the test's
+//! to choose. `fleet_recovery.rs` `replicas_converge_on_redis_after_random_faults` reaches the
+//! same cases through a real proxy that delays replies past the command timeout.
+
+#![cfg(all(feature = "redis", feature = "msgpack"))]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
+use support::fleet::wait_subscribed;
+use support::redis::RedisServer;
+
+/// A command held by [`LateWrites`], as the stack sent it.
+enum Held {
+    Set(String, Entry<String>),
+    SetIfNewer(String, Entry<String>),
+    DeleteIfOlder(String, SystemTime),
+}
+
+/// An L2 over Redis whose writes and deletes, while holding, fail for the caller (a timeout on
+/// a slow link) but are kept to reach Redis later, when the test lands them.
+struct LateWrites {
+    inner: RedisCache<String>,
+    holding: AtomicBool,
+    held: Mutex<Vec<Held>>,
+}
+
+impl LateWrites {
+    fn over(inner: RedisCache<String>) -> Arc<LateWrites> {
+        Arc::new(LateWrites {
+            inner,
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn hold(&self, holding: bool) {
+        self.holding.store(holding, Ordering::SeqCst);
+    }
+
+    /// Keep `command` if holding (the caller then sees a timeout); `None` if not.
+    fn held(&self, command: impl FnOnce() -> Held) -> Option<layercache::Error> {
+        if !self.holding.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(command());
+        Some(layercache::Error::Timeout {
+            after: Duration::from_millis(250),
+        })
+    }
+
+    /// Send the held commands to Redis now, in the order they were made; what each answered
+    /// (stored / deleted).
+    async fn land(&self) -> Vec<bool> {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut answers = Vec::new();
+        for command in held {
+            answers.push(
+                match command {
+                    Held::Set(key, entry) => self.inner.set(&key, entry).await.map(|()| true),
+                    Held::SetIfNewer(key, entry) => self.inner.set_if_newer(&key, entry).await,
+                    Held::DeleteIfOlder(key, than) => self.inner.delete_if_older(&key, than).await,
+                }
+                .expect("land a held command"),
+            );
+        }
+        answers
+    }
+}
+
+#[async_trait::async_trait]
+impl Cache<String> for LateWrites {
+    fn name(&self) -> &str {
+        "late-writes"
+    }
+    fn get<'a>(&'a self, key: &'a str) -> layercache::CacheGet<'a, String> {
+        self.inner.get(key)
+    }
+    async fn peek(&self, key: &str) -> layercache::Result<Option<Entry<String>>> {
+        self.inner.peek(key).await
+    }
+    async fn set(&self, key: &str, entry: Entry<String>) -> layercache::Result<()> {
+        let kept = entry.clone();
+        match self.held(|| Held::Set(key.to_owned(), kept)) {
+            Some(timeout) => Err(timeout),
+            None => self.inner.set(key, entry).await,
+        }
+    }
+    async fn set_if_newer(&self, key: &str, entry: Entry<String>) -> layercache::Result<bool> {
+        let kept = entry.clone();
+        match self.held(|| Held::SetIfNewer(key.to_owned(), kept)) {
+            Some(timeout) => Err(timeout),
+            None => self.inner.set_if_newer(key, entry).await,
+        }
+    }
+    async fn delete(&self, key: &str) -> layercache::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn delete_if_older(&self, key: &str, than: SystemTime) -> layercache::Result<bool> {
+        match self.held(|| Held::DeleteIfOlder(key.to_owned(), than)) {
+            Some(timeout) => Err(timeout),
+            None => self.inner.delete_if_older(key, than).await,
+        }
+    }
+}
+
+/// A writer whose L2 is `l2` and a reader straight on Redis, both on the backplane of
+/// `namespace`, each subscribed.
+async fn writer_and_reader(
+    server: &RedisServer,
+    namespace: &str,
+) -> (Layered<String>, Arc<LateWrites>, Layered<String>) {
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("redis");
+    let backplane = redis.backplane().await.expect("backplane");
+    let l2 = LateWrites::over(redis);
+    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+        .name("writer")
+        .backplane(backplane)
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), namespace)
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    (writer, l2, reader)
+}
+
+/// Wait (5 s at most) until `cache` serves `want` for `key`.
+async fn serves(cache: &Layered<String>, key: &str, want: Option<&str>, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = cache.get_value(key).await.expect("get");
+        if seen.as_deref() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} serves {seen:?} for {key} 5 s on, not {want:?} (pending writes: {})",
+            cache.pending_l2_writes()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Redis holds `value` under `key`, and (within 5 s) each of `replicas` serves it.
+async fn all_serve(
+    redis: &RedisCache<String>,
+    replicas: [&Layered<String>; 2],
+    key: &str,
+    value: &str,
+) {
+    assert_eq!(
+        redis.get_value(key).await.expect("read").as_deref(),
+        Some(value),
+        "Redis holds the newest value of {key}"
+    );
+    for (replica, who) in replicas.into_iter().zip(["the writer", "the reader"]) {
+        serves(replica, key, Some(value), who).await;
+    }
+}
+
+/// Wait (5 s at most) until `writer` has no write left for its catch-up.
+async fn caught_up(writer: &Layered<String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while writer.pending_l2_writes() > 0 {
+        assert!(Instant::now() < deadline, "the catch-up ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `set` whose write reached Redis only after another replica's later `set` of the key, and
+/// a `delete` that reached Redis only after another replica wrote the key again: neither
+/// replaces the newer value, in Redis or on any replica. Before writes were conditional, the
+/// late `SET` replaced the newer value in Redis, the writer's catch-up found its own write there
+/// and announced it again, and the fleet settled on the *older* value; the late `UNLINK` left
+/// Redis empty while the other replica served the value it had written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_deletes_that_reach_redis_late_do_not_replace_a_newer_value() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "later").await;
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("later")
+        .build()
+        .await
+        .expect("redis");
+    let ttl = Duration::from_secs(600);
+
+    // A set that times out here and lands after the reader's newer set.
+    l2.hold(true);
+    writer
+        .set_value("k", "older".to_owned(), ttl)
+        .await
+        .expect("a set whose L2 write failed is kept for the catch-up");
+    reader
+        .set_value("k", "newer".to_owned(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(l2.land().await, vec![false], "the late write is refused");
+    l2.hold(false);
+    // The writer's catch-up finds the newer value and drops its own.
+    caught_up(&writer).await;
+    all_serve(&redis, [&writer, &reader], "k", "newer").await;
+
+    // A delete that times out here and lands after the reader wrote the key again.
+    reader
+        .set_value("d", "first".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&writer, "d", Some("first"), "the writer").await;
+    l2.hold(true);
+    let failed = writer.delete("d").await;
+    assert!(failed.is_err(), "the delete timed out here: {failed:?}");
+    reader
+        .set_value("d", "second".to_owned(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(l2.land().await, vec![false], "the late delete is refused");
+    l2.hold(false);
+    all_serve(&redis, [&writer, &reader], "d", "second").await;
+
+    // On time, both still do what they are asked.
+    writer
+        .set_value("k", "latest".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&reader, "k", Some("latest"), "the reader").await;
+    writer.delete("k").await.expect("delete");
+    assert_eq!(redis.get_value("k").await.expect("read"), None);
+    serves(&reader, "k", None, "the reader").await;
+}
+
+/// Two `set`s of one key by one replica, the first timing out and landing after the second:
+/// the second stands (a replica's own writes are stamped in the order it made them, even
+/// within one microsecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_own_late_write_does_not_replace_its_next_one() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "own").await;
+    let ttl = Duration::from_secs(600);
+    l2.hold(true);
+    writer
+        .set_value("k", "first".to_owned(), ttl)
+        .await
+        .expect("set");
+    l2.hold(false);
+    writer
+        .set_value("k", "second".to_owned(), ttl)
+        .await
+        .expect("set");
+    l2.hold(true);
+    assert_eq!(
+        l2.land().await,
+        vec![false],
+        "the late first write is refused"
+    );
+    l2.hold(false);
+    serves(&writer, "k", Some("second"), "the writer").await;
+    serves(&reader, "k", Some("second"), "the reader").await;
+    caught_up(&writer).await;
+    serves(&reader, "k", Some("second"), "the reader").await;
+}
+
+/// A `set` whose write to Redis timed out here but reached Redis later — after the change was
+/// announced, and after another replica had read the old value back from Redis — is announced
+/// again when the catch-up finds it there, so that replica stops serving the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_reached_redis_after_its_announcement_is_announced_again() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "late").await;
+    let ttl = Duration::from_secs(600);
+    writer
+        .set_value("k", "v1".to_owned(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(
+        reader.get_value("k").await.expect("get").as_deref(),
+        Some("v1")
+    );
+
+    // The write of v2 times out here; its announcement goes out.
+    let heard = || reader.backplane().map_or(0, |b| b.state().received);
+    let before = heard();
+    l2.hold(true);
+    writer
+        .set_value("k", "v2".to_owned(), ttl)
+        .await
+        .expect("set");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while heard() == before {
+        assert!(Instant::now() < deadline, "the reader heard of the change");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The reader evicted v1 and reads it back from Redis, which still holds it.
+    assert_eq!(
+        reader.get_value("k").await.expect("get").as_deref(),
+        Some("v1")
+    );
+
+    // Now the late write reaches Redis; the writer's catch-up finds it there.
+    l2.hold(false);
+    assert_eq!(l2.land().await, vec![true], "one write held, and stored");
+    serves(&reader, "k", Some("v2"), "the reader").await;
+    assert_eq!(
+        writer.get_value("k").await.expect("get").as_deref(),
+        Some("v2")
+    );
+    // The reader may have read v2 from Redis before the catch-up's announcement (its copy of
+    // v1 into L1 skipped, as an invalidation arrived during the read): the catch-up still runs.
+    caught_up(&writer).await;
+}
+
+/// A tag invalidation whose time Redis took only after the caller's timeout (a slow link) is
+/// not left there unannounced: it is stored again until Redis answers, and then announced, so a
+/// replica that already knew the tag's old time stops serving the tagged entries. Before, the
+/// caller got the error and the time reached Redis unannounced: replicas that read tag times
+/// afresh (after a reconnection) applied it, the others never did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_redis_took_late_reaches_every_replica() {
+    use support::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let slow = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("tagged")
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), slow.clone())
+        .name("writer")
+        .backplane(slow.backplane().await.expect("backplane"))
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), "tagged")
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    // The reader caches a tagged reply, and with it the tag's time (never invalidated).
+    let options = layercache::LoadOptions::ttl(Duration::from_secs(600)).with_tags(["user:7"]);
+    let first = reader
+        .get_or_load(
+            "reply",
+            || async { Ok::<_, std::io::Error>("before".to_owned()) },
+            options.clone(),
+        )
+        .await
+        .expect("load");
+    assert_eq!(first, "before");
+    assert_eq!(
+        reader.get_value("reply").await.expect("get").as_deref(),
+        Some("before")
+    );
+
+    // Every reply now comes 800 ms late, past the 250 ms command timeout.
+    proxy.set(Mode::Latency(Duration::from_millis(800)));
+    let failed = writer.invalidate_tag("user:7").await;
+    assert!(
+        failed.is_err(),
+        "the invalidation timed out here: {failed:?}"
+    );
+    proxy.set(Mode::Pass);
+
+    // The reader stops serving the tagged reply once the retry is announced, and loads anew.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.get_value("reply").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the reader still serves the tagged reply 10 s after the invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = reader
+        .get_or_load(
+            "reply",
+            || async { Ok::<_, std::io::Error>("after".to_owned()) },
+            options,
+        )
+        .await
+        .expect("load");
+    assert_eq!(again, "after");
+}
