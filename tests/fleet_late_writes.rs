@@ -399,3 +399,47 @@ async fn a_tag_invalidation_redis_took_late_reaches_every_replica() {
         .expect("load");
     assert_eq!(again, "after");
 }
+
+/// Conditional writes keep what a plain `set` did in the two cases where the creation times
+/// do not differ: a clone of an entry set again (the same creation time) stays in L1 and in
+/// Redis, and an entry already past its stale deadline removes the older value from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_set_again_stays_and_an_expired_entry_removes_the_older_value() {
+    let server = RedisServer::start();
+    let (writer, _l2, reader) = writer_and_reader(&server, "same").await;
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("same")
+        .build()
+        .await
+        .expect("redis");
+    let entry = Entry::new("reply".to_owned(), Duration::from_secs(600));
+    writer.set("k", entry.clone()).await.expect("set");
+    writer.set("k", entry.clone()).await.expect("set again");
+    let l2_reads = writer.stats().l2_hits;
+    assert_eq!(
+        writer.get_value("k").await.expect("get").as_deref(),
+        Some("reply")
+    );
+    assert_eq!(
+        writer.stats().l2_hits,
+        l2_reads,
+        "served from L1: the second set was not taken as superseded"
+    );
+    all_serve(&redis, [&writer, &reader], "k", "reply").await;
+
+    // A newer entry already past its stale deadline: the key is gone everywhere.
+    let now = SystemTime::now();
+    let expired = Entry::with_deadlines(
+        "expired".to_owned(),
+        now - Duration::from_secs(2),
+        now - Duration::from_secs(1),
+    );
+    writer
+        .set("k", expired)
+        .await
+        .expect("set an expired entry");
+    assert_eq!(redis.get_value("k").await.expect("read"), None);
+    serves(&writer, "k", None, "the writer").await;
+    serves(&reader, "k", None, "the reader").await;
+}

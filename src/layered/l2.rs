@@ -189,6 +189,7 @@ where
             .await;
         match written {
             Some(Ok(true)) => Written::Kept,
+            Some(Ok(false)) if !self.superseded(key, created_us).await => Written::Kept,
             Some(Ok(false)) => Written::Superseded,
             Some(Err(e)) if e.is_refusal() => Written::Refused(e),
             failed => {
@@ -200,6 +201,16 @@ where
                 Written::Kept
             }
         }
+    }
+
+    /// After L2 did not store a write of `key` created at `created_us`: whether it holds
+    /// another entry (one created later, by another replica) rather than this very one (the
+    /// same entry written again: `set` of a clone). Not superseded if L2 cannot tell.
+    async fn superseded(&self, key: &str, created_us: u64) -> bool {
+        let Some(l2) = &self.l2 else {
+            return false;
+        };
+        matches!(l2.peek(key).await, Ok(Some(found)) if found.created_us() != created_us)
     }
 
     /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own write).
@@ -233,6 +244,7 @@ where
             .map(|(k, e)| (Arc::from(*k), e.created_us()))
             .collect();
         let names: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+        let created: Vec<u64> = entries.iter().map(|(_, e)| e.created_us()).collect();
         let entries: Vec<(&str, Entry<V>)> = entries
             .into_iter()
             .map(|(key, entry)| (key, self.retained(entry)))
@@ -242,7 +254,11 @@ where
             .await;
         match written {
             Some(Ok(stored)) if stored.len() == names.len() => {
-                Ok(stored.into_iter().map(|s| !s).collect())
+                let mut superseded = Vec::with_capacity(stored.len());
+                for ((name, created_us), stored) in names.iter().zip(created).zip(stored) {
+                    superseded.push(!stored && self.superseded(name, created_us).await);
+                }
+                Ok(superseded)
             }
             // A layer that answered for another number of keys: none is taken as superseded.
             Some(Ok(_)) => Ok(none_superseded),

@@ -62,8 +62,8 @@
 //! replaced without breaking users. A redis-rs backend would need: a pool of multiplexed
 //! connections (or its cluster client) behind the same key-to-connection routing; per-command
 //! timeouts that never replay an abandoned write after a reconnect; the watchdog's hung-connection
-//! probe; `SCAN` per primary; the Lua scripts (conditional write and delete, lease, tag time); and a
-//! pub/sub connection that resubscribes after a reconnect.
+//! probe; `SCAN` per primary; the Lua scripts (conditional write and delete, lease, tag time);
+//! and a pub/sub connection that resubscribes after a reconnect.
 //!
 //! redis-rs 1.8's `ConnectionManager` was measured on the same fault scenarios
 //! (`ecosystem/tests/redis_rs_faults.rs`; figures in RELIABILITY.md): as safe on writes (no timed-out write
@@ -557,7 +557,9 @@ where
     }
 
     /// One script, sent by its hash: read the stored frame's creation time (frames without one
-    /// count as older) and write only if `entry` is newer.
+    /// count as older) and write only if `entry` is newer. An entry already past its stale
+    /// deadline is not written: an older one the key holds is deleted instead (as `set`
+    /// deletes the key for it), and `true` returned unless a newer one is kept.
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
         self.write_if_newer(key, entry).await
     }

@@ -96,7 +96,9 @@ where
     pub(super) async fn write_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
         let ttl_ms = entry.stale_until_ms().saturating_sub(now_ms());
         if ttl_ms == 0 {
-            return Ok(false);
+            // Already past its stale deadline: stored, it would be gone at once, and so is
+            // whatever older entry the key held (as a plain `set` of it deletes the key).
+            return self.delete_older(key, entry.created_us()).await;
         }
         let full = self.full_key(key);
         let bytes = self.encode_counted(&full, &entry)?;
@@ -161,13 +163,16 @@ where
         let started = Instant::now();
         let now = now_ms();
         // Each key through its own writer connection, as `set` and `delete` send it (see
-        // `set_many`). Entries already past their stale deadline are not written (not stored).
+        // `set_many`). Entries already past their stale deadline delete what is older instead
+        // (see `write_if_newer`), after the batch.
         let writers = (self.inner.pool.size() / 2).max(1);
         let mut groups: Vec<Vec<(usize, String, Vec<Value>)>> =
             (0..writers).map(|_| Vec::new()).collect();
+        let mut expired = Vec::new();
         for (i, (key, entry)) in entries.iter().enumerate() {
             let ttl_ms = entry.stale_until_ms().saturating_sub(now);
             if ttl_ms == 0 {
+                expired.push(i);
                 continue;
             }
             let full = self.full_key(key);
@@ -182,6 +187,10 @@ where
                     stored[*i] = answer;
                 }
             }
+        }
+        for i in expired {
+            let (key, entry) = &entries[i];
+            stored[i] = self.delete_older(key, entry.created_us()).await?;
         }
         self.inner.ops.took(Op::SetMany, started);
         Ok(stored)
