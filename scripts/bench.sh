@@ -25,7 +25,7 @@ command -v redis-server >/dev/null 2>&1 || {
 }
 
 "${pin[@]}" cargo bench -p layercache-ecosystem --bench layers -- "${args[@]}" \
-    '^(l1_hit|get_or_load_hit|l2_hit|batch_get_100|batch_set_100|hand_rolled_aside)/'
+    '^(l1_hit|get_or_load_hit|l2_hit|batch_get_100|batch_set_100|l2_set|hand_rolled_aside)/'
 # The single-task memory groups again over 1,000 keys (a working set that fits in the CPU caches:
 # steadier ratios on a noisy VM), into their own directory.
 LAYERCACHE_BENCH_KEYS=1000 CRITERION_HOME="$PWD/target/criterion-1k" \

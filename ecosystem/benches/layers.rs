@@ -22,6 +22,10 @@
 //!   cold L1.
 //! * `batch_set_100` (feature `redis`): 100 writes through that stack, `layered_sequential_set`
 //!   (one `set` each) vs `layered_set_many`.
+//! * `l2_set` (feature `redis`): one ~1 KB write, `raw_fred` (encode + fred `SET … PX`, by
+//!   hand) vs `redis_cache` (`RedisCache::set`, a plain `SET`) vs `redis_cache_if_newer`
+//!   (`RedisCache::set_if_newer`: one script by `EVALSHA`) vs `layered` (`Layered::set`: its L2
+//!   write conditional like that, and the L1 store).
 //!
 //! The Redis groups start their own `redis-server` on a free port (like the tests). This VM's idle
 //! CPUs wake slowly, so pin bench and server to one CPU for stable ratios:
@@ -522,23 +526,69 @@ fn batch_get_100(c: &mut Criterion) {
     });
     group.finish();
 
-    // Writes of the same 100 replies through the stack: one `set` each vs one `set_many`.
-    let replies: Vec<Entry<chat::ChatReply>> = (0..refs.len())
-        .map(|i| Entry::new(chat::reply(i as u64, 512), Duration::from_secs(3600)))
+    // Writes of the same 100 replies through the stack: one `set` each vs one `set_many`. Each
+    // write is a new entry (as `set_value` makes one), so each replaces the one before it.
+    let replies: Vec<chat::ChatReply> = (0..refs.len())
+        .map(|i| chat::reply(i as u64, 512))
         .collect();
+    let fresh = |value: &chat::ChatReply| Entry::new(value.clone(), Duration::from_secs(3600));
     let mut group = c.benchmark_group("batch_set_100");
     group.bench_function("layered_sequential_set", |b| {
         b.to_async(&rt).iter(|| async {
-            for (key, entry) in refs.iter().zip(&replies) {
-                stack.set(key, entry.clone()).await.expect("set");
+            for (key, value) in refs.iter().zip(&replies) {
+                stack.set(key, fresh(value)).await.expect("set");
             }
         })
     });
     group.bench_function("layered_set_many", |b| {
         b.to_async(&rt).iter(|| async {
-            let batch = refs.iter().copied().zip(replies.iter().cloned()).collect();
+            let batch = refs
+                .iter()
+                .copied()
+                .zip(replies.iter().map(fresh))
+                .collect();
             stack.set_many(batch).await.expect("set_many")
         })
+    });
+    group.finish();
+
+    // One write of a ~1 KB reply: what a user writes by hand (encode, fred `SET … PX`) vs a
+    // plain `RedisCache::set` vs `Layered::set`, whose L2 write is conditional on creation time
+    // (one script by `EVALSHA`) and which also stores the entry in L1.
+    let raw = rt.block_on(redis_support::raw_client(&server.url()));
+    let codec = layercache::Codec::builder().build().expect("codec");
+    let value = chat::reply(9, 1024);
+    let mut group = c.benchmark_group("l2_set");
+    group.bench_function("raw_fred", |b| {
+        b.to_async(&rt).iter(|| async {
+            use fred::prelude::{Expiration, KeysInterface};
+            let bytes = layercache::ValueCodec::encode(&codec, &fresh(&value)).expect("encode");
+            let _: () = raw
+                .set(
+                    "bench:one",
+                    fred::bytes::Bytes::from(bytes),
+                    Some(Expiration::PX(3_600_000)),
+                    None,
+                    false,
+                )
+                .await
+                .expect("set");
+        })
+    });
+    group.bench_function("redis_cache", |b| {
+        b.to_async(&rt)
+            .iter(|| async { ours.set("one", fresh(&value)).await.expect("set") })
+    });
+    group.bench_function("redis_cache_if_newer", |b| {
+        b.to_async(&rt).iter(|| async {
+            ours.set_if_newer("one", fresh(&value))
+                .await
+                .expect("set_if_newer")
+        })
+    });
+    group.bench_function("layered", |b| {
+        b.to_async(&rt)
+            .iter(|| async { stack.set("one", fresh(&value)).await.expect("set") })
     });
     group.finish();
     drop(server);

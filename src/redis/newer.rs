@@ -29,24 +29,28 @@ struct Script {
 }
 
 /// The start of both scripts: return 0 (do nothing) if the key holds a frame created at
-/// `$arg` (µs) or later. The creation time is read from the frame's metadata block, after the
-/// 41-byte header and the optional 4-byte schema id (see `codec::frame`); a frame without one
-/// (an earlier version's) or a value that is no frame counts as older.
+/// `$arg` (µs) or later. Only the frame's first 53 bytes are read (`GETRANGE`, not the whole
+/// value, which may be 100 KB): the creation time sits in the metadata block after the 41-byte
+/// header and the optional 4-byte schema id (see `codec::frame`). A frame without one (an
+/// earlier version's), or a value that is no frame, counts as older. Lua numbers are doubles:
+/// exact for µs times until the year 2255.
 macro_rules! unless_created_since {
     ($arg:literal) => {
         concat!(
             "
-local cur = redis.call('GET', KEYS[1])
-if cur and #cur >= 50 and string.sub(cur, 1, 3) == 'LC\\1' then
+local cur = redis.call('GETRANGE', KEYS[1], 0, 52)
+if #cur >= 49 and string.sub(cur, 1, 3) == 'LC\\1' then
   local flags = string.byte(cur, 4)
   if flags % 16 >= 8 then
     local at = 42
     if flags % 8 >= 4 then at = at + 4 end
-    local created = 0
-    for i = 7, 0, -1 do created = created * 256 + string.byte(cur, at + i) end
-    if created >= tonumber(",
+    if #cur >= at + 7 then
+      local created = 0
+      for i = 7, 0, -1 do created = created * 256 + string.byte(cur, at + i) end
+      if created >= tonumber(",
             $arg,
             ") then return 0 end
+    end
   end
 end
 "
@@ -61,7 +65,7 @@ const SET_IF_NEWER: Script = Script {
         unless_created_since!("ARGV[2]"),
         "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\nreturn 1\n"
     ),
-    sha1: "a585532c24d78acf5e4fd05ffcf6a51d016375e1",
+    sha1: "a70bda2735997c37d8215916767910dd5abd22e3",
 };
 
 /// `delete_if_older` in one step: delete the key unless it holds an entry created at ARGV[1]
@@ -71,7 +75,7 @@ const DELETE_IF_OLDER: Script = Script {
         unless_created_since!("ARGV[1]"),
         "redis.call('UNLINK', KEYS[1])\nreturn 1\n"
     ),
-    sha1: "6b0ab6fafa15d1cfce36621b3fc2bbe550b674ed",
+    sha1: "8631e35d221072638171a43d94b2bbf7406c670f",
 };
 
 /// Whether `error` is Redis saying it does not know a script's hash.
