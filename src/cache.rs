@@ -20,7 +20,11 @@ use crate::error::Result;
 /// whether a stale value is acceptable — see [`Entry::is_fresh`]).
 ///
 /// `get_many` and `set_many` have default implementations that loop over `get` and `set`; layers
-/// with a native batch operation (Redis `MGET`, pipelines) override them.
+/// with a native batch operation (Redis `MGET`, pipelines) override them. The conditional
+/// forms a [`Layered`](crate::Layered) cache writes its L2 with — `set_if_newer`,
+/// `set_many_if_newer`, `delete_if_older` — default to a read, then a write; a layer shared by
+/// several processes should override them with one atomic step, as
+/// [`RedisCache`](crate::RedisCache) does.
 ///
 /// ```
 /// use std::sync::Arc;
