@@ -443,3 +443,46 @@ async fn a_clone_set_again_stays_and_an_expired_entry_removes_the_older_value() 
     serves(&writer, "k", None, "the writer").await;
     serves(&reader, "k", None, "the reader").await;
 }
+
+/// An `expire` whose write reached Redis only after another replica wrote the key again does
+/// not turn that newer value into the older one, expired; on time, it expires the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_expire_leaves_a_newer_value_alone() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "expire").await;
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("expire")
+        .build()
+        .await
+        .expect("redis");
+    let ttl = Duration::from_secs(600);
+    reader
+        .set_value("k", "first".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&writer, "k", Some("first"), "the writer").await;
+    l2.hold(true);
+    let failed = writer.expire("k").await;
+    assert!(failed.is_err(), "the expire timed out here: {failed:?}");
+    reader
+        .set_value("k", "second".to_owned(), ttl)
+        .await
+        .expect("set");
+    assert_eq!(l2.land().await, vec![false], "the late expire is refused");
+    l2.hold(false);
+    all_serve(&redis, [&writer, &reader], "k", "second").await;
+
+    // On time: the entry is expired in Redis (still there as a fail-safe fallback) and on
+    // every replica.
+    writer.expire("k").await.expect("expire");
+    let expired = redis
+        .peek("k")
+        .await
+        .expect("read")
+        .expect("kept as a fallback");
+    assert_eq!(expired.value(), "second");
+    assert!(!expired.is_fresh());
+    serves(&writer, "k", None, "the writer").await;
+    serves(&reader, "k", None, "the reader").await;
+}

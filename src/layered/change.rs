@@ -67,9 +67,16 @@ where
             if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
                 match read {
                     Ok(Some(entry)) => {
-                        let entry = entry.cap_fresh_ms(now);
+                        // The expired copy replaces the entry read, and nothing newer: written
+                        // only if L2 holds nothing created after that entry (stamped one µs
+                        // later, so that the entry itself counts as older). Another replica's
+                        // write since the read stays, even if this write reaches Redis late.
+                        let created = entry.created_us();
+                        let entry = entry
+                            .cap_fresh_ms(now)
+                            .with_created_us(created.saturating_add(1));
                         if let Some(Err(e)) = inner
-                            .via_l2(|l2| async move { l2.set(key, entry).await })
+                            .via_l2(|l2| async move { l2.set_if_newer(key, entry).await })
                             .await
                         {
                             result = Err(e);

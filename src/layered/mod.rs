@@ -485,7 +485,9 @@ where
 
     /// Mark `key` expired: it stops being fresh in L1 and L2 but stays usable as a fail-safe
     /// fallback until its stale deadline; with a backplane, every replica marks its L1 copy the
-    /// same way. The next `get_or_load` loads it again.
+    /// same way. The next `get_or_load` loads it again. It expires the entry it finds in L2: a
+    /// value another replica writes meanwhile stays fresh, even if this call's write reaches
+    /// Redis late (the expired copy is written only if L2 holds nothing newer).
     ///
     /// # Errors
     ///
