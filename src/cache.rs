@@ -165,7 +165,8 @@ where
     /// use std::time::Duration;
     /// use layercache::{Cache, Entry, MemoryCache};
     ///
-    /// # async fn demo() -> layercache::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
     /// let cache = MemoryCache::<String>::builder().build()?;
     /// let older = Entry::new("first".to_string(), Duration::from_secs(60));
     /// let newer = Entry::new("second".to_string(), Duration::from_secs(60));
@@ -175,7 +176,6 @@ where
     /// assert_eq!(cache.peek("k").await?.map(|e| e.into_value()).as_deref(), Some("second"));
     /// # Ok(())
     /// # }
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
     /// ```
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
         if let Some(current) = self.peek(key).await? {
@@ -197,7 +197,8 @@ where
     /// use std::time::{Duration, SystemTime};
     /// use layercache::{Cache, Entry, MemoryCache};
     ///
-    /// # async fn demo() -> layercache::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> layercache::Result<()> {
     /// let cache = MemoryCache::<String>::builder().build()?;
     /// let asked = SystemTime::now();
     /// let written_since = Entry::new("newer".to_string(), Duration::from_secs(60))
@@ -209,7 +210,6 @@ where
     /// assert!(cache.peek("k").await?.is_none());
     /// # Ok(())
     /// # }
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
     /// ```
     async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
         if let Some(current) = self.peek(key).await? {
