@@ -486,3 +486,140 @@ async fn a_late_expire_leaves_a_newer_value_alone() {
     serves(&writer, "k", None, "the writer").await;
     serves(&reader, "k", None, "the reader").await;
 }
+
+/// A replica whose writes wait for the catch-up (L2 failed them) and whose backplane missed a
+/// `clear` (the connection dropped as the message came) resyncs when it hears the fleet again.
+/// The resync keeps its own pending writes in L1; those created before the clear it missed are
+/// expired there (the clear time is read from Redis), those created after stay and reach the
+/// fleet. Before, the older one was served as fresh from L1 for its whole lifetime, and the
+/// catch-up copied it to Redis while every other replica had it cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_writes_kept_by_a_resync_do_not_outlive_a_clear_it_missed() {
+    use support::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let direct = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("missed")
+        .build()
+        .await
+        .expect("redis");
+    let l2 = LateWrites::over(direct);
+    // The backplane alone goes through the proxy: the test drops its connection.
+    let listening = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("missed")
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+        .name("writer")
+        .backplane(listening.backplane().await.expect("backplane"))
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), "missed")
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    let ttl = Duration::from_secs(600);
+
+    l2.hold(true);
+    writer
+        .set_value("before", "old".to_owned(), ttl)
+        .await
+        .expect("kept in L1 for the catch-up");
+    assert_eq!(writer.pending_l2_writes(), 1, "the write timed out at L2");
+    serves(&writer, "before", Some("old"), "the writer").await;
+
+    // The clear's message comes as the writer's backplane connection drops.
+    let resyncs = support::fleet::backplane_state(&writer).resyncs;
+    proxy.set(Mode::Reset);
+    reader.clear().await.expect("clear");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::fleet::backplane_state(&writer).subscribed {
+        assert!(Instant::now() < deadline, "the writer's backplane dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer
+        .set_value("after", "new".to_owned(), ttl)
+        .await
+        .expect("kept in L1 for the catch-up");
+
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::fleet::backplane_state(&writer).resyncs == resyncs {
+        assert!(
+            Instant::now() < deadline,
+            "the writer resynced when it heard the fleet again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(writer.pending_l2_writes(), 2, "both writes wait for L2");
+    serves(&writer, "before", None, "the writer").await;
+    serves(&writer, "after", Some("new"), "the writer").await;
+
+    l2.hold(false);
+    caught_up(&writer).await;
+    serves(&reader, "before", None, "the reader").await;
+    serves(&reader, "after", Some("new"), "the reader").await;
+    serves(&writer, "before", None, "the writer").await;
+}
+
+/// A `clear` that Redis could not take when it was made is retried; once it lands, the
+/// replica that made it stops serving what its L1 took in meanwhile (created before the clear),
+/// like every other replica. Before, the retry recorded the clear time here but left L1 as it
+/// was, and a memory L1 does not look at the clear time on a hit: that replica served the old
+/// entry for its whole lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_that_failed_here_also_empties_this_l1_when_its_retry_lands() {
+    use support::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let direct = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("cleared")
+        .build()
+        .await
+        .expect("redis");
+    // The backplane, which stores the clear time, goes through the proxy; L2 reads do not.
+    let through_proxy = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("cleared")
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), direct.clone())
+        .name("writer")
+        .backplane(through_proxy.backplane().await.expect("backplane"))
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), "cleared")
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    let ttl = Duration::from_secs(600);
+    reader
+        .set_value("k", "old".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&writer, "k", Some("old"), "the writer").await;
+
+    proxy.set(Mode::Blackhole);
+    let failed = writer.clear().await;
+    assert!(failed.is_err(), "the clear timed out here: {failed:?}");
+    // Redis does not know of the clear yet: read from L2 again, and kept in this L1.
+    assert_eq!(
+        writer.get_value("k").await.expect("get").as_deref(),
+        Some("old")
+    );
+
+    proxy.set(Mode::Pass);
+    serves(&writer, "k", None, "the writer").await;
+    serves(&reader, "k", None, "the reader").await;
+}

@@ -109,6 +109,64 @@ where
     }
 }
 
+impl<V> Inner<V>
+where
+    V: Clone + Send + Sync + 'static,
+{
+    /// After a resync that kept the L1 entries of `keys` (writes still to be copied to L2),
+    /// expire each one that a `clear` or tag invalidation made after its creation: the
+    /// replica may have missed that invalidation's message, and an untagged L1 hit does not
+    /// look at the clear time. The times are read from Redis (they were just forgotten); keys
+    /// whose times cannot be read now are tried again every
+    /// [`CATCH_UP_EVERY`](super::l2::CATCH_UP_EVERY) until they can be, or their entry is gone.
+    /// One task per resync, holding the cache weakly.
+    pub(super) fn recheck_kept(self: &Arc<Self>, keys: Vec<Arc<str>>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut keys = keys;
+            loop {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                keys = inner.recheck_pass(keys).await;
+                if keys.is_empty() {
+                    return;
+                }
+                drop(inner);
+                tokio::time::sleep(super::l2::CATCH_UP_EVERY).await;
+            }
+        });
+    }
+
+    /// One pass of [`recheck_kept`](Self::recheck_kept): the keys left to judge.
+    async fn recheck_pass(&self, keys: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        use crate::tags::Check;
+        let Some(memory) = &self.l1_memory else {
+            return Vec::new();
+        };
+        let mut left = Vec::new();
+        for key in keys {
+            let now = now_ms();
+            let Some(entry) = memory.peek_at(&key, now).filter(|e| e.is_fresh_at(now)) else {
+                continue;
+            };
+            let created = entry.created_us();
+            match self.check_with_clear(&entry).await {
+                Check::Valid => {}
+                Check::Invalidated(_) => {
+                    // Only the entry judged: a newer write of the key since is left alone.
+                    memory.expire_unless(&key, now_ms(), |e| e.created_us() != created);
+                }
+                Check::Unknown => left.push(key),
+            }
+        }
+        left
+    }
+}
+
 /// The time an eviction or expiry event carries.
 fn event_us(
     event: &Result<crate::fleet::backplane::Event, tokio::sync::broadcast::error::RecvError>,
@@ -184,10 +242,14 @@ where
                 // the check and the drop loses its L1 copy; it is then not copied to L2).
                 if inner.pending_is_empty() {
                     memory.invalidate_all();
+                    inner.tag_times.forget();
                 } else {
                     memory.retain(|key, _| inner.is_pending(key));
+                    inner.tag_times.forget();
+                    // A `clear` or tag invalidation this replica missed may postdate them: each
+                    // is checked against the times read afresh from Redis.
+                    inner.recheck_kept(inner.pending_keys());
                 }
-                inner.tag_times.forget();
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
             Ok(Event::Prefix(prefix)) => {

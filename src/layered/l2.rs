@@ -496,6 +496,17 @@ where
             .clear();
     }
 
+    /// The keys waiting for the catch-up.
+    #[cfg(feature = "redis")]
+    pub(crate) fn pending_keys(&self) -> Vec<Arc<str>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether `key` waits for the catch-up.
     pub(crate) fn is_pending(&self, key: &str) -> bool {
         self.pending

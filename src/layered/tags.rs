@@ -65,6 +65,21 @@ where
         }
     }
 
+    /// How the tag times and the clear time judge `entry`, those this replica does not know
+    /// read from Redis first; [`Check::Unknown`] when they could not be.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn check_with_clear(&self, entry: &Entry<V>) -> Check {
+        let check = self
+            .tag_times
+            .check(entry.tag_set(), entry.created_us(), true);
+        if check != Check::Unknown {
+            return check;
+        }
+        self.learn_tags(entry, true).await;
+        self.tag_times
+            .check(entry.tag_set(), entry.created_us(), true)
+    }
+
     /// Read the unknown tag times of `entry` from Redis (through the backplane).
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     async fn learn_tags(&self, entry: &Entry<V>, with_clear: bool) {
@@ -168,6 +183,13 @@ where
                 for (tag, us) in waiting {
                     if inner.store_tag_time(&tag, us).await.is_err() {
                         break;
+                    }
+                    if tag == CLEAR {
+                        // A memory L1 is not checked against the clear time on a hit: what it
+                        // took in since the failed `clear` emptied it, created before, goes now.
+                        if let Some(memory) = &inner.l1_memory {
+                            memory.retain(|_, entry| entry.created_us() > us);
+                        }
                     }
                     let mut pending = inner
                         .pending_tags
@@ -300,15 +322,21 @@ where
     ///
     /// # Errors
     ///
-    /// As [`invalidate_tag`](Self::invalidate_tag).
+    /// As [`invalidate_tag`](Self::invalidate_tag). When the error is Redis's, this replica's
+    /// L1 is emptied all the same, and the clear time is stored and announced by the retry
+    /// (whatever this L1 took in meanwhile, created before the clear, goes then).
     pub async fn clear(&self) -> Result<()> {
         let this = self.clone();
         self.to_completion(async move {
-            this.inner.invalidate_tag_at(CLEAR, now_us()).await?;
+            let cleared = this.inner.invalidate_tag_at(CLEAR, now_us()).await;
+            // Here at once, even when Redis could not take the clear time now (it is retried:
+            // see `invalidate_tag`); a memory L1 is not checked against that time on a hit.
             if let Some(memory) = &this.inner.l1_memory {
-                memory.invalidate_all();
+                if !matches!(cleared, Err(Error::Config { .. })) {
+                    memory.invalidate_all();
+                }
             }
-            Ok(())
+            cleared
         })
         .await
     }
