@@ -623,3 +623,78 @@ async fn a_clear_that_failed_here_also_empties_this_l1_when_its_retry_lands() {
     serves(&writer, "k", None, "the writer").await;
     serves(&reader, "k", None, "the reader").await;
 }
+
+/// A value read from Redis never replaces this replica's newer write in L1, such as one still
+/// waiting for the catch-up: here read while the replica could not hear the fleet (its L1 not
+/// trusted on its own, so Redis decides what is served). The write reaches Redis and every
+/// replica once Redis takes it. Before, the older value read from Redis replaced it in L1; the
+/// catch-up then found only that older value, and the write was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_read_from_redis_does_not_replace_a_newer_write_waiting_in_l1() {
+    use support::proxy::{FaultProxy, Mode};
+    let server = RedisServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("kept")
+        .build()
+        .await
+        .expect("redis");
+    let l2 = LateWrites::over(redis.clone());
+    // The backplane alone goes through the proxy: the test drops its connection.
+    let listening = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace("kept")
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
+        .name("writer")
+        // The catch-up's failed attempts while the write is held must not open the circuit:
+        // the read below is to reach Redis.
+        .breaker(layercache::BreakerConfig::default().disabled())
+        .backplane(listening.backplane().await.expect("backplane"))
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), "kept")
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    let ttl = Duration::from_secs(600);
+    reader
+        .set_value("k", "old".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&writer, "k", Some("old"), "the writer").await;
+
+    l2.hold(true);
+    writer
+        .set_value("k", "new".to_owned(), ttl)
+        .await
+        .expect("kept in L1 for the catch-up");
+    assert_eq!(writer.pending_l2_writes(), 1, "the write timed out at L2");
+
+    // The writer stops hearing the fleet (its connection drops at the next message).
+    proxy.set(Mode::Reset);
+    reader
+        .set_value("other", "x".to_owned(), ttl)
+        .await
+        .expect("set");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::fleet::backplane_state(&writer).subscribed {
+        assert!(Instant::now() < deadline, "the writer's backplane dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Redis decides while the writer cannot hear the fleet: it still holds the old value.
+    let seen = writer.get_value("k").await.expect("get");
+    assert_eq!(seen.as_deref(), Some("old"));
+
+    l2.hold(false);
+    proxy.set(Mode::Pass);
+    wait_subscribed(&[&writer]).await;
+    caught_up(&writer).await;
+    all_serve(&redis, [&writer, &reader], "k", "new").await;
+}

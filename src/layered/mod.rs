@@ -300,10 +300,18 @@ where
     }
 
     /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
-    /// take it out again if an invalidation came in meanwhile.
+    /// take it out again if an invalidation came in meanwhile. An entry of L1 created after it
+    /// stays: this replica's own write that L2 did not have yet (waiting for the catch-up, or
+    /// made while the read was on its way), which the older value must not replace.
     pub(crate) async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
-        self.l1_done(self.l1.set(key, self.for_l1(entry)).await);
-        if self.epoch() != epoch {
+        let entry = self.for_l1(entry);
+        let stored = match &self.l1_memory {
+            Some(memory) => memory.insert_unless_newer(key, entry),
+            None => self
+                .l1_done(self.l1.set_if_newer(key, entry).await)
+                .unwrap_or(false),
+        };
+        if stored && self.epoch() != epoch {
             self.l1_done(self.l1.delete(key).await);
         }
     }

@@ -340,6 +340,19 @@ where
         self.inner.store.remove_unless(key, keep);
     }
 
+    /// Store `entry` unless `key` holds a usable entry created after it, in one step; whether
+    /// it was stored. An unusable `entry` is not stored (and what the key holds stays).
+    pub(crate) fn insert_unless_newer(&self, key: &str, entry: Entry<V>) -> bool {
+        if !entry.is_usable_at(now_ms()) {
+            return false;
+        }
+        let stored = self.inner.store.insert_unless_newer(key, entry);
+        if stored {
+            self.supersede(key);
+        }
+        stored
+    }
+
     /// End `key`'s entry's freshness at `now` (ms) unless `keep` accepts it, in one step.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn expire_unless(&self, key: &str, now: u64, keep: impl FnOnce(&Entry<V>) -> bool) {

@@ -107,6 +107,21 @@ impl<V> Bound<V> {
     pub(crate) fn weight_of(&self, key: &str, value: &V) -> u64 {
         weight(self.weigher.as_ref(), key, value).min(u64::from(u32::MAX))
     }
+
+    /// `weight` was just inserted into `moka`: apply its log if the cache may be more than an
+    /// eighth over its capacity.
+    fn added(&self, moka: &moka::sync::Cache<Arc<str>, Entry<V>>, weight: u64)
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        let pending = self.pending.fetch_add(weight, Ordering::Relaxed) + weight;
+        if moka.weighted_size().saturating_add(pending)
+            > self.capacity.saturating_add(self.capacity / 8)
+        {
+            self.pending.store(0, Ordering::Relaxed);
+            moka.run_pending_tasks();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -204,13 +219,59 @@ where
             return;
         }
         moka.insert(key, entry);
-        let pending = bound.pending.fetch_add(weight, Ordering::Relaxed) + weight;
-        if moka.weighted_size().saturating_add(pending)
-            > bound.capacity.saturating_add(bound.capacity / 8)
-        {
-            bound.pending.store(0, Ordering::Relaxed);
-            moka.run_pending_tasks();
+        bound.added(moka, weight);
+    }
+
+    /// Store `entry` under `key` unless the key holds a usable entry created after it, judged
+    /// and stored in one step (a value read from a shared layer must not replace this
+    /// process's newer write that the layer did not have yet). Whether it was stored.
+    pub(crate) fn insert_unless_newer(&self, key: &str, entry: Entry<V>) -> bool {
+        let stored = match &self.engine {
+            Backend::Moka(moka) => self.insert_moka_unless_newer(moka, key, entry),
+            #[cfg(feature = "quick-cache")]
+            Backend::Quick(quick) => quick.insert_unless_newer(key, entry),
+        };
+        if stored {
+            self.maybe_sweep();
         }
+        stored
+    }
+
+    fn insert_moka_unless_newer(
+        &self,
+        moka: &moka::sync::Cache<Arc<str>, Entry<V>>,
+        key: &str,
+        entry: Entry<V>,
+    ) -> bool {
+        let weight = match &self.bound {
+            Some(bound) => {
+                let weight = bound.weight_of(key, entry.value());
+                if weight > bound.capacity {
+                    return false;
+                }
+                weight
+            }
+            None => 0,
+        };
+        let (created, now) = (entry.created_us(), crate::entry::now_ms());
+        let mut stored = false;
+        let _ = moka
+            .entry(Arc::from(key))
+            .and_compute_with(|found| match found {
+                Some(found)
+                    if found.value().created_us() > created && found.value().is_usable_at(now) =>
+                {
+                    moka::ops::compute::Op::Nop
+                }
+                _ => {
+                    stored = true;
+                    moka::ops::compute::Op::Put(entry)
+                }
+            });
+        if let (true, Some(bound)) = (stored, &self.bound) {
+            bound.added(moka, weight);
+        }
+        stored
     }
 
     /// Remove every entry whose key starts with `prefix`; how many.
@@ -514,6 +575,14 @@ where
     V: Clone + Send + Sync + 'static,
 {
     fn insert(&self, key: Arc<str>, entry: Entry<V>) {
+        if let Some(stored) = self.stored(&key, entry) {
+            self.cache.insert(key, stored);
+        }
+    }
+
+    /// `entry` as this engine keeps it, or `None` (and what the key held removed) when it is too
+    /// heavy to keep.
+    fn stored(&self, key: &str, entry: Entry<V>) -> Option<Stored<V>> {
         let now = crate::entry::now_ms();
         let entry = match self.time_to_live {
             Some(ttl) => entry.cap_life_ms(now.saturating_add(ttl.as_millis() as u64)),
@@ -523,22 +592,46 @@ where
             .time_to_idle_ms
             .map_or(u64::MAX, |tti| now.saturating_add(tti));
         if let Some(weigher) = &self.weigher {
-            let weight = weight(Some(weigher), &key, entry.value());
+            let weight = weight(Some(weigher), key, entry.value());
             if weight > self.value_limit() {
                 // quick_cache would drop it without a word (and evict nothing for it): say so
                 // once, and remove what the key held before, as a set that cannot be kept does.
-                self.report_too_large(&key, weight);
-                self.cache.remove(&*key);
-                return;
+                self.report_too_large(key, weight);
+                self.cache.remove(key);
+                return None;
             }
         }
-        self.cache.insert(
-            key,
-            Stored {
-                entry,
-                idle_until_ms,
+        Some(Stored {
+            entry,
+            idle_until_ms,
+        })
+    }
+
+    /// See [`Store::insert_unless_newer`]. A key another thread holds a placeholder for (this
+    /// same call, racing) is left to it.
+    fn insert_unless_newer(&self, key: &str, entry: Entry<V>) -> bool {
+        use quick_cache::sync::{EntryAction, EntryResult};
+        let (created, now) = (entry.created_us(), crate::entry::now_ms());
+        let Some(stored) = self.stored(key, entry) else {
+            return false;
+        };
+        let found = self.cache.entry(
+            &Arc::<str>::from(key),
+            Some(Duration::ZERO),
+            |_, held: &mut Stored<V>| {
+                if held.entry.created_us() > created && held.entry.is_usable_at(now) {
+                    EntryAction::Retain(())
+                } else {
+                    EntryAction::ReplaceWithGuard
+                }
             },
         );
+        match found {
+            EntryResult::Replaced(guard, _) | EntryResult::Vacant(guard) => {
+                guard.insert(stored).is_ok()
+            }
+            EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => false,
+        }
     }
 
     /// The heaviest entry quick_cache keeps: its hot section's share of one shard (97 %).
@@ -717,6 +810,42 @@ mod tests {
             store.retain(|key, _| key == "new");
             assert!(store.get("old", later).is_none(), "{engine:?}");
             assert!(store.get("new", later).is_some(), "{engine:?}");
+        }
+    }
+
+    #[test]
+    fn a_conditional_insert_keeps_a_newer_usable_entry() {
+        for engine in engines() {
+            for bytes in [false, true] {
+                let builder = MemoryCache::<String>::builder().engine(engine);
+                let builder = if bytes {
+                    builder
+                        .max_bytes(1 << 20)
+                        .weigher(|value: &String| value.len())
+                } else {
+                    builder
+                };
+                let memory = builder.build().expect("memory");
+                let store = &memory.inner.store;
+                let now = now_ms();
+                let value = |key: &str| store.get(key, now).map(|e| e.into_value());
+                let case = format!("{engine:?}, bytes {bytes}");
+
+                assert!(store.insert_unless_newer("k", entry("first", 10)), "{case}");
+                assert!(!store.insert_unless_newer("k", entry("older", 5)), "{case}");
+                assert_eq!(value("k").as_deref(), Some("first"), "{case}");
+                assert!(store.insert_unless_newer("k", entry("same", 10)), "{case}");
+                assert!(store.insert_unless_newer("k", entry("newer", 20)), "{case}");
+                assert_eq!(value("k").as_deref(), Some("newer"), "{case}");
+
+                // A newer entry past its stale deadline does not count.
+                let mut gone = entry("gone", 50);
+                gone.fresh_until_ms = now.saturating_sub(2);
+                gone.stale_until_ms = now.saturating_sub(1);
+                store.insert("g".into(), gone);
+                assert!(store.insert_unless_newer("g", entry("kept", 40)), "{case}");
+                assert_eq!(value("g").as_deref(), Some("kept"), "{case}");
+            }
         }
     }
 }
