@@ -58,6 +58,7 @@ where
     pub(super) async fn expire_now(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         inner.flights.supersede(key);
+        inner.changing_here();
         let now = now_ms();
         if let Some(entry) = inner.read_l1(key, now).await {
             inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
@@ -102,7 +103,10 @@ where
             }
             // L2 holds a newer write of the key (another replica's, created later than this
             // one): that one stands, so this replica drops what its L1 holds and reads it.
-            Written::Superseded => inner.l1.delete(key).await,
+            Written::Superseded => {
+                inner.changing_here();
+                inner.l1.delete(key).await
+            }
             _ => inner.l1.set(key, inner.for_l1(entry)).await,
         };
         let announced = inner.announce_change(key, Change::Set).await;
@@ -137,6 +141,7 @@ where
             }
             // A newer write of the key stands in L2 (see `set_now`).
             let stored = if superseded {
+                inner.changing_here();
                 inner.l1.delete(key).await
             } else {
                 inner.l1.set(key, inner.for_l1(entry)).await
@@ -157,6 +162,7 @@ where
     pub(super) async fn delete_now(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         inner.flights.supersede(key);
+        inner.changing_here();
         // Only what was written before this delete: the delete may reach Redis late (a slow
         // link), after another replica's newer write of the key, which must stay.
         let asked = std::time::SystemTime::UNIX_EPOCH

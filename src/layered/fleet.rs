@@ -158,6 +158,7 @@ where
                 Check::Valid => {}
                 Check::Invalidated(_) => {
                     // Only the entry judged: a newer write of the key since is left alone.
+                    self.changing_here();
                     memory.expire_unless(&key, now_ms(), |e| e.created_us() != created);
                 }
                 Check::Unknown => left.push(key),

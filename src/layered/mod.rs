@@ -242,9 +242,10 @@ pub(crate) struct Inner<V> {
     pub(crate) lease_ttl: Duration,
     /// Invalidation times of tags (and of `clear`).
     pub(crate) tag_times: crate::tags::TagTimes,
-    /// Bumped before each invalidation from the backplane is applied to L1. A copy from L2 into
-    /// L1 that raced with one is undone, so a value read just before an invalidation cannot
-    /// outlive it in L1.
+    /// Bumped before each invalidation from the backplane is applied to L1, and before this
+    /// replica's own `delete`, `expire` or superseded `set` takes a key out of L1. A copy from
+    /// L2 into L1 that raced with one is undone, so a value read just before an invalidation
+    /// cannot outlive it in L1.
     evictions: std::sync::atomic::AtomicU64,
 }
 
@@ -297,6 +298,13 @@ where
     #[inline]
     pub(crate) fn epoch(&self) -> u64 {
         self.evictions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// This replica is about to take a key out of L1 (or expire it there): see `evictions`.
+    #[inline]
+    pub(crate) fn changing_here(&self) {
+        self.evictions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
