@@ -142,6 +142,64 @@ async fn writer_and_reader(
     (writer, l2, reader)
 }
 
+/// A `RedisCache` on `server` under `namespace`.
+async fn redis_at(server: &RedisServer, namespace: &str) -> RedisCache<String> {
+    RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("redis")
+}
+
+/// Wait (10 s at most) until `cache`'s backplane no longer hears the fleet.
+async fn no_longer_hears_the_fleet(cache: &Layered<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::fleet::backplane_state(cache).subscribed {
+        assert!(
+            Instant::now() < deadline,
+            "the backplane stopped hearing the fleet"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A writer over `l2` (Redis reached directly) whose backplane alone goes through a fault proxy
+/// (so the test can make it stop hearing the fleet), and a plain reader, both on the backplane
+/// of `namespace` and subscribed. With `keep_circuit_closed`, the writer's failed L2 calls never
+/// open its circuit.
+async fn writer_with_proxied_backplane(
+    server: &RedisServer,
+    namespace: &str,
+    l2: Arc<dyn Cache<String>>,
+    keep_circuit_closed: bool,
+) -> (Layered<String>, support::proxy::FaultProxy, Layered<String>) {
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = support::proxy::FaultProxy::start(upstream).await;
+    let listening = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let mut writer =
+        Layered::builder(MemoryCache::builder().build().expect("l1"), l2).name("writer");
+    if keep_circuit_closed {
+        writer = writer.breaker(layercache::BreakerConfig::default().disabled());
+    }
+    let writer = writer
+        .backplane(listening.backplane().await.expect("backplane"))
+        .build()
+        .expect("writer");
+    let reader = support::fleet::replica_cache(&server.url(), namespace)
+        .await
+        .expect("reader");
+    wait_subscribed(&[&writer, &reader]).await;
+    (writer, proxy, reader)
+}
+
 /// Wait (5 s at most) until `cache` serves `want` for `key`.
 async fn serves(cache: &Layered<String>, key: &str, want: Option<&str>, who: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -495,35 +553,12 @@ async fn a_late_expire_leaves_a_newer_value_alone() {
 /// catch-up copied it to Redis while every other replica had it cleared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_writes_kept_by_a_resync_do_not_outlive_a_clear_it_missed() {
-    use support::proxy::{FaultProxy, Mode};
+    use support::proxy::Mode;
     let server = RedisServer::start();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
-        .parse()
-        .expect("address");
-    let proxy = FaultProxy::start(upstream).await;
-    let direct = RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("missed")
-        .build()
-        .await
-        .expect("redis");
+    let direct = redis_at(&server, "missed").await;
     let l2 = LateWrites::over(direct);
-    // The backplane alone goes through the proxy: the test drops its connection.
-    let listening = RedisCache::<String>::builder()
-        .url(proxy.url())
-        .namespace("missed")
-        .build()
-        .await
-        .expect("redis through the proxy");
-    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
-        .name("writer")
-        .backplane(listening.backplane().await.expect("backplane"))
-        .build()
-        .expect("writer");
-    let reader = support::fleet::replica_cache(&server.url(), "missed")
-        .await
-        .expect("reader");
-    wait_subscribed(&[&writer, &reader]).await;
+    let (writer, proxy, reader) =
+        writer_with_proxied_backplane(&server, "missed", l2.clone(), false).await;
     let ttl = Duration::from_secs(600);
 
     l2.hold(true);
@@ -538,11 +573,7 @@ async fn pending_writes_kept_by_a_resync_do_not_outlive_a_clear_it_missed() {
     let resyncs = support::fleet::backplane_state(&writer).resyncs;
     proxy.set(Mode::Reset);
     reader.clear().await.expect("clear");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while support::fleet::backplane_state(&writer).subscribed {
-        assert!(Instant::now() < deadline, "the writer's backplane dropped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    no_longer_hears_the_fleet(&writer).await;
     writer
         .set_value("after", "new".to_owned(), ttl)
         .await
@@ -575,34 +606,12 @@ async fn pending_writes_kept_by_a_resync_do_not_outlive_a_clear_it_missed() {
 /// entry for its whole lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clear_that_failed_here_also_empties_this_l1_when_its_retry_lands() {
-    use support::proxy::{FaultProxy, Mode};
+    use support::proxy::Mode;
     let server = RedisServer::start();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
-        .parse()
-        .expect("address");
-    let proxy = FaultProxy::start(upstream).await;
-    let direct = RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("cleared")
-        .build()
-        .await
-        .expect("redis");
+    let direct = redis_at(&server, "cleared").await;
     // The backplane, which stores the clear time, goes through the proxy; L2 reads do not.
-    let through_proxy = RedisCache::<String>::builder()
-        .url(proxy.url())
-        .namespace("cleared")
-        .build()
-        .await
-        .expect("redis through the proxy");
-    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), direct.clone())
-        .name("writer")
-        .backplane(through_proxy.backplane().await.expect("backplane"))
-        .build()
-        .expect("writer");
-    let reader = support::fleet::replica_cache(&server.url(), "cleared")
-        .await
-        .expect("reader");
-    wait_subscribed(&[&writer, &reader]).await;
+    let (writer, proxy, reader) =
+        writer_with_proxied_backplane(&server, "cleared", Arc::new(direct), false).await;
     let ttl = Duration::from_secs(600);
     reader
         .set_value("k", "old".to_owned(), ttl)
@@ -631,38 +640,14 @@ async fn a_clear_that_failed_here_also_empties_this_l1_when_its_retry_lands() {
 /// catch-up then found only that older value, and the write was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_read_from_redis_does_not_replace_a_newer_write_waiting_in_l1() {
-    use support::proxy::{FaultProxy, Mode};
+    use support::proxy::Mode;
     let server = RedisServer::start();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
-        .parse()
-        .expect("address");
-    let proxy = FaultProxy::start(upstream).await;
-    let redis = RedisCache::<String>::builder()
-        .url(server.url())
-        .namespace("kept")
-        .build()
-        .await
-        .expect("redis");
+    let redis = redis_at(&server, "kept").await;
     let l2 = LateWrites::over(redis.clone());
-    // The backplane alone goes through the proxy: the test drops its connection.
-    let listening = RedisCache::<String>::builder()
-        .url(proxy.url())
-        .namespace("kept")
-        .build()
-        .await
-        .expect("redis through the proxy");
-    let writer = Layered::builder(MemoryCache::builder().build().expect("l1"), l2.clone())
-        .name("writer")
-        // The catch-up's failed attempts while the write is held must not open the circuit:
-        // the read below is to reach Redis.
-        .breaker(layercache::BreakerConfig::default().disabled())
-        .backplane(listening.backplane().await.expect("backplane"))
-        .build()
-        .expect("writer");
-    let reader = support::fleet::replica_cache(&server.url(), "kept")
-        .await
-        .expect("reader");
-    wait_subscribed(&[&writer, &reader]).await;
+    // The catch-up's failed attempts while the write is held must not open the circuit: the
+    // read below is to reach Redis.
+    let (writer, proxy, reader) =
+        writer_with_proxied_backplane(&server, "kept", l2.clone(), true).await;
     let ttl = Duration::from_secs(600);
     reader
         .set_value("k", "old".to_owned(), ttl)
@@ -683,11 +668,7 @@ async fn a_value_read_from_redis_does_not_replace_a_newer_write_waiting_in_l1() 
         .set_value("other", "x".to_owned(), ttl)
         .await
         .expect("set");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while support::fleet::backplane_state(&writer).subscribed {
-        assert!(Instant::now() < deadline, "the writer's backplane dropped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    no_longer_hears_the_fleet(&writer).await;
     // Redis decides while the writer cannot hear the fleet: it still holds the old value.
     let seen = writer.get_value("k").await.expect("get");
     assert_eq!(seen.as_deref(), Some("old"));
