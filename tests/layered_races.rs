@@ -15,43 +15,69 @@ use std::time::{Duration, Instant};
 use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
 use support::redis::RedisServer;
 
-/// An L2 over Redis whose next read, once the gate is closed, reads Redis and then waits for
-/// the test to open the gate before answering (the reads after it pass).
-struct GatedReads {
-    inner: RedisCache<String>,
+/// Holds the next call that passes it, once closed, until the test opens it (the calls after
+/// that one pass).
+struct Gate {
     closed: AtomicBool,
     waiting: AtomicUsize,
-    gate: tokio::sync::Semaphore,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            closed: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            permits: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Hold the next call.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Let the call held go.
+    fn open(&self) {
+        self.permits
+            .add_permits(self.waiting.swap(0, Ordering::SeqCst));
+    }
+
+    /// Wait (5 s at most) until a call is held.
+    async fn holds_a_call(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.waiting.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no call reached the gate");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Called by the layer: waits here if the gate is closed for this call.
+    async fn pass(&self) {
+        if self.closed.swap(false, Ordering::SeqCst) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            self.permits.acquire().await.expect("gate").forget();
+        }
+    }
+}
+
+/// An L2 over Redis with two gates: `reads` holds a read's answer (Redis already read),
+/// `deletes` holds a delete before it is sent to Redis.
+struct GatedReads {
+    inner: RedisCache<String>,
+    reads: Gate,
+    deletes: Gate,
 }
 
 impl GatedReads {
     fn over(inner: RedisCache<String>) -> Arc<GatedReads> {
         Arc::new(GatedReads {
             inner,
-            closed: AtomicBool::new(false),
-            waiting: AtomicUsize::new(0),
-            gate: tokio::sync::Semaphore::new(0),
+            reads: Gate::default(),
+            deletes: Gate::default(),
         })
-    }
-
-    /// Hold the next read.
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
-    /// Let the read held go.
-    fn open(&self) {
-        self.gate
-            .add_permits(self.waiting.swap(0, Ordering::SeqCst));
-    }
-
-    /// Wait (5 s at most) until a read is held.
-    async fn holds_a_read(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.waiting.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "a read reached L2");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 }
 
@@ -65,10 +91,7 @@ impl Cache<String> for GatedReads {
     }
     async fn peek(&self, key: &str) -> layercache::Result<Option<Entry<String>>> {
         let read = self.inner.peek(key).await;
-        if self.closed.swap(false, Ordering::SeqCst) {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            self.gate.acquire().await.expect("gate").forget();
-        }
+        self.reads.pass().await;
         read
     }
     async fn set(&self, key: &str, entry: Entry<String>) -> layercache::Result<()> {
@@ -85,6 +108,7 @@ impl Cache<String> for GatedReads {
         key: &str,
         than: std::time::SystemTime,
     ) -> layercache::Result<bool> {
+        self.deletes.pass().await;
         self.inner.delete_if_older(key, than).await
     }
 }
@@ -120,11 +144,11 @@ async fn read_held(
     gated: &GatedReads,
     key: &'static str,
 ) -> tokio::task::JoinHandle<Option<String>> {
-    gated.close();
+    gated.reads.close();
     let reader = cache.clone();
     let reading =
         tokio::spawn(async move { reader.get_value(key).await.expect("the racing read") });
-    gated.holds_a_read().await;
+    gated.reads.holds_a_call().await;
     reading
 }
 
@@ -134,7 +158,7 @@ async fn a_read_that_races_with_a_delete_does_not_bring_the_value_back() {
     let (cache, gated, _redis) = cache_with_old(&server, "race-delete", "k").await;
     let reading = read_held(&cache, &gated, "k").await;
     cache.delete("k").await.expect("delete");
-    gated.open();
+    gated.reads.open();
     // Read before the delete: that caller gets the old value.
     assert_eq!(reading.await.expect("read").as_deref(), Some("old"));
     assert_eq!(cache.get_value("k").await.expect("get"), None);
@@ -149,7 +173,7 @@ async fn a_read_that_races_with_a_set_does_not_replace_the_new_value() {
         .set_value("k", "new".to_owned(), Duration::from_secs(600))
         .await
         .expect("set");
-    gated.open();
+    gated.reads.open();
     assert_eq!(reading.await.expect("read").as_deref(), Some("old"));
     assert_eq!(
         cache.get_value("k").await.expect("get").as_deref(),
@@ -167,7 +191,70 @@ async fn a_read_that_races_with_an_expire_does_not_make_the_value_fresh_again() 
     let (cache, gated, _redis) = cache_with_old(&server, "race-expire", "k").await;
     let reading = read_held(&cache, &gated, "k").await;
     cache.expire("k").await.expect("expire");
-    gated.open();
+    gated.reads.open();
     assert_eq!(reading.await.expect("read").as_deref(), Some("old"));
     assert_eq!(cache.get_value("k").await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_starts_while_a_delete_is_on_its_way_does_not_bring_the_value_back() {
+    let server = RedisServer::start();
+    let (cache, gated, _redis) = cache_with_old(&server, "race-delete-late", "k").await;
+    // The delete is held before it reaches Redis; a read then finds "old" there.
+    gated.deletes.close();
+    let deleter = cache.clone();
+    let deleting = tokio::spawn(async move { deleter.delete("k").await });
+    gated.deletes.holds_a_call().await;
+    let reading = read_held(&cache, &gated, "k").await;
+    // The delete ends (Redis, then L1) before the read copies what it found into L1.
+    gated.deletes.open();
+    deleting.await.expect("delete task").expect("delete");
+    gated.reads.open();
+    assert_eq!(reading.await.expect("read").as_deref(), Some("old"));
+    assert_eq!(cache.get_value("k").await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_starts_while_an_expire_is_on_its_way_does_not_make_the_value_fresh_again() {
+    let server = RedisServer::start();
+    let (cache, gated, _redis) = cache_with_old(&server, "race-expire-late", "k").await;
+    // In L1 too: the expire ends its freshness there first.
+    assert_eq!(
+        cache.get_value("k").await.expect("get").as_deref(),
+        Some("old")
+    );
+    // The expire's read of Redis is held: Redis still has "old" fresh, and a read meanwhile
+    // copies it into L1.
+    gated.reads.close();
+    let expirer = cache.clone();
+    let expiring = tokio::spawn(async move { expirer.expire("k").await });
+    gated.reads.holds_a_call().await;
+    let _ = cache.get_value("k").await.expect("the read meanwhile");
+    gated.reads.open();
+    expiring.await.expect("expire task").expect("expire");
+    assert_eq!(cache.get_value("k").await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_another_key_leaves_a_read_s_copy_in_l1() {
+    let server = RedisServer::start();
+    let (cache, gated, redis) = cache_with_old(&server, "race-other-key", "k").await;
+    redis
+        .set_value("other", "x".to_owned(), Duration::from_secs(600))
+        .await
+        .expect("set");
+    let reading = read_held(&cache, &gated, "k").await;
+    // Changes of another key while the read of "k" is on its way ("other" and "k" do not
+    // share an invalidation counter).
+    cache.delete("other").await.expect("delete");
+    cache.expire("other").await.expect("expire");
+    gated.reads.open();
+    assert_eq!(reading.await.expect("read").as_deref(), Some("old"));
+    let l2_hits = cache.stats().l2_hits;
+    // The copy stayed: answered from L1.
+    assert_eq!(
+        cache.get_value("k").await.expect("get").as_deref(),
+        Some("old")
+    );
+    assert_eq!(cache.stats().l2_hits, l2_hits, "read from Redis again");
 }

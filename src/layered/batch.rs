@@ -33,7 +33,8 @@ where
             l1.push(entry);
         }
         let mut l2: Vec<L2Read<V>> = Vec::new();
-        let epoch = self.epoch();
+        // Each asked key's counter, read before the one L2 read of them all.
+        let epochs: Vec<u64> = ask.iter().map(|&i| self.epoch(keys[i])).collect();
         if !ask.is_empty() {
             let asked: Vec<&str> = ask.iter().map(|&i| keys[i]).collect();
             let read = self
@@ -55,7 +56,7 @@ where
 
         let mut answers: Vec<Option<(Entry<V>, Origin)>> =
             l1.into_iter().map(|e| e.map(|e| (e, Origin::L1))).collect();
-        for (&i, from_l2) in ask.iter().zip(l2) {
+        for ((&i, from_l2), epoch) in ask.iter().zip(l2).zip(epochs) {
             let from_l1 = answers[i].take().map(|(e, _)| e);
             answers[i] = self
                 .merge(keys[i], from_l1, from_l2, trusted, now, epoch)

@@ -361,7 +361,7 @@ where
                 backplane: self.backplane,
                 #[cfg(feature = "redis")]
                 lease_ttl: self.lease_ttl.unwrap_or(crate::fleet::DEFAULT_LEASE_TTL),
-                evictions: std::sync::atomic::AtomicU64::new(0),
+                epochs: super::epoch::Epochs::new(),
                 tag_times: crate::tags::TagTimes::new(!has_backplane),
             }),
         }

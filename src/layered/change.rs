@@ -58,9 +58,11 @@ where
     pub(super) async fn expire_now(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         inner.flights.supersede(key);
-        inner.changing_here();
+        // The newest entry this expire is about: an entry created later is a newer write.
+        let mut newest_us = crate::entry::now_us();
         let now = now_ms();
         if let Some(entry) = inner.read_l1(key, now).await {
+            newest_us = newest_us.max(entry.created_us());
             inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
         }
         let mut result = Ok(());
@@ -68,6 +70,7 @@ where
             if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
                 match read {
                     Ok(Some(entry)) => {
+                        newest_us = newest_us.max(entry.created_us());
                         // The expired copy replaces the entry read, and nothing newer: written
                         // only if L2 holds nothing created after that entry (stamped one µs
                         // later, so that the entry itself counts as older). Another replica's
@@ -87,6 +90,22 @@ where
                     Err(e) => result = Err(e),
                 }
             }
+            // A read of L2 since the expire in L1 above may have copied the entry, still fresh
+            // in L2 then, back into L1: expired there again (see `Inner::epoch`).
+            inner.changing_here(key);
+            let now = now_ms();
+            match &inner.l1_memory {
+                Some(memory) => memory.expire_unless(key, now, |e| e.created_us() > newest_us),
+                None => {
+                    let fresh = inner
+                        .read_l1(key, now)
+                        .await
+                        .filter(|e| e.is_fresh_at(now) && e.created_us() <= newest_us);
+                    if let Some(entry) = fresh {
+                        inner.l1_done(inner.l1.set(key, entry.cap_fresh_ms(now)).await);
+                    }
+                }
+            }
         }
         let announced = inner.announce_change(key, Change::Expire).await;
         inner.told(announced).await;
@@ -104,7 +123,7 @@ where
             // L2 holds a newer write of the key (another replica's, created later than this
             // one): that one stands, so this replica drops what its L1 holds and reads it.
             Written::Superseded => {
-                inner.changing_here();
+                inner.changing_here(key);
                 inner.l1.delete(key).await
             }
             _ => inner.l1.set(key, inner.for_l1(entry)).await,
@@ -141,7 +160,7 @@ where
             }
             // A newer write of the key stands in L2 (see `set_now`).
             let stored = if superseded {
-                inner.changing_here();
+                inner.changing_here(key);
                 inner.l1.delete(key).await
             } else {
                 inner.l1.set(key, inner.for_l1(entry)).await
@@ -162,7 +181,6 @@ where
     pub(super) async fn delete_now(&self, key: &str) -> Result<()> {
         let inner = &self.inner;
         inner.flights.supersede(key);
-        inner.changing_here();
         // Only what was written before this delete: the delete may reach Redis late (a slow
         // link), after another replica's newer write of the key, which must stay.
         let asked = std::time::SystemTime::UNIX_EPOCH
@@ -171,6 +189,9 @@ where
             .via_l2(|l2| async move { l2.delete_if_older(key, asked).await.map(|_| ()) })
             .await;
         let announced = inner.announce_change(key, Change::Delete).await;
+        // After L2, before L1: a read of L2 that raced with the delete does not put the value
+        // back in L1 (see `Inner::epoch`).
+        inner.changing_here(key);
         let l1 = inner.l1.delete(key).await;
         inner.told(announced).await;
         l1.inspect_err(|_| {

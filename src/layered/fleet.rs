@@ -64,7 +64,7 @@ where
                         backplane.count_wait(WaitOutcome::HolderLost);
                     }
                     // Another replica may have stored the value just before this one won.
-                    let epoch = self.epoch();
+                    let epoch = self.epoch(key);
                     if let L2Read::Found(entry) = self.read_l2_state(key).await {
                         if answers(&entry) {
                             held.stored();
@@ -85,7 +85,7 @@ where
                     watch
                         .changed_within((remaining + EXPIRY_SLACK).min(deadline - now))
                         .await;
-                    let epoch = self.epoch();
+                    let epoch = self.epoch(key);
                     match self.read_l2_state(key).await {
                         L2Read::Found(entry) if answers(&entry) => {
                             backplane.count_wait(WaitOutcome::Served);
@@ -158,7 +158,7 @@ where
                 Check::Valid => {}
                 Check::Invalidated(_) => {
                     // Only the entry judged: a newer write of the key since is left alone.
-                    self.changing_here();
+                    self.changing_here(&key);
                     memory.expire_unless(&key, now_ms(), |e| e.created_us() != created);
                 }
                 Check::Unknown => left.push(key),
@@ -202,9 +202,10 @@ where
             return;
         };
         // Before the eviction itself: see `Inner::backfill`.
-        inner
-            .evictions
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match &event {
+            Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _)) => inner.changing_here(key),
+            _ => inner.changing_all_here(),
+        }
         // Another replica changed the key: a load of it running here read the old source.
         match &event {
             Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _)) => inner.flights.supersede(key),

@@ -442,7 +442,7 @@ where
                     // dropped from L1 too, so this replica reads the newer one.
                     Ok(false) => {
                         if self.settled(&key, us) || !self.is_pending(&key) {
-                            self.changing_here();
+                            self.changing_here(&key);
                             self.l1_done(self.l1.delete(&key).await);
                         }
                     }

@@ -36,6 +36,7 @@
 mod batch;
 mod builder;
 mod change;
+mod epoch;
 #[cfg(feature = "redis")]
 mod fleet;
 mod flush;
@@ -243,10 +244,10 @@ pub(crate) struct Inner<V> {
     /// Invalidation times of tags (and of `clear`).
     pub(crate) tag_times: crate::tags::TagTimes,
     /// Bumped before each invalidation from the backplane is applied to L1, and before this
-    /// replica's own `delete`, `expire` or superseded `set` takes a key out of L1. A copy from
-    /// L2 into L1 that raced with one is undone, so a value read just before an invalidation
-    /// cannot outlive it in L1.
-    evictions: std::sync::atomic::AtomicU64,
+    /// replica's own `delete`, `expire` or superseded `set` takes a key out of L1 (after its
+    /// L2 part). A copy from L2 into L1 that raced with one is undone, so a value read just
+    /// before an invalidation cannot outlive it in L1 (see `epoch`).
+    epochs: epoch::Epochs,
 }
 
 impl<V> Clone for Layered<V> {
@@ -294,17 +295,23 @@ where
         }
     }
 
-    /// The invalidation counter, read before an L2 read whose result may be copied into L1.
+    /// `key`'s invalidation counter, read before an L2 read whose result may be copied into L1.
     #[inline]
-    pub(crate) fn epoch(&self) -> u64 {
-        self.evictions.load(std::sync::atomic::Ordering::SeqCst)
+    pub(crate) fn epoch(&self, key: &str) -> u64 {
+        self.epochs.of(key)
     }
 
-    /// This replica is about to take a key out of L1 (or expire it there): see `evictions`.
+    /// A change of `key` (its L2 part done) is about to take it out of L1, or expire it there:
+    /// see `epochs`.
     #[inline]
-    pub(crate) fn changing_here(&self) {
-        self.evictions
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    pub(crate) fn changing_here(&self, key: &str) {
+        self.epochs.bump(key);
+    }
+
+    /// [`changing_here`](Self::changing_here) for a change of any number of keys.
+    #[inline]
+    pub(crate) fn changing_all_here(&self) {
+        self.epochs.bump_all();
     }
 
     /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
@@ -319,7 +326,7 @@ where
                 .l1_done(self.l1.set_if_newer(key, entry).await)
                 .unwrap_or(false),
         };
-        if stored && self.epoch() != epoch {
+        if stored && self.epoch(key) != epoch {
             self.l1_done(self.l1.delete(key).await);
         }
     }
@@ -409,7 +416,7 @@ where
         if trusted && l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
             return l1.map(|e| (e, crate::load::answer::Origin::L1));
         }
-        let epoch = self.epoch();
+        let epoch = self.epoch(key);
         let l2 = self.read_l2_state(key).await;
         self.merge(key, l1, l2, trusted, now, epoch).await
     }

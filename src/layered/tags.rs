@@ -188,7 +188,7 @@ where
                         // A memory L1 is not checked against the clear time on a hit: what it
                         // took in since the failed `clear` emptied it, created before, goes now.
                         if let Some(memory) = &inner.l1_memory {
-                            inner.changing_here();
+                            inner.changing_all_here();
                             memory.retain(|_, entry| entry.created_us() > us);
                         }
                     }
@@ -291,7 +291,7 @@ where
             return Err(refused);
         }
         inner.forget_pending_prefix(prefix);
-        inner.changing_here();
+        inner.changing_all_here();
         if prefix.is_empty() {
             inner.flights.supersede_prefix(prefix);
         }
@@ -335,7 +335,7 @@ where
             // see `invalidate_tag`); a memory L1 is not checked against that time on a hit.
             if let Some(memory) = &this.inner.l1_memory {
                 if !matches!(cleared, Err(Error::Config { .. })) {
-                    this.inner.changing_here();
+                    this.inner.changing_all_here();
                     memory.invalidate_all();
                 }
             }

@@ -71,8 +71,8 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// The L2 entry for `key` (uncounted). A fresh one answers the flight (and is copied into
     /// L1 by the target).
     async fn read_l2(&self, key: &str) -> L2Read<V>;
-    /// A reading of the L1 invalidation counter, taken before an L2 read.
-    fn epoch(&self) -> u64;
+    /// A reading of `key`'s L1 invalidation counter, taken before an L2 read of it.
+    fn epoch(&self, key: &str) -> u64;
     /// Copy an entry read from L2 into L1, unless an invalidation since `epoch` may make it old.
     async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64);
     /// Store before the waiters are answered (fast, local layers).
@@ -436,7 +436,7 @@ async fn run_flight<V, T, F, Fut, E>(
         }
     }
     let mut stale = spec.stale.clone().map(|e| (e, Origin::L1));
-    let epoch = target.epoch();
+    let epoch = target.epoch(&guard.key);
     let mut l2_answered = true;
     match target.read_l2(&guard.key).await {
         L2Read::Found(entry) => {

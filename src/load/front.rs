@@ -36,8 +36,8 @@ where
     async fn read_l2(&self, key: &str) -> L2Read<V> {
         self.0.read_l2_state(key).await
     }
-    fn epoch(&self) -> u64 {
-        self.0.epoch()
+    fn epoch(&self, key: &str) -> u64 {
+        self.0.epoch(key)
     }
     async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
         self.0.backfill(key, entry, epoch).await;
