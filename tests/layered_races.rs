@@ -310,7 +310,7 @@ async fn another_replica_s_writes_of_other_keys_leave_this_replica_s_copies_in_l
         writes.load(Ordering::Relaxed) > 100,
         "the writer wrote during the reads"
     );
-    // A copy shares its invalidation counter with "busy" for about 1 key in 256 (3 of these);
+    // A copy shares its invalidation counter with "busy" for about 1 key in 256 (5 of these);
     // with one counter for all keys, about half were read again here.
     assert!(
         read_again <= keys.len() as u64 / 50,
