@@ -317,9 +317,11 @@ where
     /// Copy `entry` (read from L2 after [`epoch`](Self::epoch) returned `epoch`) into L1, and
     /// take it out again if an invalidation came in meanwhile. An entry of L1 created after it
     /// stays: this replica's own write that L2 did not have yet (waiting for the catch-up, or
-    /// made while the read was on its way), which the older value must not replace.
+    /// made while the read was on its way), which the older value must not replace. Nor is
+    /// such a write taken out with the copy when it replaced the copy in the meantime.
     pub(crate) async fn backfill(&self, key: &str, entry: Entry<V>, epoch: u64) {
         let entry = self.for_l1(entry);
+        let created = entry.created_us();
         let stored = match &self.l1_memory {
             Some(memory) => memory.insert_unless_newer(key, entry),
             None => self
@@ -327,7 +329,14 @@ where
                 .unwrap_or(false),
         };
         if stored && self.epoch(key) != epoch {
-            self.l1_done(self.l1.delete(key).await);
+            match &self.l1_memory {
+                Some(memory) => memory.remove_unless(key, |e| e.created_us() != created),
+                None => {
+                    let after = std::time::SystemTime::UNIX_EPOCH
+                        + Duration::from_micros(created.saturating_add(1));
+                    self.l1_done(self.l1.delete_if_older(key, after).await);
+                }
+            }
         }
     }
 
