@@ -66,11 +66,13 @@ impl Gate {
     }
 }
 
-/// An L2 over Redis with two gates: `reads` holds a read's answer (Redis already read),
-/// `deletes` holds a delete before it is sent to Redis.
+/// An L2 over Redis with three gates: `reads` holds a read's answer (Redis already read),
+/// `writes` a conditional write's answer (Redis already written), `deletes` holds a delete
+/// before it is sent to Redis.
 struct GatedReads {
     inner: RedisCache<String>,
     reads: Gate,
+    writes: Gate,
     deletes: Gate,
 }
 
@@ -79,6 +81,7 @@ impl GatedReads {
         Arc::new(GatedReads {
             inner,
             reads: Gate::default(),
+            writes: Gate::default(),
             deletes: Gate::default(),
         })
     }
@@ -101,7 +104,9 @@ impl Cache<String> for GatedReads {
         self.inner.set(key, entry).await
     }
     async fn set_if_newer(&self, key: &str, entry: Entry<String>) -> layercache::Result<bool> {
-        self.inner.set_if_newer(key, entry).await
+        let written = self.inner.set_if_newer(key, entry).await;
+        self.writes.pass().await;
+        written
     }
     async fn delete(&self, key: &str) -> layercache::Result<()> {
         self.inner.delete(key).await
@@ -317,4 +322,189 @@ async fn another_replica_s_writes_of_other_keys_leave_this_replica_s_copies_in_l
         "{read_again} of {} copies were taken out of L1 by writes of another key",
         keys.len()
     );
+}
+
+/// Set `key` to `value` through `cache` on a task of its own, its write held at the gate once
+/// Redis took it; returns once the write is held.
+async fn set_held(
+    cache: &Layered<String>,
+    gated: &GatedReads,
+    key: &'static str,
+    value: &'static str,
+) -> tokio::task::JoinHandle<layercache::Result<()>> {
+    gated.writes.close();
+    let writer = cache.clone();
+    let writing = tokio::spawn(async move {
+        writer
+            .set_value(key, value.to_owned(), Duration::from_secs(600))
+            .await
+    });
+    gated.writes.holds_a_call().await;
+    writing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_sets_on_one_replica_l1_keeps_the_one_redis_keeps() {
+    let server = RedisServer::start();
+    let (cache, gated, redis) = cache_with_old(&server, "race-two-sets", "k").await;
+    // The first set reached Redis; the second, made later, replaces it there and in L1 before
+    // the first set stores its value in L1.
+    let first = set_held(&cache, &gated, "k", "first").await;
+    cache
+        .set_value("k", "second".to_owned(), Duration::from_secs(600))
+        .await
+        .expect("second set");
+    gated.writes.open();
+    first.await.expect("first set task").expect("first set");
+    assert_eq!(
+        redis.get_value("k").await.expect("read").as_deref(),
+        Some("second")
+    );
+    assert_eq!(
+        cache.get_value("k").await.expect("get").as_deref(),
+        Some("second")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_value_a_later_delete_removed_from_redis_leaves_l1_too() {
+    let server = RedisServer::start();
+    let (cache, gated, redis) = cache_with_old(&server, "race-set-delete", "k").await;
+    // The set reached Redis; a delete made later removes it there (and from L1) before the set
+    // stores its value in L1.
+    let set = set_held(&cache, &gated, "k", "new").await;
+    cache.delete("k").await.expect("delete");
+    gated.writes.open();
+    set.await.expect("set task").expect("set");
+    assert_eq!(redis.get_value("k").await.expect("read"), None);
+    assert_eq!(cache.get_value("k").await.expect("get"), None);
+}
+
+/// A small seeded generator (xorshift64*), so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Six tasks (three on each of two replicas) make random changes, loads and reads of six keys
+/// at once; afterwards every replica serves what Redis holds. Seeded:
+/// `LAYERCACHE_RACES_SEED` replays a run, `LAYERCACHE_RACES_STEPS` (default 300 a task) makes it
+/// longer. A failure prints what each task did, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds() {
+    const KEYS: u64 = 6;
+    let seed: u64 = std::env::var("LAYERCACHE_RACES_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0dd_5eed);
+    let steps: u64 = std::env::var("LAYERCACHE_RACES_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let server = RedisServer::start();
+    let replicas = [
+        replica_cache(&server.url(), "race-many").await.expect("a"),
+        replica_cache(&server.url(), "race-many").await.expect("b"),
+    ];
+    wait_subscribed(&[&replicas[0], &replicas[1]]).await;
+    let redis = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace("race-many")
+        .build()
+        .await
+        .expect("redis");
+    // Three tasks on each replica, each its own random mix of changes, loads and reads of a
+    // few keys: the reads of Redis race with the changes of the same replica and the other's.
+    // What each task did, in the order it did it (printed for the keys that diverge).
+    let done: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..6_u64 {
+        let cache = replicas[(task % 2) as usize].clone();
+        let mut rng = Rng((seed ^ (task + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let ttl = Duration::from_secs(600);
+            for step in 0..steps {
+                let key = format!("k{}", rng.below(KEYS));
+                let value = format!("t{task}s{step}");
+                let pause = Duration::from_micros(rng.below(3_000));
+                let op = rng.below(8);
+                let begun = started.elapsed();
+                let label = value.clone();
+                match op {
+                    0 | 1 => cache.set_value(&key, value, ttl).await.expect("set"),
+                    2 => cache.delete(&key).await.expect("delete"),
+                    3 => cache.expire(&key).await.expect("expire"),
+                    4 => {
+                        let other = format!("k{}", rng.below(KEYS));
+                        let entries = [(&*key, value.clone()), (&*other, value)]
+                            .into_iter()
+                            .map(|(k, v)| (k, Entry::new(v, ttl)))
+                            .collect();
+                        cache.set_many(entries).await.expect("set_many");
+                    }
+                    5 => {
+                        let _ = cache
+                            .get_or_load(
+                                &key,
+                                move || async move {
+                                    tokio::time::sleep(pause).await;
+                                    Ok::<_, std::io::Error>(value)
+                                },
+                                layercache::LoadOptions::ttl(ttl),
+                            )
+                            .await
+                            .expect("load");
+                    }
+                    _ => {
+                        let _ = cache.get_value(&key).await.expect("get");
+                    }
+                }
+                let ops = [
+                    "set", "set", "delete", "expire", "set_many", "load", "get", "get",
+                ];
+                done.lock().expect("log").push(format!(
+                    "{begun:?}..{:?} replica {} task {task}: {} {key} ({label})",
+                    started.elapsed(),
+                    task % 2,
+                    ops[op as usize]
+                ));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    // Every replica serves what Redis holds once the last messages are applied.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut diverged = Vec::new();
+        for k in 0..KEYS {
+            let key = format!("k{k}");
+            let held = redis.get_value(&key).await.expect("read Redis");
+            for (i, cache) in replicas.iter().enumerate() {
+                let seen = cache.get_value(&key).await.expect("read replica");
+                if seen != held {
+                    diverged.push(format!("replica {i} {key}: {seen:?}, Redis {held:?}"));
+                }
+            }
+        }
+        if diverged.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            for line in done.lock().expect("log").iter() {
+                eprintln!("{line}");
+            }
+            panic!("seed {seed}: replicas still differ from Redis 10 s after the last change: {diverged:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -116,6 +116,8 @@ where
         let inner = &self.inner;
         crate::tags::validate(entry.tag_set().as_slice())?;
         inner.flights.supersede(key);
+        // Before L2: a change of the key that lands meanwhile undoes this write's L1 copy.
+        let epoch = inner.epoch(key);
         let stored = match inner.write_l2(key, entry.clone(), true).await {
             Written::Refused(refused) if !matches!(refused, Error::ValueTooLarge { .. }) => {
                 return Err(refused);
@@ -126,7 +128,7 @@ where
                 inner.changing_here(key);
                 inner.l1.delete(key).await
             }
-            _ => inner.l1.set(key, inner.for_l1(entry)).await,
+            _ => inner.store_written(key, entry, epoch).await,
         };
         let announced = inner.announce_change(key, Change::Set).await;
         inner.told(announced).await;
@@ -145,6 +147,8 @@ where
         for (key, _) in &entries {
             inner.flights.supersede(key);
         }
+        // Before L2, as in `set_now`.
+        let epochs: Vec<u64> = entries.iter().map(|(key, _)| inner.epoch(key)).collect();
         let Ok(superseded) = inner.write_l2_many(entries.clone()).await else {
             for (key, entry) in entries {
                 self.set_now(key, entry).await?;
@@ -153,7 +157,8 @@ where
         };
         let mut announced = Announced::default();
         let mut failed = Ok(());
-        for (i, ((key, entry), superseded)) in entries.into_iter().zip(superseded).enumerate() {
+        let written = entries.into_iter().zip(superseded).zip(epochs);
+        for (i, (((key, entry), superseded), epoch)) in written.enumerate() {
             if i % ANNOUNCE_CHUNK == 0 {
                 // Told a chunk at a time (see `ANNOUNCE_CHUNK`).
                 inner.told(std::mem::take(&mut announced)).await;
@@ -163,7 +168,7 @@ where
                 inner.changing_here(key);
                 inner.l1.delete(key).await
             } else {
-                inner.l1.set(key, inner.for_l1(entry)).await
+                inner.store_written(key, entry, epoch).await
             };
             announced = announced.and(inner.announce_change(key, Change::Set).await);
             if let Err(e) = stored {

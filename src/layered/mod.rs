@@ -329,13 +329,47 @@ where
                 .unwrap_or(false),
         };
         if stored && self.epoch(key) != epoch {
-            match &self.l1_memory {
-                Some(memory) => memory.remove_unless(key, |e| e.created_us() != created),
-                None => {
-                    let after = std::time::SystemTime::UNIX_EPOCH
-                        + Duration::from_micros(created.saturating_add(1));
-                    self.l1_done(self.l1.delete_if_older(key, after).await);
+            self.take_back(key, created).await;
+        }
+    }
+
+    /// Store this replica's own write of `key` in L1, its L2 part done (`epoch` read before
+    /// that). Not over a newer entry: another write of this replica's, made meanwhile, that
+    /// stands in L2 too. And taken out again when a change of the key came in meanwhile — a
+    /// `delete` or `expire`, here or announced by another replica, that may have reached L2
+    /// after this write — unless the write waits for the catch-up (L1 holds its only copy; the
+    /// catch-up compares it with L2).
+    pub(crate) async fn store_written(&self, key: &str, entry: Entry<V>, epoch: u64) -> Result<()> {
+        let entry = self.for_l1(entry);
+        let created = entry.created_us();
+        if !entry.is_usable_at(now_ms()) {
+            // Past its stale deadline: it takes out the older entry, as it did in L2.
+            return match &self.l1_memory {
+                Some(memory) => {
+                    memory.remove_unless(key, |e| e.created_us() > created);
+                    Ok(())
                 }
+                None => self.l1.set(key, entry).await,
+            };
+        }
+        let stored = match &self.l1_memory {
+            Some(memory) => memory.insert_unless_newer(key, entry),
+            None => self.l1.set_if_newer(key, entry).await?,
+        };
+        if stored && self.epoch(key) != epoch && !self.is_pending(key) {
+            self.take_back(key, created).await;
+        }
+        Ok(())
+    }
+
+    /// Remove `key`'s entry created at `created` from L1 (not a newer one written since).
+    async fn take_back(&self, key: &str, created: u64) {
+        match &self.l1_memory {
+            Some(memory) => memory.remove_unless(key, |e| e.created_us() != created),
+            None => {
+                let after = std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_micros(created.saturating_add(1));
+                self.l1_done(self.l1.delete_if_older(key, after).await);
             }
         }
     }
