@@ -17,6 +17,7 @@ use layercache::{CacheExt, Layered, MemoryCache, RedisCache};
 use support::fleet::Replica;
 use support::proxy::{FaultProxy, Mode};
 use support::redis::{RedisCluster, RedisSentinel, RedisServer};
+use support::Rng;
 
 /// Not a test of its own: the body of a replica process (see `support::fleet`). Run by the
 /// other tests as a child process; without the environment variable it does nothing.
@@ -323,18 +324,6 @@ fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
         fault.elapsed()
     );
     cluster.nodes[victim].resume();
-}
-
-/// A small seeded generator (xorshift64*), so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
 use support::fleet::{replica_cache, wait_subscribed};
 use support::redis::RedisServer;
+use support::Rng;
 
 /// Holds the next call that passes it, once closed, until the test opens it (the calls after
 /// that one pass).
@@ -378,18 +379,6 @@ async fn a_set_whose_value_a_later_delete_removed_from_redis_leaves_l1_too() {
     set.await.expect("set task").expect("set");
     assert_eq!(redis.get_value("k").await.expect("read"), None);
     assert_eq!(cache.get_value("k").await.expect("get"), None);
-}
-
-/// A small seeded generator (xorshift64*), so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// Six tasks (three on each of two replicas) make random changes, loads and reads of six keys

@@ -54,3 +54,16 @@ pub fn callers_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("callers' runtime")
 }
+
+/// A small seeded generator (xorshift64*), so a failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next draw, in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
