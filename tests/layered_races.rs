@@ -387,6 +387,18 @@ async fn a_set_whose_value_a_later_delete_removed_from_redis_leaves_l1_too() {
 /// longer. A failure prints what each task did, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds() {
+    random_mix("race-many", false).await;
+}
+
+/// The same with tagged loads, tag invalidations, `clear`, `invalidate_prefix` and `get_many`
+/// in the mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tags_clears_and_batches_on_two_replicas_end_on_what_redis_holds() {
+    random_mix("race-many-tags", true).await;
+}
+
+/// See `concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds`.
+async fn random_mix(namespace: &str, tagged: bool) {
     const KEYS: u64 = 6;
     let seed: u64 = std::env::var("LAYERCACHE_RACES_SEED")
         .ok()
@@ -398,19 +410,30 @@ async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_ho
         .unwrap_or(300);
     let server = RedisServer::start();
     let replicas = [
-        replica_cache(&server.url(), "race-many").await.expect("a"),
-        replica_cache(&server.url(), "race-many").await.expect("b"),
+        replica_cache(&server.url(), namespace).await.expect("a"),
+        replica_cache(&server.url(), namespace).await.expect("b"),
     ];
-    wait_subscribed(&[&replicas[0], &replicas[1]]).await;
-    let redis = RedisCache::<String>::builder()
+    // What the replicas should serve: a cache that reads Redis on every call (its L1 keeps
+    // nothing past 1 ms), tag and clear times included.
+    let truth_l2 = RedisCache::<String>::builder()
         .url(server.url())
-        .namespace("race-many")
+        .namespace(namespace)
         .build()
         .await
         .expect("redis");
+    let truth = Layered::builder(
+        MemoryCache::builder().build().expect("l1"),
+        truth_l2.clone(),
+    )
+    .name("truth")
+    .l1_ttl(Duration::from_millis(1))
+    .backplane(truth_l2.backplane().await.expect("backplane"))
+    .build()
+    .expect("truth");
+    wait_subscribed(&[&replicas[0], &replicas[1], &truth]).await;
     // Three tasks on each replica, each its own random mix of changes, loads and reads of a
     // few keys: the reads of Redis race with the changes of the same replica and the other's.
-    // What each task did, in the order it did it (printed for the keys that diverge).
+    // What each task did, in the order it did it (printed when the replicas diverge).
     let done: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -424,13 +447,22 @@ async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_ho
                 let key = format!("k{}", rng.below(KEYS));
                 let value = format!("t{task}s{step}");
                 let pause = Duration::from_micros(rng.below(3_000));
-                let op = rng.below(8);
+                let op = rng.below(if tagged { 12 } else { 8 });
                 let begun = started.elapsed();
                 let label = value.clone();
-                match op {
-                    0 | 1 => cache.set_value(&key, value, ttl).await.expect("set"),
-                    2 => cache.delete(&key).await.expect("delete"),
-                    3 => cache.expire(&key).await.expect("expire"),
+                let what = match op {
+                    0 | 1 => {
+                        cache.set_value(&key, value, ttl).await.expect("set");
+                        "set"
+                    }
+                    2 => {
+                        cache.delete(&key).await.expect("delete");
+                        "delete"
+                    }
+                    3 => {
+                        cache.expire(&key).await.expect("expire");
+                        "expire"
+                    }
                     4 => {
                         let other = format!("k{}", rng.below(KEYS));
                         let entries = [(&*key, value.clone()), (&*other, value)]
@@ -438,8 +470,13 @@ async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_ho
                             .map(|(k, v)| (k, Entry::new(v, ttl)))
                             .collect();
                         cache.set_many(entries).await.expect("set_many");
+                        "set_many"
                     }
                     5 => {
+                        let mut options = layercache::LoadOptions::ttl(ttl);
+                        if tagged {
+                            options = options.with_tags([format!("t{}", rng.below(3))]);
+                        }
                         let _ = cache
                             .get_or_load(
                                 &key,
@@ -447,23 +484,39 @@ async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_ho
                                     tokio::time::sleep(pause).await;
                                     Ok::<_, std::io::Error>(value)
                                 },
-                                layercache::LoadOptions::ttl(ttl),
+                                options,
                             )
                             .await
                             .expect("load");
+                        "load"
+                    }
+                    8 => {
+                        let tag = format!("t{}", rng.below(3));
+                        cache.invalidate_tag(&tag).await.expect("invalidate_tag");
+                        "invalidate_tag"
+                    }
+                    9 if rng.below(10) == 0 => {
+                        cache.clear().await.expect("clear");
+                        "clear"
+                    }
+                    10 if rng.below(5) == 0 => {
+                        cache.invalidate_prefix("k1").await.expect("prefix");
+                        "invalidate_prefix k1"
+                    }
+                    11 => {
+                        let keys = ["k0", "k2", &*key];
+                        let _ = cache.get_many(&keys).await.expect("get_many");
+                        "get_many k0 k2"
                     }
                     _ => {
                         let _ = cache.get_value(&key).await.expect("get");
+                        "get"
                     }
-                }
-                let ops = [
-                    "set", "set", "delete", "expire", "set_many", "load", "get", "get",
-                ];
+                };
                 done.lock().expect("log").push(format!(
-                    "{begun:?}..{:?} replica {} task {task}: {} {key} ({label})",
+                    "{begun:?}..{:?} replica {} task {task}: {what} {key} ({label})",
                     started.elapsed(),
                     task % 2,
-                    ops[op as usize]
                 ));
             }
         }));
@@ -477,7 +530,8 @@ async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_ho
         let mut diverged = Vec::new();
         for k in 0..KEYS {
             let key = format!("k{k}");
-            let held = redis.get_value(&key).await.expect("read Redis");
+            let held = truth.get_value(&key).await.expect("read Redis");
+            tokio::time::sleep(Duration::from_millis(2)).await;
             for (i, cache) in replicas.iter().enumerate() {
                 let seen = cache.get_value(&key).await.expect("read replica");
                 if seen != held {
