@@ -109,7 +109,7 @@ LAYERCACHE_TEST_SERVER=valkey cargo test --all-features --test redis --test redi
     --test fleet_recovery --test fleet_late_writes --test layered_races --test deploy \
     --test fleet_scale --test redis_burst
 log "memory and load tests on the quick_cache engine"
-LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation --test contract
+LAYERCACHE_TEST_ENGINE=quick-cache cargo test --all-features --test memory --test load --test cancellation --test contract --test layered_races
 log "tests, no default features"
 cargo test --no-default-features
 log "every test, example and benchmark builds with the default features (plain \`cargo test\`)"

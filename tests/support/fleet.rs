@@ -24,7 +24,7 @@ use std::io::{BufRead, BufReader, Lines, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use layercache::{Cache, CacheExt, Layered, MemoryCache, RedisCache};
+use layercache::{Cache, CacheExt, Layered, RedisCache};
 
 /// Marks the replica's answers among the test harness's own output.
 pub const PREFIX: &str = "@@ ";
@@ -47,7 +47,7 @@ pub async fn replica_cache(
         .build()
         .await?;
     let backplane = l2.backplane().await?;
-    let builder = Layered::builder(MemoryCache::builder().build()?, l2)
+    let builder = Layered::builder(super::memory_builder().build()?, l2)
         .name("fleet")
         .backplane(backplane);
     Ok(match lease {
