@@ -387,18 +387,40 @@ async fn a_set_whose_value_a_later_delete_removed_from_redis_leaves_l1_too() {
 /// longer. A failure prints what each task did, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds() {
-    random_mix("race-many", false).await;
+    random_mix("race-many", false, false).await;
 }
 
 /// The same with tagged loads, tag invalidations, `clear`, `invalidate_prefix` and `get_many`
 /// in the mix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tags_clears_and_batches_on_two_replicas_end_on_what_redis_holds() {
-    random_mix("race-many-tags", true).await;
+    random_mix("race-many-tags", true, false).await;
+}
+
+/// The untagged mix while one replica's connections to Redis (its L2 and its backplane) go
+/// through a proxy that, at random, resets them or answers 300 ms late (past the command
+/// timeout); afterwards, with Redis reachable again, both replicas serve what Redis holds.
+///
+/// Open: about 1 run in 65 of 1,000 steps a task (3 of seeds 1–200: 5, 31 and 91, each of which
+/// passed 6 times when run again) ends with one replica on an older value than Redis holds — the healthy
+/// replica holding a value the faulty one wrote before a newer one of its own that reached
+/// Redis late, or the faulty replica serving a write of its own kept through the outage that
+/// never reached Redis. Run it with `--ignored` and `LAYERCACHE_RACES_SEED`/`_STEPS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: ~1.5 % of runs end with a replica on an older value than Redis (see its docs)"]
+async fn concurrent_changes_through_faults_on_two_replicas_end_on_what_redis_holds() {
+    random_mix("race-many-faults", false, true).await;
+}
+
+/// `result` of a step: with faults, an error (Redis unreachable, a timeout) is an answer too.
+fn answered<T>(result: layercache::Result<T>, faults: bool, what: &str) {
+    if let Err(e) = result {
+        assert!(faults, "{what}: {e}");
+    }
 }
 
 /// See `concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds`.
-async fn random_mix(namespace: &str, tagged: bool) {
+async fn random_mix(namespace: &str, tagged: bool, faults: bool) {
     const KEYS: u64 = 6;
     let seed: u64 = std::env::var("LAYERCACHE_RACES_SEED")
         .ok()
@@ -409,8 +431,14 @@ async fn random_mix(namespace: &str, tagged: bool) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let server = RedisServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = support::proxy::FaultProxy::start(upstream).await;
     let replicas = [
-        replica_cache(&server.url(), namespace).await.expect("a"),
+        replica_cache(&if faults { proxy.url() } else { server.url() }, namespace)
+            .await
+            .expect("a"),
         replica_cache(&server.url(), namespace).await.expect("b"),
     ];
     // What the replicas should serve: a cache that reads Redis on every call (its L1 keeps
@@ -436,6 +464,26 @@ async fn random_mix(namespace: &str, tagged: bool) {
     // What each task did, in the order it did it (printed when the replicas diverge).
     let done: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let faulting = faults.then(|| {
+        let (stop, done, mut rng) = (stop.clone(), done.clone(), Rng(seed ^ 0xfa17));
+        let proxy = &proxy;
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
+                let mode = match rng.below(5) {
+                    0 => support::proxy::Mode::Reset,
+                    1 => support::proxy::Mode::Latency(Duration::from_millis(300)),
+                    _ => support::proxy::Mode::Pass,
+                };
+                done.lock()
+                    .expect("log")
+                    .push(format!("{:?} proxy: {mode:?}", started.elapsed()));
+                proxy.set(mode);
+            }
+            proxy.set(support::proxy::Mode::Pass);
+        }
+    });
     let mut tasks = Vec::new();
     for task in 0..6_u64 {
         let cache = replicas[(task % 2) as usize].clone();
@@ -452,15 +500,15 @@ async fn random_mix(namespace: &str, tagged: bool) {
                 let label = value.clone();
                 let what = match op {
                     0 | 1 => {
-                        cache.set_value(&key, value, ttl).await.expect("set");
+                        answered(cache.set_value(&key, value, ttl).await, faults, "set");
                         "set"
                     }
                     2 => {
-                        cache.delete(&key).await.expect("delete");
+                        answered(cache.delete(&key).await, faults, "delete");
                         "delete"
                     }
                     3 => {
-                        cache.expire(&key).await.expect("expire");
+                        answered(cache.expire(&key).await, faults, "expire");
                         "expire"
                     }
                     4 => {
@@ -469,7 +517,7 @@ async fn random_mix(namespace: &str, tagged: bool) {
                             .into_iter()
                             .map(|(k, v)| (k, Entry::new(v, ttl)))
                             .collect();
-                        cache.set_many(entries).await.expect("set_many");
+                        answered(cache.set_many(entries).await, faults, "set_many");
                         "set_many"
                     }
                     5 => {
@@ -477,7 +525,7 @@ async fn random_mix(namespace: &str, tagged: bool) {
                         if tagged {
                             options = options.with_tags([format!("t{}", rng.below(3))]);
                         }
-                        let _ = cache
+                        let loaded = cache
                             .get_or_load(
                                 &key,
                                 move || async move {
@@ -486,30 +534,30 @@ async fn random_mix(namespace: &str, tagged: bool) {
                                 },
                                 options,
                             )
-                            .await
-                            .expect("load");
+                            .await;
+                        answered(loaded, faults, "load");
                         "load"
                     }
                     8 => {
                         let tag = format!("t{}", rng.below(3));
-                        cache.invalidate_tag(&tag).await.expect("invalidate_tag");
+                        answered(cache.invalidate_tag(&tag).await, faults, "invalidate_tag");
                         "invalidate_tag"
                     }
                     9 if rng.below(10) == 0 => {
-                        cache.clear().await.expect("clear");
+                        answered(cache.clear().await, faults, "clear");
                         "clear"
                     }
                     10 if rng.below(5) == 0 => {
-                        cache.invalidate_prefix("k1").await.expect("prefix");
+                        answered(cache.invalidate_prefix("k1").await, faults, "prefix");
                         "invalidate_prefix k1"
                     }
                     11 => {
                         let keys = ["k0", "k2", &*key];
-                        let _ = cache.get_many(&keys).await.expect("get_many");
+                        answered(cache.get_many(&keys).await, faults, "get_many");
                         "get_many k0 k2"
                     }
                     _ => {
-                        let _ = cache.get_value(&key).await.expect("get");
+                        answered(cache.get_value(&key).await, faults, "get");
                         "get"
                     }
                 };
@@ -521,11 +569,21 @@ async fn random_mix(namespace: &str, tagged: bool) {
             }
         }));
     }
-    for task in tasks {
-        task.await.expect("task");
+    let tasks = async {
+        for task in tasks {
+            task.await.expect("task");
+        }
+        stop.store(true, Ordering::SeqCst);
+    };
+    match faulting {
+        Some(faulting) => {
+            tokio::join!(tasks, faulting);
+        }
+        None => tasks.await,
     }
-    // Every replica serves what Redis holds once the last messages are applied.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Every replica serves what Redis holds once the last messages are applied (and, after
+    // faults, once the replica behind the proxy has caught up with Redis and the fleet).
+    let deadline = Instant::now() + Duration::from_secs(if faults { 20 } else { 10 });
     loop {
         let mut diverged = Vec::new();
         for k in 0..KEYS {
@@ -546,7 +604,13 @@ async fn random_mix(namespace: &str, tagged: bool) {
             for line in done.lock().expect("log").iter() {
                 eprintln!("{line}");
             }
-            panic!("seed {seed}: replicas still differ from Redis 10 s after the last change: {diverged:?}");
+            let state: Vec<String> = replicas
+                .iter()
+                .map(|c| format!("{c:?}, pending L2 writes {}", c.pending_l2_writes()))
+                .collect();
+            panic!(
+                "seed {seed}: replicas still differ from Redis after the last change: {diverged:?}; {state:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
