@@ -329,14 +329,8 @@ fn a_fleet_on_a_cluster_rejoins_after_the_master_it_listened_on_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_on_redis_after_random_faults() {
     const KEYS: u64 = 12;
-    let seed: u64 = std::env::var("LAYERCACHE_CONVERGE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_1234);
-    let steps: u64 = std::env::var("LAYERCACHE_CONVERGE_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let seed = support::env_u64("LAYERCACHE_CONVERGE_SEED", 0x5eed_1234);
+    let steps = support::env_u64("LAYERCACHE_CONVERGE_STEPS", 300);
     let server = RedisServer::start();
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
         .parse()

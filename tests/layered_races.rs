@@ -422,14 +422,8 @@ fn answered<T>(result: layercache::Result<T>, faults: bool, what: &str) {
 /// See `concurrent_changes_loads_and_reads_on_two_replicas_end_on_what_redis_holds`.
 async fn random_mix(namespace: &str, tagged: bool, faults: bool) {
     const KEYS: u64 = 6;
-    let seed: u64 = std::env::var("LAYERCACHE_RACES_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0dd_5eed);
-    let steps: u64 = std::env::var("LAYERCACHE_RACES_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let seed = support::env_u64("LAYERCACHE_RACES_SEED", 0x0dd_5eed);
+    let steps = support::env_u64("LAYERCACHE_RACES_STEPS", 300);
     let server = RedisServer::start();
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
         .parse()
