@@ -385,6 +385,111 @@ async fn a_write_that_reached_redis_after_its_announcement_is_announced_again() 
     caught_up(&writer).await;
 }
 
+/// Wait (5 s at most) until `reader` has heard more messages of the fleet than `before`.
+async fn heard_more_than(reader: &Layered<String>, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reader.backplane().map_or(0, |b| b.state().received) <= before {
+        assert!(Instant::now() < deadline, "the reader heard of the change");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Wait (5 s at most) until `reader` reads `want` for `key` from Redis and then serves it from
+/// its L1: the copy stayed.
+async fn copied_back(reader: &Layered<String>, key: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut from_redis = false;
+    loop {
+        let before = reader.stats().l2_hits;
+        let seen = reader.get_value(key).await.expect("get");
+        assert_eq!(
+            seen.as_deref(),
+            Some(want),
+            "the reader reads what Redis holds"
+        );
+        let read_redis = reader.stats().l2_hits > before;
+        if from_redis && !read_redis {
+            return;
+        }
+        from_redis = read_redis;
+        assert!(Instant::now() < deadline, "the reader copied {key} into L1");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A `delete` whose command timed out here but reached Redis later — after its announcement,
+/// after both replicas had read the value back from Redis, which still held it — does not
+/// leave them serving that value: the key is read again once such a command could have
+/// landed, here and on the fleet. Before, both served the deleted value for its lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_reached_redis_after_its_announcement_is_read_again_everywhere() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "late-delete").await;
+    let ttl = Duration::from_secs(600);
+    writer
+        .set_value("k", "v1".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&reader, "k", Some("v1"), "the reader").await;
+
+    let before = reader.backplane().map_or(0, |b| b.state().received);
+    l2.hold(true);
+    let failed = writer.delete("k").await;
+    assert!(failed.is_err(), "the delete timed out here: {failed:?}");
+    l2.hold(false);
+    heard_more_than(&reader, before).await;
+    // Both read v1 back from Redis, which still holds it, into their L1.
+    copied_back(&reader, "k", "v1").await;
+    copied_back(&writer, "k", "v1").await;
+    // Now the late delete reaches Redis.
+    assert_eq!(
+        l2.land().await,
+        vec![true],
+        "one delete held, and carried out"
+    );
+    serves(&reader, "k", None, "the reader").await;
+    serves(&writer, "k", None, "the writer").await;
+}
+
+/// A `set` and then a `delete` of one key, both timing out here and both reaching Redis after
+/// their announcements: the catch-up finds the key deleted in L1 and has nothing to write, and
+/// Redis ends up empty after the other replica read the old value back. That replica reads the
+/// key again all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_and_a_delete_that_both_reached_redis_late_are_read_again_everywhere() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "late-both").await;
+    let ttl = Duration::from_secs(600);
+    writer
+        .set_value("k", "v1".to_owned(), ttl)
+        .await
+        .expect("set");
+    serves(&reader, "k", Some("v1"), "the reader").await;
+
+    let state = |cache: &Layered<String>| cache.backplane().map(|b| b.state()).expect("backplane");
+    let (published, received) = (state(&writer).published, state(&reader).received);
+    l2.hold(true);
+    writer
+        .set_value("k", "v2".to_owned(), ttl)
+        .await
+        .expect("a set whose L2 write failed is kept for the catch-up");
+    let failed = writer.delete("k").await;
+    assert!(failed.is_err(), "the delete timed out here: {failed:?}");
+    // Both announcements are out (perhaps as one): the reader hears all of them, then reads v1
+    // back from Redis, which still holds it, into its L1.
+    let sent = state(&writer).published - published;
+    assert!(sent > 0, "the changes were announced");
+    heard_more_than(&reader, received + sent - 1).await;
+    copied_back(&reader, "k", "v1").await;
+    // The catch-up has nothing left to write: the key is gone from the writer's L1.
+    caught_up(&writer).await;
+    // The set lands, then the delete, which removes it.
+    assert_eq!(l2.land().await, vec![true, true], "both carried out");
+    l2.hold(false);
+    serves(&reader, "k", None, "the reader").await;
+    serves(&writer, "k", None, "the writer").await;
+}
+
 /// A tag invalidation whose time Redis took only after the caller's timeout (a slow link) is
 /// not left there unannounced: it is stored again until Redis answers, and then announced, so a
 /// replica that already knew the tag's old time stops serving the tagged entries. Before, the

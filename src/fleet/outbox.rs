@@ -106,8 +106,10 @@ impl Outbox {
         }
         self.slots
             .entry(slot)
-            // The slot keeps its first number: until it is out, no change since is.
-            .and_modify(|queued| (queued.0, queued.1) = (action, us))
+            // The slot keeps its first number (until it is out, no change since is) and the
+            // latest time of the changes it stands for (a re-read announced at time 0 must not
+            // hide a change's time).
+            .and_modify(|queued| (queued.0, queued.1) = (action, queued.1.max(us)))
             .or_insert((action, us, seq));
         (seq, false)
     }
@@ -318,7 +320,10 @@ pub(super) async fn publish_loop(shared: std::sync::Weak<Shared>) {
                         outbox
                             .slots
                             .entry(slot)
-                            .and_modify(|newer| newer.2 = newer.2.min(queued.2))
+                            .and_modify(|newer| {
+                                newer.1 = newer.1.max(queued.1);
+                                newer.2 = newer.2.min(queued.2);
+                            })
                             .or_insert(queued);
                     }
                 }

@@ -346,6 +346,7 @@ where
                 pending: Mutex::new(HashMap::new()),
                 flushing: AtomicBool::new(false),
                 catching_up: AtomicBool::new(false),
+                unsettled: Default::default(),
                 #[cfg(feature = "redis")]
                 pending_tags: Mutex::new(HashMap::new()),
                 #[cfg(feature = "redis")]

@@ -83,6 +83,7 @@ where
                             .via_l2(|l2| async move { l2.set_if_newer(key, entry).await })
                             .await
                         {
+                            inner.unsettled_after(&e, &[key]);
                             result = Err(e);
                         }
                     }
@@ -193,6 +194,9 @@ where
         let l2 = inner
             .via_l2(|l2| async move { l2.delete_if_older(key, asked).await.map(|_| ()) })
             .await;
+        if let Some(Err(e)) = &l2 {
+            inner.unsettled_after(e, &[key]);
+        }
         let announced = inner.announce_change(key, Change::Delete).await;
         // After L2, before L1: a read of L2 that raced with the delete does not put the value
         // back in L1 (see `Inner::epoch`).

@@ -194,6 +194,9 @@ where
             Some(Err(e)) if e.is_refusal() => Written::Refused(e),
             failed => {
                 self.remember(std::iter::once((Arc::from(key), created_us)));
+                if let Some(Err(e)) = &failed {
+                    self.unsettled_after(e, &[key]);
+                }
                 self.catch_up_later();
                 if replacing && matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
                     self.clear_older(&[key]).await;
@@ -222,7 +225,9 @@ where
     /// it holds for them is older than what this replica announced.
     async fn clear_older(self: &Arc<Self>, keys: &[&str]) {
         for key in keys {
-            let _ = self.via_l2(|l2| async move { l2.delete(key).await }).await;
+            if let Some(Err(e)) = self.via_l2(|l2| async move { l2.delete(key).await }).await {
+                self.unsettled_after(&e, &[key]);
+            }
         }
     }
 
@@ -265,6 +270,9 @@ where
             Some(Err(e)) if e.is_refusal() => Err(e),
             failed => {
                 self.remember(keys);
+                if let Some(Err(e)) = &failed {
+                    self.unsettled_after(e, &names);
+                }
                 self.catch_up_later();
                 // These writes replace what the keys held (see `write_l2`).
                 if matches!(&failed, Some(Err(e)) if e.is_server_reply()) {
@@ -318,11 +326,14 @@ where
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                if inner.pending_is_empty() {
+                inner.reread_unsettled().await;
+                if inner.pending_is_empty() && inner.unsettled.is_empty() {
                     inner.catching_up.store(false, Ordering::Release);
                     // A key queued just before the flag went down found it up and left the
                     // retries to this task: take them back unless another task did.
-                    if inner.pending_is_empty() || inner.catching_up.swap(true, Ordering::AcqRel) {
+                    if (inner.pending_is_empty() && inner.unsettled.is_empty())
+                        || inner.catching_up.swap(true, Ordering::AcqRel)
+                    {
                         return;
                     }
                     continue;
@@ -455,6 +466,8 @@ where
                     }
                     Err(e) => {
                         self.layer_errors.fetch_add(1, Ordering::Relaxed);
+                        // This write too may still land.
+                        self.unsettled_after(&e, &[&*key]);
                         if e.is_server_reply() {
                             // Full or read-only, not down: try again later, and leave the
                             // circuit as it is.

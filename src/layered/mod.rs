@@ -42,6 +42,7 @@ mod fleet;
 mod flush;
 mod l2;
 mod tags;
+mod unsettled;
 
 pub use self::builder::LayeredBuilder;
 
@@ -248,6 +249,8 @@ pub(crate) struct Inner<V> {
     /// L2 part). A copy from L2 into L1 that raced with one is undone, so a value read just
     /// before an invalidation cannot outlive it in L1 (see `epoch`).
     epochs: epoch::Epochs,
+    /// Keys whose change failed in L2 without an answer, to re-read (see `unsettled`).
+    unsettled: unsettled::Unsettled,
 }
 
 impl<V> Clone for Layered<V> {
