@@ -122,6 +122,42 @@ async fn set_with_tags_and_clear() {
     );
 }
 
+/// A load that started before a `clear` and ends after it answers its callers, but its value
+/// (created when the load started, so older than the clear) is not kept: a hit in memory does
+/// not look at the clear time, and the value would have been served for its whole lifetime.
+#[tokio::test]
+async fn a_load_that_spans_a_clear_answers_its_callers_but_is_not_kept() {
+    use tokio::sync::Notify;
+    let cache = cache();
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let load = tokio::spawn({
+        let (cache, started, release) = (cache.clone(), started.clone(), release.clone());
+        async move {
+            cache
+                .get_or_load(
+                    "k",
+                    move || async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok::<_, std::io::Error>(completion(1))
+                    },
+                    LoadOptions::ttl(Duration::from_secs(3600)),
+                )
+                .await
+        }
+    });
+    started.notified().await;
+    cache.clear().await.expect("clear");
+    release.notify_one();
+    let answered = load.await.expect("task").expect("load");
+    assert_eq!(answered.id, completion(1).id, "the caller has its value");
+    assert_eq!(
+        cache.get_value("k").await.expect("get"),
+        None,
+        "a value loaded from before the clear is not kept"
+    );
+}
+
 #[tokio::test]
 async fn bad_tags_are_config_errors() {
     let cache = cache();

@@ -210,6 +210,10 @@ where
         match &event {
             Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _)) => inner.flights.supersede(key),
             Ok(Event::Prefix(prefix)) => inner.flights.supersede_prefix(prefix),
+            // A loaded entry is created when its load started, and a memory L1 hit does not
+            // look at the clear time: a load that spans a `clear` must not store its value
+            // after the clear emptied L1.
+            Ok(Event::Clear(_)) => inner.flights.supersede_prefix(""),
             _ => {}
         }
         match event {

@@ -189,6 +189,7 @@ where
                         // took in since the failed `clear` emptied it, created before, goes now.
                         if let Some(memory) = &inner.l1_memory {
                             inner.changing_all_here();
+                            inner.flights.supersede_prefix("");
                             memory.retain(|_, entry| entry.created_us() > us);
                         }
                     }
@@ -336,6 +337,8 @@ where
             if let Some(memory) = &this.inner.l1_memory {
                 if !matches!(cleared, Err(Error::Config { .. })) {
                     this.inner.changing_all_here();
+                    // Loads running now are not stored over the clear (see `apply_events`).
+                    this.inner.flights.supersede_prefix("");
                     memory.invalidate_all();
                 }
             }
