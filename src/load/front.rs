@@ -75,15 +75,19 @@ where
                 }
             }
         }
-        let _ = self
+        // Compared and deleted in one step: another replica's newer write stays.
+        let after = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(created_us.saturating_add(1));
+        let deleted = self
             .0
-            .via_l2(|l2| async move {
-                match l2.peek(key).await? {
-                    Some(found) if ours(&found) => l2.delete(key).await,
-                    _ => Ok(()),
-                }
-            })
+            .via_l2(|l2| async move { l2.delete_if_older(key, after).await })
             .await;
+        match deleted {
+            // A replica may have read the value back from L2 since the change was announced.
+            Some(Ok(true)) => self.0.tell_reread(key),
+            Some(Err(e)) => self.0.unsettled_after(&e, &[key]),
+            _ => {}
+        }
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         self.0
