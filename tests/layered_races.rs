@@ -433,6 +433,69 @@ async fn a_load_that_spans_another_replica_s_clear_is_not_kept() {
     }
 }
 
+/// A load whose value a `delete` superseded while the load was writing it to Redis takes that
+/// value out of Redis again — but never a newer value another replica wrote in the meantime.
+/// Here the other replica's write (a `set` straight to Redis) comes while the undo is on its
+/// way. Before, the undo read the key, found the load's value, and deleted the key in a second
+/// command: the newer value was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undoing_a_superseded_load_leaves_another_replica_s_newer_value() {
+    let server = RedisServer::start();
+    let (cache, gated, redis) = cache_with_old(&server, "race-unstore", "unused").await;
+    let ttl = Duration::from_secs(600);
+    // The load's write reaches Redis; its answer is held.
+    gated.writes.close();
+    let load = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load(
+                    "k",
+                    || async { Ok::<_, std::io::Error>("loaded".to_owned()) },
+                    layercache::LoadOptions::ttl(ttl),
+                )
+                .await
+        }
+    });
+    gated.writes.holds_a_call().await;
+    assert_eq!(
+        redis.get_value("k").await.expect("read").as_deref(),
+        Some("loaded")
+    );
+    // A delete supersedes the load; its own Redis call is held before it is sent.
+    gated.deletes.close();
+    let delete = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.delete("k").await }
+    });
+    gated.deletes.holds_a_call().await;
+    // The load's write is answered: the load undoes it. Wait until the undo either holds a read
+    // of the key or has taken the load's value out of Redis.
+    gated.reads.close();
+    gated.writes.open();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gated.reads.waiting.load(Ordering::SeqCst) == 0
+        && redis.get_value("k").await.expect("read").is_some()
+    {
+        assert!(Instant::now() < deadline, "the load did not undo its write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another replica writes the key now.
+    redis
+        .set_value("k", "newer".to_owned(), ttl)
+        .await
+        .expect("the other replica's set");
+    gated.reads.open();
+    gated.deletes.open();
+    delete.await.expect("task").expect("delete");
+    assert_eq!(load.await.expect("task").expect("load"), "loaded");
+    assert_eq!(
+        redis.get_value("k").await.expect("read").as_deref(),
+        Some("newer"),
+        "the other replica's newer value stays in Redis"
+    );
+}
+
 /// Six tasks (three on each of two replicas) make random changes, loads and reads of six keys
 /// at once; afterwards every replica serves what Redis holds. Seeded:
 /// `LAYERCACHE_RACES_SEED` replays a run, `LAYERCACHE_RACES_STEPS` (default 300 a task) makes it
@@ -453,13 +516,13 @@ async fn concurrent_tags_clears_and_batches_on_two_replicas_end_on_what_redis_ho
 /// through a proxy that, at random, resets them or answers 300 ms late (past the command
 /// timeout); afterwards, with Redis reachable again, both replicas serve what Redis holds.
 ///
-/// Open: about 1 run in 65 of 1,000 steps a task (3 of seeds 1–200: 5, 31 and 91, each of which
-/// passed 6 times when run again) ends with one replica on an older value than Redis holds — the healthy
-/// replica holding a value the faulty one wrote before a newer one of its own that reached
-/// Redis late, or the faulty replica serving a write of its own kept through the outage that
-/// never reached Redis. Run it with `--ignored` and `LAYERCACHE_RACES_SEED`/`_STEPS`.
+/// A soak, not run by default (`--ignored`, with `LAYERCACHE_RACES_SEED`/`_STEPS`): before the
+/// fixes of late-landing changes (re-read after an unanswered failure) and of a superseded
+/// load's undo (one compare-and-delete), about 1 run in 150 of 1,000 steps a task ended with
+/// one replica on an older value than Redis holds; each cause now has a deterministic test of
+/// its own in `tests/fleet_late_writes.rs` or above, and RELIABILITY.md gives the sweep figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: ~1.5 % of runs end with a replica on an older value than Redis (see its docs)"]
+#[ignore = "a soak of random faults: run with --ignored (see its docs)"]
 async fn concurrent_changes_through_faults_on_two_replicas_end_on_what_redis_holds() {
     random_mix("race-many-faults", false, true).await;
 }
