@@ -160,6 +160,11 @@ pub(crate) struct TagTimes {
     /// Without a shared store: the latest of the times folded away when `MAX_KNOWN` were kept.
     /// A tag not in `times` may have been invalidated at any time up to it.
     floor_us: AtomicU64,
+    /// Bumped, under the write lock, whenever known times are dropped (`forget`, or a fleet
+    /// replica's map full): a time read from Redis before that may predate an invalidation
+    /// whose message was applied to, or lost with, what was dropped, so it is not recorded
+    /// (see [`learn`](Self::learn)).
+    forgotten: AtomicU64,
 }
 
 impl fmt::Debug for TagTimes {
@@ -178,7 +183,14 @@ impl TagTimes {
             times: RwLock::new(HashMap::new()),
             local_only,
             floor_us: AtomicU64::new(0),
+            forgotten: AtomicU64::new(0),
         }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Read before asking the shared store for times, and given back to [`learn`](Self::learn).
+    pub(crate) fn generation(&self) -> u64 {
+        self.forgotten.load(Ordering::Acquire)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, u64>> {
@@ -271,6 +283,7 @@ impl TagTimes {
                 times.retain(|t, _| &**t == CLEAR);
             } else {
                 times.clear();
+                self.forgotten.fetch_add(1, Ordering::Release);
             }
         }
         let known = times.entry(Box::from(tag)).or_insert(0);
@@ -280,14 +293,25 @@ impl TagTimes {
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    /// Record times read from the shared store (0: never invalidated).
-    pub(crate) fn learn(&self, found: impl IntoIterator<Item = (Box<str>, u64)>) {
+    /// Record times read from the shared store (0: never invalidated), asked for at
+    /// `generation` (see [`generation`](Self::generation)). If times were dropped since, none
+    /// is recorded: the read may predate an invalidation whose message this replica missed (the
+    /// reason for a `forget`) or applied to a time since dropped, and recording it would make
+    /// an invalidated entry valid for good. The tags stay unknown, to be read again.
+    pub(crate) fn learn(&self, found: impl IntoIterator<Item = (Box<str>, u64)>, generation: u64) {
         let mut changed = false;
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
+        if self.forgotten.load(Ordering::Acquire) != generation {
+            return;
+        }
         for (tag, ms) in found {
             if !self.local_only && times.len() >= MAX_KNOWN && !times.contains_key(&tag) {
+                // Full: forget them all (they are in Redis), and this read's too (another read
+                // in flight may hold times from before a message applied to what is dropped).
                 times.clear();
+                self.forgotten.fetch_add(1, Ordering::Release);
                 changed = true;
+                break;
             }
             let known = times.entry(tag).or_insert(0);
             if ms > *known {
@@ -307,10 +331,10 @@ impl TagTimes {
         if self.local_only {
             return;
         }
-        self.times
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
+        times.clear();
+        self.forgotten.fetch_add(1, Ordering::Release);
+        drop(times);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 }
@@ -325,7 +349,10 @@ mod tests {
         let tags = Tags::new(["user:1", "doc:9", "user:1"]);
         assert_eq!(tags.as_slice().len(), 2);
         assert_eq!(times.check(&tags, 100, false), Check::Unknown);
-        times.learn([(Box::from("user:1"), 0), (Box::from("doc:9"), 50)]);
+        times.learn(
+            [(Box::from("user:1"), 0), (Box::from("doc:9"), 50)],
+            times.generation(),
+        );
         assert_eq!(times.check(&tags, 100, false), Check::Valid);
         assert_eq!(times.check(&tags, 100, false), Check::Valid, "cached");
         times.set("doc:9", 150);
@@ -377,6 +404,47 @@ mod tests {
         assert_eq!(
             times.check(&Tags::default(), 4, true),
             Check::Invalidated(5)
+        );
+    }
+
+    #[test]
+    fn times_read_before_a_forget_are_not_recorded() {
+        let times = TagTimes::new(false);
+        let tags = Tags::new(["t2"]);
+        // A read of t2's time starts (Redis says 10) …
+        let asked = times.generation();
+        // … meanwhile the replica learns of an invalidation at 50, then resyncs: it forgets
+        // the times (messages were lost, maybe another invalidation).
+        times.set("t2", 50);
+        times.forget();
+        // The read's answer, from before both, is not recorded: t2 stays unknown.
+        times.learn([(Box::from("t2"), 10)], asked);
+        assert_eq!(times.check(&tags, 20, false), Check::Unknown);
+        // A read asked after the forget is.
+        times.learn([(Box::from("t2"), 50)], times.generation());
+        assert_eq!(times.check(&tags, 20, false), Check::Invalidated(50));
+    }
+
+    #[test]
+    fn a_full_map_drops_the_times_being_learned_too() {
+        let times = TagTimes::new(false);
+        let asked = times.generation();
+        let many = (0..MAX_KNOWN as u64).map(|i| (Box::from(format!("t{i}")), i + 1));
+        times.learn(many, asked);
+        assert_eq!(times.read().len(), MAX_KNOWN);
+        // A read in flight meanwhile may predate a message applied to a time now dropped.
+        let in_flight = times.generation();
+        times.set("t1", 500);
+        times.learn(
+            [(Box::from("new"), 7), (Box::from("t1"), 2)],
+            times.generation(),
+        );
+        assert!(times.read().is_empty(), "full: forgotten");
+        times.learn([(Box::from("t1"), 2)], in_flight);
+        assert_eq!(
+            times.check(&Tags::new(["t1"]), 100, false),
+            Check::Unknown,
+            "t1's older time, read before the drop, is not recorded"
         );
     }
 

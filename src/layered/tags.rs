@@ -85,12 +85,15 @@ where
     async fn learn_tags(&self, entry: &Entry<V>, with_clear: bool) {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
+            // Before the read: a resync that forgets the times while it is on its way voids it.
+            let generation = self.tag_times.generation();
             let unknown = self.tag_times.unknown(entry.tag_set(), with_clear);
             if unknown.is_empty() {
                 return;
             }
             if let Ok(times) = backplane.tag_times(&unknown).await {
-                self.tag_times.learn(unknown.into_iter().zip(times));
+                self.tag_times
+                    .learn(unknown.into_iter().zip(times), generation);
             }
         }
     }
