@@ -24,6 +24,7 @@ enum Held {
     Set(String, Entry<String>),
     SetIfNewer(String, Entry<String>),
     DeleteIfOlder(String, SystemTime),
+    Prefix(String),
 }
 
 /// An L2 over Redis whose writes and deletes, while holding, fail for the caller (a timeout on
@@ -72,6 +73,9 @@ impl LateWrites {
                     Held::Set(key, entry) => self.inner.set(&key, entry).await.map(|()| true),
                     Held::SetIfNewer(key, entry) => self.inner.set_if_newer(&key, entry).await,
                     Held::DeleteIfOlder(key, than) => self.inner.delete_if_older(&key, than).await,
+                    Held::Prefix(prefix) => {
+                        self.inner.invalidate_prefix(&prefix).await.map(|n| n > 0)
+                    }
                 }
                 .expect("land a held command"),
             );
@@ -112,6 +116,12 @@ impl Cache<String> for LateWrites {
         match self.held(|| Held::DeleteIfOlder(key.to_owned(), than)) {
             Some(timeout) => Err(timeout),
             None => self.inner.delete_if_older(key, than).await,
+        }
+    }
+    async fn invalidate_prefix(&self, prefix: &str) -> layercache::Result<u64> {
+        match self.held(|| Held::Prefix(prefix.to_owned())) {
+            Some(timeout) => Err(timeout),
+            None => self.inner.invalidate_prefix(prefix).await,
         }
     }
 }
@@ -449,6 +459,49 @@ async fn a_delete_that_reached_redis_after_its_announcement_is_read_again_everyw
     );
     serves(&reader, "k", None, "the reader").await;
     serves(&writer, "k", None, "the writer").await;
+}
+
+/// An `invalidate_prefix` that timed out here but removed the keys from Redis later — after
+/// both replicas read them back from Redis, which still held them — does not leave the removed
+/// values served: this replica drops its entries under the prefix, the others resync. Seen
+/// first as seed 839 of `replicas_converge_on_redis_after_random_faults` (`prefix k1` timed
+/// out; two replicas served `k10` 20 s on, Redis held nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_invalidation_that_reached_redis_late_is_read_again_everywhere() {
+    let server = RedisServer::start();
+    let (writer, l2, reader) = writer_and_reader(&server, "late-prefix").await;
+    let ttl = Duration::from_secs(600);
+    for key in ["user:1", "user:2", "other"] {
+        writer
+            .set_value(key, format!("{key} v1"), ttl)
+            .await
+            .expect("set");
+        serves(&reader, key, Some(&format!("{key} v1")), "the reader").await;
+    }
+
+    let before = reader.backplane().map_or(0, |b| b.state().received);
+    l2.hold(true);
+    let failed = writer.invalidate_prefix("user:").await;
+    assert!(
+        failed.is_err(),
+        "the invalidation timed out here: {failed:?}"
+    );
+    l2.hold(false);
+    heard_more_than(&reader, before).await;
+    // Both read user:1 back from Redis, which still holds it, into their L1.
+    copied_back(&reader, "user:1", "user:1 v1").await;
+    copied_back(&writer, "user:1", "user:1 v1").await;
+    // Now the late invalidation reaches Redis.
+    assert_eq!(
+        l2.land().await,
+        vec![true],
+        "one invalidation held, and carried out"
+    );
+    for cache in [(&reader, "the reader"), (&writer, "the writer")] {
+        serves(cache.0, "user:1", None, cache.1).await;
+        serves(cache.0, "user:2", None, cache.1).await;
+        serves(cache.0, "other", Some("other v1"), cache.1).await;
+    }
 }
 
 /// A `set` and then a `delete` of one key, both timing out here and both reaching Redis after

@@ -273,6 +273,8 @@ where
     /// anyway); [`Error::Config`] when a layer cannot remove by prefix, or for an empty prefix
     /// over a Redis L2 without a namespace (which would delete every key of its database). When
     /// L2 refuses the request so, nothing is removed from any layer and nothing is announced.
+    /// After a timeout (the removal may still reach Redis), the keys under `prefix` are dropped
+    /// from this L1 again 0.5 s and 3 s later, and the other replicas resync then.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let (this, prefix) = (self.clone(), prefix.to_owned());
         self.to_completion(async move { this.invalidate_prefix_now(&prefix).await })
@@ -293,6 +295,10 @@ where
             // L2 refused the request itself (an empty prefix over a whole database): nothing
             // was removed anywhere, and nothing is announced.
             return Err(refused);
+        }
+        if let Some(Err(e)) = &l2 {
+            // Keys removed late from Redis: see `unsettled`.
+            inner.unsettled_prefix_after(e, prefix);
         }
         inner.forget_pending_prefix(prefix);
         inner.changing_all_here();

@@ -12,6 +12,11 @@
 //! backplane), whose replicas drop theirs; writes still waiting for the catch-up stay, here and
 //! there. A change that landed later still than that is not re-read.
 //!
+//! An `invalidate_prefix` that failed so is re-read the same way, by prefix: this replica drops
+//! its L1 entries under the prefix, and the fleet is told to resync (the other replicas cannot
+//! be told a prefix without also forgetting their own writes under it that wait for the
+//! catch-up; a resync drops their whole L1 but keeps those).
+//!
 //! An error that Redis answered (`OOM`, `READONLY`) or a refusal of the codec is an answer: the
 //! change did not happen, and nothing is noted.
 
@@ -27,6 +32,8 @@ use crate::error::Error;
 pub(super) const FIRST_REREAD_MS: u64 = 500;
 /// The last re-read, this long (ms) after the failure.
 pub(super) const LAST_REREAD_MS: u64 = 3_000;
+/// The most prefixes kept for a re-read; beyond it, everything is re-read.
+const MAX_PREFIXES: usize = 64;
 
 /// The keys to re-read (see the module docs), bounded by `l2::MAX_PENDING`; beyond it, the
 /// whole of L1 is re-read instead (every replica drops its L1, writes waiting for the catch-up
@@ -39,6 +46,7 @@ pub(crate) struct Unsettled {
 #[derive(Default)]
 struct State {
     keys: HashMap<Arc<str>, Due>,
+    prefixes: HashMap<Box<str>, Due>,
     /// Set when more keys failed than are kept: everything is re-read.
     all: Option<Due>,
 }
@@ -79,6 +87,7 @@ impl Due {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Rereads {
     pub(crate) keys: Vec<Arc<str>>,
+    pub(crate) prefixes: Vec<Box<str>>,
     pub(crate) all: bool,
 }
 
@@ -96,9 +105,22 @@ impl Unsettled {
         }
     }
 
+    /// Note that an invalidation of the keys under `prefix` failed at `now_ms` without an
+    /// answer.
+    pub(crate) fn note_prefix(&self, prefix: &str, now_ms: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(due) = state.prefixes.get_mut(prefix) {
+            *due = Due::new(now_ms);
+        } else if state.prefixes.len() < MAX_PREFIXES {
+            state.prefixes.insert(Box::from(prefix), Due::new(now_ms));
+        } else {
+            state.all = Some(Due::new(now_ms));
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.keys.is_empty() && state.all.is_none()
+        state.keys.is_empty() && state.prefixes.is_empty() && state.all.is_none()
     }
 
     /// The re-reads due at `now_ms`, each moved on to its next one or forgotten.
@@ -112,6 +134,15 @@ impl Unsettled {
                 more
             }
         });
+        state
+            .prefixes
+            .retain(|prefix, when| match when.take(now_ms) {
+                None => true,
+                Some(more) => {
+                    due.prefixes.push(prefix.clone());
+                    more
+                }
+            });
         if let Some(when) = &mut state.all {
             if let Some(more) = when.take(now_ms) {
                 due.all = true;
@@ -147,6 +178,16 @@ where
         self.catch_up_later();
     }
 
+    /// An invalidation of the keys under `prefix` failed in L2 with `error`: if it may still
+    /// land there, re-read them later (see the module docs).
+    pub(crate) fn unsettled_prefix_after(self: &Arc<Self>, error: &Error, prefix: &str) {
+        if !may_land_later(error) {
+            return;
+        }
+        self.unsettled.note_prefix(prefix, now_ms());
+        self.catch_up_later();
+    }
+
     /// Re-read the keys whose time has come: drop their L1 copies (not writes waiting for the
     /// catch-up) and tell the fleet to drop theirs.
     pub(super) async fn reread_unsettled(&self) {
@@ -159,7 +200,21 @@ where
                     // Another kind of L1 cannot be walked: each key still noted is re-read below.
                 }
             }
-            #[cfg(feature = "redis")]
+        }
+        for prefix in &due.prefixes {
+            self.changing_all_here();
+            match &self.l1_memory {
+                Some(memory) => {
+                    memory.retain(|key, _| !key.starts_with(&**prefix) || self.is_pending(key));
+                }
+                None => {
+                    let _ = self.l1_done(self.l1.invalidate_prefix(prefix).await);
+                }
+            }
+        }
+        // The fleet drops its L1, writes waiting for the catch-up apart (see the module docs).
+        #[cfg(feature = "redis")]
+        if due.all || !due.prefixes.is_empty() {
             if let Some(backplane) = &self.backplane {
                 let _ = backplane.announce(crate::fleet::backplane::Action::Resync, "");
             }
@@ -241,6 +296,24 @@ mod tests {
         let last = unsettled.take_due(LAST_REREAD_MS);
         assert!(last.all);
         assert!(unsettled.is_empty());
+    }
+
+    #[test]
+    fn a_prefix_is_reread_twice_and_too_many_reread_everything() {
+        let unsettled = Unsettled::default();
+        unsettled.note_prefix("user:", 1_000);
+        let first = unsettled.take_due(1_000 + FIRST_REREAD_MS);
+        assert_eq!(first.prefixes, vec![Box::<str>::from("user:")]);
+        assert!(!first.all && first.keys.is_empty());
+        let last = unsettled.take_due(1_000 + LAST_REREAD_MS);
+        assert_eq!(last.prefixes.len(), 1);
+        assert!(unsettled.is_empty());
+        for i in 0..=MAX_PREFIXES {
+            unsettled.note_prefix(&format!("p{i}:"), 0);
+        }
+        let due = unsettled.take_due(FIRST_REREAD_MS);
+        assert!(due.all);
+        assert_eq!(due.prefixes.len(), MAX_PREFIXES);
     }
 
     #[test]
