@@ -96,26 +96,16 @@ impl Unsettled {
     /// start over).
     pub(crate) fn note(&self, key: &str, now_ms: u64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(due) = state.keys.get_mut(key) {
-            *due = Due::new(now_ms);
-        } else if state.keys.len() < MAX_PENDING {
-            state.keys.insert(Arc::from(key), Due::new(now_ms));
-        } else {
-            state.all = Some(Due::new(now_ms));
-        }
+        let State { keys, all, .. } = &mut *state;
+        note_in(keys, MAX_PENDING, all, key, now_ms);
     }
 
     /// Note that an invalidation of the keys under `prefix` failed at `now_ms` without an
     /// answer.
     pub(crate) fn note_prefix(&self, prefix: &str, now_ms: u64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(due) = state.prefixes.get_mut(prefix) {
-            *due = Due::new(now_ms);
-        } else if state.prefixes.len() < MAX_PREFIXES {
-            state.prefixes.insert(Box::from(prefix), Due::new(now_ms));
-        } else {
-            state.all = Some(Due::new(now_ms));
-        }
+        let State { prefixes, all, .. } = &mut *state;
+        note_in(prefixes, MAX_PREFIXES, all, prefix, now_ms);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -127,22 +117,8 @@ impl Unsettled {
     pub(crate) fn take_due(&self, now_ms: u64) -> Rereads {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Rereads::default();
-        state.keys.retain(|key, when| match when.take(now_ms) {
-            None => true,
-            Some(more) => {
-                due.keys.push(Arc::clone(key));
-                more
-            }
-        });
-        state
-            .prefixes
-            .retain(|prefix, when| match when.take(now_ms) {
-                None => true,
-                Some(more) => {
-                    due.prefixes.push(prefix.clone());
-                    more
-                }
-            });
+        take_due_in(&mut state.keys, now_ms, &mut due.keys);
+        take_due_in(&mut state.prefixes, now_ms, &mut due.prefixes);
         if let Some(when) = &mut state.all {
             if let Some(more) = when.take(now_ms) {
                 due.all = true;
@@ -153,6 +129,38 @@ impl Unsettled {
         }
         due
     }
+}
+
+/// Note `name` as failed at `now_ms` in `map` (again: its re-reads start over); past `bound`
+/// names, everything is re-read instead.
+fn note_in<K>(
+    map: &mut HashMap<K, Due>,
+    bound: usize,
+    all: &mut Option<Due>,
+    name: &str,
+    now_ms: u64,
+) where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq + for<'a> From<&'a str>,
+{
+    if let Some(due) = map.get_mut(name) {
+        *due = Due::new(now_ms);
+    } else if map.len() < bound {
+        map.insert(K::from(name), Due::new(now_ms));
+    } else {
+        *all = Some(Due::new(now_ms));
+    }
+}
+
+/// Move the names of `map` due at `now_ms` to `due`, each moved on to its next re-read or
+/// forgotten.
+fn take_due_in<K: Clone>(map: &mut HashMap<K, Due>, now_ms: u64, due: &mut Vec<K>) {
+    map.retain(|name, when| match when.take(now_ms) {
+        None => true,
+        Some(more) => {
+            due.push(name.clone());
+            more
+        }
+    });
 }
 
 /// Whether L2 may have carried out a change that failed with `error`: anything but an answer of
