@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "quick-cache")]
+mod quick;
 mod store;
 
 pub use self::store::Engine;
@@ -669,7 +671,7 @@ where
                 // kept, on any number of cores.
                 let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
                 let shards = if weigher.is_some() {
-                    shards.min(store::QUICK_BYTE_SHARDS)
+                    shards.min(quick::QUICK_BYTE_SHARDS)
                 } else {
                     shards
                 };
@@ -680,11 +682,11 @@ where
                     .build()
                     .map_err(|e| Error::config(format!("quick_cache options: {e}")))?;
                 Store::new(
-                    Backend::Quick(Arc::new(store::QuickStore {
+                    Backend::Quick(Arc::new(quick::QuickStore {
                         weigher: weigher.clone(),
                         cache: quick_cache::sync::Cache::with_options(
                             options,
-                            store::QuickWeighter(weigher),
+                            quick::QuickWeighter(weigher),
                             Default::default(),
                             Default::default(),
                         ),
