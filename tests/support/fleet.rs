@@ -480,3 +480,48 @@ impl Drop for Replica {
         let _ = self.child.wait();
     }
 }
+
+/// A replica behind a fault proxy: its cache and the proxy.
+pub async fn replica_behind_proxy(
+    server: &super::redis::RedisServer,
+    namespace: &str,
+) -> (Layered<String>, super::proxy::FaultProxy) {
+    replica_with_l2_behind_proxy(server, namespace, false).await
+}
+
+/// A replica whose L2 goes through a fault proxy, and its backplane too unless
+/// `backplane_direct`: its cache and the proxy.
+pub async fn replica_with_l2_behind_proxy(
+    server: &super::redis::RedisServer,
+    namespace: &str,
+    backplane_direct: bool,
+) -> (Layered<String>, super::proxy::FaultProxy) {
+    let upstream = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = super::proxy::FaultProxy::start(upstream).await;
+    let l2 = layercache::RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace(namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("l2");
+    let backplane = if backplane_direct {
+        let direct = layercache::RedisCache::<String>::builder()
+            .url(server.url())
+            .namespace(namespace)
+            .build()
+            .await
+            .expect("direct");
+        direct.backplane().await.expect("backplane")
+    } else {
+        l2.backplane().await.expect("backplane")
+    };
+    let cache = Layered::builder(layercache::MemoryCache::builder().build().expect("l1"), l2)
+        .name("behind-proxy")
+        .backplane(backplane)
+        .build()
+        .expect("cache");
+    (cache, proxy)
+}

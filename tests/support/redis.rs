@@ -183,6 +183,14 @@ impl RedisServer {
         cli(self.port, args)
     }
 
+    /// The PTTL of `key` in ms (-1: no expiry, -2: no such key).
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.cli(&["pttl", key])
+            .trim()
+            .parse()
+            .expect("PTTL is a number")
+    }
+
     /// How many times `command` (lower case: `get`, `mget`, `set`) ran since the server started
     /// or since `CONFIG RESETSTAT` (`INFO commandstats`).
     pub fn command_calls(&self, command: &str) -> u64 {
