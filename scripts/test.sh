@@ -105,8 +105,8 @@ cargo test -p layercache-ecosystem
 log "the Redis test files again, on Valkey 8 (LAYERCACHE_TEST_SERVER=valkey)"
 LAYERCACHE_TEST_SERVER=valkey cargo test --all-features --test redis --test redis_cluster \
     --test redis_faults --test redis_proxy --test redis_pause --test redis_failover \
-    --test redis_bomb --test redis_tls --test fleet --test fleet_outage --test fleet_tags \
-    --test field --test batch \
+    --test redis_bomb --test redis_tls --test redis_connect --test fleet --test fleet_outage \
+    --test fleet_tags --test field --test batch \
     --test fleet_recovery --test fleet_late_writes --test layered_races --test deploy \
     --test fleet_scale --test redis_burst
 log "memory and load tests on the quick_cache engine"
