@@ -11,7 +11,11 @@
 //!
 //! Each replica keeps the times of the tags it has met, kept current by the backplane. An entry
 //! with a tag whose time this replica does not know yet (never met, or forgotten after the
-//! backplane lost messages) is not served as fresh before the time was read from Redis.
+//! backplane lost messages) is not served as fresh before the time was read from Redis. A time
+//! that reaches a replica for a tag it does not know — a message, or the replica's own
+//! invalidation — only says the tag was invalidated *at least* then (Redis may hold a later one
+//! the replica missed): entries created before it are expired at once, newer ones still wait for
+//! the read.
 //!
 //! The check costs nothing for untagged entries; a tagged entry remembers that it was found
 //! valid until any tag time changes, so its hits cost two atomic loads more.
@@ -149,11 +153,23 @@ pub(crate) enum Check {
     Unknown,
 }
 
+/// What a replica knows of one tag's invalidation time.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// µs since the epoch (0: never invalidated).
+    us: u64,
+    /// Whether `us` is the tag's time (read from the shared store, kept current since by the
+    /// backplane, or set by the only process that can invalidate), or only a time the tag was
+    /// invalidated at or after (announced while its time here was unknown: the store may hold a
+    /// later one whose message this replica missed).
+    exact: bool,
+}
+
 /// The invalidation times of the tags this replica has met.
 pub(crate) struct TagTimes {
     /// Bumped after every change of a known time (and when all are forgotten).
     epoch: AtomicU64,
-    times: RwLock<HashMap<Box<str>, u64>>,
+    times: RwLock<HashMap<Box<str>, Known>>,
     /// Whether a tag not in `times` was never invalidated (no shared store: this process is the
     /// only one that can invalidate), or its time must be read first.
     local_only: bool,
@@ -193,7 +209,7 @@ impl TagTimes {
         self.forgotten.load(Ordering::Acquire)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, u64>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Known>> {
         self.times.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -224,24 +240,33 @@ impl TagTimes {
     ) -> Check {
         let times = self.read();
         let mut latest = 0u64;
+        // A tag whose time is not known exactly: the entry is valid only if it is read.
+        let mut unsure = false;
         let clear = with_clear.then_some(CLEAR);
         let tags = set
             .iter()
             .flat_map(|(set, _)| set.tags.iter().map(|t| &**t));
         for tag in clear.into_iter().chain(tags) {
             match times.get(tag) {
-                Some(&ms) => latest = latest.max(ms),
+                Some(known) => {
+                    latest = latest.max(known.us);
+                    unsure |= !known.exact;
+                }
                 // Folded away (or never invalidated: the floor over-approximates).
                 None if self.local_only && tag != CLEAR => {
                     latest = latest.max(self.floor_us.load(Ordering::Relaxed));
                 }
                 None if self.local_only => {}
-                None => return Check::Unknown,
+                None => unsure = true,
             }
         }
         drop(times);
+        // Invalidated at or after a time later than the entry: invalid, whatever the rest.
         if latest != 0 && latest >= created_us {
             return Check::Invalidated(latest);
+        }
+        if unsure {
+            return Check::Unknown;
         }
         if let (Some((set, epoch)), false) = (set, with_clear) {
             set.checked.store(epoch.wrapping_add(1), Ordering::Relaxed);
@@ -250,7 +275,8 @@ impl TagTimes {
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    /// The tags of `tags` (and the clear tag when `with_clear`) whose times are not known.
+    /// The tags of `tags` (and the clear tag when `with_clear`) whose times are not known
+    /// exactly.
     pub(crate) fn unknown(&self, tags: &Tags, with_clear: bool) -> Vec<Box<str>> {
         if self.local_only {
             return Vec::new();
@@ -260,15 +286,18 @@ impl TagTimes {
         clear
             .into_iter()
             .chain(tags.as_slice().iter().map(|t| &**t))
-            .filter(|t| !times.contains_key(*t))
+            .filter(|t| !times.get(*t).is_some_and(|known| known.exact))
             .map(Box::from)
             .collect()
     }
 
     /// Record that `tag` was invalidated at `us` (µs since the epoch; a later time known already
-    /// wins). With `MAX_KNOWN` times kept and a new tag, a fleet replica forgets them all (they
-    /// are in Redis); a cache without a shared store folds them into the floor time instead
-    /// (the clear time stays apart: it concerns untagged entries too).
+    /// wins). On a fleet replica that does not know `tag`'s time, `us` is only a lower bound:
+    /// Redis may hold a later invalidation whose message this replica missed before it forgot
+    /// the times (an announcement can be late: a retried invalidation carries the time it was
+    /// asked at). With `MAX_KNOWN` times kept and a new tag, a fleet replica forgets them all
+    /// (they are in Redis); a cache without a shared store folds them into the floor time
+    /// instead (the clear time stays apart: it concerns untagged entries too).
     pub(crate) fn set(&self, tag: &str, us: u64) {
         let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
         if times.len() >= MAX_KNOWN && !times.contains_key(tag) {
@@ -276,7 +305,7 @@ impl TagTimes {
                 let latest = times
                     .iter()
                     .filter(|(t, _)| &***t != CLEAR)
-                    .map(|(_, &us)| us)
+                    .map(|(_, known)| known.us)
                     .max()
                     .unwrap_or(0);
                 self.floor_us.fetch_max(latest, Ordering::Relaxed);
@@ -286,15 +315,20 @@ impl TagTimes {
                 self.forgotten.fetch_add(1, Ordering::Release);
             }
         }
-        let known = times.entry(Box::from(tag)).or_insert(0);
-        *known = (*known).max(us);
+        // Without a shared store this process makes every invalidation: its times are exact.
+        let known = times.entry(Box::from(tag)).or_insert(Known {
+            us: 0,
+            exact: self.local_only,
+        });
+        known.us = known.us.max(us);
         drop(times);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    /// Record times read from the shared store (0: never invalidated), asked for at
-    /// `generation` (see [`generation`](Self::generation)). If times were dropped since, none
+    /// Record times read from the shared store (0: never invalidated; from then on known
+    /// exactly, a later time announced meanwhile kept), asked for at `generation` (see
+    /// [`generation`](Self::generation)). If times were dropped since, none
     /// is recorded: the read may predate an invalidation whose message this replica missed (the
     /// reason for a `forget`) or applied to a time since dropped, and recording it would make
     /// an invalidated entry valid for good. The tags stay unknown, to be read again.
@@ -313,9 +347,14 @@ impl TagTimes {
                 changed = true;
                 break;
             }
-            let known = times.entry(tag).or_insert(0);
-            if ms > *known {
-                *known = ms;
+            // A lower bound announced meanwhile may be later than what was read.
+            let known = times.entry(tag).or_insert(Known {
+                us: 0,
+                exact: false,
+            });
+            if ms > known.us || !known.exact {
+                known.us = known.us.max(ms);
+                known.exact = true;
                 changed = true;
             }
         }
@@ -423,6 +462,50 @@ mod tests {
         // A read asked after the forget is.
         times.learn([(Box::from("t2"), 50)], times.generation());
         assert_eq!(times.check(&tags, 20, false), Check::Invalidated(50));
+    }
+
+    /// Seed 1266 of the fleet convergence test: a replica forgot its tag times on a resync
+    /// (messages lost while it was deaf, among them another replica's invalidation of t0 at 300),
+    /// then its own retried invalidation of t0, asked at 100, finally reached Redis. Recording 100
+    /// as t0's time made an entry created at 200 valid again for good.
+    #[test]
+    fn a_time_announced_for_a_forgotten_tag_is_only_a_lower_bound() {
+        let times = TagTimes::new(false);
+        let tags = Tags::new(["t0"]);
+        times.learn([(Box::from("t0"), 50)], times.generation());
+        assert_eq!(times.check(&tags, 200, false), Check::Valid, "memo stored");
+        times.forget();
+        times.set("t0", 100);
+        assert_eq!(times.check(&tags, 80, false), Check::Invalidated(100));
+        assert_eq!(
+            times.check(&tags, 200, false),
+            Check::Unknown,
+            "t0 may have been invalidated later: read it"
+        );
+        assert_eq!(times.unknown(&tags, false), vec![Box::from("t0")]);
+        times.learn([(Box::from("t0"), 300)], times.generation());
+        assert_eq!(times.check(&tags, 200, false), Check::Invalidated(300));
+        assert_eq!(times.check(&tags, 400, false), Check::Valid);
+        assert!(times.unknown(&tags, false).is_empty());
+        // Once exact, an announced time is applied as it comes.
+        times.set("t0", 500);
+        assert_eq!(times.check(&tags, 400, false), Check::Invalidated(500));
+        // A tag invalidated after the entry was created makes it invalid whatever the others.
+        let two = Tags::new(["t0", "unknown"]);
+        assert_eq!(times.check(&two, 450, false), Check::Invalidated(500));
+        assert_eq!(times.check(&two, 600, false), Check::Unknown);
+    }
+
+    #[test]
+    fn a_read_in_flight_does_not_lower_a_time_announced_meanwhile() {
+        let times = TagTimes::new(false);
+        let tags = Tags::new(["t1"]);
+        let asked = times.generation();
+        // The read reached Redis before the invalidation at 90, whose message arrives first.
+        times.set("t1", 90);
+        times.learn([(Box::from("t1"), 10)], asked);
+        assert_eq!(times.check(&tags, 50, false), Check::Invalidated(90));
+        assert_eq!(times.check(&tags, 100, false), Check::Valid);
     }
 
     #[test]
