@@ -1,5 +1,6 @@
 //! Tag invalidation times in a real Redis: kept without expiry (never evicted under
-//! `volatile-*`), and deleted once no entry they could invalidate is left.
+//! `volatile-*`), deleted once no entry they could invalidate is left, and never taken from a
+//! late announcement by a replica that forgot them.
 
 #![cfg(all(feature = "redis", feature = "msgpack"))]
 
@@ -7,8 +8,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use layercache::{CacheExt, Layered};
-use support::fleet::unix_nanos;
+use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
+use support::fleet::{backplane_state, unix_nanos, wait_subscribed};
+use support::proxy::{FaultProxy, Mode};
 use support::redis::RedisServer;
 
 /// Wait until `key` is in Redis (a load's L2 write may finish after its answer).
@@ -165,4 +167,96 @@ async fn tag_times_in_redis_go_once_no_entry_they_could_invalidate_is_left() {
         (thirty_days - 60_000..=thirty_days + 100).contains(&life),
         "{life} ms"
     );
+}
+
+/// A replica on `namespace` whose L2 reaches `server` directly and whose backplane (its
+/// subscription, and the connection that stores tag times) goes through a fault proxy.
+async fn replica_with_proxied_backplane(
+    server: &RedisServer,
+    namespace: &str,
+) -> (Layered<String>, FaultProxy) {
+    let upstream = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let proxy = FaultProxy::start(upstream).await;
+    let l2 = RedisCache::<String>::builder()
+        .url(server.url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("l2");
+    let listening = RedisCache::<String>::builder()
+        .url(proxy.url())
+        .namespace(namespace)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("redis through the proxy");
+    let backplane = listening.backplane().await.expect("backplane");
+    let cache = Layered::builder(MemoryCache::builder().build().expect("l1"), l2)
+        .backplane(backplane)
+        .build()
+        .expect("cache");
+    (cache, proxy)
+}
+
+/// Wait (10 s at most) until `what` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A replica that resynced (its tag times forgotten: messages may have been lost) then hears
+/// an invalidation announced late — here another replica's, failed by Redis and retried, with
+/// the time it was asked at — must not take that time for the tag's: Redis holds a later one.
+/// Seed 1266 of the convergence test: the replica served such an entry for its whole lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_announcement_does_not_revive_entries_of_a_tag_invalidated_since() {
+    let server = RedisServer::start();
+    let (forgetful, forgetful_proxy) = replica_with_proxied_backplane(&server, "late").await;
+    let (late, late_proxy) = replica_with_proxied_backplane(&server, "late").await;
+    let writer = tagged_replica(&server, "late", None).await;
+    wait_subscribed(&[&forgetful, &late, &writer]).await;
+
+    // `late` invalidates the tag while Redis cannot take it: kept, and retried.
+    late_proxy.set(Mode::Reset);
+    assert!(late.invalidate_tag("t").await.is_err());
+    // Since: an entry with the tag, then its invalidation, which `forgetful` hears.
+    let entry = Entry::new("v".to_string(), Duration::from_secs(600)).with_tags(["t"]);
+    writer.set("k", entry).await.expect("set");
+    writer.invalidate_tag("t").await.expect("invalidate");
+    assert_eq!(writer.get_value("k").await.expect("get"), None);
+
+    // `forgetful` loses its subscription and resyncs: it forgets the tag times.
+    let resyncs = backplane_state(&forgetful).resyncs;
+    forgetful_proxy.set(Mode::Reset);
+    wait_until("forgetful stops hearing the fleet", || {
+        !backplane_state(&forgetful).subscribed
+    })
+    .await;
+    forgetful_proxy.set(Mode::Pass);
+    wait_until("forgetful hears the fleet again and resyncs", || {
+        let state = backplane_state(&forgetful);
+        state.subscribed && state.resyncs > resyncs
+    })
+    .await;
+
+    // `late`'s retry reaches Redis (which keeps the later time) and is announced with its own.
+    let received = backplane_state(&forgetful).received;
+    late_proxy.set(Mode::Pass);
+    wait_until("forgetful hears the late invalidation", || {
+        backplane_state(&forgetful).received > received
+    })
+    .await;
+
+    // The entry is older than the invalidation Redis holds: not fresh on any replica.
+    assert_eq!(
+        forgetful.get_value("k").await.expect("get"),
+        None,
+        "served an entry of a tag invalidated after it was created"
+    );
+    assert_eq!(late.get_value("k").await.expect("get"), None);
 }
