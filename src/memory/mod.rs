@@ -234,8 +234,10 @@ where
     ///
     /// It is also the cheapest read: it hands back the value alone, where
     /// [`Cache::get`] builds an [`Entry`] with its lifetimes inside a future. On the quick_cache
-    /// engine a hit costs about 1.3× a raw `quick_cache::sync::Cache::get` (BENCHMARKS.md:
-    /// `ratios` `l1_engine_quick_cache_sync`), against about 2.1× through [`Cache::get`].
+    /// engine a hit costs 1.3–1.6× a raw `quick_cache::sync::Cache::get` on the AMD benchmark VM
+    /// (BENCHMARKS.md: `ratios` `l1_engine_quick_cache_sync`), against 2.1–2.5× through
+    /// [`Cache::get`]; on an Intel VM, where the clock reading that judges the entry's lifetime
+    /// costs more, ~2.6×.
     ///
     /// ```
     /// use std::time::Duration;
