@@ -675,3 +675,39 @@ async fn a_caller_after_the_answer_or_a_change_never_joins_that_load() {
         Some(reply("load s1"))
     );
 }
+
+/// A limit no one could reach (`usize::MAX` loads, or a `warm` of `usize::MAX` at once) is
+/// accepted and means "no limit" — it used to panic in the semaphore under the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_load_limit_means_no_limit() {
+    use layercache::Layered;
+
+    let cache = Layered::single(support::memory_builder().build().expect("memory"))
+        .max_concurrent_loads(usize::MAX)
+        .build()
+        .expect("usize::MAX loads at once is a valid limit");
+    let loaded = cache
+        .get_or_load(
+            "k",
+            || async { Ok::<_, std::io::Error>(reply("v")) },
+            opts(),
+        )
+        .await
+        .expect("load");
+    assert_eq!(loaded, reply("v"));
+
+    let report = cache
+        .warm(
+            (0..50).map(|i| format!("doc:{i}")),
+            |key: String| async move { Ok::<_, std::io::Error>(reply(&key)) },
+            usize::MAX,
+            opts(),
+        )
+        .await
+        .expect("warm");
+    assert_eq!((report.loaded, report.failed), (50, 0));
+    assert_eq!(
+        cache.get_value("doc:7").await.expect("get"),
+        Some(reply("doc:7"))
+    );
+}

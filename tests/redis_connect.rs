@@ -34,6 +34,18 @@ async fn builder_errors_are_clear() {
         .build()
         .await;
     assert!(matches!(zero, Err(Error::Config { .. })));
+    // A pool no server would accept (it used to try to build usize::MAX clients).
+    for size in [layercache::redis::MAX_POOL_SIZE + 1, usize::MAX] {
+        let huge = RedisCache::<ChatReply>::builder()
+            .url("redis://127.0.0.1:1")
+            .pool_size(size)
+            .build()
+            .await;
+        assert!(
+            matches!(&huge, Err(Error::Config { reason }) if reason.contains("1024")),
+            "{size}: {huge:?}"
+        );
+    }
     // A scheme that is not Redis's would be taken for a plain server by the client library.
     for url in ["http://127.0.0.1:6379", "mysql://u:p@db:3306"] {
         let wrong = RedisCache::<ChatReply>::builder().url(url).build().await;

@@ -131,6 +131,9 @@ where
     /// for its inner one. So the limit bounds the loads callers start; the loads their loaders
     /// start inside them (on the loader's own task) come on top. A load started from a task the
     /// loader spawns is a caller's load again.
+    ///
+    /// Zero is refused by [`build`](Self::build); a limit too large to ever be reached (up to
+    /// `usize::MAX`) is accepted and means no limit in practice.
     pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
         self.max_concurrent_loads = Some(loads);
         self
@@ -333,7 +336,7 @@ where
                 breaker: Breaker::new(self.breaker.unwrap_or_default(), gauge),
                 limit: self
                     .max_concurrent_loads
-                    .map(|n| Arc::new(Semaphore::new(n))),
+                    .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)))),
                 name: Arc::from(self.name),
                 l1: self.l1,
                 l1_memory: self.l1_memory,

@@ -611,7 +611,7 @@ where
     }
 
     /// Load every key in `keys` that is not already fresh, at most `concurrency` at a time (a
-    /// `concurrency` of 0 counts as 1), with `loader(key)`. Fails only if it cannot start (no
+    /// `concurrency` of 0 counts as 1, one of `usize::MAX` as all at once), with `loader(key)`. Fails only if it cannot start (no
     /// runtime); failed loads are counted.
     pub async fn warm<I, K, F, Fut, E>(
         &self,
@@ -628,7 +628,7 @@ where
         E: Into<BoxError> + 'static,
     {
         tokio::runtime::Handle::try_current().map_err(|e| Error::NoRuntime(Box::new(e)))?;
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let permits = Arc::new(Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut report = WarmReport::default();
         for key in keys {

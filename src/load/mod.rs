@@ -216,12 +216,25 @@ pub(crate) struct OptF64(f32);
 const OPT_F64_NONE: u32 = 0x7fc0_0001;
 
 impl OptF64 {
+    /// `x` to the nearest `f32`, except that rounding never carries a setting across a bound
+    /// that validation checks: a finite value stays finite, a non-zero one non-zero, and one
+    /// below (above) 1 stays below (above) it — `0.999_999_999` is a fraction, `1e300` a finite
+    /// XFetch beta.
     fn some(x: f64) -> Self {
         if x.is_nan() {
-            OptF64(f32::NAN)
-        } else {
-            OptF64(x as f32)
+            return OptF64(f32::NAN);
         }
+        let mut y = x as f32;
+        if x.is_finite() && y.is_infinite() {
+            y = f32::MAX.copysign(y);
+        } else if x != 0.0 && y == 0.0 {
+            y = f32::from_bits(1).copysign(x as f32);
+        } else if x < 1.0 && y >= 1.0 {
+            y = 1.0f32.next_down();
+        } else if x > 1.0 && y <= 1.0 {
+            y = 1.0f32.next_up();
+        }
+        OptF64(y)
     }
 
     #[inline]
@@ -584,6 +597,35 @@ mod tests {
             .or(&LoadOptions::new().with_xfetch(1.0))
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn rounding_a_setting_to_f32_never_crosses_a_bound_validation_checks() {
+        // Valid settings that `as f32` alone would turn into invalid ones (1.0, inf, 0).
+        for fraction in [0.999_999_999, 1e-50, f64::MIN_POSITIVE] {
+            let options = LoadOptions::new().with_early_refresh(fraction);
+            assert!(options.validate().is_ok(), "{fraction}: {options:?}");
+            let kept = options.early_refresh.get().unwrap_or(f64::NAN);
+            assert!(kept > 0.0 && kept < 1.0, "{fraction} kept as {kept}");
+        }
+        for beta in [1e300, 1e-300, f64::MAX] {
+            let options = LoadOptions::new().with_xfetch(beta);
+            assert!(options.validate().is_ok(), "{beta}: {options:?}");
+        }
+        // Invalid ones stay invalid, and name a value on the same side of the bound.
+        for (fraction, shown) in [(1.000_000_001, "1.0000001"), (-1e-50, "-0.0")] {
+            let refused = LoadOptions::new().with_early_refresh(fraction).validate();
+            assert!(
+                matches!(&refused, Err(Error::Config { reason }) if reason.contains(shown)),
+                "{fraction}: {refused:?}"
+            );
+        }
+        for beta in [f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, -1e-300] {
+            assert!(
+                LoadOptions::new().with_xfetch(beta).validate().is_err(),
+                "{beta}"
+            );
+        }
     }
 
     #[test]

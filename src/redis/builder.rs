@@ -12,7 +12,7 @@ use fred::types::config::{ConnectionConfig, TcpConfig, UnresponsiveConfig};
 use super::ops::OpMetrics;
 use super::{
     connect, tls, watchdog, Inner, RedisCache, ATTEMPTS, DEFAULT_COMMAND_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE,
 };
 use crate::codec::ValueCodec;
 use crate::error::{Error, Result};
@@ -329,7 +329,7 @@ where
 
     /// Number of connections (default [`DEFAULT_POOL_SIZE`], 2): half carry writes (each key's
     /// writes always on the same one), half carry reads. With 1, reads and writes share it.
-    /// Zero is refused by [`build`](Self::build).
+    /// Zero, and more than [`MAX_POOL_SIZE`] (1,024), are refused by [`build`](Self::build).
     ///
     /// More connections rarely read faster: Redis runs commands on one thread, and each
     /// connection pipelines whatever is in flight on it. On 2 cores the default served 13–18 %
@@ -395,7 +395,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for missing or contradictory settings, a zero timeout or pool size, or a
+    /// [`Error::Config`] for missing or contradictory settings, a zero timeout, a pool size of zero or over [`MAX_POOL_SIZE`], or a
     /// URL scheme that is not Redis's or Valkey's (`http://…`); [`Error::Redis`] (op `config`,
     /// kind [`Config`](crate::RedisErrorKind::Config)) for a URL that cannot be parsed;
     /// [`Error::Redis`] (op `connect`) for a server that refuses the credentials (kind
@@ -403,8 +403,11 @@ where
     /// [`Config`](crate::RedisErrorKind::Config): a database number it does not have, such as
     /// `/99` on a server with the default 16, or any but 0 on a cluster node).
     pub async fn build(self) -> Result<RedisCache<V>> {
-        if self.pool_size == 0 {
-            return Err(Error::config("pool_size must be at least 1"));
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(Error::config(format!(
+                "pool_size must be 1 to {MAX_POOL_SIZE}, not {}",
+                self.pool_size
+            )));
         }
         if self.command_timeout.is_zero()
             || self.connect_timeout.is_zero()

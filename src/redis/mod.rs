@@ -132,6 +132,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// they only split the same requests into smaller batches, each paying its own system calls.
 /// One fred connection pipelines whatever is in flight on it.
 pub const DEFAULT_POOL_SIZE: usize = 2;
+/// The largest pool [`RedisCacheBuilder::pool_size`] accepts: 1,024 connections per cache
+/// (a fleet of replicas multiplies it; Redis accepts 10,000 clients by default).
+pub const MAX_POOL_SIZE: usize = 1024;
 /// Keys fetched per `MGET` (and per `SCAN` page) in batch operations.
 const BATCH: usize = 1000;
 /// Commands sent per pipeline round trip in batch operations, so that each round stays well
