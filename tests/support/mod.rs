@@ -5,6 +5,8 @@ pub mod chat;
 #[cfg(all(feature = "redis", feature = "msgpack"))]
 pub mod fleet;
 pub mod frames;
+#[cfg(all(feature = "redis", feature = "msgpack"))]
+pub mod late;
 #[cfg(all(feature = "redis", feature = "postcard"))]
 pub mod layered;
 pub mod openai;
