@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use layercache::{Cache, CacheExt, Layered};
+use layercache::{Cache, CacheExt, Layered, LoadOptions};
 use support::fleet::{replica_behind_proxy, replica_with_l2_behind_proxy, wait_subscribed};
 use support::redis::RedisServer;
 
@@ -316,4 +316,96 @@ async fn a_long_outage_overflows_the_outbox_into_one_resync() {
         b.get_value("only-b").await.expect("get").as_deref(),
         Some("kept by b")
     );
+}
+
+/// A replica whose runtime stalls (a CPU-starved or paused process: a CFS quota, a VM pause,
+/// `SIGSTOP`; here its one runtime thread blocks) hears nothing meanwhile. Its first read after
+/// the stall runs before its backplane tasks had a turn to notice the silence or apply the
+/// messages waiting in the socket: it must not answer from L1 a value another replica replaced
+/// during the stall (it used to: L1 stayed trusted until the heartbeat task ran again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_runtime_stalled_does_not_serve_what_changed_meanwhile() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let writer = replica_here(&url, "stall").await;
+
+    // The stalling replica: its cache, backplane tasks included, on a runtime of one thread.
+    // Each command stalls it once, then reads with `get_value` (false) or `get_or_load` (true).
+    let (to_stall, mut commands) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (changed, wait_changed) = std::sync::mpsc::channel::<()>();
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    let stalling = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let cache = support::fleet::replica_cache(&url, "stall")
+                .await
+                .expect("replica");
+            wait_subscribed(&[&cache]).await;
+            // Into L1 (read from Redis), then an L1 hit.
+            for _ in 0..2 {
+                let read = cache.get_value("model:gpt-4o").await.expect("read");
+                answers.send(read).expect("answer");
+            }
+            while let Some(load) = commands.recv().await {
+                // Stall: block the runtime's only thread until the other replica's change is
+                // published, and 1.5 s more (longer than TRUST_WINDOW) ...
+                answers.send(None).expect("stalling");
+                wait_changed.recv().expect("changed");
+                std::thread::sleep(Duration::from_millis(1_500));
+                // ... then read at once, before any other task of this runtime runs.
+                let read = if load {
+                    let loader = || async { Ok::<_, std::io::Error>("loaded".to_string()) };
+                    let options = LoadOptions::ttl(Duration::from_secs(600));
+                    Some(
+                        cache
+                            .get_or_load("model:gpt-4o", loader, options)
+                            .await
+                            .expect("load"),
+                    )
+                } else {
+                    cache.get_value("model:gpt-4o").await.expect("read")
+                };
+                answers.send(read).expect("answer");
+                // Back in step (the messages the stall held back are applied) before the next.
+                wait_subscribed(&[&cache]).await;
+                let _ = cache.get_value("model:gpt-4o").await;
+            }
+        });
+    });
+
+    writer
+        .set_value(
+            "model:gpt-4o",
+            "pricing v1".to_string(),
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("set");
+    for _ in 0..2 {
+        assert_eq!(
+            answered.recv().await.expect("answer").as_deref(),
+            Some("pricing v1")
+        );
+    }
+    for (load, value) in [(false, "pricing v2"), (true, "pricing v3")] {
+        to_stall.send(load).expect("stall");
+        assert_eq!(answered.recv().await.expect("stalling"), None);
+        // The change returns once its message is published (the stalled replica's socket
+        // holds it).
+        writer
+            .set_value("model:gpt-4o", value.to_string(), Duration::from_secs(600))
+            .await
+            .expect("set");
+        changed.send(()).expect("changed");
+        assert_eq!(
+            answered.recv().await.expect("answer").as_deref(),
+            Some(value),
+            "the first read after the stall (get_or_load: {load}) served the value replaced during it"
+        );
+    }
+    drop(to_stall);
+    stalling.join().expect("stalling replica");
 }

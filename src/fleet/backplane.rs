@@ -22,6 +22,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// How long a replica trusts its L1 without hearing its own heartbeat: the bound on how long a
 /// lost invalidation can be served.
 pub const TRUST_WINDOW: Duration = Duration::from_secs(1);
+/// [`TRUST_WINDOW`] in milliseconds.
+const TRUST_WINDOW_MS: u64 = TRUST_WINDOW.as_millis() as u64;
 
 /// How many incoming messages a replica's subscriber holds for the backplane to apply. A
 /// burst of changes from another replica (a `set_many` or a loop of deletes: one message per
@@ -450,8 +452,22 @@ impl Backplane {
     /// Whether this replica hears the channel (its own heartbeat within [`TRUST_WINDOW`]); while
     /// it does not, a `Layered` does not trust its L1. Never again once the runtime the
     /// backplane was started on has shut down (its tasks and connections went with it).
+    ///
+    /// The silence is measured when asked, not only by the backplane's own tasks: after the
+    /// process or its runtime stalled (a CPU quota, a VM pause, `SIGSTOP`, a blocked worker),
+    /// the first reads run before those tasks had a turn, and must not trust what the stall
+    /// kept them from hearing.
     pub fn is_subscribed(&self) -> bool {
-        self.shared.trusted.load(Ordering::Acquire) && !self.shared.connecting.runtime_gone()
+        self.trusted_at(now_ms())
+    }
+
+    /// [`is_subscribed`](Self::is_subscribed) at `now_ms` (a clock reading the caller has).
+    #[inline]
+    pub(crate) fn trusted_at(&self, now_ms: u64) -> bool {
+        let s = &self.shared;
+        s.trusted.load(Ordering::Acquire)
+            && now_ms.saturating_sub(s.last_heard_ms.load(Ordering::Acquire)) <= TRUST_WINDOW_MS
+            && !s.connecting.runtime_gone()
     }
 
     /// Counters and the subscription state.
@@ -733,7 +749,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, unresponsive: Duration) {
             s.publisher_failed(e);
         }
         let silent_for = now_ms().saturating_sub(s.last_heard_ms.load(Ordering::Acquire));
-        if silent_for > TRUST_WINDOW.as_millis() as u64 {
+        if silent_for > TRUST_WINDOW_MS {
             s.set_trusted(false);
         }
         // Taken but unheard (the subscriber hangs), or timed out (the server hangs); other

@@ -60,7 +60,10 @@
 //!   L1 only backs them up when L2 cannot answer. When its own heartbeat comes through again,
 //!   everything in L1 that could have missed an invalidation is dropped. So a replica serves a
 //!   value another replica invalidated at most `TRUST_WINDOW + HEARTBEAT` (1.25 s) plus the
-//!   delivery delay after the invalidation, whatever happened to the subscription.
+//!   delivery delay after the invalidation, whatever happened to the subscription. The silence
+//!   is measured by each read, not only by the backplane's tasks: a replica whose process or
+//!   runtime stalled (a CPU quota, a VM pause, `SIGSTOP`, a blocked worker) does not answer its
+//!   first reads after the stall from L1 while the messages the stall held back wait unread.
 //! * **A replica can start while Redis is down**: the backplane starts unsubscribed (so L1 is not
 //!   trusted), keeps connecting, subscribes once Redis answers and is trusted once it hears its
 //!   own heartbeat — the replica rejoins the fleet without help.

@@ -20,7 +20,7 @@ where
     /// The entries for `keys`, in order, each with the layer that answered; counted.
     pub(crate) async fn lookup_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Option<Entry<V>>> {
         let now = now_ms();
-        let trusted = self.l1_trusted();
+        let trusted = self.l1_trusted_at(now);
         let mut l1: Vec<Option<Entry<V>>> = Vec::with_capacity(keys.len());
         // Indexes of the keys L2 is asked for.
         let mut ask: Vec<usize> = Vec::new();

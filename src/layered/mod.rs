@@ -390,12 +390,14 @@ where
         }
     }
 
-    /// Whether L1 can be trusted on its own: always, unless a backplane has lost the fleet.
+    /// Whether L1 can be trusted on its own at `now` (ms): always, unless a backplane has lost
+    /// the fleet or has heard nothing for [`TRUST_WINDOW`](crate::fleet::TRUST_WINDOW).
     #[inline]
-    pub(crate) fn l1_trusted(&self) -> bool {
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn l1_trusted_at(&self, now: u64) -> bool {
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
-            return backplane.is_subscribed();
+            return backplane.trusted_at(now);
         }
         true
     }
@@ -458,7 +460,7 @@ where
         now: u64,
     ) -> Option<(Entry<V>, crate::load::answer::Origin)> {
         let l1 = self.read_l1(key, now).await;
-        let trusted = self.l1_trusted();
+        let trusted = self.l1_trusted_at(now);
         if trusted && l1.as_ref().is_some_and(|e| e.is_fresh_at(now)) {
             return l1.map(|e| (e, crate::load::answer::Origin::L1));
         }
@@ -685,7 +687,11 @@ where
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
         let inner = &self.inner;
         let now = now_ms();
-        if let Some(memory) = inner.l1_memory.as_ref().filter(|_| inner.l1_trusted()) {
+        if let Some(memory) = inner
+            .l1_memory
+            .as_ref()
+            .filter(|_| inner.l1_trusted_at(now))
+        {
             let l1 = memory.peek_at(key, now);
             if l1
                 .as_ref()
@@ -712,8 +718,12 @@ where
     #[inline]
     fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
         let inner = &self.inner;
-        let memory = inner.l1_memory.as_ref().filter(|_| inner.l1_trusted())?;
-        match memory.peek_value_at(key, now_ms(), |tags, created_us| {
+        let now = now_ms();
+        let memory = inner
+            .l1_memory
+            .as_ref()
+            .filter(|_| inner.l1_trusted_at(now))?;
+        match memory.peek_value_at(key, now, |tags, created_us| {
             inner.tags_valid(tags, created_us)
         }) {
             crate::memory::Lookup::Fresh(value) => {

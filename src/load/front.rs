@@ -314,10 +314,11 @@ where
         let Some(memory) = &inner.l1_memory else {
             return Ok(None);
         };
-        if options.refreshes() || inner.defaults.refreshes() || !inner.l1_trusted() {
+        if options.refreshes() || inner.defaults.refreshes() {
             return Ok(None);
         }
-        Ok(Some((memory, now_ms())))
+        let now = now_ms();
+        Ok(inner.l1_trusted_at(now).then_some((memory, now)))
     }
 
     /// Count an answer of [`hit_in_place`](Self::hit_in_place), in a `layercache.get_or_load`
@@ -413,7 +414,7 @@ where
         let generation = inner.flights.generation();
         let now = now_ms();
         let options = options.or(&inner.defaults);
-        let trusted = inner.l1_trusted();
+        let trusted = inner.l1_trusted_at(now);
         let mut l1_backup = None;
         let l1 = match inner.read_l1(key, now).await {
             // Not trusted on its own: L2 decides, L1 answers only when L2 cannot.
