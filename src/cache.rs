@@ -190,8 +190,10 @@ where
     /// when such a newer entry was kept. A [`Layered`](crate::Layered) cache deletes from its
     /// L2 with this, `than` being the time of the delete: a delete that reaches Redis late
     /// (see [`Cache::set_if_newer`]) does not remove a value another replica wrote after it.
-    /// [`RedisCache`](crate::RedisCache) compares and deletes in one server-side step; the
-    /// default reads, then deletes (not atomic).
+    /// [`RedisCache`](crate::RedisCache) compares and deletes in one server-side step, and
+    /// leaves a tombstone for [`TOMBSTONE_TTL`](crate::redis::TOMBSTONE_TTL) (read as a miss):
+    /// a conditional write of an entry created before `than` — a load that read its data
+    /// before the delete — is kept out. The default reads, then deletes (not atomic).
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};

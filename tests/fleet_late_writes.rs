@@ -606,3 +606,91 @@ async fn a_value_read_from_redis_does_not_replace_a_newer_write_waiting_in_l1() 
     caught_up(&writer).await;
     all_serve(&redis, [&writer, &reader], "k", "new").await;
 }
+
+/// The classic cache-aside race across replicas: a load reads the database row, the row is
+/// updated and another replica deletes the key, then the load ends — before the delete's
+/// message reaches its replica (here a backplane link 300 ms slow; a stalled process does the
+/// same). The load's value, read before the update, must not reach Redis, where the whole fleet
+/// would serve it for its lifetime. The delete's tombstone (`redis::TOMBSTONE_TTL`), newer than
+/// the load, keeps it out. Before tombstones, Redis held the old row for the full hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_read_before_another_replicas_delete_does_not_reach_redis_after_it() {
+    use layercache::LoadOptions;
+    use support::proxy::Mode;
+
+    let server = RedisServer::start();
+    let l2: Arc<dyn Cache<String>> = Arc::new(redis_at(&server, "aside").await);
+    let (loader_replica, proxy, updater) =
+        writer_with_proxied_backplane(&server, "aside", l2, false).await;
+    wait_subscribed(&[&loader_replica, &updater]).await;
+    proxy.set(Mode::Latency(Duration::from_millis(300)));
+
+    let (started, load_started) = tokio::sync::oneshot::channel::<()>();
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let loading = {
+        let cache = loader_replica.clone();
+        tokio::spawn(async move {
+            let loader = move || async move {
+                // The row as it is before the update.
+                let _ = started.send(());
+                let _ = finished.await;
+                Ok::<_, std::io::Error>("profile before the update".to_string())
+            };
+            let options = LoadOptions::ttl(Duration::from_secs(3600)).with_fleet_lease(false);
+            cache.get_or_load("user:7:profile", loader, options).await
+        })
+    };
+    load_started.await.expect("load started");
+    // The row is updated; the updater deletes the key (it returns once the delete is
+    // announced; the loading replica hears it 300 ms later).
+    updater.delete("user:7:profile").await.expect("delete");
+    finish.send(()).expect("finish the load");
+    let answered = loading.await.expect("task").expect("load");
+    assert_eq!(
+        answered, "profile before the update",
+        "its caller is answered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loader_replica.pending_loads() > 0 {
+        assert!(Instant::now() < deadline, "the load's writes never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let redis = redis_at(&server, "aside").await;
+    assert_eq!(
+        redis.get_value("user:7:profile").await.expect("redis"),
+        None,
+        "Redis holds the row read before the delete"
+    );
+    serves(&updater, "user:7:profile", None, "the updater").await;
+    // The loading replica drops its own copy once the delete's message arrives.
+    serves(
+        &loader_replica,
+        "user:7:profile",
+        None,
+        "the loading replica",
+    )
+    .await;
+    // A load after the delete is written as usual.
+    proxy.set(Mode::Pass);
+    let fresh = updater
+        .get_or_load(
+            "user:7:profile",
+            || async { Ok::<_, std::io::Error>("profile after the update".to_string()) },
+            LoadOptions::ttl(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("load");
+    assert_eq!(fresh, "profile after the update");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis
+        .get_value("user:7:profile")
+        .await
+        .expect("redis")
+        .as_deref()
+        != Some("profile after the update")
+    {
+        assert!(Instant::now() < deadline, "the new row never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -318,6 +318,33 @@ async fn a_long_outage_overflows_the_outbox_into_one_resync() {
     );
 }
 
+/// Run `replica` with its cache (memory, Redis at `url` under `namespace`, backplane; subscribed)
+/// on a runtime of one thread of its own, backplane tasks included: a replica whose thread
+/// blocking stalls all of it.
+fn on_a_thread_of_its_own<F, Fut>(
+    url: String,
+    namespace: &'static str,
+    replica: F,
+) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(Layered<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let cache = support::fleet::replica_cache(&url, namespace)
+                .await
+                .expect("replica");
+            wait_subscribed(&[&cache]).await;
+            replica(cache).await;
+        });
+    })
+}
+
 /// A replica whose runtime stalls (a CPU-starved or paused process: a CFS quota, a VM pause,
 /// `SIGSTOP`; here its one runtime thread blocks) hears nothing meanwhile. Its first read after
 /// the stall runs before its backplane tasks had a turn to notice the silence or apply the
@@ -334,46 +361,36 @@ async fn a_replica_whose_runtime_stalled_does_not_serve_what_changed_meanwhile()
     let (to_stall, mut commands) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let (changed, wait_changed) = std::sync::mpsc::channel::<()>();
     let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
-    let stalling = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let cache = support::fleet::replica_cache(&url, "stall")
-                .await
-                .expect("replica");
+    let stalling = on_a_thread_of_its_own(url, "stall", move |cache| async move {
+        // Into L1 (read from Redis), then an L1 hit.
+        for _ in 0..2 {
+            let read = cache.get_value("model:gpt-4o").await.expect("read");
+            answers.send(read).expect("answer");
+        }
+        while let Some(load) = commands.recv().await {
+            // Stall: block the runtime's only thread until the other replica's change is
+            // published, and 1.5 s more (longer than TRUST_WINDOW) ...
+            answers.send(None).expect("stalling");
+            wait_changed.recv().expect("changed");
+            std::thread::sleep(Duration::from_millis(1_500));
+            // ... then read at once, before any other task of this runtime runs.
+            let read = if load {
+                let loader = || async { Ok::<_, std::io::Error>("loaded".to_string()) };
+                let options = LoadOptions::ttl(Duration::from_secs(600));
+                Some(
+                    cache
+                        .get_or_load("model:gpt-4o", loader, options)
+                        .await
+                        .expect("load"),
+                )
+            } else {
+                cache.get_value("model:gpt-4o").await.expect("read")
+            };
+            answers.send(read).expect("answer");
+            // Back in step (the messages the stall held back are applied) before the next.
             wait_subscribed(&[&cache]).await;
-            // Into L1 (read from Redis), then an L1 hit.
-            for _ in 0..2 {
-                let read = cache.get_value("model:gpt-4o").await.expect("read");
-                answers.send(read).expect("answer");
-            }
-            while let Some(load) = commands.recv().await {
-                // Stall: block the runtime's only thread until the other replica's change is
-                // published, and 1.5 s more (longer than TRUST_WINDOW) ...
-                answers.send(None).expect("stalling");
-                wait_changed.recv().expect("changed");
-                std::thread::sleep(Duration::from_millis(1_500));
-                // ... then read at once, before any other task of this runtime runs.
-                let read = if load {
-                    let loader = || async { Ok::<_, std::io::Error>("loaded".to_string()) };
-                    let options = LoadOptions::ttl(Duration::from_secs(600));
-                    Some(
-                        cache
-                            .get_or_load("model:gpt-4o", loader, options)
-                            .await
-                            .expect("load"),
-                    )
-                } else {
-                    cache.get_value("model:gpt-4o").await.expect("read")
-                };
-                answers.send(read).expect("answer");
-                // Back in step (the messages the stall held back are applied) before the next.
-                wait_subscribed(&[&cache]).await;
-                let _ = cache.get_value("model:gpt-4o").await;
-            }
-        });
+            let _ = cache.get_value("model:gpt-4o").await;
+        }
     });
 
     writer
@@ -407,5 +424,75 @@ async fn a_replica_whose_runtime_stalled_does_not_serve_what_changed_meanwhile()
         );
     }
     drop(to_stall);
+    stalling.join().expect("stalling replica");
+}
+
+/// A load on a replica that stalls (as above) while another replica deletes the key — the
+/// database row it read changed — must not store the value it read before the change: neither
+/// in Redis, where the whole fleet would serve it for its lifetime, nor in its own L1. (The
+/// delete's tombstone keeps it out of Redis whatever the order in which the resumed replica
+/// ends the load and reads the delete's message; `fleet_late_writes.rs` has the order where
+/// the message comes last.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_spans_a_stall_and_another_replicas_delete_is_not_stored() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let writer = replica_here(&url, "span").await;
+    let raw = support::late::redis_at(&server, "span").await;
+
+    let (started, mut load_started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (changed, wait_changed) = std::sync::mpsc::channel::<()>();
+    let (done, mut settled) = tokio::sync::mpsc::unbounded_channel::<(String, usize)>();
+    let stalling = on_a_thread_of_its_own(url, "span", move |cache| async move {
+        let loader = move || async move {
+            // Reads the row, then the replica stalls (its only thread blocks) while the
+            // other replica deletes the key, and 1.5 s more (past TRUST_WINDOW).
+            started.send(()).expect("started");
+            wait_changed.recv().expect("changed");
+            std::thread::sleep(Duration::from_millis(1_500));
+            Ok::<_, std::io::Error>("profile before the update".to_string())
+        };
+        let options = LoadOptions::ttl(Duration::from_secs(600)).with_fleet_lease(false);
+        let answered = cache
+            .get_or_load("user:7:profile", loader, options)
+            .await
+            .expect("load");
+        // Back in step: hears itself, no write waiting for Redis.
+        wait_subscribed(&[&cache]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.pending_l2_writes() > 0 || cache.pending_loads() > 0 {
+            assert!(Instant::now() < deadline, "writes never settled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done.send((answered, cache.pending_l2_writes()))
+            .expect("done");
+        // Its own L1 no longer holds the value either.
+        let again = cache.get_value("user:7:profile").await.expect("read");
+        done.send((format!("{again:?}"), 0)).expect("done");
+    });
+
+    load_started.recv().await.expect("load started");
+    // The row changes; the key is deleted (announced: the stalled replica's socket holds it).
+    writer.delete("user:7:profile").await.expect("delete");
+    changed.send(()).expect("changed");
+    let (answered, _) = settled.recv().await.expect("settled");
+    assert_eq!(
+        answered, "profile before the update",
+        "its caller is answered"
+    );
+    assert_eq!(
+        raw.get_value("user:7:profile").await.expect("redis"),
+        None,
+        "Redis holds the value read before the delete"
+    );
+    assert_eq!(
+        writer.get_value("user:7:profile").await.expect("read"),
+        None
+    );
+    let (again, _) = settled.recv().await.expect("read again");
+    assert_eq!(
+        again, "None",
+        "the stalled replica serves the value read before the delete"
+    );
     stalling.join().expect("stalling replica");
 }

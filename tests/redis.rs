@@ -360,6 +360,24 @@ async fn invalidate_prefix_removes_exactly_the_prefixed_keys_without_keys_comman
         "a refused request is not a failure of Redis"
     );
     assert_eq!(bare.invalidate_prefix("own").await.expect("prefix"), 1);
+    // A delete's tombstone (`redis::TOMBSTONE_TTL`) is removed but not counted as a value; a
+    // key of another type under the prefix is.
+    for key in ["tomb:a", "tomb:b", "tomb:c"] {
+        stack
+            .set(key, Entry::new(reply(2, 64), Duration::from_secs(600)))
+            .await
+            .expect("set");
+    }
+    stack.delete("tomb:b").await.expect("delete");
+    assert_eq!(
+        server.cli(&["exists", "tomb:b"]).trim(),
+        "1",
+        "its tombstone"
+    );
+    assert!(stack.get("tomb:b").await.expect("get").is_none());
+    server.cli(&["hset", "tomb:h", "field", "value"]);
+    assert_eq!(bare.invalidate_prefix("tomb:").await.expect("prefix"), 3);
+    assert_eq!(server.cli(&["exists", "tomb:b", "tomb:h"]).trim(), "0");
     assert_eq!(cache.invalidate_prefix("").await.expect("namespace"), 1_010);
 }
 
@@ -567,6 +585,53 @@ async fn conditional_batches_and_deletes_compare_in_redis_and_go_by_hash() {
     assert!(cache.delete_if_older("c", at(11)).await.expect("delete"));
     assert_eq!(server.command_calls("eval"), eval, "by hash");
     assert!(cache.get("c").await.expect("get").is_none());
+    // A delete leaves a tombstone for TOMBSTONE_TTL: an entry created before the delete (a load
+    // that read its data before it) is kept out; one created after it is written.
+    let pttl = server.pttl("c:a");
+    assert!(
+        pttl > 0 && pttl <= layercache::redis::TOMBSTONE_TTL.as_millis() as i64,
+        "{pttl}"
+    );
+    assert!(!cache
+        .set_if_newer("a", entry(9, 64).with_created_at(at(30)))
+        .await
+        .expect("write"));
+    assert!(cache.get("a").await.expect("get").is_none(), "kept out");
+    assert!(
+        !cache.delete_if_older("a", at(31)).await.expect("delete"),
+        "as new"
+    );
+    assert!(cache
+        .set_if_newer("a", entry(10, 64).with_created_at(at(32)))
+        .await
+        .expect("write"));
+    assert_eq!(
+        cache.get("a").await.expect("get").expect("a").value(),
+        entry(10, 64).value()
+    );
+    // The tombstone's format is pinned (tests/golden): read as a miss, never an error.
+    let stone = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-tombstone.frame"),
+    )
+    .expect("golden");
+    let raw = raw_client(&server.url()).await;
+    let _: () = raw
+        .set("c:stone", Bytes::from(stone), None, None, false)
+        .await
+        .expect("raw set");
+    assert!(cache.get("stone").await.expect("a miss").is_none());
+    assert_eq!(
+        server.cli(&["exists", "c:stone"]).trim(),
+        "1",
+        "not evicted"
+    );
+    assert!(!cache
+        .set_if_newer(
+            "stone",
+            entry(11, 64).with_created_at(UNIX_EPOCH + Duration::from_secs(1_799_999_999))
+        )
+        .await
+        .expect("write"));
     // Single conditional writes by hash, too.
     server.cli(&["SCRIPT", "FLUSH"]);
     assert!(cache

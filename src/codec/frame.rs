@@ -5,7 +5,7 @@
 //!      0    2 magic "LC"
 //!      2    1 frame version (1)
 //!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary, bit 2 schema id, bit 3
-//!             metadata, bit 4 signed; others must be 0
+//!             metadata, bit 4 signed, bit 5 tombstone (see below); others must be 0
 //!      4    1 format id (see `Format::id`)
 //!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
 //!     13    8 stale_until, ms since the Unix epoch
@@ -29,6 +29,12 @@
 //! 0.2; frames without it (golden files in `tests/golden/` prove they still decode) read as
 //! created at the Unix epoch, untagged.
 //!
+//! A **tombstone** marks a key a `delete_if_older` emptied (see `redis::TOMBSTONE_TTL`): flags
+//! metadata + tombstone, format 0, both deadlines and the creation time the delete's, no tags,
+//! an empty payload. Read, it is a miss; the conditional writes compare its creation time like
+//! any frame's, so a value read before the delete cannot be written after it. Codecs never see
+//! one (its flag is unknown to them: to an earlier version it is a foreign frame, a miss).
+//!
 //! The checksum covers the header as well as the value, so a flipped bit in a deadline is caught
 //! as surely as one in the payload. (zstd without a content checksum decodes many corrupted frames
 //! into wrong bytes without complaint.)
@@ -45,6 +51,8 @@ pub(crate) const FLAG_DICTIONARY: u8 = 0b10;
 pub(crate) const FLAG_SCHEMA: u8 = 0b100;
 pub(crate) const FLAG_META: u8 = 0b1000;
 pub(crate) const FLAG_SIGNED: u8 = 0b1_0000;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) const FLAG_TOMBSTONE: u8 = 0b10_0000;
 pub(crate) const KNOWN_FLAGS: u8 =
     FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META | FLAG_SIGNED;
 /// Bytes the schema id adds after the header when [`FLAG_SCHEMA`] is set.
@@ -167,4 +175,103 @@ pub(crate) fn frame_created_us(bytes: &[u8]) -> Option<u64> {
     }
     let at = HEADER_LEN + if flags & FLAG_SCHEMA != 0 { 4 } else { 0 };
     Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+#[cfg(feature = "redis")]
+/// The tombstone of a delete made at `created_us` (µs since the Unix epoch): 50 bytes.
+pub(crate) fn tombstone(created_us: u64) -> Vec<u8> {
+    let created_ms = created_us / 1_000;
+    let mut header = Header {
+        flags: FLAG_META | FLAG_TOMBSTONE,
+        format: 0,
+        fresh_until_ms: created_ms,
+        stale_until_ms: created_ms,
+        load_ms: 0,
+        dictionary: 0,
+        raw_len: 0,
+        checksum: 0,
+    };
+    let mut meta = Vec::with_capacity(9);
+    write_meta(created_us, &[], &mut meta);
+    let mut head = [0u8; HEADER_LEN];
+    header.write(&mut head);
+    header.checksum = checksum(&head, None, &meta, &[]);
+    header.write(&mut head);
+    let mut out = Vec::with_capacity(HEADER_LEN + meta.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&meta);
+    out
+}
+
+#[cfg(feature = "redis")]
+/// Whether `bytes` is an intact tombstone (see the module docs): a miss. A frame whose flags a
+/// flipped bit made look like one is not (its length or checksum differs): it stays corrupted.
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    const LEN: usize = HEADER_LEN + 9;
+    let Some(head) = bytes
+        .get(..HEADER_LEN)
+        .and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return false;
+    };
+    bytes.len() == LEN
+        && starts_like_tombstone(bytes)
+        && checksum(head, None, &bytes[HEADER_LEN..], &[]) == Header::read(head).checksum
+}
+
+#[cfg(feature = "redis")]
+/// Whether `head` (a value's first 4 bytes or more) starts as a tombstone does.
+pub(crate) fn starts_like_tombstone(head: &[u8]) -> bool {
+    head.get(0..2) == Some(&MAGIC[..])
+        && head.get(2) == Some(&VERSION)
+        && head.get(3) == Some(&(FLAG_META | FLAG_TOMBSTONE))
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tombstone_records_its_time_where_the_write_scripts_read_it() {
+        let created_us = 1_764_000_000_123_456;
+        let stone = tombstone(created_us);
+        assert_eq!(stone.len(), 50);
+        assert!(is_tombstone(&stone));
+        // Where the Lua scripts and `frame_created_us` read a frame's creation time.
+        assert_eq!(frame_created_us(&stone), Some(created_us));
+        assert_eq!(stone[3] % 16 / 8, 1, "the scripts' metadata test");
+        let header = Header::read(stone[..HEADER_LEN].try_into().expect("header"));
+        assert_eq!(header.stale_until_ms, created_us / 1_000);
+        assert_eq!(header.raw_len, 0);
+        assert_eq!(
+            checksum(
+                stone[..HEADER_LEN].try_into().expect("header"),
+                None,
+                &stone[HEADER_LEN..],
+                &[]
+            ),
+            header.checksum
+        );
+        // A value's frame, or anything else, is not one.
+        assert!(!is_tombstone(b"LC"));
+        assert!(!is_tombstone(b"plain value"));
+        let mut other = stone.clone();
+        other[3] = FLAG_META;
+        assert!(!is_tombstone(&other));
+        // Any flipped bit: no longer an intact tombstone.
+        for bit in 0..stone.len() * 8 {
+            let mut flipped = stone.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(!is_tombstone(&flipped), "bit {bit}");
+        }
+        assert!(starts_like_tombstone(&stone[..4]));
+    }
+
+    #[test]
+    fn the_tombstone_format_is_pinned() {
+        // tests/golden/v1-tombstone.frame: the tombstone of a delete at 1,800,000,000,000,000 µs.
+        let golden = include_bytes!("../../tests/golden/v1-tombstone.frame");
+        assert_eq!(tombstone(1_800_000_000_000_000), golden.to_vec());
+        assert!(is_tombstone(golden));
+    }
 }

@@ -103,7 +103,9 @@ pub use self::format::MessagePack;
 #[cfg(feature = "postcard")]
 pub use self::format::Postcard;
 #[cfg(feature = "redis")]
-pub(crate) use self::frame::{declared_raw_len, frame_created_us};
+pub(crate) use self::frame::{
+    declared_raw_len, frame_created_us, is_tombstone, starts_like_tombstone, tombstone,
+};
 use self::frame::{
     Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, FLAG_SIGNED, HEADER_LEN,
     KNOWN_FLAGS, SCHEMA_LEN,

@@ -207,13 +207,18 @@ where
     }
 
     /// After L2 did not store a write of `key` created at `created_us`: whether it holds
-    /// another entry (one created later, by another replica) rather than this very one (the
-    /// same entry written again: `set` of a clone). Not superseded if L2 cannot tell.
+    /// another entry (one created later, by another replica) or nothing (a later delete's
+    /// tombstone, see `redis::TOMBSTONE_TTL`) rather than this very one (the same entry
+    /// written again: `set` of a clone). Not superseded if L2 cannot tell.
     async fn superseded(&self, key: &str, created_us: u64) -> bool {
         let Some(l2) = &self.l2 else {
             return false;
         };
-        matches!(l2.peek(key).await, Ok(Some(found)) if found.created_us() != created_us)
+        match l2.peek(key).await {
+            Ok(Some(found)) => found.created_us() != created_us,
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own write).

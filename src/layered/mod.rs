@@ -785,7 +785,8 @@ where
     /// L2, then L1. Fails with [`Error::CircuitOpen`] or the L2 error when L2 could not be
     /// reached: the value may then survive in L2 (and other processes' L1s). L2 is asked with
     /// [`Cache::delete_if_older`]: an entry written after this call (by another replica) stays,
-    /// even if the delete reaches Redis late.
+    /// even if the delete reaches Redis late; on Redis, a tombstone then keeps out for
+    /// [`TOMBSTONE_TTL`](crate::redis::TOMBSTONE_TTL) the writes of values read before it.
     async fn delete(&self, key: &str) -> Result<()> {
         let (this, key) = (self.clone(), key.to_owned());
         self.to_completion(async move { this.delete_now(&key).await })

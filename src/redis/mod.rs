@@ -132,6 +132,17 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// they only split the same requests into smaller batches, each paying its own system calls.
 /// One fred connection pipelines whatever is in flight on it.
 pub const DEFAULT_POOL_SIZE: usize = 2;
+/// How long a conditional delete ([`Cache::delete_if_older`]:
+/// every `delete` of a [`Layered`](crate::Layered) cache) leaves a 50-byte tombstone in the
+/// key: 10 s.
+///
+/// A load that read its data before the delete — on another replica, whose load ended before
+/// the delete's message reached it (a slow link, a stalled process) — would otherwise write
+/// that value after the delete, and the whole fleet would serve it for its lifetime. The
+/// tombstone is newer than that value, so the write is refused; a value written after the
+/// delete replaces it. It reads as a miss, and an earlier version of this crate takes it for
+/// another deployment's value (a miss too).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(10);
 /// The largest pool [`RedisCacheBuilder::pool_size`] accepts: 1,024 connections per cache
 /// (a fleet of replicas multiplies it; Redis accepts 10,000 clients by default).
 pub const MAX_POOL_SIZE: usize = 1024;
@@ -360,6 +371,11 @@ where
     /// is corrupted — not when it is intact but foreign (another format, schema or crate
     /// version: another deployment may still read it).
     async fn decode_or_evict(&self, key: &str, full_key: &str, bytes: &[u8]) -> Option<Entry<V>> {
+        if crate::codec::is_tombstone(bytes) {
+            // A delete's tombstone (see `TOMBSTONE_TTL`): nothing there.
+            self.inner.deployments.read(&self.inner.name, key, None);
+            return None;
+        }
         let decoded = self.inner.codec.decode_for_key(full_key, bytes);
         self.inner.deployments.read(
             &self.inner.name,

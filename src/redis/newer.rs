@@ -16,7 +16,7 @@ use fred::interfaces::LuaInterface;
 use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
-use super::{cluster, now_ms, redis_px, settle, Op, RedisCache, Result};
+use super::{cluster, now_ms, redis_px, settle, Op, RedisCache, Result, TOMBSTONE_TTL};
 use crate::entry::Entry;
 
 /// A Lua script and its SHA-1, the name Redis caches it under: `EVALSHA` sends the 40 bytes of
@@ -68,14 +68,14 @@ const SET_IF_NEWER: Script = Script {
     sha1: "a70bda2735997c37d8215916767910dd5abd22e3",
 };
 
-/// `delete_if_older` in one step: delete the key unless it holds an entry created at ARGV[1]
-/// or later.
+/// `delete_if_older` in one step: unless the key holds an entry created at ARGV[1] or later,
+/// replace what it holds with the tombstone ARGV[2] (created at ARGV[1]) for ARGV[3] ms.
 const DELETE_IF_OLDER: Script = Script {
     lua: concat!(
         unless_created_since!("ARGV[1]"),
-        "redis.call('UNLINK', KEYS[1])\nreturn 1\n"
+        "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\nreturn 1\n"
     ),
-    sha1: "8631e35d221072638171a43d94b2bbf7406c670f",
+    sha1: "89c73bac91d28445b9f180f0ba8dc3e43c132617",
 };
 
 /// Whether `error` is Redis saying it does not know a script's hash.
@@ -113,10 +113,16 @@ where
     }
 
     /// Delete `key` unless Redis holds an entry of it created at `before_us` or later; whether
-    /// it is gone.
+    /// it is gone. What it held is replaced by a tombstone for [`TOMBSTONE_TTL`]: a value read
+    /// before the delete (a load that started before it, on a replica that has not heard of
+    /// it yet) is older, so the scripts keep it out.
     pub(super) async fn delete_older(&self, key: &str, before_us: u64) -> Result<bool> {
         let full = self.full_key(key);
-        let args = vec![Value::from(before_us.to_string())];
+        let args = vec![
+            Value::from(before_us.to_string()),
+            Value::from(Bytes::from(crate::codec::tombstone(before_us))),
+            Value::from(TOMBSTONE_TTL.as_millis().to_string()),
+        ];
         self.run_script(Op::Delete, key, &full, &DELETE_IF_OLDER, args)
             .await
             .map(|n| n == 1)

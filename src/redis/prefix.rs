@@ -107,7 +107,8 @@ where
         Ok(removed)
     }
 
-    /// `UNLINK` `keys` through pool client `index`, pipelined (per slot on a cluster).
+    /// `UNLINK` `keys` through pool client `index`, pipelined (per slot on a cluster); how many
+    /// held a value (a delete's tombstone, read first, does not count: see `TOMBSTONE_TTL`).
     async fn unlink_on(&self, index: usize, keys: Vec<Bytes>) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
@@ -122,19 +123,42 @@ where
             .into_iter()
             .map(|group| group.into_iter().map(fred::types::Key::from).collect())
             .collect();
-        let results: Vec<Value> = cluster::follow(Instant::now(), &self.inner.bulk_options, |_| {
+        // Whether each key held a value (its first bytes read before the UNLINK of its group).
+        let held: Vec<bool> = cluster::follow(Instant::now(), &self.inner.bulk_options, |_| {
             let groups = &groups;
             async move {
                 let pipeline = client.pipeline();
                 for group in groups {
+                    for key in group {
+                        let _: () = pipeline.getrange(key.clone(), 0, 3).await?;
+                    }
                     let _: () = pipeline.unlink(group.clone()).await?;
                 }
-                pipeline.all().await
+                let mut replies = pipeline.try_all::<Value>().await.into_iter();
+                let mut held = Vec::new();
+                for group in groups {
+                    for _ in group {
+                        held.push(match replies.next() {
+                            Some(Ok(head)) => {
+                                let head = head.as_bytes().unwrap_or_default();
+                                !head.is_empty() && !crate::codec::starts_like_tombstone(head)
+                            }
+                            // Not a string (a key of another type under the prefix): a value.
+                            Some(Err(_)) | None => true,
+                        });
+                    }
+                    // A failed UNLINK fails the round (a redirection is followed).
+                    if let Some(Err(e)) = replies.next() {
+                        return Err(e);
+                    }
+                }
+                Ok(held)
             }
         })
         .await
         .map_err(|e| self.redis_error(Op::Invalidate, e))?;
-        Ok(results.iter().filter_map(Value::as_u64).sum())
+        let removed = held.iter().filter(|&&h| h).count() as u64;
+        Ok(removed)
     }
 }
 
