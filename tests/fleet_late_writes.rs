@@ -9,17 +9,19 @@
 
 #![cfg(all(feature = "redis", feature = "msgpack"))]
 
+#[path = "support/late.rs"]
+mod late;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
-use support::fleet::wait_subscribed;
-use support::late::{
+use late::{
     all_serve, caught_up, no_longer_hears_the_fleet, redis_at, serves, writer_and_reader,
     writer_with_proxied_backplane, LateWrites,
 };
+use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
+use support::fleet::wait_subscribed;
 use support::redis::RedisServer;
 
 /// A `set` whose write reached Redis only after another replica's later `set` of the key, and

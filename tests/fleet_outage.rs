@@ -5,6 +5,8 @@
 
 #![cfg(all(feature = "redis", feature = "msgpack"))]
 
+#[path = "support/late.rs"]
+mod late;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -438,7 +440,7 @@ async fn a_load_that_spans_a_stall_and_another_replicas_delete_is_not_stored() {
     let server = RedisServer::start();
     let url = server.url();
     let writer = replica_here(&url, "span").await;
-    let raw = support::late::redis_at(&server, "span").await;
+    let raw = late::redis_at(&server, "span").await;
 
     let (started, mut load_started) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (changed, wait_changed) = std::sync::mpsc::channel::<()>();

@@ -1,6 +1,10 @@
 //! [`LateWrites`]: an L2 over a real Redis whose writes and deletes reach Redis when the test
 //! says (after their caller gave up on them), and the writer and reader replicas built on it —
-//! what `fleet_late_writes.rs` uses.
+//! what `fleet_late_writes.rs` and `fleet_outage.rs` include (`#[path]`, beside `mod support`:
+//! not part of `support`, which the ecosystem package's tests include too, without
+//! `async-trait`).
+
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use layercache::{Cache, CacheExt, Entry, Layered, MemoryCache, RedisCache};
 
-use super::fleet::wait_subscribed;
-use super::redis::RedisServer;
+use crate::support::fleet::wait_subscribed;
+use crate::support::redis::RedisServer;
 
 /// A command held by [`LateWrites`], as the stack sent it.
 pub enum Held {
@@ -137,7 +141,7 @@ pub async fn writer_and_reader(
         .backplane(backplane)
         .build()
         .expect("writer");
-    let reader = super::fleet::replica_cache(&server.url(), namespace)
+    let reader = crate::support::fleet::replica_cache(&server.url(), namespace)
         .await
         .expect("reader");
     wait_subscribed(&[&writer, &reader]).await;
@@ -157,7 +161,7 @@ pub async fn redis_at(server: &RedisServer, namespace: &str) -> RedisCache<Strin
 /// Wait (10 s at most) until `cache`'s backplane no longer hears the fleet.
 pub async fn no_longer_hears_the_fleet(cache: &Layered<String>) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while super::fleet::backplane_state(cache).subscribed {
+    while crate::support::fleet::backplane_state(cache).subscribed {
         assert!(
             Instant::now() < deadline,
             "the backplane stopped hearing the fleet"
@@ -175,11 +179,15 @@ pub async fn writer_with_proxied_backplane(
     namespace: &str,
     l2: Arc<dyn Cache<String>>,
     keep_circuit_closed: bool,
-) -> (Layered<String>, super::proxy::FaultProxy, Layered<String>) {
+) -> (
+    Layered<String>,
+    crate::support::proxy::FaultProxy,
+    Layered<String>,
+) {
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port)
         .parse()
         .expect("address");
-    let proxy = super::proxy::FaultProxy::start(upstream).await;
+    let proxy = crate::support::proxy::FaultProxy::start(upstream).await;
     let listening = RedisCache::<String>::builder()
         .url(proxy.url())
         .namespace(namespace)
@@ -195,7 +203,7 @@ pub async fn writer_with_proxied_backplane(
         .backplane(listening.backplane().await.expect("backplane"))
         .build()
         .expect("writer");
-    let reader = super::fleet::replica_cache(&server.url(), namespace)
+    let reader = crate::support::fleet::replica_cache(&server.url(), namespace)
         .await
         .expect("reader");
     wait_subscribed(&[&writer, &reader]).await;

@@ -5,8 +5,6 @@ pub mod chat;
 #[cfg(all(feature = "redis", feature = "msgpack"))]
 pub mod fleet;
 pub mod frames;
-#[cfg(all(feature = "redis", feature = "msgpack"))]
-pub mod late;
 #[cfg(all(feature = "redis", feature = "postcard"))]
 pub mod layered;
 pub mod openai;
