@@ -152,7 +152,9 @@ where
     }
 
     /// Store `entry` unless the layer holds an entry for `key` created at the same time or later
-    /// ([`Entry::created_at`]); whether it was stored.
+    /// ([`Entry::created_at`]); whether it was stored. The expired copy that
+    /// [`Layered::expire`](crate::Layered::expire) leaves counts as created at the expire (its
+    /// `created_at` stays the value's own), so a value read before the expire is kept out.
     ///
     /// A [`Layered`](crate::Layered) cache writes its L2 with this, never with [`Cache::set`]: its
     /// `set`s, its loaded values, and what it kept during an L2 outage. A write can reach Redis
@@ -179,7 +181,7 @@ where
     /// ```
     async fn set_if_newer(&self, key: &str, entry: Entry<V>) -> Result<bool> {
         if let Some(current) = self.peek(key).await? {
-            if current.created_us() >= entry.created_us() {
+            if current.ordered_us() >= entry.ordered_us() {
                 return Ok(false);
             }
         }
@@ -215,7 +217,7 @@ where
     /// ```
     async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
         if let Some(current) = self.peek(key).await? {
-            if current.created_at() >= than {
+            if current.ordered_us() >= crate::clock::to_us(than) {
                 return Ok(false);
             }
         }

@@ -74,6 +74,12 @@ pub(crate) fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
 
+/// `t` in microseconds since the epoch (0 before it, saturating).
+pub(crate) fn to_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Whole milliseconds of `d`, saturating, without 128-bit arithmetic.
 #[inline]
 fn duration_ms(d: Duration) -> u64 {

@@ -54,6 +54,12 @@ pub struct Entry<V> {
     pub(crate) stale_until_ms: u64,
     pub(crate) load_duration: Option<Duration>,
     pub(crate) tags: Tags,
+    /// Writes of values created before this time (µs) are older than this entry, although it
+    /// was created earlier: set on the expired copy an `expire` writes to L2 (the value it
+    /// read, created then, standing in for the expire), so that a value read before the expire
+    /// — a load on another replica that has not heard of it — is kept out. 0, or anything
+    /// before `created_us`, means its creation time.
+    pub(crate) supersedes_us: u64,
 }
 
 impl<V> Entry<V> {
@@ -68,6 +74,7 @@ impl<V> Entry<V> {
             stale_until_ms: fresh,
             load_duration: None,
             tags: Tags::default(),
+            supersedes_us: 0,
         }
     }
 
@@ -86,6 +93,7 @@ impl<V> Entry<V> {
             stale_until_ms: stale_until_ms.max(fresh_until_ms),
             load_duration: None,
             tags: Tags::default(),
+            supersedes_us: 0,
         }
     }
 
@@ -144,10 +152,7 @@ impl<V> Entry<V> {
     /// invalidation compare it).
     #[must_use]
     pub fn with_created_at(self, created: SystemTime) -> Self {
-        let us = created
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        self.with_created_us(us)
+        self.with_created_us(crate::clock::to_us(created))
     }
 
     /// The same entry, created at `created_us` (µs since the epoch, as recorded in a frame).
@@ -160,6 +165,19 @@ impl<V> Entry<V> {
     #[inline]
     pub(crate) fn created_us(&self) -> u64 {
         self.created_us
+    }
+
+    /// The time (µs) the conditional writes compare: writes of values created before it are
+    /// older than this entry. Its creation time, unless it stands in for a later `expire`.
+    pub(crate) fn ordered_us(&self) -> u64 {
+        self.created_us.max(self.supersedes_us)
+    }
+
+    /// The same entry, standing in for a change made at `at_us`: ordered at `at_us` if that is
+    /// after its creation (see [`ordered_us`](Self::ordered_us)).
+    pub(crate) fn superseding_from_us(mut self, at_us: u64) -> Self {
+        self.supersedes_us = self.supersedes_us.max(at_us);
+        self
     }
 
     /// The cached value.
@@ -183,6 +201,7 @@ impl<V> Entry<V> {
                 stale_until_ms: self.stale_until_ms,
                 load_duration: self.load_duration,
                 tags: self.tags,
+                supersedes_us: self.supersedes_us,
             },
         )
     }
@@ -196,6 +215,7 @@ impl<V> Entry<V> {
             stale_until_ms: self.stale_until_ms,
             load_duration: self.load_duration,
             tags: self.tags,
+            supersedes_us: self.supersedes_us,
         }
     }
 

@@ -617,14 +617,56 @@ async fn a_value_read_from_redis_does_not_replace_a_newer_write_waiting_in_l1() 
 /// the load, keeps it out. Before tombstones, Redis held the old row for the full hour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_that_read_before_another_replicas_delete_does_not_reach_redis_after_it() {
+    spanning_load(Spanning::Delete).await;
+}
+
+/// The same race with an `expire` instead of the delete: of a key Redis did not hold (a cold
+/// key being loaded), and of a value an earlier `expire` already expired (the load was started
+/// by that one: the row changed again while it ran). The expire leaves a tombstone, or an
+/// expired copy of the value it read ordered at the expire, and the load's value, read before
+/// it, is not stored fresh. Before, Redis held the old row, fresh, for the full hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_read_before_another_replicas_expire_is_not_stored_fresh() {
+    spanning_load(Spanning::ExpireOfNothing).await;
+    spanning_load(Spanning::ExpireOfAnExpiredValue).await;
+}
+
+/// What the updating replica does to the key while the other replica's load runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Spanning {
+    Delete,
+    ExpireOfNothing,
+    ExpireOfAnExpiredValue,
+}
+
+async fn spanning_load(change: Spanning) {
     use layercache::LoadOptions;
     use support::proxy::Mode;
 
+    const KEY: &str = "user:7:profile";
     let server = RedisServer::start();
     let l2: Arc<dyn Cache<String>> = Arc::new(redis_at(&server, "aside").await);
     let (loader_replica, proxy, updater) =
         writer_with_proxied_backplane(&server, "aside", l2, false).await;
     wait_subscribed(&[&loader_replica, &updater]).await;
+    let redis = redis_at(&server, "aside").await;
+    let set_at = SystemTime::now();
+    if change == Spanning::ExpireOfAnExpiredValue {
+        updater
+            .set_value(KEY, "profile v0".to_owned(), Duration::from_secs(3600))
+            .await
+            .expect("set");
+        serves(
+            &loader_replica,
+            KEY,
+            Some("profile v0"),
+            "the loading replica",
+        )
+        .await;
+        updater.expire(KEY).await.expect("expire");
+        serves(&loader_replica, KEY, None, "the loading replica").await;
+    }
+    let expired_at = SystemTime::now();
     proxy.set(Mode::Latency(Duration::from_millis(300)));
 
     let (started, load_started) = tokio::sync::oneshot::channel::<()>();
@@ -639,13 +681,18 @@ async fn a_load_that_read_before_another_replicas_delete_does_not_reach_redis_af
                 Ok::<_, std::io::Error>("profile before the update".to_string())
             };
             let options = LoadOptions::ttl(Duration::from_secs(3600)).with_fleet_lease(false);
-            cache.get_or_load("user:7:profile", loader, options).await
+            cache.get_or_load(KEY, loader, options).await
         })
     };
     load_started.await.expect("load started");
-    // The row is updated; the updater deletes the key (it returns once the delete is
-    // announced; the loading replica hears it 300 ms later).
-    updater.delete("user:7:profile").await.expect("delete");
+    // The row is updated; the updater deletes or expires the key (it returns once the change
+    // is announced; the loading replica hears it 300 ms later).
+    match change {
+        Spanning::Delete => updater.delete(KEY).await.expect("delete"),
+        Spanning::ExpireOfNothing | Spanning::ExpireOfAnExpiredValue => {
+            updater.expire(KEY).await.expect("expire");
+        }
+    }
     finish.send(()).expect("finish the load");
     let answered = loading.await.expect("task").expect("load");
     assert_eq!(
@@ -658,26 +705,31 @@ async fn a_load_that_read_before_another_replicas_delete_does_not_reach_redis_af
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let redis = redis_at(&server, "aside").await;
     assert_eq!(
-        redis.get_value("user:7:profile").await.expect("redis"),
+        redis.get_value(KEY).await.expect("redis"),
         None,
-        "Redis holds the row read before the delete"
+        "{change:?}: Redis holds the row read before the change, fresh"
     );
-    serves(&updater, "user:7:profile", None, "the updater").await;
-    // The loading replica drops its own copy once the delete's message arrives.
-    serves(
-        &loader_replica,
-        "user:7:profile",
-        None,
-        "the loading replica",
-    )
-    .await;
-    // A load after the delete is written as usual.
+    let kept = redis.peek(KEY).await.expect("redis");
+    match change {
+        Spanning::Delete | Spanning::ExpireOfNothing => assert!(kept.is_none(), "{kept:?}"),
+        // The value the expire read stays as a fail-safe fallback, with its own age.
+        Spanning::ExpireOfAnExpiredValue => {
+            let kept = kept.expect("the expired value");
+            assert_eq!(kept.value(), "profile v0");
+            assert!(!kept.is_fresh());
+            let created = kept.created_at();
+            assert!(set_at <= created && created < expired_at, "{created:?}");
+        }
+    }
+    serves(&updater, KEY, None, "the updater").await;
+    // The loading replica drops its own copy once the change's message arrives.
+    serves(&loader_replica, KEY, None, "the loading replica").await;
+    // A load after the change is written as usual.
     proxy.set(Mode::Pass);
     let fresh = updater
         .get_or_load(
-            "user:7:profile",
+            KEY,
             || async { Ok::<_, std::io::Error>("profile after the update".to_string()) },
             LoadOptions::ttl(Duration::from_secs(3600)),
         )
@@ -685,12 +737,7 @@ async fn a_load_that_read_before_another_replicas_delete_does_not_reach_redis_af
         .expect("load");
     assert_eq!(fresh, "profile after the update");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while redis
-        .get_value("user:7:profile")
-        .await
-        .expect("redis")
-        .as_deref()
-        != Some("profile after the update")
+    while redis.get_value(KEY).await.expect("redis").as_deref() != Some("profile after the update")
     {
         assert!(Instant::now() < deadline, "the new row never reached Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;

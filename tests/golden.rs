@@ -79,6 +79,31 @@ fn frames_with_metadata_still_decode() {
     );
 }
 
+/// The expired copy a `Layered::expire` leaves in Redis (flag bit 6, since 0.2): the metadata
+/// frame's entry, ordered at the expire's time for the conditional writes (where they read it,
+/// the first metadata field), its own creation time after the tags.
+#[test]
+fn ordered_frames_keep_the_values_own_creation_time() {
+    let ordered = decode("v1-postcard-ordered.frame").expect("v1 ordered");
+    assert_eq!(ordered.value(), &("hello".to_string(), 42));
+    assert_eq!(
+        ordered.created_at(),
+        UNIX_EPOCH + Duration::from_millis(CREATED_MS)
+    );
+    assert_eq!(ordered.tags().collect::<Vec<_>>(), ["doc:9", "user:1"]);
+    assert_eq!(
+        ordered.stale_until(),
+        UNIX_EPOCH + Duration::from_millis(STALE_MS)
+    );
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/v1-postcard-ordered.frame"),
+    )
+    .expect("read golden");
+    let at = u64::from_le_bytes(bytes[41..49].try_into().expect("8 bytes"));
+    assert_eq!(at, 1_800_000_000_000_000, "the time the scripts compare");
+}
+
 #[test]
 fn the_current_encoder_still_writes_the_v1_metadata_frame() {
     let entry = Entry::with_deadlines(

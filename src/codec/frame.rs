@@ -5,7 +5,8 @@
 //!      0    2 magic "LC"
 //!      2    1 frame version (1)
 //!      3    1 flags: bit 0 compressed (zstd), bit 1 dictionary, bit 2 schema id, bit 3
-//!             metadata, bit 4 signed, bit 5 tombstone (see below); others must be 0
+//!             metadata, bit 4 signed, bit 5 tombstone, bit 6 ordered (both below); bit 7
+//!             must be 0
 //!      4    1 format id (see `Format::id`)
 //!      5    8 fresh_until, ms since the Unix epoch (little endian, as all integers here)
 //!     13    8 stale_until, ms since the Unix epoch
@@ -15,9 +16,10 @@
 //!     33    8 checksum: xxh3-64 of bytes 0..33, the schema id if present, and the raw value
 //!     41    4 schema id, only when flag bit 2 is set (see `CodecBuilder::schema`)
 //!      …      metadata, only when flag bit 3 is set:
-//!           8   created, µs since the Unix epoch
+//!           8   created, µs since the Unix epoch (with bit 6: the time the frame is ordered at)
 //!           1   number of tags (at most 32)
 //!           …   each tag: 1 byte length, then its UTF-8 bytes (1 to 255)
+//!           8   only with bit 6: created, µs since the Unix epoch
 //!      …    … payload: the serialized value, zstd-compressed when bit 0 is set
 //!      …   33 signature trailer, only when flag bit 4 is set: key id, then a BLAKE3 keyed hash
 //!             (see `sign.rs`)
@@ -34,6 +36,13 @@
 //! an empty payload. Read, it is a miss; the conditional writes compare its creation time like
 //! any frame's, so a value read before the delete cannot be written after it. Codecs never see
 //! one (its flag is unknown to them: to an earlier version it is a foreign frame, a miss).
+//!
+//! An **ordered** frame (bit 6) is an expired copy that stands in for an `expire`: the value it
+//! read, with its own creation time (after the tags), placed in the conditional writes' order at
+//! the expire's time (the first metadata field, where the scripts read it). A value read before
+//! the expire (a load on another replica that has not heard of it yet) is then older than what
+//! Redis holds and is kept out, while the value's age and its tags' checks stay its own. Written
+//! only when that time is after the creation time; to an earlier version it is a foreign frame.
 //!
 //! The checksum covers the header as well as the value, so a flipped bit in a deadline is caught
 //! as surely as one in the payload. (zstd without a content checksum decodes many corrupted frames
@@ -53,8 +62,10 @@ pub(crate) const FLAG_META: u8 = 0b1000;
 pub(crate) const FLAG_SIGNED: u8 = 0b1_0000;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) const FLAG_TOMBSTONE: u8 = 0b10_0000;
+/// The frame is ordered at the time in its metadata, and created at the time after its tags.
+pub(crate) const FLAG_ORDERED: u8 = 0b100_0000;
 pub(crate) const KNOWN_FLAGS: u8 =
-    FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META | FLAG_SIGNED;
+    FLAG_COMPRESSED | FLAG_DICTIONARY | FLAG_SCHEMA | FLAG_META | FLAG_SIGNED | FLAG_ORDERED;
 /// Bytes the schema id adds after the header when [`FLAG_SCHEMA`] is set.
 pub(crate) const SCHEMA_LEN: usize = 4;
 
@@ -137,6 +148,52 @@ pub(crate) fn write_meta(created_us: u64, tags: &[Box<str>], out: &mut Vec<u8>) 
     }
 }
 
+/// A frame's metadata block, parsed: creation time (µs), tags, and the time the frame is
+/// ordered at when that is later (bit 6, see the module docs).
+pub(crate) struct Meta {
+    pub(crate) created_us: u64,
+    pub(crate) tags: Vec<String>,
+    pub(crate) ordered_us: Option<u64>,
+}
+
+/// Write the metadata block of an entry created at `created_us`, tagged `tags` (validated by
+/// the caller) and ordered at `ordered_us`; whether the frame is an ordered one (flag bit 6:
+/// `ordered_us` after `created_us`).
+pub(crate) fn write_meta_block(
+    (created_us, tags, ordered_us): (u64, &[Box<str>], u64),
+    out: &mut Vec<u8>,
+) -> bool {
+    if ordered_us > created_us {
+        write_meta(ordered_us, tags, out);
+        out.extend_from_slice(&created_us.to_le_bytes());
+        true
+    } else {
+        write_meta(created_us, tags, out);
+        false
+    }
+}
+
+/// Parse the metadata block at the start of `bytes` (of an ordered frame: `ordered`): it and
+/// its length, or `None` if it is truncated or not UTF-8.
+pub(crate) fn read_meta_block(bytes: &[u8], ordered: bool) -> Option<(Meta, usize)> {
+    let (time, tags, len) = read_meta(bytes)?;
+    if !ordered {
+        let meta = Meta {
+            created_us: time,
+            tags,
+            ordered_us: None,
+        };
+        return Some((meta, len));
+    }
+    let created = u64::from_le_bytes(bytes.get(len..len + 8)?.try_into().ok()?);
+    let meta = Meta {
+        created_us: created,
+        tags,
+        ordered_us: Some(time),
+    };
+    Some((meta, len + 8))
+}
+
 /// Parse a metadata block at the start of `bytes`: (created, tags, its length), or `None` if it
 /// is truncated or not UTF-8.
 pub(crate) fn read_meta(bytes: &[u8]) -> Option<(u64, Vec<String>, usize)> {
@@ -162,7 +219,8 @@ pub(crate) fn declared_raw_len(bytes: &[u8]) -> Option<u32> {
 }
 
 #[cfg(feature = "redis")]
-/// The creation time (µs) a version-1 frame records in its metadata block, read without
+/// The creation time (µs) a version-1 frame records in its metadata block (an ordered frame's:
+/// the time it is ordered at, the one the scripts compare), read without
 /// checking the rest of the frame (for a frame this codec cannot decode: another deployment's);
 /// `None` for anything else, or a frame without the block.
 pub(crate) fn frame_created_us(bytes: &[u8]) -> Option<u64> {
@@ -273,5 +331,61 @@ mod tests {
         let golden = include_bytes!("../../tests/golden/v1-tombstone.frame");
         assert_eq!(tombstone(1_800_000_000_000_000), golden.to_vec());
         assert!(is_tombstone(golden));
+    }
+}
+
+#[cfg(all(test, feature = "postcard", feature = "zstd"))]
+mod ordered_tests {
+    use super::*;
+    use crate::codec::{Codec, Postcard, ValueCodec};
+    use crate::entry::Entry;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The expired copy an `expire` leaves: the golden metadata frame's entry (tests/golden.rs),
+    /// expired and ordered at 1,800,000,000,000,000 µs.
+    fn ordered_entry() -> Entry<(String, u32)> {
+        Entry::with_deadlines(
+            ("hello".to_string(), 42u32),
+            UNIX_EPOCH + Duration::from_millis(1_800_000_000_000),
+            UNIX_EPOCH + Duration::from_millis(1_800_000_060_000),
+        )
+        .with_created_at(UNIX_EPOCH + Duration::from_millis(1_799_999_000_000))
+        .with_tags(["user:1", "doc:9"])
+        .superseding_from_us(1_800_000_000_000_000)
+    }
+
+    #[test]
+    fn an_ordered_frame_is_pinned_and_keeps_both_times() {
+        let codec = Codec::with_format(Postcard)
+            .no_compression()
+            .build()
+            .expect("codec");
+        let entry = ordered_entry();
+        let bytes = codec.encode(&entry).expect("encode");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/v1-postcard-ordered.frame");
+        if std::env::var_os("LAYERCACHE_WRITE_GOLDEN").is_some() {
+            std::fs::write(&path, &bytes).expect("write golden");
+        }
+        let golden = std::fs::read(&path).expect("read golden");
+        assert_eq!(bytes, golden, "the ordered frame's layout changed");
+        assert_eq!(bytes[3], FLAG_META | FLAG_ORDERED);
+        // Where the scripts read the time they compare: the expire's.
+        #[cfg(feature = "redis")]
+        assert_eq!(frame_created_us(&bytes), Some(1_800_000_000_000_000));
+        let back: Entry<(String, u32)> = codec.decode(&bytes).expect("decode");
+        assert_eq!(back, entry);
+        assert_eq!(back.created_us(), 1_799_999_000_000_000);
+        assert_eq!(back.ordered_us(), 1_800_000_000_000_000);
+        // The creation time after the tags is checked like the rest.
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 7 - 8;
+        flipped[at] ^= 1;
+        let broken: crate::error::Result<Entry<(String, u32)>> = codec.decode(&flipped);
+        assert!(broken.is_err());
+        // Not ordered after its creation: a plain frame.
+        let plain =
+            ordered_entry().with_created_at(UNIX_EPOCH + Duration::from_secs(1_800_000_001));
+        assert_eq!(codec.encode(&plain).expect("encode")[3], FLAG_META);
     }
 }

@@ -107,8 +107,8 @@ pub(crate) use self::frame::{
     declared_raw_len, frame_created_us, is_tombstone, starts_like_tombstone, tombstone,
 };
 use self::frame::{
-    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_SCHEMA, FLAG_SIGNED, HEADER_LEN,
-    KNOWN_FLAGS, SCHEMA_LEN,
+    Header, FLAG_COMPRESSED, FLAG_DICTIONARY, FLAG_META, FLAG_ORDERED, FLAG_SCHEMA, FLAG_SIGNED,
+    HEADER_LEN, KNOWN_FLAGS, SCHEMA_LEN,
 };
 use crate::entry::Entry;
 use crate::error::{DecodeErrorKind, Error, Result};
@@ -119,9 +119,6 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 20;
 pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
 /// zstd level used unless told otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-
-/// A frame's metadata block: creation time (µs) and tags.
-type Meta = (u64, Vec<String>);
 
 /// Encodes entries of `V` into framed bytes and back. Object safe, so a layer can hold
 /// `Arc<dyn ValueCodec<V>>`; [`Codec`] implements it for every serde type. Implement it yourself
@@ -249,14 +246,15 @@ impl<F: Format> Codec<F> {
         self.schema
     }
 
-    /// Frame `value` with the given deadlines (ms since the epoch) and load duration. `check`
-    /// sees the serialized bytes before they are framed (the round-trip check).
+    /// Frame `value` with the given deadlines (ms since the epoch) and load duration, and
+    /// metadata (creation time, tags, the time it is ordered at). `check` sees the serialized
+    /// bytes before they are framed (the round-trip check).
     fn encode_parts<V: Serialize + ?Sized>(
         &self,
         value: &V,
         (fresh_until_ms, stale_until_ms): (u64, u64),
         load: Option<Duration>,
-        meta: (u64, &[Box<str>]),
+        meta: (u64, &[Box<str>], u64),
         storage_key: &str,
         check: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<Vec<u8>> {
@@ -279,10 +277,11 @@ impl<F: Format> Codec<F> {
         let load_ms = load.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
         let schema = (self.schema != 0).then_some(self.schema);
         let mut meta_block =
-            Vec::with_capacity(9 + meta.1.iter().map(|t| 1 + t.len()).sum::<usize>());
-        frame::write_meta(meta.0, meta.1, &mut meta_block);
+            Vec::with_capacity(17 + meta.1.iter().map(|t| 1 + t.len()).sum::<usize>());
+        let ordered = frame::write_meta_block(meta, &mut meta_block);
         let mut header = Header {
             flags: FLAG_META
+                | if ordered { FLAG_ORDERED } else { 0 }
                 | if schema.is_some() { FLAG_SCHEMA } else { 0 }
                 | if self.keys.signs() { FLAG_SIGNED } else { 0 },
             format: self.format.id(),
@@ -347,7 +346,7 @@ impl<F: Format> Codec<F> {
         &self,
         bytes: &'a [u8],
         storage_key: &str,
-    ) -> Result<(Header, Option<Meta>, Cow<'a, [u8]>)> {
+    ) -> Result<(Header, Option<frame::Meta>, Cow<'a, [u8]>)> {
         let head: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -389,9 +388,12 @@ impl<F: Format> Codec<F> {
             (None, &bytes[HEADER_LEN..])
         };
         let (meta, meta_bytes, payload) = if header.flags & FLAG_META != 0 {
-            let (created, tags, len) = frame::read_meta(payload)
+            let (meta, len) = frame::read_meta_block(payload, header.flags & FLAG_ORDERED != 0)
                 .ok_or_else(|| decode_error(DecodeErrorKind::Truncated))?;
-            (Some((created, tags)), &payload[..len], &payload[len..])
+            (Some(meta), &payload[..len], &payload[len..])
+        } else if header.flags & FLAG_ORDERED != 0 {
+            // The ordering time lives in the metadata block.
+            return Err(decode_error(DecodeErrorKind::UnknownFlags(header.flags)));
         } else {
             (None, &payload[..0], payload)
         };
@@ -473,7 +475,11 @@ where
             entry.value(),
             (entry.fresh_until_ms(), entry.stale_until_ms()),
             entry.load_duration(),
-            (entry.created_us(), entry.tag_set().as_slice()),
+            (
+                entry.created_us(),
+                entry.tag_set().as_slice(),
+                entry.ordered_us(),
+            ),
             key,
             |raw| {
                 if verify {
@@ -505,10 +511,13 @@ where
             })?;
         let mut entry = Entry::from_ms(value, header.fresh_until_ms, header.stale_until_ms);
         entry = match meta {
-            Some((created, tags)) => {
-                let mut entry = entry.with_created_us(created);
-                if !tags.is_empty() {
-                    entry.set_tags(crate::tags::Tags::new(tags));
+            Some(meta) => {
+                let mut entry = entry.with_created_us(meta.created_us);
+                if let Some(at) = meta.ordered_us {
+                    entry = entry.superseding_from_us(at);
+                }
+                if !meta.tags.is_empty() {
+                    entry.set_tags(crate::tags::Tags::new(meta.tags));
                 }
                 entry
             }

@@ -59,7 +59,8 @@ where
         let inner = &self.inner;
         inner.flights.supersede(key);
         // The newest entry this expire is about: an entry created later is a newer write.
-        let mut newest_us = crate::entry::now_us();
+        let expired_at_us = crate::entry::now_us();
+        let mut newest_us = expired_at_us;
         let now = now_ms();
         if let Some(entry) = inner.read_l1(key, now).await {
             newest_us = newest_us.max(entry.created_us());
@@ -71,14 +72,15 @@ where
                 match read {
                     Ok(Some(entry)) => {
                         newest_us = newest_us.max(entry.created_us());
-                        // The expired copy replaces the entry read, and nothing newer: written
-                        // only if L2 holds nothing created after that entry (stamped one µs
-                        // later, so that the entry itself counts as older). Another replica's
-                        // write since the read stays, even if this write reaches Redis late.
-                        let created = entry.created_us();
-                        let entry = entry
-                            .cap_fresh_ms(now)
-                            .with_created_us(created.saturating_add(1));
+                        // The expired copy stands in for this expire: the value read, with its
+                        // own creation time, ordered at the expire (after the entry read, if a
+                        // clock ahead of this one created that). Written unless L2 holds a
+                        // value created since — another replica's write stays, even if this one
+                        // reaches Redis late — and a value created before it that reaches Redis
+                        // later (a load that read the old data on a replica that has not heard
+                        // of this expire yet) is kept out. See `codec::frame`, bit 6.
+                        let at = expired_at_us.max(entry.ordered_us().saturating_add(1));
+                        let entry = entry.cap_fresh_ms(now).superseding_from_us(at);
                         if let Some(Err(e)) = inner
                             .via_l2(|l2| async move { l2.set_if_newer(key, entry).await })
                             .await
@@ -87,7 +89,20 @@ where
                             result = Err(e);
                         }
                     }
-                    Ok(None) => {}
+                    // Nothing to expire: L2 is left as a delete at the expire's time leaves it
+                    // (a tombstone in Redis), which keeps out a value read before the expire,
+                    // as above.
+                    Ok(None) => {
+                        let at =
+                            std::time::UNIX_EPOCH + std::time::Duration::from_micros(expired_at_us);
+                        if let Some(Err(e)) = inner
+                            .via_l2(|l2| async move { l2.delete_if_older(key, at).await })
+                            .await
+                        {
+                            inner.unsettled_after(&e, &[key]);
+                            result = Err(e);
+                        }
+                    }
                     Err(e) => result = Err(e),
                 }
             }

@@ -207,23 +207,26 @@ where
     }
 
     /// After L2 did not store a write of `key` created at `created_us`: whether it holds
-    /// another entry (one created later, by another replica) or nothing (a later delete's
-    /// tombstone, see `redis::TOMBSTONE_TTL`) rather than this very one (the same entry
-    /// written again: `set` of a clone). Not superseded if L2 cannot tell.
+    /// another entry (one created later, by another replica), this one expired by a later
+    /// `expire` (its stand-in, ordered after it), or nothing (a later delete's tombstone, see
+    /// `redis::TOMBSTONE_TTL`) rather than this very one (the same entry written again: `set`
+    /// of a clone). Not superseded if L2 cannot tell.
     async fn superseded(&self, key: &str, created_us: u64) -> bool {
         let Some(l2) = &self.l2 else {
             return false;
         };
         match l2.peek(key).await {
-            Ok(Some(found)) => found.created_us() != created_us,
+            Ok(Some(found)) => found.created_us() != created_us || found.ordered_us() != created_us,
             Ok(None) => true,
             Err(_) => false,
         }
     }
 
-    /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own write).
+    /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own
+    /// write), not expired since by an `expire` (which leaves a stand-in ordered after it).
     async fn l2_holds_created(&self, l2: &Arc<dyn Cache<V>>, key: &str, created_us: u64) -> bool {
-        matches!(l2.peek(key).await, Ok(Some(found)) if found.created_us() == created_us)
+        matches!(l2.peek(key).await, Ok(Some(found))
+            if found.created_us() == created_us && found.ordered_us() == created_us)
     }
 
     /// Delete `keys` from L2 (best effort): their writes were refused by the server, and what

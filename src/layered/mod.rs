@@ -558,7 +558,11 @@ where
     /// fallback until its stale deadline; with a backplane, every replica marks its L1 copy the
     /// same way. The next `get_or_load` loads it again. It expires the entry it finds in L2: a
     /// value another replica writes meanwhile stays fresh, even if this call's write reaches
-    /// Redis late (the expired copy is written only if L2 holds nothing newer).
+    /// Redis late (the expired copy is written only if L2 holds nothing newer). The copy counts
+    /// as written at the expire (its `created_at` stays the value's own), and where L2 held
+    /// nothing the key is left as [`delete`](Self::delete) leaves it (in Redis a tombstone,
+    /// `redis::TOMBSTONE_TTL`): a value read before the expire — a load
+    /// on another replica that has not heard of it yet — is not stored fresh after it.
     ///
     /// # Errors
     ///

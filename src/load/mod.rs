@@ -24,8 +24,9 @@
 //! replica, once its message arrives — marks the running load. Its value, read before the
 //! change (a row updated, then its key deleted), still answers the callers that were waiting,
 //! but is stored in no layer; if the change comes while the value is being stored, it is taken
-//! out again. (A change on another replica that arrives after the load's writes is an ordinary
-//! later change: it evicts the value.) `invalidate_tag` and `clear` need none of this: an entry
+//! out again. (A change on another replica whose message arrives after the load's writes is an
+//! ordinary later change: it evicts the value from L1; in Redis its `set`, `delete` or `expire`
+//! is ordered after the value read before it, which Redis keeps out or expires.) `invalidate_tag` and `clear` need none of this: an entry
 //! counts as created when its load started, so an invalidation during the load expires it.
 //!
 //! # Which lifetime wins

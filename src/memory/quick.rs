@@ -154,6 +154,7 @@ where
                     stale_until_ms,
                     load_duration,
                     tags,
+                    supersedes_us,
                 },
             idle_until_ms,
         } = self.cache.get(key)?;
@@ -167,6 +168,7 @@ where
             stale_until_ms,
             load_duration,
             tags,
+            supersedes_us,
         })
     }
 

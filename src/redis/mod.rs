@@ -586,10 +586,7 @@ where
     /// One script, sent by its hash: read the stored frame's creation time and delete the key
     /// only if it is earlier than `than` (a frame without one counts as earlier).
     async fn delete_if_older(&self, key: &str, than: std::time::SystemTime) -> Result<bool> {
-        let before_us = than
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        self.delete_older(key, before_us).await
+        self.delete_older(key, crate::clock::to_us(than)).await
     }
 
     /// The same script for each entry, pipelined as `set_many` pipelines its `SET`s.

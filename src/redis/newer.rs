@@ -102,11 +102,11 @@ where
         if ttl_ms == 0 {
             // Already past its stale deadline: stored, it would be gone at once, and so is
             // whatever older entry the key held (as a plain `set` of it deletes the key).
-            return self.delete_older(key, entry.created_us()).await;
+            return self.delete_older(key, entry.ordered_us()).await;
         }
         let full = self.full_key(key);
         let bytes = self.encode_counted(&full, &entry)?;
-        let args = script_args(Bytes::from(bytes), entry.created_us(), redis_px(ttl_ms));
+        let args = script_args(Bytes::from(bytes), entry.ordered_us(), redis_px(ttl_ms));
         self.run_script(Op::Set, key, &full, &SET_IF_NEWER, args)
             .await
             .map(|n| n == 1)
@@ -187,7 +187,7 @@ where
             }
             let full = self.full_key(key);
             let bytes = self.encode_counted(&full, entry)?;
-            let args = script_args(Bytes::from(bytes), entry.created_us(), redis_px(ttl_ms));
+            let args = script_args(Bytes::from(bytes), entry.ordered_us(), redis_px(ttl_ms));
             groups[self.writer_for(key)].push((i, full, args));
         }
         for (index, group) in groups.iter().enumerate() {
@@ -200,7 +200,7 @@ where
         }
         for i in expired {
             let (key, entry) = &entries[i];
-            stored[i] = self.delete_older(key, entry.created_us()).await?;
+            stored[i] = self.delete_older(key, entry.ordered_us()).await?;
         }
         self.inner.ops.took(Op::SetMany, started);
         Ok(stored)
