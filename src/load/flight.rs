@@ -94,9 +94,11 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     fn lease_bypassed(&self);
 }
 
-/// Turns a loaded value (and the load's duration) into the entry to store (or `None` to return
-/// the value without storing it) and whether it is a negative entry.
-pub(crate) type MakeEntry<V> = Box<dyn FnOnce(&V, Duration) -> (Option<Entry<V>>, bool) + Send>;
+/// Turns a loaded value (and the load's duration, and the wall-clock time in µs it started at)
+/// into the entry to store (or `None` to return the value without storing it) and whether it is
+/// a negative entry.
+pub(crate) type MakeEntry<V> =
+    Box<dyn FnOnce(&V, Duration, u64) -> (Option<Entry<V>>, bool) + Send>;
 
 /// How a loaded value becomes an entry, and the rules around the load.
 pub(crate) struct LoadSpec<V> {
@@ -485,6 +487,10 @@ async fn run_flight<V, T, F, Fut, E>(
     // Waiting for a permit is part of the load: the callers' timeouts apply to it. A load
     // started by a loader of this cache runs under that loader's permit.
     let (_permit, held) = limit::admit(spec.limit.as_ref(), held, &waiver).await;
+    // Read before the loader runs: the entry counts as created then (compared with changes made
+    // meanwhile, here or on another replica). Derived afterwards from the duration, it came out
+    // late by however long this task waited for the CPU in between.
+    let started_us = crate::entry::now_us();
     let started = Instant::now();
     // The loader runs on its own task so that tokio catches a panic in it (or in the closure
     // call), inside the span of the caller that started it.
@@ -516,7 +522,7 @@ async fn run_flight<V, T, F, Fut, E>(
     match joined {
         Ok(Ok(value)) => {
             flights.metrics.load_ok(took);
-            let (entry, negative) = (spec.make_entry)(&value, took);
+            let (entry, negative) = (spec.make_entry)(&value, took, started_us);
             let source = if negative {
                 Source::Negative
             } else {

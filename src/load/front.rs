@@ -152,7 +152,7 @@ where
         let tags = options.tags();
         let retention = self.tag_retention_ms;
         LoadSpec {
-            make_entry: Box::new(move |value: &V, took| {
+            make_entry: Box::new(move |value: &V, took, started_us| {
                 let (entry, is_negative) = match &negative {
                     Some((is_negative, negative_ttl)) if is_negative(value) => {
                         (Entry::new(value.clone(), *negative_ttl), true)
@@ -175,7 +175,6 @@ where
                     }
                 };
                 // Created when the load started: a tag invalidated while it ran expires it.
-                let started_us = crate::entry::now_us().saturating_sub(took.as_micros() as u64);
                 let mut entry = entry.with_load_duration(took).with_created_us(started_us);
                 entry.set_tags(tags.clone());
                 // Within the tag retention (a no-op for an untagged entry).
