@@ -154,8 +154,8 @@ pub enum Error {
         source: Box<RedisError>,
     },
 
-    /// A layer was skipped because its circuit breaker is open (returned by `delete`, where
-    /// skipping a layer would leave the value behind).
+    /// A layer was skipped because its circuit breaker is open (returned by `delete` and
+    /// `expire`, where skipping a layer would leave the value behind).
     #[error("the circuit of layer {layer} is open")]
     CircuitOpen {
         /// The layer's name.

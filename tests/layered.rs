@@ -370,6 +370,23 @@ async fn breaker_settings_at_the_extremes() {
         assert_eq!(got, "v");
     }
     assert_eq!(cache.health()[1].circuit, CircuitState::Open);
+    // A change that must reach L2 says it could not (Redis would still hold the value), and
+    // is made in L1 all the same.
+    for (what, result) in [
+        ("delete", cache.delete("k0").await),
+        ("expire", cache.expire("k1").await),
+    ] {
+        assert!(
+            matches!(&result, Err(Error::CircuitOpen { layer }) if layer == "redis"),
+            "{what}: {result:?}"
+        );
+    }
+    assert_eq!(cache.get_value("k0").await.expect("l1"), None);
+    assert_eq!(
+        cache.get_value("k1").await.expect("l1"),
+        None,
+        "expired in L1"
+    );
 }
 
 /// `get_value` answers a fresh L1 hit in place (`Cache::get_value_now`) and anything else through

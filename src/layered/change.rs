@@ -68,7 +68,18 @@ where
         }
         let mut result = Ok(());
         if inner.l2.is_some() {
-            if let Some(read) = inner.via_l2(|l2| async move { l2.peek(key).await }).await {
+            let read = inner.via_l2(|l2| async move { l2.peek(key).await }).await;
+            if read.is_none() {
+                // L2's circuit is open: Redis still holds the entry fresh (as `delete` says).
+                result = Err(Error::CircuitOpen {
+                    layer: inner
+                        .l2
+                        .as_ref()
+                        .map(|l2| l2.name().to_owned())
+                        .unwrap_or_default(),
+                });
+            }
+            if let Some(read) = read {
                 match read {
                     Ok(Some(entry)) => {
                         newest_us = newest_us.max(entry.created_us());

@@ -566,7 +566,9 @@ where
     ///
     /// # Errors
     ///
-    /// The L2 error when L2 could not be read or written.
+    /// The L2 error when L2 could not be read or written, and [`Error::CircuitOpen`] when its
+    /// circuit is open (L2 still holds the entry fresh); the entry is expired in L1 and the
+    /// change announced all the same.
     pub async fn expire(&self, key: &str) -> Result<()> {
         let (this, key) = (self.clone(), key.to_owned());
         self.to_completion(async move { this.expire_now(&key).await })
