@@ -20,7 +20,10 @@ use support::redis::RedisServer;
 const TASKS: usize = 32;
 const KEYS: u64 = 1_000;
 const L2_TIMEOUT: Duration = Duration::from_millis(250);
-const SLACK: Duration = Duration::from_millis(50);
+/// What a call may take beyond one L2 timeout: scheduling on a busy machine (2 cores, CI and
+/// sweeps beside this test: 302–304 ms once, with 50 ms here). Still under two timeouts, so a
+/// call that waited out L2 twice fails the bound.
+const SLACK: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
