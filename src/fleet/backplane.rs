@@ -109,8 +109,9 @@ pub(crate) enum Event {
     Tag(Arc<str>, u64),
     /// Another replica cleared the cache at this time (µs).
     Clear(u64),
-    /// Another replica removed every key starting with this prefix.
-    Prefix(Arc<str>),
+    /// Another replica removed every key starting with this prefix, at this time (µs: when its
+    /// removal started; 0 from a version of the crate that did not send it).
+    Prefix(Arc<str>, u64),
 }
 
 pub(super) fn encode(id: u128, action: Action, us: u64, key: &str) -> Bytes {
@@ -587,7 +588,7 @@ async fn receive(
                     Action::Set | Action::Delete => Event::Evict(Arc::from(key), ms),
                     Action::Expire => Event::Expire(Arc::from(key), ms),
                     Action::Tag => Event::Tag(Arc::from(key), ms),
-                    Action::Prefix => Event::Prefix(Arc::from(key)),
+                    Action::Prefix => Event::Prefix(Arc::from(key), ms),
                     Action::Clear => Event::Clear(ms),
                 };
                 s.received.fetch_add(1, Ordering::Relaxed);

@@ -109,7 +109,8 @@
 //! the load runs it extends the lease every third of its lifetime
 //! ([`LayeredBuilder::lease_ttl`](crate::LayeredBuilder::lease_ttl), default
 //! [`DEFAULT_LEASE_TTL`] = 5 s). The others **wait for the value, not the lock**: the winner's
-//! backplane message (`set`, or `released` if its load failed) wakes them, and they read L2 —
+//! backplane message (`set`, or `released` if its load failed or Redis refused its value for a
+//! newer change) wakes them, and they read L2 —
 //! no Redis command while they wait. If no message comes before the lease would expire, they
 //! look again: a holder that died (its lease expired unextended) is replaced by the next replica
 //! to win the lease. A replica loads on its own whenever the lease cannot help: Redis does not
@@ -128,7 +129,10 @@
 //! has met and expires an entry created before a time of its tags (see [`crate::tags`]). After a
 //! gap in the subscription the times are forgotten with L1 and read again as needed.
 //! [`Layered::invalidate_prefix`](crate::Layered::invalidate_prefix) removes the keys from Redis
-//! and announces the prefix: every replica drops it from its L1.
+//! and announces the prefix: every replica drops it from its L1, and takes back from Redis the
+//! values its loads wrote there lately (within 10 s, up to 10,000 of them) that were created
+//! before the removal: a load that read the source before it and wrote after the removal had
+//! passed the key.
 //!
 //! # Catch-up after an outage
 //!

@@ -351,6 +351,8 @@ where
                 catching_up: AtomicBool::new(false),
                 unsettled: Default::default(),
                 #[cfg(feature = "redis")]
+                recent_loads: Default::default(),
+                #[cfg(feature = "redis")]
                 pending_tags: Mutex::new(HashMap::new()),
                 #[cfg(feature = "redis")]
                 retrying_tags: AtomicBool::new(false),

@@ -209,7 +209,7 @@ where
         // Another replica changed the key: a load of it running here read the old source.
         match &event {
             Ok(Event::Evict(key, _)) | Ok(Event::Expire(key, _)) => inner.flights.supersede(key),
-            Ok(Event::Prefix(prefix)) => inner.flights.supersede_prefix(prefix),
+            Ok(Event::Prefix(prefix, _)) => inner.flights.supersede_prefix(prefix),
             // A loaded entry is created when its load started, and a memory L1 hit does not
             // look at the clear time: a load that spans a `clear` must not store its value
             // after the clear emptied L1.
@@ -258,9 +258,12 @@ where
                 }
             }
             Ok(Event::Tag(tag, ms)) => inner.tag_times.set(&tag, ms),
-            Ok(Event::Prefix(prefix)) => {
+            Ok(Event::Prefix(prefix, us)) => {
                 inner.forget_pending_prefix(&prefix);
                 memory.remove_prefix(&prefix);
+                // Loads of this replica that read before the removal and wrote to L2 after it
+                // had passed: taken back from L2 (see `recent`).
+                inner.undo_loads_under(&prefix, us);
             }
             Ok(Event::Clear(ms)) => {
                 inner.forget_all_pending();

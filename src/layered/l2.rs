@@ -222,6 +222,23 @@ where
         }
     }
 
+    /// Take this replica's value of `key`, created at `created_us`, back from L2 (best effort):
+    /// deleted only if L2 holds it or an older entry, compared and deleted in one step, so that
+    /// another replica's newer write stays.
+    pub(crate) async fn undo_l2(self: &Arc<Self>, key: &str, created_us: u64) {
+        let after = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(created_us.saturating_add(1));
+        let deleted = self
+            .via_l2(|l2| async move { l2.delete_if_older(key, after).await })
+            .await;
+        match deleted {
+            // A replica may have read the value back from L2 since the change was announced.
+            Some(Ok(true)) => self.tell_reread(key),
+            Some(Err(e)) => self.unsettled_after(&e, &[key]),
+            _ => {}
+        }
+    }
+
     /// Whether L2 holds, under `key`, an entry created at `created_us` (this replica's own
     /// write), not expired since by an `expire` (which leaves a stand-in ordered after it).
     async fn l2_holds_created(&self, l2: &Arc<dyn Cache<V>>, key: &str, created_us: u64) -> bool {

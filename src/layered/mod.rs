@@ -41,10 +41,13 @@ mod epoch;
 mod fleet;
 mod flush;
 mod l2;
+#[cfg(feature = "redis")]
+mod recent;
 mod tags;
 mod unsettled;
 
 pub use self::builder::LayeredBuilder;
+pub(crate) use self::l2::Written;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -251,6 +254,10 @@ pub(crate) struct Inner<V> {
     epochs: epoch::Epochs,
     /// Keys whose change failed in L2 without an answer, to re-read (see `unsettled`).
     unsettled: unsettled::Unsettled,
+    /// Loads written to L2 lately, for another replica's late `invalidate_prefix` (see
+    /// `recent`).
+    #[cfg(feature = "redis")]
+    recent_loads: recent::RecentLoads,
 }
 
 impl<V> Clone for Layered<V> {
@@ -408,6 +415,19 @@ where
         #[cfg(feature = "redis")]
         if let Some(backplane) = &self.backplane {
             return Announced::from(backplane.announce(crate::fleet::backplane::Action::Set, key));
+        }
+        Announced::default()
+    }
+
+    /// Wake the replicas (and flights of this process) waiting for `key`'s lease, without
+    /// announcing a change of it (with a backplane).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn announce_released(&self, key: &str) -> Announced {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            return Announced::from(
+                backplane.announce(crate::fleet::backplane::Action::Released, key),
+            );
         }
         Announced::default()
     }

@@ -275,6 +275,11 @@ where
     /// L2 refuses the request so, nothing is removed from any layer and nothing is announced.
     /// After a timeout (the removal may still reach Redis), the keys under `prefix` are dropped
     /// from this L1 again 0.5 s and 3 s later, and the other replicas resync then.
+    ///
+    /// A load of a key under `prefix` running on another replica, which read its source before
+    /// this call and writes to Redis after the removal passed the key, is taken back from Redis
+    /// by that replica when this call's message reaches it (within 10 s of its write, up to
+    /// 10,000 such writes a replica; see the `fleet` module).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let (this, prefix) = (self.clone(), prefix.to_owned());
         self.to_completion(async move { this.invalidate_prefix_now(&prefix).await })
@@ -283,6 +288,10 @@ where
 
     async fn invalidate_prefix_now(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
+        // What was loaded before this time is removed: the other replicas take back the loads
+        // they wrote to L2 since (see `layered::recent`).
+        #[cfg(feature = "redis")]
+        let started_us = crate::entry::now_us();
         // Loads of the keys that run now must not store what they read before the change
         // (`""` may yet be refused below: then nothing changes).
         if !prefix.is_empty() {
@@ -313,7 +322,8 @@ where
         crate::metrics::count_invalidation(&inner.name, "prefix");
         #[cfg(feature = "redis")]
         if let Some(backplane) = &inner.backplane {
-            let announced = backplane.announce(crate::fleet::backplane::Action::Prefix, prefix);
+            let announced =
+                backplane.announce_at(crate::fleet::backplane::Action::Prefix, prefix, started_us);
             inner.told(announced.into()).await;
         }
         match (l2, &inner.l2) {

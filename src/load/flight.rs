@@ -78,8 +78,10 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// Store before the waiters are answered (fast, local layers).
     async fn store_before_answer(&self, key: &str, entry: Entry<V>);
     /// Store after the waiters are answered (slow, remote layers); the flight stays in the table
-    /// meanwhile, so new callers get the value at once instead of loading again.
-    async fn store_after_answer(&self, key: &str, entry: Entry<V>);
+    /// meanwhile, so new callers get the value at once instead of loading again. `false` when a
+    /// slow layer holds a change of the key newer than the load (another replica's write,
+    /// delete or expire, whose message may not have arrived yet): the value is not stored there.
+    async fn store_after_answer(&self, key: &str, entry: Entry<V>) -> bool;
     /// Take back what the flight stored for `key`: the key changed while it was being stored.
     async fn unstore(&self, key: &str, created_us: u64);
     /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
@@ -546,26 +548,31 @@ async fn run_flight<V, T, F, Fut, E>(
                     // flight's read (a call pays for an unresponsive L2 once): then answer, and
                     // finish storing meanwhile.
                     let mut store = target.store_after_answer(&guard.key, entry.clone());
-                    let stored_at_once = std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(store.as_mut().poll(cx).is_ready())
+                    let mut kept = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match store.as_mut().poll(cx) {
+                            std::task::Poll::Ready(kept) => Some(kept),
+                            std::task::Poll::Pending => None,
+                        })
                     })
                     .await;
                     // Nothing to wait for (no L2, an open circuit) takes no timer.
-                    let stored = stored_at_once
-                        || (l2_answered
-                            && tokio::time::timeout(STORE_WAIT, store.as_mut())
-                                .await
-                                .is_ok());
+                    if kept.is_none() && l2_answered {
+                        kept = tokio::time::timeout(STORE_WAIT, store.as_mut()).await.ok();
+                    }
                     let created_us = entry.created_us();
                     done(&tx, entry, source);
-                    if stored {
-                        drop(store);
-                    } else {
-                        store.await;
-                    }
-                    if guard.superseded() {
-                        // Changed while this value was being stored: the change wins, whichever
-                        // of the two writes reached a layer last (a newer value it wrote stays).
+                    let kept = match kept {
+                        Some(kept) => {
+                            drop(store);
+                            kept
+                        }
+                        None => store.await,
+                    };
+                    if guard.superseded() || !kept {
+                        // Changed while this value was loaded or stored (here, or on another
+                        // replica whose message has not arrived yet: L2 held the newer change):
+                        // the change wins, whichever of the two writes reached a layer last (a
+                        // newer value it wrote stays).
                         target.unstore(&guard.key, created_us).await;
                     }
                     if let Some(lease) = &mut lease {

@@ -17,7 +17,7 @@ use super::flight::{FleetLease, Joined, L2Read, LoadSpec, LoadTarget, Resolved, 
 use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
-use crate::layered::{Inner, Layered};
+use crate::layered::{Inner, Layered, Written};
 use crate::memory::{Lookup, MemoryCache};
 use crate::metrics::Counted;
 
@@ -46,20 +46,35 @@ where
         self.0
             .l1_done(self.0.l1.set(key, self.0.for_l1(entry)).await);
     }
-    async fn store_after_answer(&self, key: &str, entry: Entry<V>) {
+    async fn store_after_answer(&self, key: &str, entry: Entry<V>) -> bool {
         // L2 holds another deployment's recent value (a rolling deploy that changed the value
         // type): ours stays in L1 only, neither written over it nor announced, so that two
         // versions do not take turns overwriting each other (see `redis::deploy`).
         if self.0.holds_other_deployment(key) {
-            return;
+            return true;
         }
         // A refusal has been counted and reported by `write_l2`; the callers have their value.
         // A load's value, not a replacement: what L2 holds (a fail-safe fallback for the other
         // replicas) stays if L2 refuses the write.
-        let _ = self.0.write_l2(key, entry, false).await;
+        #[cfg(feature = "redis")]
+        let created_us = entry.created_us();
+        let written = self.0.write_l2(key, entry, false).await;
         // Not waited for: the caller has its value, and a waiting replica that misses this
         // message looks at L2 again when its wait ends.
+        if matches!(written, Written::Kept) {
+            #[cfg(feature = "redis")]
+            self.0.note_load_written(key, created_us);
+        }
+        if matches!(written, Written::Superseded) {
+            // L2 holds a newer change, announced by whoever made it. Announcing a `set` here
+            // would make the other replicas take this stale value for a change of theirs: drop
+            // their copies of the key, and mark a load of it they started after that change as
+            // superseded (not stored). Waiting replicas are only woken.
+            let _ = self.0.announce_released(key);
+            return false;
+        }
         let _ = self.0.announce_set(key);
+        true
     }
     async fn unstore(&self, key: &str, created_us: u64) {
         // Only this load's value (or an older one): a value the change itself wrote (a `set`,
@@ -75,19 +90,7 @@ where
                 }
             }
         }
-        // Compared and deleted in one step: another replica's newer write stays.
-        let after = std::time::SystemTime::UNIX_EPOCH
-            + std::time::Duration::from_micros(created_us.saturating_add(1));
-        let deleted = self
-            .0
-            .via_l2(|l2| async move { l2.delete_if_older(key, after).await })
-            .await;
-        match deleted {
-            // A replica may have read the value back from L2 since the change was announced.
-            Some(Ok(true)) => self.0.tell_reread(key),
-            Some(Err(e)) => self.0.unsettled_after(&e, &[key]),
-            _ => {}
-        }
+        self.0.undo_l2(key, created_us).await;
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         self.0
