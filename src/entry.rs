@@ -7,6 +7,7 @@
 //! Deadlines are wall-clock times with millisecond precision, because entries are shared between
 //! processes (through Redis) that do not share a monotonic clock.
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::tags::Tags;
@@ -43,7 +44,7 @@ fn duration_ms(d: Duration) -> u64 {
 /// assert!(entry.time_to_stale() > Duration::from_secs(3600));
 /// assert_eq!(entry.value(), "reply");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Entry<V> {
     // Crate-visible so that a memory hit can take the value alone out of an entry it judged in
     // place (`memory::store`): moving the whole entry cost the hit a store-forwarding stall.
@@ -64,6 +65,19 @@ pub struct Entry<V> {
 
 // By hand: the order an `expire`'s copy takes among writes (`supersedes_us`) is bookkeeping of
 // the conditional writes, not part of what a caller can see of an entry.
+impl<V: fmt::Debug> fmt::Debug for Entry<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("value", &self.value)
+            .field("created_us", &self.created_us)
+            .field("fresh_until_ms", &self.fresh_until_ms)
+            .field("stale_until_ms", &self.stale_until_ms)
+            .field("load_duration", &self.load_duration)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}
+
 impl<V: PartialEq> PartialEq for Entry<V> {
     fn eq(&self, other: &Self) -> bool {
         self.value == other.value
