@@ -110,7 +110,8 @@ pub(crate) enum Event {
     /// Another replica cleared the cache at this time (µs).
     Clear(u64),
     /// Another replica removed every key starting with this prefix, at this time (µs: when its
-    /// removal started; 0 from a version of the crate that did not send it).
+    /// removal started; an earlier version of the crate sends the time it announced the
+    /// removal, just after it).
     Prefix(Arc<str>, u64),
 }
 
