@@ -775,9 +775,10 @@ async fn spanning_load(change: Spanning) {
         .await
         .expect("set the marker");
     if change == Spanning::Prefix {
-        // Taking the load back announced the key (a replica may have read the old row from
-        // Redis in between): that message is a change of the key, and a load it reaches is
-        // superseded. Applied before this load starts.
+        // The loading replica announced its load's write (Redis took it), and then, taking it
+        // back, the key again (a replica may have read the old row from Redis in between):
+        // each is a change of the key that supersedes a load it reaches, and both come through
+        // the slow link. Applied before this load starts.
         loader_replica
             .set_value(marker, "m0".to_owned(), Duration::from_secs(60))
             .await
