@@ -83,7 +83,8 @@ pub(crate) trait LoadTarget<V>: Send + Sync + 'static {
     /// delete or expire, whose message may not have arrived yet): the value is not stored there.
     async fn store_after_answer(&self, key: &str, entry: Entry<V>) -> bool;
     /// Take back what the flight stored for `key`: the key changed while it was being stored.
-    async fn unstore(&self, key: &str, created_us: u64);
+    /// `in_l2` is `false` when the slow layers refused the value (nothing to take back there).
+    async fn unstore(&self, key: &str, created_us: u64, in_l2: bool);
     /// The loader failed and fail-safe serves `stale`: keep it in L1 until `until_ms` so the
     /// loader is not called again before then.
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64);
@@ -573,7 +574,7 @@ async fn run_flight<V, T, F, Fut, E>(
                         // replica whose message has not arrived yet: L2 held the newer change):
                         // the change wins, whichever of the two writes reached a layer last (a
                         // newer value it wrote stays).
-                        target.unstore(&guard.key, created_us).await;
+                        target.unstore(&guard.key, created_us, kept).await;
                     }
                     if let Some(lease) = &mut lease {
                         lease.stored();

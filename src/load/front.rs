@@ -76,7 +76,7 @@ where
         let _ = self.0.announce_set(key);
         true
     }
-    async fn unstore(&self, key: &str, created_us: u64) {
+    async fn unstore(&self, key: &str, created_us: u64, in_l2: bool) {
         // Only this load's value (or an older one): a value the change itself wrote (a `set`,
         // created later) stays.
         let ours = move |e: &Entry<V>| e.created_us() <= created_us;
@@ -90,7 +90,10 @@ where
                 }
             }
         }
-        self.0.undo_l2(key, created_us).await;
+        // A value Redis refused never reached it: no conditional delete to send.
+        if in_l2 {
+            self.0.undo_l2(key, created_us).await;
+        }
     }
     async fn throttle(&self, key: &str, stale: Entry<V>, until_ms: u64) {
         self.0
