@@ -111,6 +111,40 @@ def rustc():
         return "rustc (unknown)"
 
 
+
+def scaling_table(scaling):
+    """The `l1_scaling` table of one report (nothing without one)."""
+    if not scaling:
+        return
+    threads = sorted({r["threads"] for r in scaling["results"]})
+    where = f"**{scaling['cores']} cores**"
+    if scaling.get("machine"):
+        where += f" ({scaling['machine']})"
+    print(f"\n`l1_scaling` (`ecosystem/benches/scaling.rs`): total L1 hits per second, millions, on "
+          f"{where}, {scaling['keys']} warm keys, {scaling['seconds']} s a "
+          f"point (unpinned), {scaling.get('rounds', 1)} alternating rounds (median). "
+          "The last column is ours over the raw engine underneath (quick_cache or moka) at the most threads, "
+          "paired within each round.")
+    if scaling["skipped_threads"]:
+        skipped = ", ".join(str(t) for t in scaling["skipped_threads"])
+        print(f"Thread counts above the core count ({skipped}) are not measured on this machine.")
+    print()
+    print("| keys | implementation | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads)
+          + f" | scaling | of raw at {threads[-1]} |")
+    print("|---|---|" + "---|" * (len(threads) + 2))
+    rows, shares = {}, {}
+    for r in scaling["results"]:
+        rows.setdefault((r["pattern"], r["id"]), {})[r["threads"]] = r["ops_per_sec"]
+        if "vs_raw" in r:
+            shares.setdefault((r["pattern"], r["id"]), {})[r["threads"]] = r["vs_raw"]
+    for (pattern, impl_id), by_t in rows.items():
+        cells = " | ".join(f"{by_t[t] / 1e6:.2f}" if t in by_t else "—" for t in threads)
+        first, last = by_t.get(threads[0]), by_t.get(threads[-1])
+        factor = f"{last / first:.2f}×" if first and last else "—"
+        share = shares.get((pattern, impl_id), {}).get(threads[-1])
+        share = "—" if share is None or impl_id.startswith("raw_") else f"{share:.2f}"
+        print(f"| {pattern} | `{impl_id}` | {cells} | {factor} | {share} |")
+
 def main():
     rows = []
     for group, peer, ours, what in GROUPS:
@@ -178,33 +212,9 @@ def main():
                            ("without (`with_fleet_lease(false)`)", "without_lease")):
             n = stampede[key]
             print(f"| {label} | {n} | {n / stampede['keys']:.2f} |")
-    scaling = load_json(os.path.join(ROOT, "l1_scaling", "report.json"))
-    if scaling:
-        threads = sorted({r["threads"] for r in scaling["results"]})
-        print(f"\n`l1_scaling` (`ecosystem/benches/scaling.rs`): total L1 hits per second, millions, on "
-              f"**{scaling['cores']} cores**, {scaling['keys']} warm keys, {scaling['seconds']} s a "
-              f"point (unpinned), {scaling.get('rounds', 1)} alternating rounds (median). "
-              "The last column is ours over the raw engine underneath (quick_cache or moka) at the most threads, "
-              "paired within each round.")
-        if scaling["skipped_threads"]:
-            skipped = ", ".join(str(t) for t in scaling["skipped_threads"])
-            print(f"Thread counts above the core count ({skipped}) are not measured on this machine.")
-        print()
-        print("| keys | implementation | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads)
-              + f" | scaling | of raw at {threads[-1]} |")
-        print("|---|---|" + "---|" * (len(threads) + 2))
-        rows, shares = {}, {}
-        for r in scaling["results"]:
-            rows.setdefault((r["pattern"], r["id"]), {})[r["threads"]] = r["ops_per_sec"]
-            if "vs_raw" in r:
-                shares.setdefault((r["pattern"], r["id"]), {})[r["threads"]] = r["vs_raw"]
-        for (pattern, impl_id), by_t in rows.items():
-            cells = " | ".join(f"{by_t[t] / 1e6:.2f}" if t in by_t else "—" for t in threads)
-            first, last = by_t.get(threads[0]), by_t.get(threads[-1])
-            factor = f"{last / first:.2f}×" if first and last else "—"
-            share = shares.get((pattern, impl_id), {}).get(threads[-1])
-            share = "—" if share is None or impl_id.startswith("raw_") else f"{share:.2f}"
-            print(f"| {pattern} | `{impl_id}` | {cells} | {factor} | {share} |")
+    scaling_table(load_json(os.path.join(ROOT, "l1_scaling", "report.json")))
+    # The same benchmark built here and run on a larger machine (scripts/device_bench.sh).
+    scaling_table(load_json(os.path.join(ROOT, "l1_scaling_device", "report.json")))
     hits = load_json(os.path.join(ROOT, "hit_ratio", "report.json"))
     if hits:
         ids = []

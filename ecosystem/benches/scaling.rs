@@ -20,8 +20,10 @@
 //! calls are polled once with a no-op waker (a hit never waits), inside a tokio runtime context,
 //! so the figure is the hit path and not an executor.
 //!
-//! Writes `target/criterion/l1_scaling/report.json`, which `scripts/bench_report.py` turns
-//! into a table in BENCHMARKS.md.
+//! Writes `target/criterion/l1_scaling/report.json` (or the file `LAYERCACHE_SCALING_REPORT`
+//! names), which `scripts/bench_report.py` turns into a table in BENCHMARKS.md. The report
+//! names the machine (CPU model and cores): `scripts/device_bench.sh` runs this benchmark,
+//! built here, on a larger machine, and its report is shown beside this machine's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -279,13 +281,37 @@ fn main() {
             println!("{line}");
         }
     }
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion/l1_scaling");
+    let path = std::env::var_os("LAYERCACHE_SCALING_REPORT").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/criterion/l1_scaling/report.json")
+        },
+        std::path::PathBuf::from,
+    );
     let report = format!(
-        "{{\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"rounds\":{rounds},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
+        "{{\"machine\":{:?},\"cores\":{cores},\"keys\":{keys_n},\"seconds\":{secs},\"rounds\":{rounds},\"skipped_threads\":{skipped:?},\"results\":[{}]}}\n",
+        cpu_model(),
         results.join(",")
     );
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("report.json"), report);
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&path, report));
+    match written {
+        Ok(()) => println!("l1_scaling: report written to {}", path.display()),
+        Err(e) => eprintln!("l1_scaling: could not write {}: {e}", path.display()),
     }
+}
+
+/// The CPU's model name (Linux), for the report: figures from two machines are told apart.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
