@@ -6,11 +6,11 @@
 //! `hdrhistogram` is the well-kept reference, but its `Histogram` takes `&mut self` to record:
 //! shared between tasks it needs a lock (or its `SyncHistogram`, which records into per-thread
 //! buffers and needs an explicit refresh before reading). A cache records from every task at
-//! once. Here each thread records into a shard of its own (allocated on its first record; threads
-//! beyond 16 share one), with a plain load and store — no locked instruction, no lock, no
-//! allocation after the first — and a reader sums the shards. Readers never write to a shard, so
-//! no record is ever lost; [`LatencyHistogram::take`] remembers what it has handed out instead of
-//! clearing. `ecosystem/benches/instrument.rs` (`histogram_record`) measures it beside `hdrhistogram`.
+//! once. Here each thread records into a shard of its own (allocated on its first record; there
+//! are twice as many as the CPUs, at least 16, and threads beyond them share one), with a plain
+//! load and store — no locked instruction, no lock, no allocation after the first — and a
+//! reader sums the shards. Readers never write to a shard, so no record is ever lost;
+//! [`LatencyHistogram::take`] remembers what it has handed out instead of clearing. `ecosystem/benches/instrument.rs` (`histogram_record`) measures it beside `hdrhistogram`.
 //!
 //! # Buckets
 //!
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use crate::metrics::local::{slot, OWNED, SHARED};
+use crate::metrics::local::{slot, slots, SHARED};
 
 /// Sub-bucket bits: 64 buckets per power of two.
 const SUB_BITS: u32 = 6;
@@ -83,10 +83,10 @@ fn midpoint(i: usize) -> u64 {
 /// assert_eq!(h.snapshot().count(), 0);
 /// ```
 pub struct LatencyHistogram {
-    /// One per owned thread slot, plus the shared one; allocated on first record. Held inline
-    /// and read-only once set, so a record follows one pointer to its thread's counts (each
-    /// shard is its own allocation: no two threads write to one cache line).
-    shards: [OnceLock<Box<Shard>>; OWNED + 1],
+    /// One per thread slot (the shared one first); each allocated on its first record, and
+    /// read-only once set (each shard is its own allocation: no two threads write to one cache
+    /// line).
+    shards: Box<[OnceLock<Box<Shard>>]>,
     /// What [`take`](Self::take) has handed out so far.
     taken: Mutex<Option<LatencySnapshot>>,
 }
@@ -137,7 +137,7 @@ impl LatencyHistogram {
     /// An empty histogram. It takes memory (about 20 KiB) for each thread that records into it.
     pub fn new() -> Self {
         LatencyHistogram {
-            shards: [const { OnceLock::new() }; OWNED + 1],
+            shards: (0..slots()).map(|_| OnceLock::new()).collect(),
             taken: Mutex::new(None),
         }
     }
