@@ -304,6 +304,18 @@ impl<V> Entry<V> {
         now_ms < self.stale_until_ms
     }
 
+    /// [`is_fresh_at`](Self::is_fresh_at) by a lookup's clock.
+    #[inline]
+    pub(crate) fn is_fresh_by(&self, now: &crate::clock::Now) -> bool {
+        now.before(self.fresh_until_ms)
+    }
+
+    /// [`is_usable_at`](Self::is_usable_at) by a lookup's clock.
+    #[inline]
+    pub(crate) fn is_usable_by(&self, now: &crate::clock::Now) -> bool {
+        now.before(self.stale_until_ms)
+    }
+
     /// The same entry, fresh until `fresh_until_ms` at the latest (the stale deadline is kept).
     pub(crate) fn cap_fresh_ms(mut self, fresh_until_ms: u64) -> Self {
         self.fresh_until_ms = self.fresh_until_ms.min(fresh_until_ms);

@@ -62,6 +62,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheGet};
+use crate::clock::Now;
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::load::breaker::{Breaker, CircuitState};
@@ -362,6 +363,19 @@ where
         }
     }
 
+    /// [`l1_trusted_at`](Self::l1_trusted_at) by a lookup's clock: read precisely when a
+    /// backplane decides (its trust window is short and guards against stalls), not at all
+    /// otherwise.
+    #[inline]
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn l1_trusted(&self, now: &Now) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(backplane) = &self.backplane {
+            return backplane.trusted_at(now.ms());
+        }
+        true
+    }
+
     /// Whether L1 can be trusted on its own at `now` (ms): always, unless a backplane has lost
     /// the fleet or has heard nothing for [`TRUST_WINDOW`](crate::fleet::TRUST_WINDOW).
     #[inline]
@@ -624,26 +638,27 @@ where
     /// answered in place (no allocation, one clock read). Counted once, by this cache.
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
         let inner = &self.inner;
-        let now = now_ms();
+        let clock = Now::lazy();
         if let Some(memory) = inner
             .l1_memory
             .as_ref()
-            .filter(|_| inner.l1_trusted_at(now))
+            .filter(|_| inner.l1_trusted(&clock))
         {
-            let l1 = memory.peek_at(key, now);
+            let l1 = memory.peek_by(key, &clock);
             if l1
                 .as_ref()
-                .is_some_and(|e| e.is_fresh_at(now) && inner.tags_allow(e))
+                .is_some_and(|e| e.is_fresh_by(&clock) && inner.tags_allow(e))
             {
                 inner.metrics.count(Counted::L1Hit);
                 return CacheGet::ready(Ok(l1));
             }
             if inner.l2.is_none() && l1.as_ref().is_none_or(|e| e.tag_set().is_empty()) {
                 let found = l1.map(|e| (e, crate::load::answer::Origin::L1));
-                inner.count_get(&found, now);
+                inner.count_get(&found, clock.ms());
                 return CacheGet::ready(Ok(found.map(|(e, _)| e)));
             }
         }
+        let now = clock.ms();
         CacheGet::new(async move {
             let found = inner.lookup_at(key, now).await;
             inner.count_get(&found, now);
@@ -656,12 +671,12 @@ where
     #[inline]
     fn get_value_now(&self, key: &str) -> Option<Result<Option<V>>> {
         let inner = &self.inner;
-        let now = now_ms();
+        let now = Now::lazy();
         let memory = inner
             .l1_memory
             .as_ref()
-            .filter(|_| inner.l1_trusted_at(now))?;
-        match memory.peek_value_at(key, now, |tags, created_us| {
+            .filter(|_| inner.l1_trusted(&now))?;
+        match memory.peek_value_at(key, &now, |tags, created_us| {
             inner.tags_valid(tags, created_us)
         }) {
             crate::memory::Lookup::Fresh(value) => {

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use super::answer::{Answer, Origin, Source};
 use super::flight::{FleetLease, Joined, L2Read, LoadSpec, LoadTarget, Resolved, Waiter};
 use super::{random_unit, LoadOptions, DEFAULT_FAIL_SAFE_THROTTLE};
+use crate::clock::Now;
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::layered::{Inner, Layered, Written};
@@ -281,6 +282,7 @@ where
         let Some((memory, now)) = self.in_place(options)? else {
             return Ok(None);
         };
+        let now = now.ms();
         let inner = &self.inner;
         match memory.peek_at(key, now) {
             Some(entry) if entry.is_fresh_at(now) && inner.tags_allow(&entry) => {
@@ -298,7 +300,7 @@ where
             return Ok(None);
         };
         let inner = &self.inner;
-        match memory.peek_value_at(key, now, |tags, created_us| {
+        match memory.peek_value_at(key, &now, |tags, created_us| {
             inner.tags_valid(tags, created_us)
         }) {
             Lookup::Fresh(value) => {
@@ -313,7 +315,7 @@ where
     /// valid options that ask for no refresh check, and an L1 no other replica's write can have
     /// outdated unseen.
     #[inline]
-    fn in_place(&self, options: &LoadOptions) -> Result<Option<(&MemoryCache<V>, u64)>> {
+    fn in_place(&self, options: &LoadOptions) -> Result<Option<(&MemoryCache<V>, Now)>> {
         let inner = &self.inner;
         options.validate_over(&inner.defaults)?;
         let Some(memory) = &inner.l1_memory else {
@@ -322,8 +324,8 @@ where
         if options.refreshes() || inner.defaults.refreshes() {
             return Ok(None);
         }
-        let now = now_ms();
-        Ok(inner.l1_trusted_at(now).then_some((memory, now)))
+        let now = Now::lazy();
+        Ok(inner.l1_trusted(&now).then_some((memory, now)))
     }
 
     /// Count an answer of [`hit_in_place`](Self::hit_in_place), in a `layercache.get_or_load`

@@ -29,6 +29,7 @@ pub use self::store::Engine;
 pub(crate) use self::store::Lookup;
 use self::store::{weight, Backend, Store, Weigher};
 use crate::cache::{Cache, CacheGet};
+use crate::clock::Now;
 use crate::entry::{now_ms, Entry};
 use crate::error::{BoxError, Error, Result};
 use crate::layered::Layered;
@@ -118,22 +119,28 @@ where
     /// The counted lookup of `key` at `now` (ms since the epoch): stacks read the clock once per
     /// request and hand it down.
     #[inline]
-    pub(crate) fn lookup_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
+    pub(crate) fn lookup_at(&self, key: &str, now: &Now) -> Option<Entry<V>> {
         let inner = &*self.inner;
         // The store returns only entries still usable at `now` (exact to the millisecond, whatever
         // the engine's own expiry did); what is left is fresh or stale.
         let found = inner.store.get(key, now);
         inner.metrics.count(match &found {
-            Some(entry) if entry.is_fresh_at(now) => Counted::L1Hit,
+            Some(entry) if entry.is_fresh_by(now) => Counted::L1Hit,
             Some(_) => Counted::L1Stale,
             None => Counted::Miss,
         });
         found
     }
 
-    /// [`lookup_at`](Self::lookup_at) without counting.
+    /// [`lookup_at`](Self::lookup_at) without counting, at `now` (ms since the epoch).
     #[inline]
     pub(crate) fn peek_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
+        self.inner.store.get(key, &Now::at(now))
+    }
+
+    /// [`peek_at`](Self::peek_at) by a lookup's clock (read only if an entry is found).
+    #[inline]
+    pub(crate) fn peek_by(&self, key: &str, now: &Now) -> Option<Entry<V>> {
         self.inner.store.get(key, now)
     }
 
@@ -143,7 +150,7 @@ where
     pub(crate) fn peek_value_at(
         &self,
         key: &str,
-        now: u64,
+        now: &Now,
         allow: impl FnOnce(&Tags, u64) -> bool,
     ) -> Lookup<V> {
         self.inner.store.get_value(key, now, allow)
@@ -257,14 +264,13 @@ where
     /// ```
     #[inline]
     pub fn get_value_sync(&self, key: &str) -> Option<V> {
-        let now = now_ms();
         // A tagged entry is checked against the tag times first (see `invalidate_tag`).
         let allow = |tags: &Tags, created_us: u64| {
             self.front
                 .as_ref()
                 .is_none_or(|front| front.inner.tags_valid(tags, created_us))
         };
-        match self.peek_value_at(key, now, allow) {
+        match self.peek_value_at(key, &Now::lazy(), allow) {
             Lookup::Fresh(value) => {
                 self.inner.metrics.count(Counted::L1Hit);
                 Some(value)
@@ -402,11 +408,11 @@ where
 
     #[inline]
     fn get<'a>(&'a self, key: &'a str) -> CacheGet<'a, V> {
-        let now = now_ms();
+        let now = Now::lazy();
         match &self.front {
             // A tagged entry is checked against the tag times first (see `invalidate_tag`).
             Some(front) => {
-                let found = self.peek_at(key, now).map(|e| {
+                let found = self.peek_by(key, &now).map(|e| {
                     if e.tag_set().is_empty() {
                         e
                     } else {
@@ -414,13 +420,13 @@ where
                     }
                 });
                 self.inner.metrics.count(match &found {
-                    Some(entry) if entry.is_fresh_at(now) => Counted::L1Hit,
+                    Some(entry) if entry.is_fresh_by(&now) => Counted::L1Hit,
                     Some(_) => Counted::L1Stale,
                     None => Counted::Miss,
                 });
                 CacheGet::ready(Ok(found))
             }
-            None => CacheGet::ready(Ok(self.lookup_at(key, now))),
+            None => CacheGet::ready(Ok(self.lookup_at(key, &now))),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{weight, Lookup, Verdict, Weigher};
+use crate::clock::Now;
 use crate::entry::Entry;
 use crate::tags::Tags;
 
@@ -144,7 +145,7 @@ where
     /// time-to-idle has passed since the last push, so a hot key costs one write per interval
     /// instead of one per hit.
     #[inline(always)]
-    pub(super) fn get(&self, key: &str, now: u64) -> Option<Entry<V>> {
+    pub(super) fn get(&self, key: &str, now: &Now) -> Option<Entry<V>> {
         let Stored {
             entry:
                 Entry {
@@ -175,16 +176,22 @@ where
     /// With a time-to-idle: whether the entry found (created at `created`, idle at `idle_until_ms`) has been
     /// idle too long — then it is removed — else push its idle time back when due.
     #[inline(always)]
-    fn went_idle(&self, key: &str, created: u64, idle_until_ms: u64, now: u64) -> bool {
+    fn went_idle(&self, key: &str, created: u64, idle_until_ms: u64, now: &Now) -> bool {
         let Some(tti) = self.time_to_idle_ms else {
             return false;
         };
-        if now >= idle_until_ms {
+        if !now.before(idle_until_ms) {
             self.cache.remove_if(key, |s| s.entry.created_us == created);
             return true;
         }
-        if idle_until_ms - now < tti - tti / 8 {
-            self.touch(key, created, now.saturating_add(tti));
+        // Due when less than seven eighths of the time-to-idle is left:
+        // `idle_until_ms - now < tti - tti / 8`.
+        if !now.before(
+            idle_until_ms
+                .saturating_sub(tti - tti / 8)
+                .saturating_add(1),
+        ) {
+            self.touch(key, created, now.ms().saturating_add(tti));
         }
         false
     }
@@ -195,7 +202,7 @@ where
     pub(super) fn get_value(
         &self,
         key: &str,
-        now: u64,
+        now: &Now,
         allow: impl FnOnce(&Tags, u64) -> bool,
         remove: impl FnOnce(),
     ) -> Lookup<V> {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 #[cfg(feature = "quick-cache")]
 use super::quick::QuickStore;
+use crate::clock::Now;
 use crate::entry::Entry;
 use crate::tags::Tags;
 
@@ -148,13 +149,13 @@ where
     /// The entry under `key` if it is still usable at `now` (ms since the epoch); an expired
     /// one is removed.
     #[inline(always)]
-    pub(crate) fn get(&self, key: &str, now: u64) -> Option<Entry<V>> {
+    pub(crate) fn get(&self, key: &str, now: &Now) -> Option<Entry<V>> {
         let found = match &self.engine {
             Backend::Moka(moka) => moka.get(key),
             #[cfg(feature = "quick-cache")]
             Backend::Quick(quick) => quick.get(key, now),
         }?;
-        if found.is_usable_at(now) {
+        if found.is_usable_by(now) {
             Some(found)
         } else {
             self.remove(key);
@@ -162,13 +163,20 @@ where
         }
     }
 
+    /// [`get`](Self::get) at a fixed time.
+    #[cfg(test)]
+    pub(crate) fn get_at(&self, key: &str, now: u64) -> Option<Entry<V>> {
+        self.get(key, &Now::at(now))
+    }
+
     /// The value under `key` if its entry is fresh at `now` and `allow` accepts it, read in place
-    /// (the entry is not copied out); an expired entry is removed.
+    /// (the entry is not copied out); an expired entry is removed. The clock is read only once
+    /// an entry is found, and from the coarse clock when its deadlines are far off.
     #[inline(always)]
     pub(crate) fn get_value(
         &self,
         key: &str,
-        now: u64,
+        now: &Now,
         allow: impl FnOnce(&Tags, u64) -> bool,
     ) -> Lookup<V> {
         match &self.engine {
@@ -495,12 +503,12 @@ impl Verdict {
     pub(super) fn of(
         fresh_until_ms: u64,
         stale_until_ms: u64,
-        now: u64,
+        now: &Now,
         allow: impl FnOnce() -> bool,
     ) -> Self {
-        if now >= stale_until_ms {
+        if !now.before(stale_until_ms) {
             Verdict::Expired
-        } else if now < fresh_until_ms && allow() {
+        } else if now.before(fresh_until_ms) && allow() {
             Verdict::Fresh
         } else {
             Verdict::Stale
@@ -558,9 +566,9 @@ mod tests {
             store.remove_unless("new", newer_than_20);
             store.remove_unless("absent", newer_than_20);
             let now = now_ms();
-            assert!(store.get("old", now).is_none(), "{engine:?}");
-            assert!(store.get("new", now).is_some(), "{engine:?}");
-            assert!(store.get("absent", now).is_none(), "{engine:?}");
+            assert!(store.get_at("old", now).is_none(), "{engine:?}");
+            assert!(store.get_at("new", now).is_some(), "{engine:?}");
+            assert!(store.get_at("absent", now).is_none(), "{engine:?}");
 
             store.insert("old".into(), entry("o", 10));
             store.expire_unless("old", now, newer_than_20);
@@ -568,16 +576,16 @@ mod tests {
             store.expire_unless("absent", now, newer_than_20);
             let later = now + 1;
             let old = store
-                .get("old", later)
+                .get_at("old", later)
                 .expect("an expired entry stays, stale");
             assert!(!old.is_fresh_at(later), "{engine:?}");
-            let new = store.get("new", later).expect("new");
+            let new = store.get_at("new", later).expect("new");
             assert!(new.is_fresh_at(later), "{engine:?}");
-            assert!(store.get("absent", later).is_none(), "{engine:?}");
+            assert!(store.get_at("absent", later).is_none(), "{engine:?}");
 
             store.retain(|key, _| key == "new");
-            assert!(store.get("old", later).is_none(), "{engine:?}");
-            assert!(store.get("new", later).is_some(), "{engine:?}");
+            assert!(store.get_at("old", later).is_none(), "{engine:?}");
+            assert!(store.get_at("new", later).is_some(), "{engine:?}");
         }
     }
 
@@ -596,7 +604,7 @@ mod tests {
                 let memory = builder.build().expect("memory");
                 let store = &memory.inner.store;
                 let now = now_ms();
-                let value = |key: &str| store.get(key, now).map(|e| e.into_value());
+                let value = |key: &str| store.get_at(key, now).map(|e| e.into_value());
                 let case = format!("{engine:?}, bytes {bytes}");
 
                 assert!(store.insert_unless_newer("k", entry("first", 10)), "{case}");
